@@ -117,16 +117,20 @@ def draw_pose_maps(
     disc_key = np.broadcast_to(depths[..., None], disc_in.shape)
     disc_img = np.broadcast_to(image_of_joint[..., None], disc_in.shape)
 
-    # Lines: points every half pixel along each parent->child segment, stamped with the line width.
+    # Lines: points every half pixel along each parent->child segment (a ragged batch, so that
+    # an image looks the same whatever else is drawn with it), stamped with the line width.
     child = np.flatnonzero(joint_parents >= 0)
-    a, b = pixels[:, joint_parents[child]], pixels[:, child]
-    both = in_front[:, joint_parents[child]] & in_front[:, child]
-    longest = float(np.max(np.linalg.norm(b - a, axis=-1), initial=0.0)) if child.size else 0.0
-    steps = np.linspace(0.0, 1.0, int(min(longest, 4 * size) * 2) + 2)
-    samples = a[..., None, :] + steps[:, None] * (b - a)[..., None, :]  # (N, L, S, 2)
+    a = pixels[:, joint_parents[child]].reshape(-1, 2)
+    b = pixels[:, child].reshape(-1, 2)
+    both = (in_front[:, joint_parents[child]] & in_front[:, child]).ravel()
+    length = np.minimum(np.linalg.norm(b - a, axis=-1), 4 * size)  # cap far-off segments
+    counts = np.where(both, np.ceil(2 * length).astype(np.int64) + 1, 0)
+    segment = np.repeat(np.arange(len(counts)), counts)
+    step = np.arange(len(segment)) - np.repeat(np.cumsum(counts) - counts, counts)
+    s = step / np.maximum(counts - 1, 1)[segment]
+    samples = a[segment] + s[:, None] * (b - a)[segment]
     line_px, line_in = _stamp(samples, line_half_width(size))
-    line_in &= both[..., None, None]
-    line_img = np.broadcast_to(np.arange(n_images)[:, None, None, None], line_in.shape)
+    line_img = np.broadcast_to((segment // max(len(child), 1))[:, None], line_in.shape)
 
     disc_keep = disc_in & _inside(disc_px, size)
     line_keep = line_in & _inside(line_px, size)
@@ -146,3 +150,17 @@ def draw_pose_maps(
     images = np.zeros((n_images * size * size, 3), dtype=np.uint8)
     images[pixel_ids] = table[colour_index[order][first]]
     return images.reshape(lead + (size, size, 3))
+
+
+def render_pose_maps(cameras, joints: np.ndarray, joint_parents: np.ndarray) -> np.ndarray:
+    """Pose maps (V, T, H, W, 3) of world-space joints (T, J, 3) seen by a square ``CameraRig``.
+
+    Templates are the rest joints with T = 1. Frames are drawn one at a time to bound memory.
+    """
+    if cameras.width != cameras.height:
+        raise ValueError(f"pose maps are square, the cameras are {cameras.width}x{cameras.height}")
+    pixels, depths = cameras.project(cameras.to_normalized(joints))
+    return np.stack(
+        [draw_pose_maps(pixels[:, t], depths[:, t], joint_parents, cameras.width) for t in range(len(joints))],
+        axis=1,
+    )

@@ -1,0 +1,1 @@
+"""AnimaX worker: model, reconstruction, training and the request loop (no bpy)."""

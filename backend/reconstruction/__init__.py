@@ -1,0 +1,1 @@
+"""From generated multi-view pose maps to 3D joints and bone rotations."""

@@ -1,0 +1,197 @@
+"""Forward and inverse kinematics in Blender's pose-bone convention, and frame-rate mapping.
+
+A pose bone's matrix in armature space is ``parent_pose @ rest_offset @ basis`` where
+``rest_offset = parent_rest^-1 @ rest`` (``rest`` for a root) and ``basis`` is the bone's
+``location`` and ``rotation_quaternion`` (w, x, y, z), relative to its rest orientation, roll
+included. Inverse kinematics walks from the roots to the leaves (paper §3.3, after FABRIK's
+root-to-leaf order): each bone turns so that the vectors from its head to the joints it carries
+match the predicted ones; a root also moves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial.transform import Rotation, Slerp
+
+from animax_addon.core.rig import Rig
+
+_RANK_TOLERANCE = 1e-6  # relative singular value below which a bone's targets are collinear
+
+
+def _quaternion_matrices(quaternions: np.ndarray) -> np.ndarray:
+    flat = quaternions.reshape(-1, 4)
+    return Rotation.from_quat(flat, scalar_first=True).as_matrix().reshape(quaternions.shape[:-1] + (3, 3))
+
+
+def rest_offsets(rig: Rig) -> np.ndarray:
+    """(B, 4, 4) each bone's rest matrix relative to its parent's (its own rest for a root)."""
+    parent_rest = np.where(
+        (rig.parents >= 0)[:, None, None], rig.rest_matrices[np.maximum(rig.parents, 0)], np.eye(4)
+    )
+    return np.linalg.solve(parent_rest, rig.rest_matrices)
+
+
+def forward_kinematics(
+    rig: Rig, rotations: np.ndarray, locations: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pose matrices (T, B, 4, 4) and joint positions (T, J, 3) in armature space.
+
+    ``rotations``: (T, B, 4) quaternions (w, x, y, z); ``locations``: (T, B, 3) or None.
+    """
+    rotations = np.asarray(rotations, dtype=np.float64)
+    frames = rotations.shape[0]
+    basis = np.zeros((frames, rig.num_bones, 4, 4))
+    basis[..., :3, :3] = _quaternion_matrices(rotations)
+    if locations is not None:
+        basis[..., :3, 3] = locations
+    basis[..., 3, 3] = 1.0
+    local = rest_offsets(rig) @ basis
+    pose = np.empty_like(local)
+    for level in rig.levels:
+        parents = rig.parents[level]
+        if parents[0] < 0:  # level 0 holds exactly the roots
+            pose[:, level] = local[:, level]
+        else:
+            pose[:, level] = pose[:, parents] @ local[:, level]
+    return pose, joints_from_pose(rig, pose)
+
+
+def joints_from_pose(rig: Rig, pose: np.ndarray) -> np.ndarray:
+    """Joint positions (T, J, 3): bone heads, then the tails of the leaf bones."""
+    frames = pose[:, rig.joint_bones]
+    heads = frames[..., :3, 3]
+    # a bone's tail is its length along the bone's own Y axis
+    tails = heads + frames[..., :3, 1] * rig.lengths[rig.joint_bones][:, None]
+    return np.where(rig.joint_is_tail[None, :, None], tails, heads)
+
+
+def _padded_targets(rig: Rig) -> tuple[np.ndarray, np.ndarray]:
+    targets = rig.bone_targets()
+    width = max(len(t) for t in targets)
+    index = np.zeros((rig.num_bones, width), dtype=np.int64)
+    mask = np.zeros((rig.num_bones, width), dtype=bool)
+    for bone, t in enumerate(targets):
+        index[bone, : len(t)] = t
+        mask[bone, : len(t)] = True
+    return index, mask
+
+
+def _shortest_arc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Rotation matrices (..., 3, 3) turning directions ``a`` onto ``b`` along the shortest arc."""
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    axis = np.cross(a, b)
+    cos = np.sum(a * b, axis=-1)
+    # Opposite directions: any axis perpendicular to a will do; pick one that is not parallel.
+    helper = np.where(np.abs(a[..., :1]) < 0.9, [1.0, 0.0, 0.0], [0.0, 1.0, 0.0])
+    opposite = cos < -1 + 1e-12
+    axis = np.where(opposite[..., None], np.cross(a, helper), axis)
+    quat = np.concatenate([(1.0 + cos)[..., None], axis], axis=-1)
+    quat /= np.linalg.norm(quat, axis=-1, keepdims=True)
+    return _quaternion_matrices(quat)
+
+
+def _fit_rotations(rest: np.ndarray, posed: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted rotations (..., 3, 3) about the origin taking ``rest`` (..., K, 3) to ``posed``.
+
+    Kabsch where the targets span a plane or more; the shortest arc to the farthest target
+    where they are collinear (a single child leaves the twist free: keep it zero).
+    """
+    cov = np.einsum("...k,...ka,...kb->...ab", weights, rest, posed)
+    u, s, vt = np.linalg.svd(cov)
+    d = np.sign(np.linalg.det(vt.swapaxes(-1, -2) @ u.swapaxes(-1, -2)))
+    d = np.where(d == 0, 1.0, d)
+    fix = np.ones(s.shape)
+    fix[..., 2] = d
+    kabsch = vt.swapaxes(-1, -2) @ (fix[..., None] * u.swapaxes(-1, -2))
+    far = np.argmax(np.linalg.norm(rest, axis=-1) * (weights > 0), axis=-1)[..., None, None]
+    arc = _shortest_arc(
+        np.take_along_axis(rest, far, axis=-2)[..., 0, :],
+        np.take_along_axis(posed, far, axis=-2)[..., 0, :],
+    )
+    planar = s[..., 1] > _RANK_TOLERANCE * np.maximum(s[..., 0], 1e-300)
+    return np.where(planar[..., None, None], kabsch, arc)
+
+
+def inverse_kinematics(
+    rig: Rig, joints: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pose-bone rotations (T, B, 4; w, x, y, z) and locations (T, B, 3) that pose ``joints``.
+
+    ``joints``: (T, J, 3) in armature space; ``weights``: optional (T, J) confidences. Only root
+    bones get a location. Quaternions keep one hemisphere over time, so keys interpolate well.
+    """
+    joints = np.asarray(joints, dtype=np.float64)
+    frames = joints.shape[0]
+    weights = np.ones(joints.shape[:2]) if weights is None else np.asarray(weights, np.float64)
+    weights = weights + 1e-3  # a joint nobody saw still has its triangulated (constrained) place
+    index, mask = _padded_targets(rig)
+    offsets = rest_offsets(rig)
+    rest_rot = rig.rest_matrices[:, :3, :3]
+    pose = np.zeros((frames, rig.num_bones, 4, 4))
+    rotations = np.zeros((frames, rig.num_bones, 3, 3))
+    locations = np.zeros((frames, rig.num_bones, 3))
+    for level in rig.levels:
+        parents = rig.parents[level]
+        if parents[0] < 0:
+            # location lives in the root's rest frame: head_pose = head_rest + R_rest @ location
+            locations[:, level] = np.einsum(
+                "bji,tbj->tbi", rest_rot[level], joints[:, level] - rig.heads[level]
+            )
+            frame = np.broadcast_to(offsets[level], (frames,) + offsets[level].shape).copy()
+            frame[..., :3, 3] = joints[:, level]
+        else:
+            frame = pose[:, parents] @ offsets[level]
+        # Both vector sets in the bone's own frame before its rotation: rest in its rest frame,
+        # predicted in the frame its parent's pose gives it, measured from the predicted head.
+        targets = index[level]
+        rest_vec = np.einsum(
+            "bji,bkj->bki", rest_rot[level], rig.joints_rest[targets] - rig.heads[level][:, None]
+        )
+        posed_vec = np.einsum(
+            "tbji,tbkj->tbki", frame[..., :3, :3], joints[:, targets] - joints[:, level][:, :, None]
+        )
+        w = weights[:, targets] * mask[level]
+        rot = _fit_rotations(np.broadcast_to(rest_vec, posed_vec.shape), posed_vec, w)
+        rotations[:, level] = rot
+        basis = np.zeros(rot.shape[:-2] + (4, 4))
+        basis[..., :3, :3] = rot
+        basis[..., 3, 3] = 1.0
+        pose[:, level] = frame @ basis
+
+    quats = Rotation.from_matrix(rotations.reshape(-1, 3, 3)).as_quat(scalar_first=True)
+    return _continuous(quats.reshape(frames, rig.num_bones, 4)), locations
+
+
+def _continuous(quats: np.ndarray) -> np.ndarray:
+    """Flip signs so that consecutive quaternions of a bone lie in one hemisphere."""
+    quats = np.where(quats[:1, ..., :1] < 0, -quats, quats) if len(quats) else quats
+    dots = np.sum(quats[1:] * quats[:-1], axis=-1)
+    flips = np.cumprod(np.where(dots < 0, -1.0, 1.0), axis=0)
+    quats[1:] *= flips[..., None]
+    return quats
+
+
+def resample(
+    rotations: np.ndarray, locations: np.ndarray, source_fps: float, target_fps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Map a motion from ``source_fps`` (the model's 16) to ``target_fps`` (the scene's).
+
+    Keeps the duration: frame i of the result is at time i / target_fps. Rotations are slerped,
+    locations interpolated linearly.
+    """
+    if source_fps <= 0 or target_fps <= 0:
+        raise ValueError(f"frame rates must be positive, got {source_fps} and {target_fps}")
+    frames, bones = rotations.shape[:2]
+    times = np.arange(frames) / source_fps
+    count = int(np.floor((frames - 1) * target_fps / source_fps + 1e-9)) + 1
+    new_times = np.arange(count) / target_fps
+    if frames == 1:
+        return rotations.copy(), locations.copy()
+    out_rot = np.empty((count, bones, 4))
+    for bone in range(bones):
+        slerp = Slerp(times, Rotation.from_quat(rotations[:, bone], scalar_first=True))
+        out_rot[:, bone] = slerp(new_times).as_quat(scalar_first=True)
+    flat = locations.reshape(frames, -1)
+    out_loc = np.stack([np.interp(new_times, times, flat[:, i]) for i in range(flat.shape[1])], axis=1)
+    return _continuous(out_rot), out_loc.reshape((count,) + locations.shape[1:])
