@@ -127,7 +127,14 @@ def inverse_kinematics(
     weights = weights + 1e-3  # a joint nobody saw still has its triangulated (constrained) place
     index, mask = _padded_targets(rig)
     offsets = rest_offsets(rig)
-    rest_rot = rig.rest_matrices[:, :3, :3]
+    # Inverses, not transposes: near -Y Blender's rest matrices are slightly non-orthogonal
+    # (a series expansion), and Blender poses with them as they are.
+    rest_inv = np.linalg.inv(rig.rest_matrices[:, :3, :3])
+    rest_vectors = np.einsum("bij,bkj->bki", rest_inv, rig.joints_rest[index] - rig.heads[:, None])
+    # a leaf's tail is, by Blender's definition, its length along its own Y axis
+    tails = rig.joint_is_tail[index] & mask
+    rest_vectors[tails] = 0.0
+    rest_vectors[tails, 1] = rig.lengths[np.nonzero(tails)[0]]
     pose = np.zeros((frames, rig.num_bones, 4, 4))
     rotations = np.zeros((frames, rig.num_bones, 3, 3))
     locations = np.zeros((frames, rig.num_bones, 3))
@@ -136,7 +143,7 @@ def inverse_kinematics(
         if parents[0] < 0:
             # location lives in the root's rest frame: head_pose = head_rest + R_rest @ location
             locations[:, level] = np.einsum(
-                "bji,tbj->tbi", rest_rot[level], joints[:, level] - rig.heads[level]
+                "bij,tbj->tbi", rest_inv[level], joints[:, level] - rig.heads[level]
             )
             frame = np.broadcast_to(offsets[level], (frames,) + offsets[level].shape).copy()
             frame[..., :3, 3] = joints[:, level]
@@ -145,11 +152,11 @@ def inverse_kinematics(
         # Both vector sets in the bone's own frame before its rotation: rest in its rest frame,
         # predicted in the frame its parent's pose gives it, measured from the predicted head.
         targets = index[level]
-        rest_vec = np.einsum(
-            "bji,bkj->bki", rest_rot[level], rig.joints_rest[targets] - rig.heads[level][:, None]
-        )
+        rest_vec = rest_vectors[level]
         posed_vec = np.einsum(
-            "tbji,tbkj->tbki", frame[..., :3, :3], joints[:, targets] - joints[:, level][:, :, None]
+            "tbij,tbkj->tbki",
+            np.linalg.inv(frame[..., :3, :3]),
+            joints[:, targets] - joints[:, level][:, :, None],
         )
         w = weights[:, targets] * mask[level]
         rot = _fit_rotations(np.broadcast_to(rest_vec, posed_vec.shape), posed_vec, w)
