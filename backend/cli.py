@@ -71,10 +71,10 @@ def rig_cameras(rig: Rig, size: int) -> CameraRig:
 
 
 def pose_maps_command(args) -> None:
-    rig = Rig.load(args.rig)
-    joints = load_motion(Path(args.motion), rig)
     if args.size < 16:
         raise UsageError(f"--size must be at least 16 pixels, got {args.size}")
+    rig = Rig.load(args.rig)
+    joints = load_motion(Path(args.motion), rig)
     cameras = rig_cameras(rig, args.size)
     write_pose_map_folder(args.out, cameras, render_pose_maps(cameras, joints, rig.joint_parents))
     print(f"wrote {cameras.num_views} views x {len(joints)} frames to {args.out}")
@@ -97,10 +97,10 @@ def save_result(path: Path, result, fps: float) -> None:
 
 
 def reconstruct_command(args) -> None:
-    rig = Rig.load(args.rig)
-    cameras, images = read_pose_map_folder(args.pose_maps)
     if args.smooth < 0:
         raise UsageError(f"--smooth must be >= 0, got {args.smooth}")
+    rig = Rig.load(args.rig)
+    cameras, images = read_pose_map_folder(args.pose_maps)
     result = reconstruct(rig, cameras, images, smoothing=args.smooth)
     save_result(Path(args.out), result, MODEL_FPS)
     print(

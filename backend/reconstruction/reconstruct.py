@@ -29,6 +29,7 @@ class Reconstruction:
     locations: np.ndarray  # (T, B, 3) pose-bone locations (non-zero for root bones only)
     confidence: np.ndarray  # (T, J) in [0, 1]
     reprojection_error: np.ndarray  # (T, J) pixels, NaN where no view saw the joint
+    triangulated: np.ndarray  # (T, J, 3) the triangulated joints IK was fitted to (diagnostic)
     joint_names: list[str]
     bone_names: list[str]
     root: int  # index of the first root bone
@@ -73,7 +74,8 @@ def reconstruct(rig: Rig, cameras: CameraRig, images: np.ndarray, smoothing: flo
         cameras, pixels, view_conf, rest, rig.rigid_pairs(), rig.joint_parents, smoothing=smoothing
     )
     seen = two_view_confidence(view_conf)
-    rotations, locations = inverse_kinematics(rig, cameras.to_world(joints), seen)
+    triangulated = cameras.to_world(joints)
+    rotations, locations = inverse_kinematics(rig, triangulated, seen)
     _, posed = forward_kinematics(rig, rotations, locations)
     error = reprojection_errors(cameras, cameras.to_normalized(posed), pixels, view_conf)
     return Reconstruction(
@@ -82,6 +84,7 @@ def reconstruct(rig: Rig, cameras: CameraRig, images: np.ndarray, smoothing: flo
         locations=locations,
         confidence=joint_confidence(seen, error, disc_radius(cameras.width)),
         reprojection_error=error,
+        triangulated=triangulated,
         joint_names=list(rig.joint_names),
         bone_names=rig.bone_names,
         root=int(rig.roots[0]),
