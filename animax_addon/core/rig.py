@@ -124,6 +124,17 @@ def axis_angle_matrices(axes: np.ndarray, angles: np.ndarray) -> np.ndarray:
     )
 
 
+def tree_depths(parents: np.ndarray) -> np.ndarray:
+    """Depth of each node of a forest given by parent indices (-1 for a root); -1 on a cycle."""
+    depth = np.where(parents < 0, 0, -1)
+    for level in range(1, len(parents) + 1):
+        todo = (depth < 0) & (depth[np.maximum(parents, 0)] == level - 1)
+        if not todo.any():
+            break
+        depth[todo] = level
+    return depth
+
+
 class Rig:
     """A validated rig snapshot with the index arrays the geometry works on.
 
@@ -186,15 +197,9 @@ class Rig:
         self.rest_matrices = bone_rest_matrices(self.heads, self.tails, self.rolls)
 
     def _depth_levels(self) -> list[np.ndarray]:
-        depth = np.full(len(self.bones), -1, dtype=np.int64)
-        depth[self.parents < 0] = 0
-        if not (depth == 0).any():
+        if not (self.parents < 0).any():
             raise RigError(f"the bones form a cycle (no root bone): {self.bones[0].name} ...")
-        for level in range(1, len(self.bones) + 1):
-            todo = (depth < 0) & (depth[np.maximum(self.parents, 0)] == level - 1)
-            if not todo.any():
-                break
-            depth[todo] = level
+        depth = tree_depths(self.parents)
         for i in np.flatnonzero(depth < 0):
             raise RigError(f"bone '{self.bones[i].name}' is part of a parent cycle")
         return [np.flatnonzero(depth == d) for d in range(depth.max() + 1)]
