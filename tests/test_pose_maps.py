@@ -18,9 +18,16 @@ def test_palette_is_deterministic_and_well_separated():
     assert np.array_equal(palette(10), palette(MAX_JOINTS)[:10])  # same joint, same colour
     gaps = np.linalg.norm(colours[:, None] - colours[None], axis=-1)
     gaps[np.diag_indices(MAX_JOINTS)] = np.inf
-    assert gaps.min() > 60  # of 441 across the RGB cube
-    assert np.linalg.norm(colours, axis=1).min() > 80  # far from the black background
-    assert np.linalg.norm(colours - LINE_COLOUR, axis=1).min() > 60
+    assert gaps.min() > 45  # of 441 across the RGB cube
+    assert np.linalg.norm(colours, axis=1).min() > 200  # far from the black background
+    assert np.linalg.norm(colours - LINE_COLOUR, axis=1).min() > 100
+    # a blurred rim fades towards black or the line grey: no fade passes near another colour
+    for end in (np.zeros(3), LINE_COLOUR.astype(float)):
+        t = np.linspace(0, 1, 101)[:, None, None]
+        fades = end + t * (colours - end)  # (101, J, 3)
+        distance = np.linalg.norm(fades[:, :, None] - colours[None, None], axis=-1).min(axis=0)
+        distance[np.diag_indices(MAX_JOINTS)] = np.inf
+        assert distance.min() > 25
     with pytest.raises(ValueError, match="1 to 64"):
         palette(MAX_JOINTS + 1)
 

@@ -18,21 +18,35 @@ BACKGROUND = np.array([0, 0, 0], dtype=np.uint8)
 LINE_COLOUR = np.array([128, 128, 128], dtype=np.uint8)
 
 
+FADE_WEIGHT = 1.5
+"""How much a colour's fades count against its neighbours, relative to the colour itself."""
+
+
+def _segment_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance from ``points`` to the segments ``a``-``b`` (broadcast over the leading axes)."""
+    ab = b - a
+    t = np.clip(np.sum((points - a) * ab, axis=-1) / np.maximum(np.sum(ab * ab, axis=-1), 1e-9), 0, 1)
+    return np.linalg.norm(points - (a + t[..., None] * ab), axis=-1)
+
+
 @lru_cache(maxsize=None)
 def _palette_table() -> np.ndarray:
     # Greedy farthest-point sampling on a 16-level RGB grid, seeded with the background and line
-    # colours so that no joint colour can be mistaken for either: deterministic, and each prefix
+    # colours. Blur fades a disc's rim towards black and towards the grey of the lines beneath
+    # it, so a colour keeps away not only from the chosen colours but from their fades (and its
+    # own fades from them): no rim can then pass for another joint. Deterministic; each prefix
     # is as spread out as the greedy choice can make it.
     levels = np.linspace(0, 255, 16)
     grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
-    nearest = np.minimum(
-        np.linalg.norm(grid - BACKGROUND, axis=1), np.linalg.norm(grid - LINE_COLOUR, axis=1)
-    )
+    black, grey = BACKGROUND.astype(float), LINE_COLOUR.astype(float)
+    nearest = np.minimum(np.linalg.norm(grid - black, axis=1), np.linalg.norm(grid - grey, axis=1))
     chosen = []
     for _ in range(MAX_JOINTS):
-        pick = int(np.argmax(nearest))
-        chosen.append(grid[pick])
-        nearest = np.minimum(nearest, np.linalg.norm(grid - grid[pick], axis=1))
+        colour = grid[int(np.argmax(nearest))]
+        chosen.append(colour)
+        fades = [_segment_distance(grid, end, colour) for end in (black, grey)]
+        fades += [_segment_distance(colour, end, grid) for end in (black, grey)]
+        nearest = np.minimum.reduce([nearest, np.linalg.norm(grid - colour, axis=1)] + [FADE_WEIGHT * f for f in fades])
     table = np.round(np.array(chosen)).astype(np.uint8)
     table.setflags(write=False)
     return table
