@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=480)
     parser.add_argument("--baseline-frames", type=int, default=4)
     args = parser.parse_args()
+    # k-means++ on images whose joints overlap finds fewer distinct colours than clusters; expected
+    warnings.filterwarnings("ignore", message="Number of distinct clusters")
 
     rig = centipede()
     truth = wriggle(rig, args.frames)
@@ -159,7 +162,9 @@ def main() -> None:
     for stage in ours:
         print(f"| {stage} | {ours[stage]:.3f} | {base[stage]:.2f} | {base[stage] / ours[stage]:.1f}x |")
     total, base_total = sum(ours.values()), sum(base.values())
-    print(f"| **total** | **{total:.2f}** | **{base_total:.1f}** | **{base_total / total:.1f}x** |")
+    decoded, base_decoded = total - ours["read PNGs"], base_total - base["read PNGs"]
+    print(f"| **total from decoded images** | **{decoded:.2f}** | **{base_decoded:.1f}** | **{base_decoded / decoded:.1f}x** |")
+    print(f"| **total from PNG files** | **{total:.2f}** | **{base_total:.1f}** | **{base_total / total:.1f}x** |")
     print(f"\njoint error: ours {100 * error:.3f}% of the rig radius, baseline {100 * base_error:.3f}%")
 
 
