@@ -21,7 +21,7 @@ from animax_addon.core.pose_maps import LINE_COLOUR, disc_radius
 
 MIN_FOREGROUND_LEVEL, MAX_FOREGROUND_LEVEL = 24, 48
 """Bounds on the brightest channel that marks a pixel as more than background: above a clean
-background, and below the darkest palette colour (51, 51, 51) even when that is shifted darker."""
+background, and far below any palette colour's brightest channel (at least 187)."""
 
 SHIFT_ROOM = 64.0
 """Farthest a pixel's colour may lie from its palette colour to be fitted as that colour: room
@@ -29,7 +29,8 @@ for a shift of 15 per channel on top of noise and smudging."""
 
 MAX_COLOUR_DISTANCE = 40.0
 """Farthest a pixel's colour may lie from its cluster centre (RGB, 0-255) to count as that colour:
-noise of 8 per channel stays within it; the nearest palette colours are 64 apart."""
+noise of 8 per channel stays within it; the nearest palette colours are 48 apart, and the ratio
+test below settles pixels between two of them."""
 
 DISTANCE_RATIO = 0.6
 """Largest ratio of a pixel's distances to its nearest and second-nearest centres: a mixture of
