@@ -1,0 +1,259 @@
+"""AnimaXTransformer3DModel: Wan2.1's video DiT extended to joint multi-view video-pose diffusion.
+
+Per view the token sequence is ``[c_rgb, x_rgb, c_pose, x_pose]`` along latent time: the clean
+template latent, the noisy RGB video, the clean pose-map template, the noisy pose video, so
+``2 * (f + 2)`` latent frames for ``f + 1`` generated ones (paper Eq. 3). On top of Wan:
+
+- shared RoPE (Eq. 4): the pose half's positions equal the RGB half's;
+- a modality embedding (0 = RGB, 1 = pose; frequency encoding -> MLP) added to every token's
+  timestep embedding, and timestep 0 for the clean condition frames;
+- Plücker ray maps of each view concatenated to the latent channels (new input channels
+  zero-initialised);
+- a multi-view attention layer in every block over all views' tokens of one latent frame, its
+  output zero-initialised.
+
+With the new parts at their initial values the model is the base Wan model applied to each view,
+so a pretrained Wan2.1 starts training from what it already knows (see :meth:`from_wan`).
+Timestep and modality are constant within a latent frame, so modulation is computed per frame
+and broadcast over its tokens: per-token tables would cost gigabytes at 480x480.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.normalization import FP32LayerNorm
+from diffusers.models.transformers.transformer_wan import (
+    WanAttention,
+    WanAttnProcessor,
+    WanRotaryPosEmbed,
+    WanTransformer3DModel,
+    WanTransformerBlock,
+)
+
+RGB, POSE = 0, 1
+
+
+class AnimaXRotaryPosEmbed(WanRotaryPosEmbed):
+    """Wan's 3D RoPE over one half ``[c, x]`` of the sequence, repeated for the other half."""
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = hidden_states.shape[2]
+        if frames % 2:
+            raise ValueError(f"the joint sequence needs an even number of latent frames, got {frames}")
+        cos, sin = super().forward(hidden_states[:, :, : frames // 2])  # reads only the shape
+        return torch.cat([cos, cos], dim=1), torch.cat([sin, sin], dim=1)
+
+
+def _per_frame(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, F * HW, D) tokens as (B, F, HW, D), to broadcast per-frame modulation."""
+    return x.unflatten(1, (frames, -1))
+
+
+class AnimaXTransformerBlock(WanTransformerBlock):
+    """Wan's block with per-frame modulation and a multi-view attention layer after self-attention.
+
+    The Wan sub-modules keep their names, so Wan2.1 weights load as they are; ``attn_mv`` and
+    ``norm_mv`` are new.
+    """
+
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, qk_norm: str, cross_attn_norm: bool, eps: float):
+        super().__init__(dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps)
+        self.norm_mv = FP32LayerNorm(dim, eps, elementwise_affine=True)
+        self.attn_mv = WanAttention(dim=dim, heads=num_heads, dim_head=dim // num_heads, eps=eps, processor=WanAttnProcessor())
+        nn.init.zeros_(self.attn_mv.to_out[0].weight)
+        nn.init.zeros_(self.attn_mv.to_out[0].bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor],
+        num_views: int,
+    ) -> torch.Tensor:
+        """hidden_states (B*V, F*HW, D); temb (B*V, F, 6, D): one modulation per latent frame."""
+        frames = temb.shape[1]
+        mod = (self.scale_shift_table.unsqueeze(0) + temb.float()).unsqueeze(3)  # (BV, F, 6, 1, D)
+        shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = mod.unbind(2)
+
+        # 1. Self-attention over the view's whole joint sequence
+        norm = _per_frame(self.norm1(hidden_states.float()), frames) * (1 + scale_msa) + shift_msa
+        attn = self.attn1(norm.flatten(1, 2).type_as(hidden_states), None, None, rotary_emb)
+        hidden_states = (hidden_states.float() + (_per_frame(attn, frames) * gate_msa).flatten(1, 2)).type_as(hidden_states)
+
+        # 2. Multi-view attention: each latent frame's tokens of all views attend to each other
+        hidden_states = hidden_states + self._multiview(hidden_states, num_views, frames)
+
+        # 3. Cross-attention to the prompt
+        norm = self.norm2(hidden_states.float()).type_as(hidden_states)
+        hidden_states = hidden_states + self.attn2(norm, encoder_hidden_states, None, None)
+
+        # 4. Feed-forward
+        norm = _per_frame(self.norm3(hidden_states.float()), frames) * (1 + c_scale) + c_shift
+        ff = self.ffn(norm.flatten(1, 2).type_as(hidden_states))
+        return (hidden_states.float() + (_per_frame(ff.float(), frames) * c_gate).flatten(1, 2)).type_as(hidden_states)
+
+    def _multiview(self, hidden_states: torch.Tensor, num_views: int, frames: int) -> torch.Tensor:
+        bv, tokens, dim = hidden_states.shape
+        per_view = tokens // frames
+        x = hidden_states.reshape(bv // num_views, num_views, frames, per_view, dim)
+        x = x.permute(0, 2, 1, 3, 4).reshape(-1, num_views * per_view, dim)  # (B*F, V*HW, D)
+        x = self.attn_mv(self.norm_mv(x.float()).type_as(hidden_states), None, None, None)
+        x = x.reshape(bv // num_views, frames, num_views, per_view, dim).permute(0, 2, 1, 3, 4)
+        return x.reshape(bv, tokens, dim)
+
+
+class AnimaXTransformer3DModel(WanTransformer3DModel):
+    r"""The AnimaX joint multi-view video-pose transformer.
+
+    Args (beyond [`WanTransformer3DModel`]'s):
+        ray_channels (`int`, defaults to 6): channels of the Plücker ray maps concatenated to the
+            ``in_channels`` latent channels.
+    """
+
+    _no_split_modules = ["AnimaXTransformerBlock"]
+    _repeated_blocks = ["AnimaXTransformerBlock"]
+    _keep_in_fp32_modules = WanTransformer3DModel._keep_in_fp32_modules + ["modality_embedder", "norm_mv"]
+    _cp_plan = None  # the sequence is split by views and halves; context parallelism is not planned yet
+
+    @register_to_config
+    def __init__(
+        self,
+        patch_size: tuple[int, ...] = (1, 2, 2),
+        num_attention_heads: int = 12,
+        attention_head_dim: int = 128,
+        in_channels: int = 16,
+        out_channels: int = 16,
+        text_dim: int = 4096,
+        freq_dim: int = 256,
+        ffn_dim: int = 8960,
+        num_layers: int = 30,
+        cross_attn_norm: bool = True,
+        qk_norm: str | None = "rms_norm_across_heads",
+        eps: float = 1e-6,
+        rope_max_seq_len: int = 1024,
+        ray_channels: int = 6,
+    ) -> None:
+        super().__init__(
+            patch_size=patch_size,
+            num_attention_heads=num_attention_heads,
+            attention_head_dim=attention_head_dim,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            text_dim=text_dim,
+            freq_dim=freq_dim,
+            ffn_dim=ffn_dim,
+            num_layers=num_layers,
+            cross_attn_norm=cross_attn_norm,
+            qk_norm=qk_norm,
+            eps=eps,
+            rope_max_seq_len=rope_max_seq_len,
+        )
+        inner_dim = num_attention_heads * attention_head_dim
+        self.rope = AnimaXRotaryPosEmbed(attention_head_dim, patch_size, rope_max_seq_len)
+        base = self.patch_embedding
+        self.patch_embedding = nn.Conv3d(in_channels + ray_channels, inner_dim, kernel_size=patch_size, stride=patch_size)
+        with torch.no_grad():  # the latent channels start as Wan's, the ray channels at zero
+            self.patch_embedding.weight.zero_()
+            self.patch_embedding.weight[:, :in_channels] = base.weight
+            self.patch_embedding.bias.copy_(base.bias)
+        self.blocks = nn.ModuleList(
+            AnimaXTransformerBlock(inner_dim, ffn_dim, num_attention_heads, qk_norm, cross_attn_norm, eps)
+            for _ in range(num_layers)
+        )
+        self.modality_proj = Timesteps(num_channels=freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.modality_embedder = TimestepEmbedding(in_channels=freq_dim, time_embed_dim=inner_dim)
+        nn.init.zeros_(self.modality_embedder.linear_2.weight)
+        nn.init.zeros_(self.modality_embedder.linear_2.bias)
+
+    @classmethod
+    def from_wan(cls, wan: WanTransformer3DModel, ray_channels: int = 6) -> "AnimaXTransformer3DModel":
+        """An AnimaX model that starts as ``wan``: Wan's weights, the new parts at their neutral start."""
+        keep = ("patch_size", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels",
+                "text_dim", "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps", "rope_max_seq_len")
+        if wan.config.image_dim is not None or wan.config.added_kv_proj_dim is not None:
+            raise ValueError("AnimaX builds on the text-to-video Wan2.1 (T2V); this is an image-to-video model")
+        model = cls(**{k: wan.config[k] for k in keep}, ray_channels=ray_channels)
+        state = wan.state_dict()
+        patch = model.patch_embedding.weight.detach().clone()
+        patch[:, : wan.config.in_channels] = state.pop("patch_embedding.weight")
+        state["patch_embedding.weight"] = patch
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        new_parts = ("attn_mv", "norm_mv", "modality_")
+        if unexpected or any(not any(p in key for p in new_parts) for key in missing):
+            raise ValueError(f"Wan weights do not fit: missing {missing}, unexpected {unexpected}")
+        return model
+
+    @staticmethod
+    def layout(num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per latent frame of the joint sequence: is it a clean condition frame, and its modality."""
+        half = num_frames // 2
+        condition = torch.zeros(num_frames, dtype=torch.bool)
+        condition[[0, half]] = True
+        modality = torch.full((num_frames,), POSE)
+        modality[:half] = RGB
+        return condition, modality
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        plucker: torch.Tensor,
+        return_dict: bool = True,
+    ) -> torch.Tensor | Transformer2DModelOutput:
+        """Predict the flow of every latent frame of every view.
+
+        Args:
+            hidden_states: (B, V, C, 2 * (f + 2), h, w) the joint sequence of each view.
+            timestep: (B,) the noise level of the noisy frames; condition frames get 0.
+            encoder_hidden_states: (B, L, text_dim) the prompt.
+            plucker: (B, V, ray_channels, h, w) ray maps at latent resolution.
+
+        Returns:
+            (B, V, out_channels, 2 * (f + 2), h, w); only the noisy frames' entries are trained.
+        """
+        batch, views, channels, frames, height, width = hidden_states.shape
+        if plucker.shape != (batch, views, self.config.ray_channels, height, width):
+            raise ValueError(
+                f"plucker must be (B, V, {self.config.ray_channels}, h, w) = "
+                f"{(batch, views, self.config.ray_channels, height, width)}, got {tuple(plucker.shape)}"
+            )
+        p_t, p_h, p_w = self.config.patch_size
+        x = hidden_states.flatten(0, 1)
+        rays = plucker.flatten(0, 1).unsqueeze(2).expand(-1, -1, frames, -1, -1).to(x.dtype)
+        rotary_emb = self.rope(x)
+        x = self.patch_embedding(torch.cat([x, rays], dim=1)).flatten(2).transpose(1, 2).contiguous()
+
+        # Timestep and modality per latent frame: (B*V, F)
+        condition, modality = (t.to(x.device) for t in self.layout(frames))
+        steps = torch.where(condition, torch.zeros_like(timestep)[:, None], timestep[:, None])
+        steps = steps.repeat_interleave(views, dim=0)
+        embedder = self.condition_embedder
+        t_freq = embedder.timesteps_proj(steps.flatten()).unflatten(0, steps.shape)
+        m_freq = self.modality_proj(modality).unsqueeze(0).expand(steps.shape[0], -1, -1)
+        time_dtype = next(iter(embedder.time_embedder.parameters())).dtype
+        temb = embedder.time_embedder(t_freq.to(time_dtype)) + self.modality_embedder(m_freq.to(time_dtype))
+        temb = temb.type_as(encoder_hidden_states)
+        timestep_proj = embedder.time_proj(embedder.act_fn(temb)).unflatten(2, (6, -1))  # (BV, F, 6, D)
+        context = embedder.text_embedder(encoder_hidden_states).repeat_interleave(views, dim=0)
+
+        for block in self.blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                x = self._gradient_checkpointing_func(block, x, context, timestep_proj, rotary_emb, views)
+            else:
+                x = block(x, context, timestep_proj, rotary_emb, views)
+
+        shift, scale = (self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).unsqueeze(3).unbind(2)
+        x = (_per_frame(self.norm_out(x.float()), frames) * (1 + scale) + shift).flatten(1, 2).type_as(x)
+        x = self.proj_out(x)
+        pf, ph, pw = frames // p_t, height // p_h, width // p_w
+        x = x.reshape(batch * views, pf, ph, pw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        output = x.flatten(6, 7).flatten(4, 5).flatten(2, 3).unflatten(0, (batch, views))
+        if not return_dict:
+            return (output,)
+        return Transformer2DModelOutput(sample=output)

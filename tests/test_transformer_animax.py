@@ -1,0 +1,141 @@
+"""AnimaXTransformer3DModel on tiny random configs: it starts as Wan applied per view, and each
+new part (shared RoPE, modality embedding, condition timesteps, rays, multi-view attention)
+does what the paper says once it is trained away from its neutral start."""
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+from backend.model.transformer_animax import AnimaXRotaryPosEmbed, AnimaXTransformer3DModel
+
+CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+              text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=64)
+B, V, C, F, H, W = 1, 3, 4, 6, 4, 6  # f + 2 = 3 latent frames per half
+
+
+@pytest.fixture
+def wan():
+    torch.manual_seed(0)
+    return WanTransformer3DModel(**CONFIG).eval()
+
+
+@pytest.fixture
+def model(wan):
+    return AnimaXTransformer3DModel.from_wan(wan).eval()
+
+
+def inputs(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(B, V, C, F, H, W, generator=g), timestep=torch.tensor([700.0]),
+                encoder_hidden_states=torch.randn(B, 5, 16, generator=g), plucker=torch.randn(B, V, 6, H, W, generator=g))
+
+
+@torch.no_grad()
+def run(model, **changes):
+    return model(**{**inputs(), **changes}).sample
+
+
+def randomise_(module):
+    torch.manual_seed(3)
+    for p in module.parameters():
+        p.data.normal_(0, 0.5)
+
+
+def test_pose_half_shares_the_rgb_half_rotary_positions():
+    rope = AnimaXRotaryPosEmbed(12, (1, 2, 2), 64)
+    stock = WanRotaryPosEmbed(12, (1, 2, 2), 64)
+    x = torch.zeros(1, 4, F, H, W)
+    cos, sin = rope(x)
+    tokens_per_half = (F // 2) * (H // 2) * (W // 2)
+    for table in (cos, sin):
+        assert torch.equal(table[:, :tokens_per_half], table[:, tokens_per_half:])
+    stock_cos, stock_sin = stock(x[:, :, : F // 2])
+    assert torch.equal(cos[:, :tokens_per_half], stock_cos) and torch.equal(sin[:, :tokens_per_half], stock_sin)
+    # and not what stock Wan gives the whole sequence: its frames f+2.. would get new positions
+    assert not torch.equal(cos, stock(x)[0])
+
+
+def test_at_initialisation_it_is_wan_applied_to_each_view(wan, model):
+    out = run(model)
+    condition, _ = model.layout(F)
+    per_frame = torch.where(condition, 0.0, 700.0)
+    per_token = per_frame.repeat_interleave((H // 2) * (W // 2))[None].repeat(V, 1)
+    wan.rope = model.rope  # Wan with the paper's shared positions, nothing else changed
+    x = inputs()
+    with torch.no_grad():
+        ref = wan(x["hidden_states"].flatten(0, 1), per_token, x["encoder_hidden_states"].repeat(V, 1, 1)).sample
+    assert out.shape == (B, V, C, F, H, W)
+    torch.testing.assert_close(out.flatten(0, 1), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_condition_frames_carry_timestep_zero(model):
+    seen = []
+    model.condition_embedder.timesteps_proj.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    run(model)
+    steps = seen[0].reshape(V, F)
+    assert torch.equal(steps[:, [0, F // 2]], torch.zeros(V, 2))
+    assert (steps[:, [1, 2, 4, 5]] == 700).all()
+
+
+def test_modality_embedding_starts_neutral_and_then_tells_the_halves_apart(model):
+    ids = model.modality_proj(torch.tensor([0, 1]))
+    inner_dim = CONFIG["num_attention_heads"] * CONFIG["attention_head_dim"]
+    assert torch.equal(model.modality_embedder(ids), torch.zeros(2, inner_dim))
+    before = run(model)
+    randomise_(model.modality_embedder)
+    rgb, pose = model.modality_embedder(ids)
+    assert not torch.allclose(rgb, pose)
+    assert not torch.allclose(run(model), before)
+
+
+def test_rays_and_multiview_layers_are_silent_until_trained(model):
+    base = run(model)
+    other_rays = torch.randn(B, V, 6, H, W)
+    assert torch.equal(run(model, plucker=other_rays), base)
+    # view 1's content does not reach view 0 before multi-view attention is trained ...
+    changed = inputs()["hidden_states"].clone()
+    changed[:, 1] += 1.0
+    assert torch.equal(run(model, hidden_states=changed)[:, 0], base[:, 0])
+    for block in model.blocks:
+        randomise_(block.attn_mv.to_out)
+    # ... and it does afterwards, while the rays count once their input channels are trained
+    assert not torch.allclose(run(model, hidden_states=changed)[:, 0], run(model)[:, 0])
+    with torch.no_grad():
+        model.patch_embedding.weight[:, C:].normal_()
+    assert not torch.allclose(run(model, plucker=other_rays), run(model))
+
+
+def test_save_and_load_round_trip(model, tmp_path):
+    for block in model.blocks:
+        randomise_(block.attn_mv)
+    model.save_pretrained(tmp_path)
+    again = AnimaXTransformer3DModel.from_pretrained(tmp_path).eval()
+    assert isinstance(again.rope, AnimaXRotaryPosEmbed)
+    assert again.config.ray_channels == 6
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert torch.equal(run(again), run(model))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(model):
+    def grads():
+        model.zero_grad()
+        model(**inputs()).sample.square().mean().backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    model.train()
+    plain = grads()
+    model.enable_gradient_checkpointing()
+    for a, b in zip(plain, grads()):
+        torch.testing.assert_close(a, b)
+
+
+def test_bad_inputs(model, wan):
+    with pytest.raises(ValueError, match=r"plucker must be \(B, V, 6, h, w\)"):
+        run(model, plucker=torch.zeros(B, V, 6, H, W + 2))
+    with pytest.raises(ValueError, match="even number of latent frames"):
+        run(model, hidden_states=torch.zeros(B, V, C, F - 1, H, W))
+    i2v = WanTransformer3DModel(**CONFIG, image_dim=8, added_kv_proj_dim=24)
+    with pytest.raises(ValueError, match="text-to-video Wan2.1"):
+        AnimaXTransformer3DModel.from_wan(i2v)
