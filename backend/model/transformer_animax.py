@@ -137,7 +137,13 @@ class AnimaXTransformer3DModel(WanTransformer3DModel):
         eps: float = 1e-6,
         rope_max_seq_len: int = 1024,
         ray_channels: int = 6,
+        image_dim: int | None = None,
+        added_kv_proj_dim: int | None = None,
+        pos_embed_seq_len: int | None = None,
     ) -> None:
+        # Wan's image-to-video inputs, kept in the signature because Wan's own config records them
+        if image_dim is not None or added_kv_proj_dim is not None or pos_embed_seq_len is not None:
+            raise ValueError("AnimaX builds on the text-to-video Wan2.1 (T2V); this is an image-to-video model")
         super().__init__(
             patch_size=patch_size,
             num_attention_heads=num_attention_heads,
@@ -173,11 +179,8 @@ class AnimaXTransformer3DModel(WanTransformer3DModel):
     @classmethod
     def from_wan(cls, wan: WanTransformer3DModel, ray_channels: int = 6) -> "AnimaXTransformer3DModel":
         """An AnimaX model that starts as ``wan``: Wan's weights, the new parts at their neutral start."""
-        keep = ("patch_size", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels",
-                "text_dim", "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps", "rope_max_seq_len")
-        if wan.config.image_dim is not None or wan.config.added_kv_proj_dim is not None:
-            raise ValueError("AnimaX builds on the text-to-video Wan2.1 (T2V); this is an image-to-video model")
-        model = cls(**{k: wan.config[k] for k in keep}, ray_channels=ray_channels)
+        config = {k: v for k, v in wan.config.items() if not k.startswith("_")}
+        model = cls(**config, ray_channels=ray_channels)
         state = wan.state_dict()
         patch = model.patch_embedding.weight.detach().clone()
         patch[:, : wan.config.in_channels] = state.pop("patch_embedding.weight")
