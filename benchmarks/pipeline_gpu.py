@@ -1,0 +1,103 @@
+"""The whole AnimaXPipeline at full size on one GPU, broken down by stage.
+
+    python benchmarks/pipeline_gpu.py [--steps 3]
+
+Random bf16 weights with the real geometry of every component: UMT5-XXL text encoder (Wan2.1's),
+the AnimaX transformer at Wan2.1-T2V-1.3B's size, the Wan VAE. 4 views x 81 frames x 480 x 480,
+image CFG 3.0. Runs ``--steps`` denoising steps through the real ``__call__`` and times each stage
+(each wrapped to synchronise the GPU); the 50-step figure scales the measured DiT time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+from animax_addon.core.cameras import make_camera_rig
+from backend.model.pipeline_animax import AnimaXPipeline
+from backend.model.transformer_animax import AnimaXTransformer3DModel
+
+UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)
+WAN_1_3B = dict(num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+                text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30)
+
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer built in code: tokenising is not what is measured here."""
+    words = "<pad> </s> <unk> the fox pounces forward".split()
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>")
+
+
+def timing(stages: dict, name: str, fn):
+    def wrapped(*args, **kwargs):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        torch.cuda.synchronize()
+        stages[name].append(time.perf_counter() - start)
+        return result
+
+    return wrapped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    torch.set_default_dtype(dt)  # build the 5.7B text encoder in bf16 directly
+    with torch.device(dev):
+        text_encoder = UMT5EncoderModel(UMT5Config(**UMT5_XXL)).eval()
+        transformer = AnimaXTransformer3DModel(**WAN_1_3B).eval()
+        vae = AutoencoderKLWan().eval()
+    torch.set_default_dtype(torch.float32)
+    for p in transformer.parameters():  # away from the zero start, so no layer is skipped for free
+        if p.dim() > 1 and p.abs().max() == 0:
+            torch.nn.init.normal_(p, std=0.02)
+    pipe = AnimaXPipeline(word_tokenizer(), text_encoder, vae, transformer, FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe.set_progress_bar_config(disable=True)
+
+    stages = defaultdict(list)
+    pipe.encode_prompt = timing(stages, "text encoder", pipe.encode_prompt)
+    pipe.encode_templates = timing(stages, "VAE encode (templates)", pipe.encode_templates)
+    pipe.decode = timing(stages, "VAE decode (4 pose videos)", pipe.decode)
+    transformer.forward = timing(stages, "DiT step (batch of 2 for CFG)", transformer.forward)
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (2, 4, 480, 480, 3), dtype=np.uint8)
+    call = dict(prompt="the fox pounces forward", rgb_templates=images[0], pose_templates=images[1],
+                cameras=make_camera_rig(np.zeros(3), 1.0, 480), num_frames=81, num_inference_steps=args.steps)
+    pipe(**call)  # warm-up: kernels, cuDNN plans
+    stages.clear()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    pipe(**call)
+    total = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**30
+
+    print(f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; {args.steps} steps measured\n")
+    print("| stage | seconds (measured) | seconds at 50 steps |\n| --- | ---: | ---: |")
+    at_50 = 0.0
+    for name, times in stages.items():
+        scale = 50 / args.steps if name.startswith("DiT") else 1
+        at_50 += sum(times) * scale
+        print(f"| {name} | {sum(times):.2f} | {sum(times) * scale:.1f} |")
+    other = total - sum(sum(t) for t in stages.values())
+    print(f"| other (scheduler, rays, copies) | {other:.2f} | {other:.1f} |")
+    print(f"| **total** | **{total:.2f}** | **{at_50 + other:.0f}** |")
+    print(f"\npeak GPU memory {peak:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()
