@@ -281,14 +281,10 @@ def _lora_outside_base_blocks(transformer) -> list[str]:
             if isinstance(module, LoraLayer) and not re.fullmatch(LORA_TARGET_MODULES, name)]
 
 
-def _is_new_module(key: str) -> bool:
-    return (key.startswith(("patch_embedding.", "modality_embedder."))
-            or ".attn_mv." in key or ".norm_mv." in key)
-
-
 def _adapter_state_dict(transformer) -> dict[str, torch.Tensor]:
     """AnimaX's new modules under their model keys, LoRA under PEFT's keys (no adapter name)."""
-    state = {key: tensor for key, tensor in transformer.state_dict().items() if _is_new_module(key)}
+    state = {key: tensor for key, tensor in transformer.state_dict().items()
+             if AnimaXTransformer3DModel.is_animax_parameter(key)}
     state.update(get_peft_model_state_dict(transformer, adapter_name="default"))
     return state
 

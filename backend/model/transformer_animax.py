@@ -186,10 +186,15 @@ class AnimaXTransformer3DModel(WanTransformer3DModel):
         patch[:, : wan.config.in_channels] = state.pop("patch_embedding.weight")
         state["patch_embedding.weight"] = patch
         missing, unexpected = model.load_state_dict(state, strict=False)
-        new_parts = ("attn_mv", "norm_mv", "modality_")
-        if unexpected or any(not any(p in key for p in new_parts) for key in missing):
+        if unexpected or not all(cls.is_animax_parameter(key) for key in missing):
             raise ValueError(f"Wan weights do not fit: missing {missing}, unexpected {unexpected}")
         return model
+
+    @staticmethod
+    def is_animax_parameter(key: str) -> bool:
+        """Whether a state-dict key belongs to what AnimaX adds to Wan (the widened patch
+        embedding, the modality embedding, the multi-view layers)."""
+        return key.startswith(("patch_embedding.", "modality_embedder.")) or ".attn_mv." in key or ".norm_mv." in key
 
     @staticmethod
     def layout(num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
