@@ -1,0 +1,1 @@
+"""Training data for the tiny preset: a procedural world of rigged creatures and labelled motions."""
