@@ -1,0 +1,150 @@
+"""The add-on's side of the wire: a ZeroMQ DEALER talking to one worker (docs/protocol.md).
+
+bpy-free, and pyzmq is imported inside the functions so that this module imports without it.
+Liveness is Paranoid Pirate style: while waiting for a job the client sends a HEARTBEAT every
+``heartbeat_s`` and gives up with ``WorkerUnavailable`` when nothing (message or heartbeat) has
+come from the worker for ``liveness_s``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections import deque
+from typing import Any, Iterator
+
+import numpy as np
+
+from .protocol import (
+    ErrorCode, Message, MessageType, ProtocolError, blob_array, blob_png, decode, encode, png_blob,
+)
+
+CLIENT_VERSION = "0.1.0"
+_FINAL = (MessageType.RESULT, MessageType.ERROR, MessageType.CANCELLED)
+
+
+class WorkerUnavailable(RuntimeError):
+    """No worker answered; the text is a sentence for the user."""
+
+
+class Client:
+    def __init__(self, address: str, timeout_s: float = 5.0, heartbeat_s: float = 1.0,
+                 liveness_s: float | None = None):
+        self.address = address
+        self.timeout_s = timeout_s
+        self.heartbeat_s = heartbeat_s
+        self.liveness_s = timeout_s if liveness_s is None else liveness_s
+        self._socket = None
+        self._inbox: dict[str | None, deque[Message]] = {}
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid():x}{id(self) & 0xFFFFFF:x}"
+
+    # --- socket ----------------------------------------------------------------------------------
+    def _sock(self):
+        if self._socket is None:
+            import zmq
+
+            self._socket = zmq.Context.instance().socket(zmq.DEALER)
+            self._socket.setsockopt(zmq.LINGER, 0)
+            self._socket.connect(self.address)
+        return self._socket
+
+    def _reset(self) -> None:
+        if self._socket is not None:
+            self._socket.close(0)
+            self._socket = None
+
+    def close(self) -> None:
+        self._reset()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _send(self, message: Message) -> None:
+        self._sock().send_multipart(encode(message))
+
+    def _recv(self, timeout_s: float) -> Message | None:
+        """One decoded message, or None when nothing came within ``timeout_s``."""
+        sock = self._sock()
+        if not sock.poll(max(0, int(timeout_s * 1000))):
+            return None
+        return decode(sock.recv_multipart())
+
+    def _unavailable(self, what: str) -> WorkerUnavailable:
+        self._reset()  # Paranoid Pirate: a fresh socket next time, nothing stale queued in it
+        return WorkerUnavailable(f"The AnimaX worker at {self.address} {what}; check that it is running "
+                                 "(animax-worker) and that the address is right.")
+
+    # --- requests --------------------------------------------------------------------------------
+    def hello(self) -> dict:
+        self._send(Message(MessageType.HELLO, None, {"client": "animax-blender", "version": CLIENT_VERSION}))
+        deadline = time.monotonic() + self.timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            message = self._recv(left)
+            if message is None:
+                break
+            if message.type == MessageType.WELCOME:
+                return dict(message.body)
+            if message.type == MessageType.ERROR and message.job is None:
+                raise ProtocolError(ErrorCode(message.body["code"]), message.body["message"])
+            self._inbox.setdefault(message.job, deque()).append(message)
+        raise self._unavailable(f"did not answer within {self.timeout_s:g} s")
+
+    def submit(self, prompt: str, rig: dict, cameras: dict, templates: np.ndarray, options: dict[str, Any],
+               job: str | None = None) -> str:
+        """Send a job; returns its id. Follow it with ``events(job)``."""
+        job = job or f"{self._prefix}-{next(self._ids)}"
+        images = np.asarray(templates)
+        blobs = tuple(png_blob(image) for image in images)
+        body = {"prompt": prompt, "rig": rig, "cameras": cameras, "options": options,
+                "templates": list(range(len(blobs)))}
+        self._send(Message(MessageType.SUBMIT, job, body, blobs))
+        return job
+
+    def cancel(self, job: str) -> None:
+        self._send(Message(MessageType.CANCEL, job))
+
+    def events(self, job: str) -> Iterator[Message]:
+        """ACCEPTED, PROGRESS, then RESULT, ERROR or CANCELLED for ``job`` (ends after that one).
+
+        Errors without a job id (a malformed request) are yielded too and end the stream.
+        """
+        last_heard = time.monotonic()
+        next_beat = last_heard + self.heartbeat_s
+        while True:
+            for key in (job, None):
+                pending = self._inbox.get(key)
+                if pending:
+                    message = pending.popleft()
+                    yield message
+                    if message.type in _FINAL:
+                        return
+                    break
+            else:
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._send(Message(MessageType.HEARTBEAT))
+                    next_beat = now + self.heartbeat_s
+                wait = min(next_beat, last_heard + self.liveness_s) - now
+                message = self._recv(wait)
+                if message is not None:
+                    last_heard = time.monotonic()
+                    if message.type not in (MessageType.HEARTBEAT, MessageType.WELCOME):
+                        self._inbox.setdefault(message.job, deque()).append(message)
+                elif time.monotonic() - last_heard > self.liveness_s:
+                    raise self._unavailable(f"stopped answering for {self.liveness_s:g} s")
+
+
+def result_arrays(message: Message) -> dict[str, np.ndarray]:
+    """A RESULT's arrays by name, plus each video as ``<name>_video`` (V, T, H, W, 3) uint8."""
+    out = {name: blob_array(spec, message.blobs[spec["blob"]]) for name, spec in message.body["arrays"].items()}
+    diagnostics = message.body["diagnostics"]
+    for name, indices in message.body["videos"].items():
+        frames = np.stack([blob_png(message.blobs[i]) for i in indices])
+        views = diagnostics.get("views", 1)
+        out[f"{name}_video"] = frames.reshape(views, len(indices) // views, *frames.shape[1:])
+    return out

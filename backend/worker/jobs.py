@@ -1,0 +1,125 @@
+"""One generation job: a SUBMIT message in, a RESULT / CANCELLED / ERROR message out.
+
+``run_job`` is socket-free: the worker's compute thread calls it with a ``progress`` callback
+(stage, step, total) and a ``cancelled`` predicate that it polls once per denoising step.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from animax_addon.core.cameras import CameraError, CameraRig
+from animax_addon.core.pose_maps import render_pose_maps
+from animax_addon.core.protocol import (
+    ErrorCode, Message, MessageType, ProtocolError, array_blob, blob_png, error_message, png_blob,
+)
+from animax_addon.core.rig import Rig, RigError
+from backend.reconstruction.reconstruct import reconstruct
+
+Progress = Callable[[str, int, int], None]
+
+
+class JobInputError(ValueError):
+    """The user's rig, cameras or templates cannot be used; the text is a sentence for them."""
+
+
+def _inputs(body: dict) -> tuple[Rig, CameraRig, np.ndarray]:
+    try:
+        rig = Rig.from_dict(body["rig"])
+    except RigError as exc:
+        raise JobInputError(f"The rig cannot be used: {exc}.") from exc
+    try:
+        cameras = CameraRig.from_dict(body["cameras"])
+    except CameraError as exc:
+        raise JobInputError(f"The cameras cannot be used: {exc}.") from exc
+    if cameras.width != cameras.height:
+        raise JobInputError(f"The cameras must render square images, got {cameras.width}x{cameras.height}.")
+    if len(body["templates"]) != cameras.num_views:
+        raise JobInputError(f"{len(body['templates'])} template images were sent for "
+                            f"{cameras.num_views} camera views.")
+    images = []
+    for i, data in enumerate(body["templates"]):
+        image = data  # a decoded array, filled in by run_job
+        if image.shape[:2] != (cameras.height, cameras.width):
+            raise JobInputError(f"Template {i} is {image.shape[1]}x{image.shape[0]} pixels but the cameras "
+                                f"render {cameras.width}x{cameras.height}.")
+        images.append(image)
+    return rig, cameras, np.stack(images)
+
+
+def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[], bool]) -> Message:
+    """Run one SUBMIT to the end; never raises for user input, returns an ERROR message instead."""
+    job, body = submit.job, submit.body
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        decoded = dict(body, templates=[blob_png(submit.blobs[i]) for i in body["templates"]])
+        rig, cameras, rgb_templates = _inputs(decoded)
+        pose_templates = render_pose_maps(cameras, rig.joints_rest[None], rig.joint_parents)[:, 0]
+    except ProtocolError as exc:
+        return error_message(exc.code, exc.sentence, job)
+    except (JobInputError, ValueError) as exc:
+        return error_message(ErrorCode.BAD_FIELD, str(exc), job)
+    seconds["prepare"] = time.perf_counter() - start
+    if cancelled():
+        return Message(MessageType.CANCELLED, job)
+
+    options = body["options"]
+    total = options["steps"]
+
+    def on_step(pipe, step, timestep, tensors):
+        progress("denoise", step + 1, total)
+        if cancelled():
+            pipe._interrupt = True
+        return tensors
+
+    start = time.perf_counter()
+    try:
+        output = pipeline(
+            prompt=body["prompt"], rgb_templates=rgb_templates, pose_templates=pose_templates, cameras=cameras,
+            num_frames=options["frames"], num_inference_steps=total, guidance_scale=float(options["guidance"]),
+            generator=torch.Generator().manual_seed(options["seed"]), decode_rgb="rgb" in options["outputs"],
+            callback_on_step_end=on_step,
+        )
+    except torch.cuda.OutOfMemoryError:
+        return error_message(ErrorCode.OUT_OF_MEMORY, ErrorCode.OUT_OF_MEMORY.sentence, job)
+    except ValueError as exc:  # check_inputs: e.g. a size that is not a multiple of the VAE's
+        return error_message(ErrorCode.BAD_FIELD, f"The job cannot run: {exc}.", job)
+    seconds["denoise"] = time.perf_counter() - start
+    if output.interrupted or cancelled():
+        return Message(MessageType.CANCELLED, job)
+
+    progress("reconstruct", 0, 1)
+    start = time.perf_counter()
+    motion = reconstruct(rig, cameras, output.pose_videos)
+    seconds["reconstruct"] = time.perf_counter() - start
+    progress("reconstruct", 1, 1)
+    if cancelled():
+        return Message(MessageType.CANCELLED, job)
+
+    blobs: list[bytes] = []
+    arrays = {}
+    for name, value in (("rotations", motion.rotations), ("root_translation", motion.root_translation),
+                        ("joints", motion.joints), ("confidence", motion.confidence),
+                        ("reprojection_error", motion.reprojection_error)):
+        spec, data = array_blob(np.asarray(value, dtype=np.float32))
+        arrays[name] = dict(spec, blob=len(blobs))
+        blobs.append(data)
+    videos = {}
+    sources = {"pose": output.pose_videos, "rgb": output.rgb_videos}
+    for name in options["outputs"]:
+        frames = sources[name]
+        videos[name] = []
+        for view in frames:  # view-major: view 0's frames, then view 1's, ...
+            for frame in view:
+                videos[name].append(len(blobs))
+                blobs.append(png_blob(frame))
+    views, frames = output.pose_videos.shape[:2]
+    diagnostics = {"seconds": seconds, "views": int(views), "frames": int(frames),
+                   "joint_names": motion.joint_names, "bone_names": motion.bone_names}
+    return Message(MessageType.RESULT, job, {"arrays": arrays, "videos": videos, "diagnostics": diagnostics},
+                   tuple(blobs))
