@@ -27,7 +27,8 @@ class JobInputError(ValueError):
     """The user's rig, cameras or templates cannot be used; the text is a sentence for them."""
 
 
-def _inputs(body: dict) -> tuple[Rig, CameraRig, np.ndarray]:
+def _inputs(body: dict, templates: list[np.ndarray]) -> tuple[Rig, CameraRig, np.ndarray]:
+    """The rig, cameras and RGB templates (V, H, W, 3) of a SUBMIT, checked against each other."""
     try:
         rig = Rig.from_dict(body["rig"])
     except RigError as exc:
@@ -38,17 +39,13 @@ def _inputs(body: dict) -> tuple[Rig, CameraRig, np.ndarray]:
         raise JobInputError(f"The cameras cannot be used: {exc}.") from exc
     if cameras.width != cameras.height:
         raise JobInputError(f"The cameras must render square images, got {cameras.width}x{cameras.height}.")
-    if len(body["templates"]) != cameras.num_views:
-        raise JobInputError(f"{len(body['templates'])} template images were sent for "
-                            f"{cameras.num_views} camera views.")
-    images = []
-    for i, data in enumerate(body["templates"]):
-        image = data  # a decoded array, filled in by run_job
+    if len(templates) != cameras.num_views:
+        raise JobInputError(f"{len(templates)} template images were sent for {cameras.num_views} camera views.")
+    for i, image in enumerate(templates):
         if image.shape[:2] != (cameras.height, cameras.width):
             raise JobInputError(f"Template {i} is {image.shape[1]}x{image.shape[0]} pixels but the cameras "
                                 f"render {cameras.width}x{cameras.height}.")
-        images.append(image)
-    return rig, cameras, np.stack(images)
+    return rig, cameras, np.stack(templates)
 
 
 def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[], bool]) -> Message:
@@ -57,12 +54,12 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     try:
-        decoded = dict(body, templates=[blob_png(submit.blobs[i]) for i in body["templates"]])
-        rig, cameras, rgb_templates = _inputs(decoded)
+        templates = [blob_png(submit.blobs[i]) for i in body["templates"]]
+        rig, cameras, rgb_templates = _inputs(body, templates)
         pose_templates = render_pose_maps(cameras, rig.joints_rest[None], rig.joint_parents)[:, 0]
     except ProtocolError as exc:
         return error_message(exc.code, exc.sentence, job)
-    except (JobInputError, ValueError) as exc:
+    except ValueError as exc:  # JobInputError, and any other refusal of the inputs
         return error_message(ErrorCode.BAD_FIELD, str(exc), job)
     seconds["prepare"] = time.perf_counter() - start
     if cancelled():
