@@ -9,6 +9,12 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
     echo "setup.sh: AnimaX needs Python 3.11 (bpy 5.0.1); set PYTHON=/path/to/python3.11" >&2
     exit 1
 }
+# Headless Blender (bpy) renders the templates with Workbench through Mesa's EGL.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+   && ! dpkg -s libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"

@@ -6,6 +6,7 @@ import bpy
 import numpy as np
 
 from animax_addon.core.rig import Rig
+from backend.data import blender_build
 
 
 def empty_scene() -> None:
@@ -13,21 +14,11 @@ def empty_scene() -> None:
 
 
 def build_armature(rig: Rig, name: str = "Rig") -> bpy.types.Object:
-    """An armature object at the origin whose edit bones are exactly ``rig``'s bones."""
-    armature = bpy.data.armatures.new(name)
-    obj = bpy.data.objects.new(name, armature)
-    bpy.context.scene.collection.objects.link(obj)
-    bpy.context.view_layer.objects.active = obj
-    bpy.ops.object.mode_set(mode="EDIT")
-    for bone in rig.bones:
-        edit = armature.edit_bones.new(bone.name)
-        edit.head, edit.tail, edit.roll = bone.head, bone.tail, bone.roll
-        edit.use_deform = bone.deform
-    for bone in rig.bones:
-        if bone.parent is not None:
-            armature.edit_bones[bone.name].parent = armature.edit_bones[bone.parent]
-    bpy.ops.object.mode_set(mode="OBJECT")
-    return obj
+    """An armature object at the origin whose edit bones are exactly ``rig``'s bones.
+
+    Bones stay unconnected, so that every bone's pose location takes effect as in our FK.
+    """
+    return blender_build.build_armature(rig, name, connect=False)
 
 
 def pose_armature(obj: bpy.types.Object, rig: Rig, rotations: np.ndarray, locations: np.ndarray) -> np.ndarray:

@@ -1,0 +1,128 @@
+"""The rig snapshot of an armature object: its rest pose in world space, as a core ``Rig``.
+
+World space (the object's transform applied) so that the cameras, the worker's results and the
+user's scene share one frame. Only rigid transforms with a uniform positive scale keep bone
+rotations meaningful, so other object transforms are refused with a sentence saying what to do.
+"""
+
+from __future__ import annotations
+
+import bpy
+import mathutils
+import numpy as np
+
+from .core.rig import MAX_JOINTS, Bone, Rig, RigError
+
+BONE_OPTIONS = ("DEFORM", "COLLECTION", "SELECTED")
+
+_NARROWER = {
+    "DEFORM": "choose 'Selected bones' or a bone collection with fewer bones",
+    "COLLECTION": "choose a smaller bone collection or 'Selected bones'",
+    "SELECTED": "select fewer bones",
+}
+_SCALE_TOLERANCE = 1e-4  # relative; object scales typed into the panel are exact to far better
+
+
+class SnapshotError(ValueError):
+    """An armature that cannot be snapshotted; the message says what the user can change."""
+
+
+def _is_selected(obj, bone) -> bool:
+    # Blender 5.0 keeps bone selection on pose bones; 4.x keeps it on the bone itself
+    pose_bone = obj.pose.bones[bone.name]
+    return pose_bone.select if hasattr(pose_bone, "select") else bone.select
+
+
+def participating_bones(obj, bones: str = "DEFORM", collection: str = "") -> list[str]:
+    """Names of the bones that take part, in the armature's bone order."""
+    if obj is None or obj.type != "ARMATURE":
+        what = "nothing" if obj is None else f"'{obj.name}' ({obj.type.lower()})"
+        raise SnapshotError(f"AnimaX animates an armature, but {what} was given; select an armature")
+    if obj.mode == "EDIT":
+        raise SnapshotError(f"'{obj.name}' is in Edit Mode; switch to Object or Pose Mode first")
+    armature = obj.data
+    if bones == "DEFORM":
+        names = [b.name for b in armature.bones if b.use_deform]
+        if not names:
+            raise SnapshotError(
+                f"'{obj.name}' has no deform bones; choose 'Selected bones' or a bone collection"
+            )
+    elif bones == "COLLECTION":
+        found = armature.collections_all.get(collection)
+        if found is None:
+            known = ", ".join(f"'{c.name}'" for c in armature.collections_all) or "none"
+            raise SnapshotError(
+                f"'{obj.name}' has no bone collection '{collection}' (it has: {known}); pick one of them"
+            )
+        members = {b.name for b in found.bones}
+        names = [b.name for b in armature.bones if b.name in members]
+        if not names:
+            raise SnapshotError(
+                f"bone collection '{collection}' of '{obj.name}' is empty; add bones to it or pick another"
+            )
+    elif bones == "SELECTED":
+        names = [b.name for b in armature.bones if _is_selected(obj, b)]
+        if not names:
+            raise SnapshotError(f"no bones of '{obj.name}' are selected; select bones in Pose Mode")
+    else:
+        raise SnapshotError(f"unknown bones option {bones!r}; use one of {', '.join(BONE_OPTIONS)}")
+    return names
+
+
+def _uniform_scale(obj) -> float:
+    """The object's uniform world scale; refuses non-uniform, sheared or mirrored transforms."""
+    linear = np.array(obj.matrix_world, dtype=np.float64)[:3, :3]
+    gram = linear.T @ linear
+    scale = float(np.sqrt(np.trace(gram) / 3))
+    if np.linalg.det(linear) <= 0:
+        raise SnapshotError(
+            f"'{obj.name}' has a negative (mirroring) or zero scale; apply the scale "
+            "(Ctrl+A > Scale) or make it positive"
+        )
+    if np.abs(gram - scale**2 * np.eye(3)).max() > _SCALE_TOLERANCE * scale**2:
+        raise SnapshotError(
+            f"'{obj.name}' (or a parent) has a non-uniform scale; apply the scale (Ctrl+A > Scale) "
+            "or give X, Y and Z the same scale"
+        )
+    return scale
+
+
+def rig_from_armature(obj, bones: str = "DEFORM", collection: str = "") -> Rig:
+    """The rig snapshot of ``obj``'s rest pose in world space (see module doc)."""
+    names = participating_bones(obj, bones, collection)
+    scale = _uniform_scale(obj)
+    world = np.array(obj.matrix_world, dtype=np.float64)
+    rotation = world[:3, :3] / scale
+    taking_part = set(names)
+    snapshot = []
+    for name in names:
+        bone = obj.data.bones[name]
+        parent = bone.parent
+        while parent is not None and parent.name not in taking_part:
+            parent = parent.parent  # skip bones that do not take part: nearest one above
+        head = world[:3, :3] @ np.array(bone.head_local) + world[:3, 3]
+        tail = world[:3, :3] @ np.array(bone.tail_local) + world[:3, 3]
+        # Blender's own matrix -> roll, so the snapshot's rest matrices are the world ones
+        axes = rotation @ np.array(bone.matrix_local, dtype=np.float64)[:3, :3]
+        _, roll = bpy.types.Bone.AxisRollFromMatrix(mathutils.Matrix(axes.tolist()))
+        snapshot.append(
+            Bone(
+                name=name,
+                parent=None if parent is None else parent.name,
+                head=tuple(head.tolist()),
+                tail=tuple(tail.tolist()),
+                roll=float(roll),
+                deform=bool(bone.use_deform),
+            )
+        )
+    try:
+        rig = Rig(snapshot, max_joints=None)
+    except RigError as exc:
+        raise SnapshotError(f"'{obj.name}' cannot be animated: {exc}") from None
+    if rig.num_joints > MAX_JOINTS:
+        raise SnapshotError(
+            f"'{obj.name}' has {rig.num_joints} joints with these bones ({rig.num_bones} bones plus "
+            f"{int(rig.leaves.sum())} leaf tails) but AnimaX tells at most {MAX_JOINTS} apart; "
+            f"{_NARROWER[bones]}"
+        )
+    return rig

@@ -1,0 +1,133 @@
+"""The RGB template renders: the character's rest pose seen by each camera of the rig.
+
+Workbench in a temporary scene that links the armature and the meshes it deforms, so nothing
+the user owns changes: their scene, render settings, selection and active object stay as they
+were, and every data-block made here (scene, camera, world, images) is removed afterwards,
+also when rendering fails.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import bpy
+import mathutils
+import numpy as np
+
+from .core.cameras import CameraRig, blender_lens_mm
+from .core.templates_style import TEMPLATE_BACKGROUND
+
+_RENDER_RESULT = "Render Result"
+
+
+class TemplateError(ValueError):
+    """Templates that cannot be rendered; the message says what the user can change."""
+
+
+def deformed_meshes(obj) -> list:
+    """Renderable meshes that move with the armature: an Armature modifier on it, or parented."""
+
+    def follows(other) -> bool:
+        if any(m.type == "ARMATURE" and m.object == obj for m in other.modifiers):
+            return True
+        parent = other.parent
+        while parent is not None:
+            if parent == obj:
+                return True
+            parent = parent.parent
+        return False
+
+    return [o for o in bpy.data.objects if o.type == "MESH" and not o.hide_render and follows(o)]
+
+
+def _srgb_to_linear(value: int) -> float:
+    c = value / 255
+    return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+
+def _setup_scene(scene, size: int) -> None:
+    """Flat grey background, studio light, material colours, exact 8-bit output."""
+    render = scene.render
+    render.engine = "BLENDER_WORKBENCH"
+    render.resolution_x = render.resolution_y = size
+    render.resolution_percentage = 100
+    render.pixel_aspect_x = render.pixel_aspect_y = 1.0
+    render.film_transparent = False
+    render.dither_intensity = 0.0  # dither noise would break the exact background grey
+    render.use_compositing = render.use_sequencer = False
+    render.image_settings.file_format = "PNG"
+    render.image_settings.color_mode = "RGB"
+    render.image_settings.color_depth = "8"
+    render.image_settings.compression = 0  # a temp file read once: speed over size
+    view = scene.view_settings
+    view.view_transform = "Standard"  # so the world grey comes out as exactly TEMPLATE_BACKGROUND
+    view.look = "None"
+    view.exposure, view.gamma = 0.0, 1.0
+    scene.display_settings.display_device = "sRGB"
+    shading = scene.display.shading
+    shading.light = "STUDIO"
+    shading.color_type = "MATERIAL"
+    shading.show_object_outline = shading.show_cavity = shading.show_shadows = False
+    shading.show_xray = False
+    scene.world.color = [_srgb_to_linear(v) for v in TEMPLATE_BACKGROUND]
+
+
+def _read_png(path: str, size: int) -> np.ndarray:
+    image = bpy.data.images.load(path)
+    try:
+        pixels = np.empty(size * size * 4, dtype=np.float32)
+        image.pixels.foreach_get(pixels)
+    finally:
+        bpy.data.images.remove(image)
+    # byte images give value / 255; Blender's rows run bottom to top
+    rgb = np.rint(pixels.reshape(size, size, 4)[::-1, :, :3] * 255)
+    return rgb.astype(np.uint8)
+
+
+def render_templates(obj, cameras: CameraRig, size: int) -> np.ndarray:
+    """(V, size, size, 3) uint8 sRGB renders of ``obj``'s rest pose from each camera."""
+    meshes = deformed_meshes(obj)
+    if not meshes:
+        raise TemplateError(
+            f"'{obj.name}' deforms no visible mesh, so there is nothing to show the model; "
+            "skin a mesh to it (Armature modifier) or make its mesh renderable"
+        )
+    cameras = cameras.resized(size, size)
+    had_render_result = _RENDER_RESULT in bpy.data.images
+    pose_position = obj.data.pose_position
+    made = []  # (collection, data-block), removed in reverse order
+    try:
+        obj.data.pose_position = "REST"
+        scene = bpy.data.scenes.new("AnimaX templates")
+        made.append((bpy.data.scenes, scene))
+        scene.world = bpy.data.worlds.new("AnimaX templates")
+        made.append((bpy.data.worlds, scene.world))
+        camera_data = bpy.data.cameras.new("AnimaX templates")
+        made.append((bpy.data.cameras, camera_data))
+        camera = bpy.data.objects.new("AnimaX templates", camera_data)
+        made.append((bpy.data.objects, camera))
+        for o in [obj, camera, *meshes]:
+            scene.collection.objects.link(o)
+        scene.camera = camera
+        scene.frame_current = bpy.context.scene.frame_current
+        _setup_scene(scene, size)
+        camera_data.sensor_fit = "AUTO"
+        camera_data.sensor_width = 36.0
+        camera_data.lens = blender_lens_mm(cameras.focal_px, size)
+        distance = float(np.linalg.norm(cameras.positions, axis=1).max()) * cameras.radius
+        camera_data.clip_start, camera_data.clip_end = 1e-3 * distance, 10 * distance
+        views = []
+        with tempfile.TemporaryDirectory(prefix="animax_templates_") as folder:
+            for v, matrix in enumerate(cameras.blender_matrices_world()):
+                camera.matrix_world = mathutils.Matrix(matrix.tolist())
+                scene.render.filepath = os.path.join(folder, f"view{v}.png")
+                bpy.ops.render.render(write_still=True, scene=scene.name)
+                views.append(_read_png(scene.render.filepath, size))
+        return np.stack(views)
+    finally:
+        for collection, block in reversed(made):
+            collection.remove(block)
+        if not had_render_result and _RENDER_RESULT in bpy.data.images:
+            bpy.data.images.remove(bpy.data.images[_RENDER_RESULT])
+        obj.data.pose_position = pose_position
