@@ -2,7 +2,9 @@
 
     animax pose-maps   --rig RIG.json --motion MOTION.npz --out DIR [--size 480]
     animax reconstruct --rig RIG.json --pose-maps DIR --out RESULT.npz [--smooth W]
-    animax demo        [--out DIR]
+    animax demo        [--blend IN.blend --armature NAME] --prompt TEXT --out OUT.blend [--preview OUT.mp4]
+    animax ping        ADDRESS [--server-key FILE --client-key FILE]
+    animax generate    --rig RIG.json --templates DIR --prompt TEXT --out RESULT.npz [--address ...]
 
 A user's mistake (a missing file, a wrong shape, a rig over the joint limit) ends with one
 sentence on stderr and exit status 2, never a traceback.
@@ -19,9 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from animax_addon.core.cameras import CameraError, CameraRig, make_camera_rig
+from animax_addon.core.client import DEFAULT_ADDRESS, Client, WorkerUnavailable, result_arrays
+from animax_addon.core.protocol import MessageType, ProtocolError, blob_png
 from animax_addon.core.pose_maps import render_pose_maps
 from animax_addon.core.rig import Rig, RigError
 
+from .demo import DemoError, run_demo
+from .demo import add_arguments as add_demo_arguments
 from .reconstruction.pose_map_folder import (
     PoseMapFolderError,
     read_pose_map_folder,
@@ -30,14 +36,14 @@ from .reconstruction.pose_map_folder import (
 from .reconstruction.reconstruct import reconstruct
 
 MODEL_FPS = 16
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 class UsageError(ValueError):
     """A problem with what the user gave the command."""
 
 
-_USER_ERRORS = (UsageError, RigError, CameraError, PoseMapFolderError)
+_USER_ERRORS = (UsageError, RigError, CameraError, PoseMapFolderError, WorkerUnavailable, ProtocolError, DemoError)
+PING_TIMEOUT_S = 4.0  # ping answers "no" within ~5 s
 
 
 def load_motion(path: Path, rig: Rig) -> np.ndarray:
@@ -110,10 +116,84 @@ def reconstruct_command(args) -> None:
 
 
 def demo_command(args) -> None:
-    """Pose maps of a shipped example motion, reconstructed and compared with the truth."""
-    from .demo import run_demo
+    """Animate a character headless with the add-on and a local worker (backend/demo.py)."""
+    run_demo(args)
 
-    run_demo(EXAMPLES / "fox.rig.json", EXAMPLES / "fox_trot.npz", Path(args.out), args.size)
+
+def connect(args, timeout_s: float) -> Client:
+    """A client for ``args.address``, with CurveZMQ when both key files are given."""
+    if (args.server_key is None) != (args.client_key is None):
+        raise UsageError("CurveZMQ needs both --server-key (the server's NAME.key) and --client-key "
+                         "(your NAME.key_secret)")
+    try:
+        return Client(args.address, timeout_s=timeout_s, server_public_key=args.server_key,
+                      client_secret_file=args.client_key)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def ping_command(args) -> None:
+    with connect(args, PING_TIMEOUT_S) as client:
+        welcome = client.hello()
+    preset = welcome["preset"]
+    print(f"{welcome['worker']} {welcome['version']} (protocol {welcome['protocol']}) at {args.address}: "
+          f"model {welcome['model']}, {preset['size']} px, {preset['frames']} frames at {preset['fps']} fps, "
+          f"{preset['steps']} steps, guidance {preset['guidance']}")
+
+
+TEMPLATE_NAMES = [f"view_{view}.png" for view in range(4)]
+
+
+def read_templates(folder: Path) -> np.ndarray:
+    """The 4 RGB template renders ``view_0.png`` .. ``view_3.png`` (square, one size): (4, S, S, 3)."""
+    images = []
+    for name in TEMPLATE_NAMES:
+        path = folder / name
+        if not path.is_file():
+            raise UsageError(f"template {path} is missing; --templates needs {', '.join(TEMPLATE_NAMES)}")
+        try:
+            images.append(blob_png(path.read_bytes()))
+        except ProtocolError as exc:
+            raise UsageError(f"template {path}: {exc}") from None
+    sizes = {image.shape[:2] for image in images}
+    if len(sizes) != 1 or images[0].shape[0] != images[0].shape[1]:
+        raise UsageError(f"the templates must be square and of one size, got {sorted(sizes)}")
+    return np.stack(images)
+
+
+def generate_command(args) -> None:
+    rig = Rig.load(args.rig)
+    templates = read_templates(Path(args.templates))
+    cameras = rig_cameras(rig, templates.shape[1])
+    with connect(args, args.timeout) as client:
+        preset = client.hello()["preset"]
+        chosen = {"steps": args.steps, "guidance": args.guidance, "frames": args.frames, "fps": args.fps}
+        options = {key: preset[key] if value is None else value for key, value in chosen.items()}
+        options.update(seed=args.seed, outputs=["pose", "rgb"] if args.rgb else ["pose"])
+        job = client.submit(args.prompt, rig.to_dict(), cameras.to_dict(), templates, options)
+        try:
+            for message in client.events(job):
+                if message.type == MessageType.ACCEPTED:
+                    print(f"queued at position {message.body['position']}", flush=True)
+                elif message.type == MessageType.PROGRESS:
+                    body = message.body
+                    eta = f", about {body['eta_s']:.0f} s left" if body["eta_s"] is not None else ""
+                    print(f"{body['stage']} {body['step']}/{body['total']}{eta}", flush=True)
+                elif message.type == MessageType.RESULT:
+                    result = message
+                else:  # ERROR or CANCELLED
+                    raise UsageError(message.body.get("message", "the job was cancelled"))
+        except KeyboardInterrupt:
+            client.cancel(job)  # free the worker for the next job
+            raise
+    arrays = result_arrays(result)
+    diagnostics = result.body["diagnostics"]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **arrays, joint_names=np.array(diagnostics["joint_names"]),
+             bone_names=np.array(diagnostics["bone_names"]), fps=np.array(float(options["fps"])),
+             prompt=np.array(args.prompt))
+    print(f"generated {len(arrays['rotations'])} frames x {rig.num_bones} bones; wrote {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,10 +214,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=float, default=0.0, help="temporal smoothing weight (default 0)")
     p.set_defaults(run=reconstruct_command)
 
-    p = sub.add_parser("demo", help="run the reconstruction on a shipped example and score it")
-    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--size", type=int, default=480)
+    p = sub.add_parser("demo", help="animate a character from a prompt in headless Blender, as the Animate "
+                                    "button does, and render a preview video")
+    add_demo_arguments(p)
     p.set_defaults(run=demo_command)
+
+    def add_keys(p):
+        p.add_argument("--server-key", help="CurveZMQ: the server's public key file (NAME.key)")
+        p.add_argument("--client-key", help="CurveZMQ: your secret key file (NAME.key_secret)")
+
+    p = sub.add_parser("ping", help="ask a worker or broker for its version and preset")
+    p.add_argument("address", help=f"e.g. {DEFAULT_ADDRESS}")
+    add_keys(p)
+    p.set_defaults(run=ping_command)
+
+    p = sub.add_parser("generate", help="animate a rig from a prompt on a worker")
+    p.add_argument("--rig", required=True, help="rig file (JSON, see docs/formats.md)")
+    p.add_argument("--templates", required=True, help="folder with view_0.png .. view_3.png (RGB renders)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True, help="result .npz (docs/formats.md)")
+    p.add_argument("--address", default=DEFAULT_ADDRESS, help=f"worker or broker (default {DEFAULT_ADDRESS})")
+    add_keys(p)
+    p.add_argument("--steps", type=int, help="denoising steps (default: the worker's preset)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, help="video frames, 1 + 4k (default: the worker's preset)")
+    p.add_argument("--fps", type=float, help="frame rate of the result (default: the model's 16)")
+    p.add_argument("--guidance", type=float, help="image guidance scale (default: the worker's preset)")
+    p.add_argument("--rgb", action="store_true", help="also return the generated RGB videos")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the worker (default 10)")
+    p.set_defaults(run=generate_command)
     return parser
 
 

@@ -48,9 +48,13 @@ def result() -> Message:
                    (joints_bytes, ids_bytes, png_blob(IMAGES[0]), png_blob(IMAGES[2])))
 
 
+PRESET = {"name": "tiny", "size": 64, "frames": 17, "steps": 20, "guidance": 3.0, "fps": 16}
 VALID = [
     Message(MessageType.HELLO, None, {"client": "blender-addon", "version": "0.1.0"}),
-    Message(MessageType.WELCOME, None, {"worker": "gpu-1", "version": "0.1.0", "protocol": 1, "model": "tiny"}),
+    Message(MessageType.WELCOME, None, {"worker": "gpu-1", "version": "0.1.0", "protocol": 1, "model": "tiny",
+                                        "preset": PRESET}),
+    Message(MessageType.READY, None, {"worker": "gpu-2", "version": "0.1.0", "protocol": 1, "model": "tiny",
+                                      "preset": PRESET}),
     submit(),
     Message(MessageType.ACCEPTED, "job-1", {"position": 0}),
     Message(MessageType.PROGRESS, "job-1", {"stage": "denoise", "step": 3, "total": 50, "eta_s": 12.5}),
@@ -277,7 +281,14 @@ def test_submit_frames_accepts_one_plus_4k():
 @pytest.mark.parametrize("type_, body, field", [
     ("hello", {"client": "c"}, "version"),
     ("hello", {"client": "", "version": "1"}, "client"),
-    ("welcome", {"worker": "w", "version": "1", "protocol": 0, "model": "m"}, "protocol"),
+    ("welcome", {"worker": "w", "version": "1", "protocol": 0, "model": "m", "preset": PRESET}, "protocol"),
+    ("welcome", {"worker": "w", "version": "1", "protocol": 1, "model": "m"}, "preset"),
+    ("welcome", {"worker": "w", "version": "1", "protocol": 1, "model": "m", "preset": dict(PRESET, frames=16)},
+     "preset.frames"),
+    ("ready", {"worker": "w", "version": "1", "protocol": 1, "model": "m", "preset": dict(PRESET, fps=0)},
+     "preset.fps"),
+    ("ready", {"worker": "w", "version": "1", "protocol": 1, "model": "m", "preset": dict(PRESET, seed=1)},
+     "preset.seed"),
     ("accepted", {"position": -1}, "position"),
     ("progress", {"stage": "s", "step": 4, "total": 3, "eta_s": None}, "step"),
     ("progress", {"stage": "s", "step": 1, "total": 3, "eta_s": -1}, "eta_s"),
@@ -286,7 +297,7 @@ def test_submit_frames_accepts_one_plus_4k():
     ("heartbeat", {"x": 1}, "x"),
 ])
 def test_other_field_errors_name_the_field(type_, body, field):
-    job = None if type_ in ("hello", "welcome", "heartbeat") else "j"
+    job = None if type_ in ("hello", "welcome", "heartbeat", "ready") else "j"
     raises(ErrorCode.BAD_FIELD, frames_of(header(type_, job, body)), match=f"'{field}'")
 
 

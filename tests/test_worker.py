@@ -155,7 +155,7 @@ def test_queue_bound(make_worker):
 
 def test_round_robin_across_clients(worker):
     with Client(worker.address) as a, Client(worker.address) as b:
-        first = submit(a, steps=30, job="a0")
+        first = submit(a, steps=100, job="a0")  # long enough to still run while the others queue, even on a busy CI box
         until(a, first, MessageType.PROGRESS)
         for job in ("a1", "a2"):
             submit(a, job=job)

@@ -4,6 +4,11 @@ bpy-free, and pyzmq is imported inside the functions so that this module imports
 Liveness is Paranoid Pirate style: while waiting for a job the client sends a HEARTBEAT every
 ``heartbeat_s`` and gives up with ``WorkerUnavailable`` when nothing (message or heartbeat) has
 come from the worker for ``liveness_s``.
+
+A remote worker or broker speaks CurveZMQ: pass ``server_public_key`` (its ``NAME.key`` file, or
+the 40-character Z85 key) and ``client_secret_file`` (this user's ``NAME.key_secret``, whose
+public half is in the server's allow-list). A wrong key looks like a silent server, so it ends
+in ``WorkerUnavailable`` after ``timeout_s``; the message says to check the keys.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from .protocol import (
 )
 
 CLIENT_VERSION = "0.1.0"
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"  # a local worker (or broker) on its default port
 _FINAL = (MessageType.RESULT, MessageType.ERROR, MessageType.CANCELLED)
 
 
@@ -30,7 +36,11 @@ class WorkerUnavailable(RuntimeError):
 
 class Client:
     def __init__(self, address: str, timeout_s: float = 5.0, heartbeat_s: float = 1.0,
-                 liveness_s: float | None = None):
+                 liveness_s: float | None = None, *, server_public_key: str | os.PathLike | bytes | None = None,
+                 client_secret_file: str | os.PathLike | None = None):
+        if (server_public_key is None) != (client_secret_file is None):
+            raise ValueError("CurveZMQ needs both the server's public key and this client's secret key file")
+        self._curve = None if server_public_key is None else _curve_keys(server_public_key, client_secret_file)
         self.address = address
         self.timeout_s = timeout_s
         self.heartbeat_s = heartbeat_s
@@ -47,6 +57,8 @@ class Client:
 
             self._socket = zmq.Context.instance().socket(zmq.DEALER)
             self._socket.setsockopt(zmq.LINGER, 0)
+            if self._curve is not None:
+                self._socket.curve_serverkey, self._socket.curve_publickey, self._socket.curve_secretkey = self._curve
             self._socket.connect(self.address)
         return self._socket
 
@@ -76,8 +88,9 @@ class Client:
 
     def _unavailable(self, what: str) -> WorkerUnavailable:
         self._reset()  # Paranoid Pirate: a fresh socket next time, nothing stale queued in it
+        keys = " and that its CurveZMQ keys match yours" if self._curve is not None else ""
         return WorkerUnavailable(f"The AnimaX worker at {self.address} {what}; check that it is running "
-                                 "(animax-worker) and that the address is right.")
+                                 f"(animax-worker) and that the address is right{keys}.")
 
     # --- requests --------------------------------------------------------------------------------
     def hello(self) -> dict:
@@ -137,6 +150,29 @@ class Client:
                         self._inbox.setdefault(message.job, deque()).append(message)
                 elif time.monotonic() - last_heard > self.liveness_s:
                     raise self._unavailable(f"stopped answering for {self.liveness_s:g} s")
+
+
+def _curve_keys(server_public_key: str | os.PathLike | bytes, client_secret_file) -> tuple[bytes, bytes, bytes]:
+    """(server public, client public, client secret) as Z85 bytes, read from the key files."""
+    from zmq.auth import load_certificate
+
+    if not isinstance(server_public_key, bytes) and os.path.isfile(server_public_key):  # a NAME.key file
+        try:
+            key = load_certificate(os.fspath(server_public_key))[0]
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read the server's public key file {server_public_key} ({exc})") from exc
+    else:
+        key = server_public_key if isinstance(server_public_key, bytes) else os.fspath(server_public_key).encode()
+        if len(key) != 40:
+            raise ValueError(f"the server's public key must be its NAME.key file or its 40-character Z85 key, "
+                             f"got {server_public_key!r}")
+    try:
+        public, secret = load_certificate(os.fspath(client_secret_file))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the client key file {client_secret_file} ({exc})") from exc
+    if secret is None:
+        raise ValueError(f"{client_secret_file} holds only a public key; pass your NAME.key_secret file")
+    return key, public, secret
 
 
 def result_arrays(message: Message) -> dict[str, np.ndarray]:

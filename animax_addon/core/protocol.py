@@ -41,6 +41,9 @@ MAX_ERROR_CHARS = 4000
 MAX_STEPS = 200
 MAX_VIDEO_FRAMES = 161
 OUTPUTS = ("pose", "rgb")
+# The loaded model's generation defaults, sent in welcome (and ready): per-view image size,
+# frames, denoising steps, image-guidance scale and the frame rate the model generates at.
+PRESET_KEYS = ("name", "size", "frames", "steps", "guidance", "fps")
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -55,6 +58,7 @@ class MessageType(str, Enum):
     CANCEL = "cancel"
     CANCELLED = "cancelled"
     HEARTBEAT = "heartbeat"
+    READY = "ready"  # worker -> broker only: "I am connected and idle", body as welcome's
 
 
 class ErrorCode(str, Enum):
@@ -71,6 +75,7 @@ class ErrorCode(str, Enum):
     OUT_OF_MEMORY = "out_of_memory"
     MODEL_UNAVAILABLE = "model_unavailable"
     INTERNAL = "internal"
+    WORKER_LOST = "worker_lost"
 
     @property
     def sentence(self) -> str:
@@ -110,6 +115,10 @@ _ERROR_SENTENCES = {
         "the worker's model path and log."
     ),
     ErrorCode.INTERNAL: "The worker failed unexpectedly; see the worker log for details.",
+    ErrorCode.WORKER_LOST: (
+        "The worker running the job stopped answering and no other worker could finish it; "
+        "submit the job again and check the workers' logs."
+    ),
 }
 
 
@@ -229,7 +238,7 @@ def _reject_constant(name: str) -> None:
 _TYPE_VALUES = frozenset(t.value for t in MessageType)
 _NEEDS_JOB = frozenset({MessageType.SUBMIT, MessageType.ACCEPTED, MessageType.PROGRESS,
                         MessageType.RESULT, MessageType.CANCEL, MessageType.CANCELLED})
-_NO_JOB = frozenset({MessageType.HELLO, MessageType.WELCOME, MessageType.HEARTBEAT})
+_NO_JOB = frozenset({MessageType.HELLO, MessageType.WELCOME, MessageType.HEARTBEAT, MessageType.READY})
 
 
 class _Blobs:
@@ -276,11 +285,21 @@ def _check_hello(body: dict, refs: _Blobs) -> None:
 
 
 def _check_welcome(body: dict, refs: _Blobs) -> None:
-    _expect_keys(body, "welcome body", ("worker", "version", "protocol", "model"))
+    _expect_keys(body, "welcome body", ("worker", "version", "protocol", "model", "preset"))
     _text(body["worker"], "worker")
     _text(body["version"], "version")
     _int(body["protocol"], "protocol", 1)
     _text(body["model"], "model")
+    preset = _obj(body["preset"], "preset")
+    _expect_keys(preset, "preset", PRESET_KEYS, "preset.")
+    _text(preset["name"], "preset.name")
+    _int(preset["size"], "preset.size", 1)
+    frames = _int(preset["frames"], "preset.frames", 1, MAX_VIDEO_FRAMES)
+    if (frames - 1) % 4:
+        raise _bad("preset.frames", f"must be 1 + 4k, got {frames}")
+    _int(preset["steps"], "preset.steps", 1, MAX_STEPS)
+    _number(preset["guidance"], "preset.guidance", 1.0)
+    _number(preset["fps"], "preset.fps", 0.0, exclusive=True)
 
 
 def _check_submit(body: dict, refs: _Blobs) -> None:
@@ -369,6 +388,7 @@ _BODY_CHECKS = {
     MessageType.CANCEL: _check_empty,
     MessageType.CANCELLED: _check_empty,
     MessageType.HEARTBEAT: _check_empty,
+    MessageType.READY: _check_welcome,
 }
 
 

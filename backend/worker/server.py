@@ -11,58 +11,55 @@ Threads and sockets (ZeroMQ sockets are not thread-safe, so each is used by one 
   message on ``_outbox`` (a ``queue.Queue``), then pokes its end of the PAIR so the IO thread
   wakes up and sends them.
 
-Plain TCP is allowed on loopback only; a remote worker needs CurveZMQ, which is not built yet.
+Plain TCP is allowed on loopback only; a remote worker needs CurveZMQ (``security.py``). Behind a
+broker (``--broker``) the worker connects a DEALER instead of binding: the broker is then its one
+"client", it announces itself with READY, heartbeats the broker all the time and reconnects (a
+fresh socket, READY again) when the broker has been silent for ``BROKER_LIVENESS`` beats.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import itertools
 import logging
 import queue
 import signal
+import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
+import torch
 import zmq
 
+from animax_addon.core.client import DEFAULT_ADDRESS
 from animax_addon.core.protocol import (
     PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, error_message,
 )
+from backend.cli import MODEL_FPS  # every preset generates at Wan's 16 frames per second
+from backend.model import presets
+from backend.model.presets import TINY, Preset
 
+from .fair_queue import FairQueue
 from .jobs import run_job
+from .security import check_address, curve_server, keygen
 
 log = logging.getLogger("animax.worker")
-DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 WORKER_VERSION = "0.1.0"
+BROKER_LIVENESS = 3  # heartbeats the broker may miss before the worker reconnects
+BROKER = b"broker"  # the broker's identity in the worker's tables (a DEALER sees no identities)
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 
 
-def check_address(address: str) -> None:
-    """Refuse plain TCP on anything but loopback: remote workers need CurveZMQ (not built yet)."""
-    if address.startswith(("ipc://", "inproc://")):
-        return
-    if not address.startswith("tcp://"):
-        raise ValueError(f"unsupported worker address {address!r}; use tcp://127.0.0.1:<port>")
-    host = address[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(f"refusing to serve plain TCP on {address!r}: only loopback (127.0.0.1) is allowed "
-                         "without encryption, and a remote worker requires CurveZMQ, which this release "
-                         "does not support yet")
+def preset_body(preset: Preset) -> dict:
+    """The welcome/ready ``preset`` field: the model's generation defaults."""
+    return {"name": preset.name, "size": preset.size, "frames": preset.num_frames,
+            "steps": preset.num_inference_steps, "guidance": preset.guidance_scale, "fps": MODEL_FPS}
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
-    identity: bytes
+    client: bytes
     message: Message
     seq: int
     state: str = QUEUED
@@ -74,34 +71,62 @@ class _Job:
 
 
 class Worker:
+    """Serves jobs on ``address`` (a bound ROUTER), or for the broker at ``broker`` (a DEALER).
+
+    With ``curve_secret`` and ``allow`` the ROUTER is a CurveZMQ server (then any TCP address is
+    allowed); it gets its own ZeroMQ context, since ZAP authentication is per context.
+    """
+
     def __init__(self, pipeline, address: str = DEFAULT_ADDRESS, *, queue_size: int = 8,
                  heartbeat_s: float = 1.0, liveness_s: float = 5.0, name: str = "animax-worker",
-                 model: str = "tiny", limits: Limits = Limits(), context: zmq.Context | None = None):
-        check_address(address)
+                 preset: Preset = TINY, limits: Limits = Limits(), context: zmq.Context | None = None,
+                 broker: str | None = None, curve_secret: str | None = None, allow: str | None = None):
+        curve = curve_secret is not None or allow is not None
+        if curve and (curve_secret is None or allow is None):
+            raise ValueError("CurveZMQ needs both --curve-secret and --allow")
+        if broker is None:
+            check_address(address, curve)
         self.pipeline = pipeline
         if hasattr(pipeline, "set_progress_bar_config"):
             pipeline.set_progress_bar_config(disable=True)
         self.queue_size, self.heartbeat_s, self.liveness_s = queue_size, heartbeat_s, liveness_s
-        self.name, self.model, self.limits = name, model, limits
-        self._context = context or zmq.Context.instance()
-        self._router = self._context.socket(zmq.ROUTER)
-        self._router.setsockopt(zmq.LINGER, 0)
-        self._router.bind(address)
-        self.address = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.name, self.preset, self.limits = name, preset, limits
+        self.broker = broker
+        self._context = zmq.Context() if curve else (context or zmq.Context.instance())
+        self._auth = None
+        if broker is None:
+            self._socket = self._context.socket(zmq.ROUTER)
+            self._socket.setsockopt(zmq.LINGER, 0)
+            if curve:
+                self._auth = curve_server(self._context, [self._socket], curve_secret, allow)
+            self._socket.bind(address)
+            self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        else:
+            self._socket = self._connect_broker()
+            self.address = broker
         self._wake_address = f"inproc://animax-worker-{id(self)}"
         self._wake = self._context.socket(zmq.PAIR)
         self._wake.bind(self._wake_address)
         self._outbox: queue.Queue[tuple[bytes, Message]] = queue.Queue()
         self._lock = threading.Condition()
         self._jobs: dict[tuple[bytes, str], _Job] = {}  # every job seen, by (client identity, job id)
-        self._pending: dict[bytes, deque[_Job]] = {}  # queued jobs per client
-        self._last_served: dict[bytes, int] = {}
+        self._queue = FairQueue()
         self._seq = itertools.count()
-        self._served = itertools.count()
-        self._last_seen: dict[bytes, float] = {}
+        self._last_seen: dict[bytes, float] = {BROKER: time.monotonic()} if broker else {}
         self.started: list[str] = []  # job ids in the order they started running (introspection)
         self._stop = threading.Event()
         self._compute = threading.Thread(target=self._compute_loop, name="animax-compute", daemon=True)
+
+    def _welcome_body(self) -> dict:
+        return {"worker": self.name, "version": WORKER_VERSION, "protocol": PROTOCOL_VERSION,
+                "model": self.preset.name, "preset": preset_body(self.preset)}
+
+    def _connect_broker(self) -> zmq.Socket:
+        socket = self._context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.broker)
+        socket.send_multipart(encode(Message(MessageType.READY, None, self._welcome_body())))
+        return socket
 
     # --- public ----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -120,7 +145,7 @@ class Worker:
         """The IO loop; returns after ``stop()``, closing the sockets."""
         self._compute.start()
         poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._socket, zmq.POLLIN)
         poller.register(self._wake, zmq.POLLIN)
         next_beat = time.monotonic() + self.heartbeat_s
         try:
@@ -130,32 +155,52 @@ class Worker:
                 if self._wake in events:
                     while self._wake.poll(0):
                         self._wake.recv()
-                if self._router in events:
+                if self._socket in events:
                     for _ in range(100):  # bounded: outgoing messages get their turn
                         try:
-                            frames = self._router.recv_multipart(zmq.NOBLOCK)
+                            frames = self._socket.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        self._receive(frames)
+                        self._receive(frames if self.broker is None else [BROKER, *frames])
                 self._flush_outbox()
                 now = time.monotonic()
                 if now >= next_beat:
                     next_beat = now + self.heartbeat_s
                     self._heartbeats(now)
+                    if self.broker is not None and now - self._last_seen[BROKER] > BROKER_LIVENESS * self.heartbeat_s:
+                        self._reconnect_broker(poller)
         finally:
             self.stop()
             self._compute.join(timeout=30)
             self._flush_outbox()
-            self._router.close(0)
+            self._socket.close(0)
             self._wake.close(0)
+            if self._auth is not None:
+                self._auth.stop()
+                self._context.term()
 
     # --- IO thread --------------------------------------------------------------------------------
+    def _reconnect_broker(self, poller: zmq.Poller) -> None:
+        """Paranoid Pirate: a fresh socket and READY again (its jobs were cancelled as a silent client's)."""
+        log.warning("the broker at %s stopped answering; reconnecting", self.broker)
+        with self._lock:
+            jobs = [job.id for job in self._jobs.values() if job.client == BROKER and job.state in (QUEUED, RUNNING)]
+        for job_id in jobs:  # the broker re-queues them elsewhere; never finish them twice
+            self._cancel(BROKER, job_id, reason="the broker stopped answering")
+        poller.unregister(self._socket)
+        self._socket.close(0)
+        self._socket = self._connect_broker()
+        poller.register(self._socket, zmq.POLLIN)
+        self._last_seen[BROKER] = time.monotonic()
+
     def _send(self, identity: bytes, message: Message) -> None:
+        route = [] if self.broker is not None else [identity]
         try:
-            self._router.send_multipart([identity, *encode(message, self.limits)])
+            frames = encode(message, self.limits)
         except ProtocolError as exc:  # a result over the limits: tell the client instead
             log.error("cannot encode %s for %s: %s", message.type, message.job, exc.sentence)
-            self._router.send_multipart([identity, *encode(error_message(exc.code, exc.sentence, message.job))])
+            frames = encode(error_message(exc.code, exc.sentence, message.job))
+        self._socket.send_multipart(route + frames)
 
     def _flush_outbox(self) -> None:
         while True:
@@ -175,14 +220,16 @@ class Worker:
             return
         kind = message.type
         if kind == MessageType.HELLO:
-            self._send(identity, Message(MessageType.WELCOME, None, {
-                "worker": self.name, "version": WORKER_VERSION, "protocol": PROTOCOL_VERSION, "model": self.model}))
+            self._send(identity, Message(MessageType.WELCOME, None, self._welcome_body()))
         elif kind == MessageType.HEARTBEAT:
-            self._send(identity, Message(MessageType.HEARTBEAT))
+            if self.broker is None:  # the broker beats on its own clock; answering would double it
+                self._send(identity, Message(MessageType.HEARTBEAT))
         elif kind == MessageType.SUBMIT:
             self._submit(identity, message)
         elif kind == MessageType.CANCEL:
             self._cancel(identity, message.job)
+        elif self.broker is not None:  # e.g. the broker refusing this worker: never answer it back
+            log.error("the broker sent %s: %s", kind.value, message.body.get("message", message.body))
         else:
             self._send(identity, error_message(ErrorCode.UNEXPECTED, f"A worker does not accept "
                                                f"'{kind.value}' messages.", message.job))
@@ -193,14 +240,12 @@ class Worker:
             if old is not None and old.state in (QUEUED, RUNNING):
                 reply = error_message(ErrorCode.UNEXPECTED, f"Job '{message.job}' is already queued or "
                                       "running; use a new job id.", message.job)
-            elif sum(len(q) for q in self._pending.values()) >= self.queue_size:
+            elif len(self._queue) >= self.queue_size:
                 reply = error_message(ErrorCode.QUEUE_FULL, ErrorCode.QUEUE_FULL.sentence, message.job)
             else:
                 job = _Job(identity, message, next(self._seq))
                 self._jobs[(identity, job.id)] = job
-                self._pending.setdefault(identity, deque()).append(job)
-                order = self._schedule()
-                reply = Message(MessageType.ACCEPTED, job.id, {"position": order.index(job)})
+                reply = Message(MessageType.ACCEPTED, job.id, {"position": self._queue.push(job)})
                 self._lock.notify_all()
         self._send(identity, reply)
 
@@ -211,7 +256,7 @@ class Worker:
                 reply = error_message(ErrorCode.UNEXPECTED, f"There is no queued or running job '{job_id}' "
                                       "to cancel.", job_id)
             elif job.state == QUEUED:
-                self._pending[identity].remove(job)
+                self._queue.remove(job)
                 job.state = CANCELLED
                 job.cancel.set()
                 reply = Message(MessageType.CANCELLED, job_id)
@@ -225,10 +270,10 @@ class Worker:
 
     def _heartbeats(self, now: float) -> None:
         with self._lock:
-            active: dict[bytes, list[str]] = {}
+            active: dict[bytes, list[str]] = {BROKER: []} if self.broker is not None else {}
             for job in self._jobs.values():
                 if job.state in (QUEUED, RUNNING):
-                    active.setdefault(job.identity, []).append(job.id)
+                    active.setdefault(job.client, []).append(job.id)
         for identity, jobs in active.items():
             if now - self._last_seen.get(identity, now) > self.liveness_s:
                 for job_id in jobs:
@@ -236,30 +281,12 @@ class Worker:
             else:
                 self._send(identity, Message(MessageType.HEARTBEAT))
 
-    # --- queue (under _lock) -----------------------------------------------------------------------
-    def _schedule(self) -> list[_Job]:
-        """The queued jobs in the order they will run: each turn goes to the client served least
-        recently (never served first), ties to the client whose oldest job came first."""
-        pending = {who: list(jobs) for who, jobs in self._pending.items() if jobs}
-        served = dict(self._last_served)
-        order, turn = [], 0
-        while pending:
-            who = min(pending, key=lambda w: (served.get(w, -1), pending[w][0].seq))
-            order.append(pending[who].pop(0))
-            served[who] = 10**12 + turn
-            turn += 1
-            if not pending[who]:
-                del pending[who]
-        return order
-
+    # --- queue ------------------------------------------------------------------------------------
     def _next_job(self) -> _Job | None:
         with self._lock:
             while not self._stop.is_set():
-                order = self._schedule()
-                if order:
-                    job = order[0]
-                    self._pending[job.identity].remove(job)
-                    self._last_served[job.identity] = next(self._served)
+                job = self._queue.pop()
+                if job is not None:
                     job.state = RUNNING
                     self.started.append(job.id)
                     return job
@@ -287,7 +314,7 @@ class Worker:
                     eta = None
                     if stage == "denoise" and step > 0:
                         eta = (time.monotonic() - started) / step * (total - step)
-                    post(job.identity, Message(MessageType.PROGRESS, job.id,
+                    post(job.client, Message(MessageType.PROGRESS, job.id,
                                                {"stage": stage, "step": step, "total": total, "eta_s": eta}))
 
                 try:
@@ -297,7 +324,7 @@ class Worker:
                     reply = error_message(ErrorCode.INTERNAL, ErrorCode.INTERNAL.sentence, job.id)
                 with self._lock:
                     job.state = {MessageType.RESULT: DONE, MessageType.CANCELLED: CANCELLED}.get(reply.type, FAILED)
-                post(job.identity, reply)
+                post(job.client, reply)
         finally:
             wake.close(0)
 
@@ -308,28 +335,64 @@ def serve(address: str, pipeline, **options) -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: worker.stop())
-    log.info("AnimaX worker listening on %s", worker.address)
+    where = f"serving the broker at {worker.broker}" if worker.broker else f"listening on {worker.address}"
+    log.info("AnimaX worker (%s) %s", worker.preset.name, where)
     worker.run()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="animax-worker", description="Run the AnimaX generation worker.")
-    parser.add_argument("--address", default=DEFAULT_ADDRESS,
-                        help="ZeroMQ address to bind (loopback only until CurveZMQ lands)")
-    parser.add_argument("--model", choices=["tiny"], default="tiny",
-                        help="only 'tiny' for now: a randomly initialised tiny model (trained weights are "
-                             "not shipped yet, so its motions are noise)")
-    parser.add_argument("--queue-size", type=int, default=8)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        check_address(args.address)
-    except ValueError as exc:
-        parser.error(str(exc))
-    from backend.model.presets import build_tiny_pipeline
+def load_pipeline(args: argparse.Namespace):
+    """The pipeline and its ``Preset`` for ``--model``; nothing is downloaded."""
+    if args.model == "full":
+        return presets.load_full(args.wan, args.adapter, device="cuda" if torch.cuda.is_available() else None), \
+            presets.FULL
+    return presets.load_tiny(presets.TINY_WEIGHTS), presets.TINY
 
-    log.warning("model 'tiny' is randomly initialised: trained weights are not shipped yet")
-    serve(args.address, build_tiny_pipeline(), queue_size=args.queue_size)
+
+def keygen_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="animax-worker keygen",
+                                     description="Write a CurveZMQ key pair: NAME.key (public) and NAME.key_secret.")
+    parser.add_argument("directory")
+    parser.add_argument("--name", default="worker", help="file name stem (default worker)")
+    args = parser.parse_args(argv)
+    public, secret = keygen(args.directory, args.name)
+    print(f"wrote {public} (public: give it to the other side) and {secret} (secret: keep it here)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["keygen"]:
+        return keygen_main(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="animax-worker", description="Run the AnimaX generation worker ('animax-worker keygen DIR' writes "
+                                          "CurveZMQ keys).")
+    parser.add_argument("--address", default=DEFAULT_ADDRESS,
+                        help="ZeroMQ address to bind; off loopback only with --curve-secret and --allow")
+    parser.add_argument("--broker", help="connect to this broker's worker address (tcp://HOST:PORT) instead "
+                                         "of binding --address")
+    parser.add_argument("--model", choices=["tiny", "full"], default="tiny",
+                        help="tiny (default, runs on a CPU) or full (Wan2.1-T2V-1.3B + AnimaX adapter)")
+    parser.add_argument("--wan", help="--model full: the diffusers-format Wan2.1-T2V-1.3B directory")
+    parser.add_argument("--adapter", help="--model full: the AnimaX adapter directory")
+    parser.add_argument("--queue-size", type=int, default=8)
+    parser.add_argument("--curve-secret", help="this worker's NAME.key_secret (from keygen): turns on CurveZMQ")
+    parser.add_argument("--allow", help="folder of the client public keys (*.key) allowed to connect")
+    parser.add_argument("--name", default="animax-worker", help="the name clients see in welcome")
+    args = parser.parse_args(argv)
+    if args.model == "full" and not (args.wan and args.adapter):
+        parser.error("--model full needs --wan DIR (Wan2.1-T2V-1.3B, diffusers format) and --adapter DIR")
+    if args.broker is None:
+        if (args.curve_secret is None) != (args.allow is None):
+            parser.error("CurveZMQ needs both --curve-secret FILE and --allow DIR")
+        try:
+            check_address(args.address, curve=args.curve_secret is not None)
+        except ValueError as exc:
+            parser.error(str(exc))
+    elif args.curve_secret or args.allow:
+        parser.error("--curve-secret/--allow secure a bound worker; behind a broker, secure the broker instead")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    pipeline, preset = load_pipeline(args)
+    serve(args.address, pipeline, queue_size=args.queue_size, preset=preset, name=args.name, broker=args.broker,
+          curve_secret=args.curve_secret, allow=args.allow)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,84 @@
+"""The AnimaX tab of the 3D viewport's sidebar."""
+
+
+import bpy
+
+from .operators import target_armature
+
+
+class VIEW3D_PT_animax(bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "AnimaX"
+    bl_label = "AnimaX"
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.animax
+        state = context.window_manager.animax_state
+
+        col = layout.column()
+        col.prop(settings, "armature")
+        if settings.armature is None:
+            obj = target_armature(context)
+            col.label(text=f"Active: {obj.name}" if obj else "No armature selected", icon="ARMATURE_DATA")
+        col.prop(settings, "prompt", text="")
+        col.prop(settings, "duration")
+        col.prop(settings, "variations")
+
+        box = layout.box()
+        box.use_property_split = True
+        box.prop(settings, "seed")
+        box.prop(settings, "steps")
+        box.prop(settings, "guidance")
+        box.prop(settings, "bones")
+        if settings.bones == "COLLECTION":
+            obj = target_armature(context)
+            if obj is not None:
+                box.prop_search(settings, "bone_collection", obj.data, "collections_all", text="Collection")
+            else:
+                box.prop(settings, "bone_collection")
+        box.prop(settings, "thin_tolerance")
+        box.prop(settings, "decode_rgb")
+
+        row = layout.row(align=True)
+        row.scale_y = 1.4
+        if state.running:
+            row.operator("animax.cancel", icon="CANCEL")
+        else:
+            row.operator("animax.animate", icon="PLAY")
+        if state.running or state.stage:
+            text = state.stage
+            if state.running and state.eta_s >= 0:
+                text += f" (about {state.eta_s:.0f} s left)"
+            layout.progress(factor=state.progress, type="BAR", text=text)
+        if state.error:
+            error = layout.box()
+            error.alert = True
+            error.label(text="AnimaX could not animate", icon="ERROR")
+            _wrapped(error, state.error, context)
+
+        if len(settings.results):
+            layout.label(text="Variations")
+            for i, entry in enumerate(settings.results):
+                row = layout.row(align=True)
+                name = entry.action.name if entry.action else "(deleted)"
+                icon = "RADIOBUT_ON" if i == settings.result_index else "RADIOBUT_OFF"
+                row.operator("animax.use_variation", text=f"{name} (seed {entry.seed})", icon=icon).index = i
+                if entry.preview:
+                    row.operator("animax.preview", text="", icon="IMAGE_DATA").index = i
+                if entry.preview_rgb:
+                    op = row.operator("animax.preview", text="", icon="SHADING_RENDERED")
+                    op.index, op.rgb = i, True
+
+
+def _wrapped(layout, text: str, context) -> None:
+    """Label lines that fit the sidebar's width."""
+    import textwrap
+
+    width = max(20, int(context.region.width / 7)) if context.region else 40
+    for line in textwrap.wrap(text, width):
+        layout.label(text=line)
+
+
+classes = (VIEW3D_PT_animax,)

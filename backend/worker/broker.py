@@ -1,0 +1,342 @@
+"""The broker: one address in front of several workers (one per GPU), Majordomo / Paranoid Pirate style.
+
+Clients talk to the broker's frontend ROUTER exactly as to a worker (docs/protocol.md): hello is
+answered with the workers' common preset, submit is queued in the broker's fair bounded queue
+(``FairQueue``, as in the worker) and answered with its position, cancel is answered at once for a
+queued job and forwarded for a running one. Workers CONNECT a DEALER to the backend ROUTER
+(``animax-worker --broker ADDRESS``) and announce themselves with ``ready``; the broker gives each
+idle worker one job at a time under a job id of its own (client job ids are only unique per
+client) and forwards the worker's progress and final message back under the client's job id.
+
+Liveness, both ways: the broker sends ``heartbeat`` every ``heartbeat_s`` to every worker and to
+every client with a queued or running job. A worker silent for ``worker_liveness`` beats is
+dropped; its running job is re-queued once (to run on another worker) and otherwise reported as
+``worker_lost``. A client silent for ``liveness_s`` has its queued jobs dropped and its running
+jobs cancelled on their workers. One thread owns both sockets; nothing is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import zmq
+
+from animax_addon.core.client import DEFAULT_ADDRESS
+from animax_addon.core.protocol import (
+    PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, error_message,
+)
+
+from .fair_queue import FairQueue
+from .security import check_address, curve_server
+from .server import CANCELLED, DONE, FAILED, QUEUED, RUNNING, WORKER_VERSION
+
+log = logging.getLogger("animax.broker")
+DEFAULT_BACKEND = "tcp://127.0.0.1:5556"
+MAX_ATTEMPTS = 2  # a job whose worker dies runs once more, on another worker, then is reported
+_FINAL_STATES = {MessageType.RESULT: DONE, MessageType.CANCELLED: CANCELLED, MessageType.ERROR: FAILED}
+
+
+@dataclass(eq=False)
+class _Job:
+    client: bytes
+    message: Message  # the client's SUBMIT, under the client's job id
+    seq: int
+    state: str = QUEUED
+    worker: bytes | None = None
+    wire: str | None = None  # the job id the running worker knows it by
+    attempts: int = 0
+    cancelling: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.message.job
+
+
+@dataclass(eq=False)
+class _Worker:
+    identity: bytes
+    last_seen: float
+    idle_since: float
+    job: _Job | None = None
+
+
+class Broker:
+    def __init__(self, address: str = DEFAULT_ADDRESS, backend: str = DEFAULT_BACKEND, *, queue_size: int = 8,
+                 heartbeat_s: float = 1.0, liveness_s: float = 5.0, worker_liveness: int = 3,
+                 name: str = "animax-broker", limits: Limits = Limits(), context: zmq.Context | None = None,
+                 curve_secret: str | None = None, allow: str | None = None):
+        curve = curve_secret is not None or allow is not None
+        if curve and (curve_secret is None or allow is None):
+            raise ValueError("CurveZMQ needs both --curve-secret and --allow")
+        check_address(address, curve)
+        try:
+            check_address(backend)
+        except ValueError:
+            raise ValueError(f"the workers' address {backend!r} must be on loopback or ipc: workers run on the "
+                             "broker's host (one per GPU), and their link has no encryption") from None
+        self.queue_size, self.heartbeat_s, self.liveness_s = queue_size, heartbeat_s, liveness_s
+        self.worker_liveness_s = worker_liveness * heartbeat_s
+        self.name, self.limits = name, limits
+        self._context = zmq.Context() if curve else (context or zmq.Context.instance())
+        self._frontend = self._context.socket(zmq.ROUTER)
+        self._backend = self._context.socket(zmq.ROUTER)
+        for socket in (self._frontend, self._backend):
+            socket.setsockopt(zmq.LINGER, 0)
+        self._auth = curve_server(self._context, [self._frontend], curve_secret, allow) if curve else None
+        self._frontend.bind(address)
+        self._backend.bind(backend)
+        self.address = self._frontend.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.backend = self._backend.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._jobs: dict[tuple[bytes, str], _Job] = {}  # every job seen, by (client identity, job id)
+        self._wire: dict[str, _Job] = {}  # running jobs by the id their worker knows
+        self._wire_ids = itertools.count()
+        self._seq = itertools.count()
+        self._queue = FairQueue()
+        self._workers: dict[bytes, _Worker] = {}
+        self._preset: dict | None = None  # the first worker's; later workers must match it
+        self._client_seen: dict[bytes, float] = {}
+        self.started: list[str] = []  # client job ids in dispatch order (introspection)
+        self._lock = threading.Lock()  # guards the introspection reads from other threads
+        self._stop = threading.Event()
+
+    # --- public ----------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def job_states(self) -> dict[str, str]:
+        """{client job id: queued | running | done | failed | cancelled}, for tests and logs."""
+        with self._lock:
+            return {job.id: job.state for job in self._jobs.values()}
+
+    def worker_count(self) -> int:
+        with self._lock:
+            return len(self._workers)
+
+    def run(self) -> None:
+        """The IO loop; returns after ``stop()``, closing the sockets."""
+        poller = zmq.Poller()
+        poller.register(self._frontend, zmq.POLLIN)
+        poller.register(self._backend, zmq.POLLIN)
+        next_beat = time.monotonic() + self.heartbeat_s
+        try:
+            while not self._stop.is_set():
+                timeout = max(0.0, min(next_beat - time.monotonic(), 0.1))
+                events = dict(poller.poll(timeout * 1000))
+                with self._lock:
+                    for socket, handle in ((self._backend, self._from_worker), (self._frontend, self._from_client)):
+                        if socket in events:
+                            for _ in range(100):  # bounded: the other socket gets its turn
+                                try:
+                                    frames = socket.recv_multipart(zmq.NOBLOCK)
+                                except zmq.Again:
+                                    break
+                                handle(frames[0], frames[1:])
+                    now = time.monotonic()
+                    if now >= next_beat:
+                        next_beat = now + self.heartbeat_s
+                        self._heartbeats(now)
+                    self._dispatch()
+        finally:
+            self._frontend.close(0)
+            self._backend.close(0)
+            if self._auth is not None:
+                self._auth.stop()
+                self._context.term()
+
+    # --- sending ---------------------------------------------------------------------------------
+    def _to_client(self, client: bytes, message: Message) -> None:
+        try:
+            frames = encode(message, self.limits)
+        except ProtocolError as exc:
+            frames = encode(error_message(exc.code, exc.sentence, message.job))
+        self._frontend.send_multipart([client, *frames])
+
+    def _to_worker(self, worker: bytes, message: Message) -> None:
+        self._backend.send_multipart([worker, *encode(message, self.limits)])
+
+    # --- clients ---------------------------------------------------------------------------------
+    def _from_client(self, client: bytes, frames: list[bytes]) -> None:
+        self._client_seen[client] = time.monotonic()
+        try:
+            message = decode(frames, self.limits)
+        except ProtocolError as exc:
+            self._to_client(client, error_message(exc.code, exc.sentence))
+            return
+        kind = message.type
+        if kind == MessageType.HELLO:
+            if self._preset is None:
+                self._to_client(client, error_message(
+                    ErrorCode.MODEL_UNAVAILABLE, f"No worker has connected to the broker yet; start one with "
+                    f"'animax-worker --broker {self.backend}'."))
+            else:
+                self._to_client(client, Message(MessageType.WELCOME, None, {
+                    "worker": self.name, "version": WORKER_VERSION, "protocol": PROTOCOL_VERSION,
+                    "model": self._preset["name"], "preset": self._preset}))
+        elif kind == MessageType.HEARTBEAT:
+            self._to_client(client, Message(MessageType.HEARTBEAT))
+        elif kind == MessageType.SUBMIT:
+            self._submit(client, message)
+        elif kind == MessageType.CANCEL:
+            self._cancel(client, message.job)
+        else:
+            self._to_client(client, error_message(ErrorCode.UNEXPECTED, f"A worker does not accept "
+                                                  f"'{kind.value}' messages.", message.job))
+
+    def _submit(self, client: bytes, message: Message) -> None:
+        old = self._jobs.get((client, message.job))
+        if old is not None and old.state in (QUEUED, RUNNING):
+            reply = error_message(ErrorCode.UNEXPECTED, f"Job '{message.job}' is already queued or running; "
+                                  "use a new job id.", message.job)
+        elif len(self._queue) >= self.queue_size:
+            reply = error_message(ErrorCode.QUEUE_FULL, ErrorCode.QUEUE_FULL.sentence, message.job)
+        else:
+            job = _Job(client, message, next(self._seq))
+            self._jobs[(client, job.id)] = job
+            reply = Message(MessageType.ACCEPTED, job.id, {"position": self._queue.push(job)})
+        self._to_client(client, reply)
+
+    def _cancel(self, client: bytes, job_id: str, reason: str = "") -> None:
+        job = self._jobs.get((client, job_id))
+        if reason:
+            log.info("cancelling job %s: %s", job_id, reason)
+        if job is None or job.state not in (QUEUED, RUNNING):
+            self._to_client(client, error_message(ErrorCode.UNEXPECTED, f"There is no queued or running job "
+                                                  f"'{job_id}' to cancel.", job_id))
+        elif job.state == QUEUED:
+            self._queue.remove(job)
+            job.state = CANCELLED
+            self._to_client(client, Message(MessageType.CANCELLED, job_id))
+        elif not job.cancelling:  # the worker answers CANCELLED after its current step
+            job.cancelling = True
+            self._to_worker(job.worker, Message(MessageType.CANCEL, job.wire))
+
+    # --- workers ---------------------------------------------------------------------------------
+    def _from_worker(self, identity: bytes, frames: list[bytes]) -> None:
+        # Never answer a worker's message with an error: its reply would come back, and so on.
+        try:
+            message = decode(frames, self.limits)
+        except ProtocolError as exc:
+            log.warning("dropped a malformed message from a worker: %s", exc.sentence)
+            return
+        now = time.monotonic()
+        worker = self._workers.get(identity)
+        if message.type == MessageType.READY:
+            self._ready(identity, message.body, now)
+            return
+        if worker is None:  # e.g. from before this broker restarted: it will time out and send READY
+            return
+        worker.last_seen = now
+        job = self._wire.get(message.job) if message.job is not None else None
+        if job is None or job.worker != identity:
+            if message.type == MessageType.ERROR:
+                log.warning("worker %s: %s", identity.hex(), message.body["message"])
+            return
+        if message.type == MessageType.PROGRESS:
+            self._to_client(job.client, Message(MessageType.PROGRESS, job.id, message.body))
+        elif message.type in _FINAL_STATES:
+            self._to_client(job.client, Message(message.type, job.id, message.body, message.blobs))
+            job.state = _FINAL_STATES[message.type]
+            self._release(worker, now)
+
+    def _ready(self, identity: bytes, welcome: dict, now: float) -> None:
+        preset = welcome["preset"]
+        if self._preset is not None and preset != self._preset:
+            log.error("refused worker %s: its preset %s differs from %s", identity.hex(), preset, self._preset)
+            self._to_worker(identity, error_message(ErrorCode.BAD_FIELD, f"This broker serves preset "
+                                                    f"{self._preset}; start the worker with the same model."))
+            return
+        self._preset = preset
+        old = self._workers.pop(identity, None)
+        if old is not None and old.job is not None:  # it restarted mid-job
+            self._lost(old)
+        self._workers[identity] = _Worker(identity, now, now)
+        log.info("worker %s ready (%s); %d workers", identity.hex(), welcome["worker"], len(self._workers))
+
+    def _release(self, worker: _Worker, now: float) -> None:
+        del self._wire[worker.job.wire]
+        worker.job = None
+        worker.idle_since = now
+
+    def _lost(self, worker: _Worker) -> None:
+        """``worker`` is gone mid-job: run its job once more elsewhere, or tell the client."""
+        job = worker.job
+        del self._wire[job.wire]
+        worker.job = None
+        if job.cancelling:
+            job.state = CANCELLED
+            self._to_client(job.client, Message(MessageType.CANCELLED, job.id))
+        elif job.attempts < MAX_ATTEMPTS:
+            log.warning("worker %s lost job %s; re-queueing it", worker.identity.hex(), job.id)
+            job.state, job.worker, job.wire = QUEUED, None, None
+            self._queue.push(job)  # its old seq keeps it ahead of its client's later jobs
+        else:
+            job.state = FAILED
+            self._to_client(job.client, error_message(ErrorCode.WORKER_LOST, ErrorCode.WORKER_LOST.sentence, job.id))
+
+    def _dispatch(self) -> None:
+        idle = sorted((w for w in self._workers.values() if w.job is None), key=lambda w: w.idle_since)
+        for worker in idle:
+            job = self._queue.pop()
+            if job is None:
+                return
+            job.state, job.worker, job.wire = RUNNING, worker.identity, f"b{next(self._wire_ids)}"
+            job.attempts += 1
+            worker.job = job
+            self._wire[job.wire] = job
+            self.started.append(job.id)
+            self._to_worker(worker.identity, Message(MessageType.SUBMIT, job.wire, job.message.body,
+                                                     job.message.blobs))
+
+    # --- liveness ----------------------------------------------------------------------------------
+    def _heartbeats(self, now: float) -> None:
+        for worker in list(self._workers.values()):
+            if now - worker.last_seen > self.worker_liveness_s:
+                log.warning("worker %s stopped answering; dropping it", worker.identity.hex())
+                del self._workers[worker.identity]
+                if worker.job is not None:
+                    self._lost(worker)
+            else:
+                self._to_worker(worker.identity, Message(MessageType.HEARTBEAT))
+        active: dict[bytes, list[str]] = {}
+        for job in self._jobs.values():
+            if job.state in (QUEUED, RUNNING):
+                active.setdefault(job.client, []).append(job.id)
+        for client, jobs in active.items():
+            if now - self._client_seen.get(client, now) > self.liveness_s:
+                for job_id in jobs:
+                    self._cancel(client, job_id, reason="the client stopped answering")
+            else:
+                self._to_client(client, Message(MessageType.HEARTBEAT))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="animax-broker",
+                                     description="One address in front of several AnimaX workers (one per GPU).")
+    parser.add_argument("--address", default=DEFAULT_ADDRESS,
+                        help="address for clients; off loopback only with --curve-secret and --allow")
+    parser.add_argument("--workers", default=DEFAULT_BACKEND,
+                        help="address the workers connect to (animax-worker --broker ADDRESS); loopback or ipc")
+    parser.add_argument("--queue-size", type=int, default=8)
+    parser.add_argument("--curve-secret", help="the broker's NAME.key_secret (animax-worker keygen): turns on CurveZMQ")
+    parser.add_argument("--allow", help="folder of the client public keys (*.key) allowed to connect")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        broker = Broker(args.address, args.workers, queue_size=args.queue_size, curve_secret=args.curve_secret,
+                        allow=args.allow)
+    except (ValueError, zmq.ZMQError) as exc:
+        parser.error(str(exc))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: broker.stop())
+    log.info("AnimaX broker: clients on %s, workers on %s", broker.address, broker.backend)
+    broker.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The fair job queue shared by the worker and the broker: round robin by client.
+
+Jobs are any objects with a hashable ``client`` and an integer ``seq`` (lower = older). The queue
+is not thread-safe: the worker and the broker call it under their own lock or from one thread.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from typing import Hashable, Protocol
+
+
+class QueuedJob(Protocol):
+    client: Hashable
+    seq: int
+
+
+class FairQueue:
+    """Each turn goes to the client served least recently (never served first); ties go to the
+    client whose oldest job came first. A client's own jobs run oldest first."""
+
+    def __init__(self) -> None:
+        self._pending: dict[Hashable, list[QueuedJob]] = {}
+        self._last_served: dict[Hashable, int] = {}
+        self._turns = itertools.count()
+
+    def __len__(self) -> int:
+        return sum(len(jobs) for jobs in self._pending.values())
+
+    def push(self, job: QueuedJob) -> int:
+        """Queue ``job`` (a re-queued job keeps its place by its old ``seq``); returns its position."""
+        jobs = self._pending.setdefault(job.client, [])
+        jobs.insert(bisect.bisect([j.seq for j in jobs], job.seq), job)
+        return self.order().index(job)
+
+    def remove(self, job: QueuedJob) -> bool:
+        """Take ``job`` out of the queue; False when it was not queued."""
+        jobs = self._pending.get(job.client, [])
+        if job not in jobs:
+            return False
+        jobs.remove(job)
+        if not jobs:
+            del self._pending[job.client]
+        return True
+
+    def order(self) -> list[QueuedJob]:
+        """The queued jobs in the order they will run."""
+        pending = {who: list(jobs) for who, jobs in self._pending.items()}
+        served = dict(self._last_served)
+        order, turn = [], 0
+        while pending:
+            who = min(pending, key=lambda w: (served.get(w, -1), pending[w][0].seq))
+            order.append(pending[who].pop(0))
+            served[who] = 10**12 + turn  # after every real turn: this client is now the most recent
+            turn += 1
+            if not pending[who]:
+                del pending[who]
+        return order
+
+    def pop(self) -> QueuedJob | None:
+        """The next job, now counted as its client's turn; None when the queue is empty."""
+        order = self.order()
+        if not order:
+            return None
+        job = order[0]
+        self.remove(job)
+        self._last_served[job.client] = next(self._turns)
+        return job

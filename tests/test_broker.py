@@ -1,0 +1,215 @@
+"""The broker over real sockets on 127.0.0.1: clients see a worker; jobs spread over in-process workers."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from animax_addon.core.client import Client, result_arrays
+from animax_addon.core.protocol import ErrorCode, Message, MessageType, ProtocolError, decode, encode
+from backend.model.presets import TINY, build_tiny_pipeline
+from backend.worker.broker import Broker
+from backend.worker.server import Worker, preset_body
+from test_worker import submit, until
+
+
+@pytest.fixture(scope="module")
+def pipelines():
+    """One pipeline per worker: a diffusers pipeline keeps per-call state, so workers never share one."""
+    return [build_tiny_pipeline() for _ in range(2)]
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def make_broker(pipelines):
+    running = []
+
+    def start(server):
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        return server
+
+    def make(workers=1, **kwargs):
+        broker = start(Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", **kwargs))
+        for pipeline in pipelines[:workers]:
+            start(Worker(pipeline, broker=broker.backend, heartbeat_s=broker.heartbeat_s))
+        wait_for(lambda: broker.worker_count() == workers)
+        return broker
+
+    yield make
+    for server, thread in reversed(running):
+        server.stop()
+        thread.join(30)
+
+
+def test_broker_answers_like_a_worker(make_broker, pipelines):
+    broker = make_broker()
+    with Client(broker.address) as client:
+        welcome = client.hello()
+        assert welcome["preset"] == preset_body(TINY) and welcome["model"] == "tiny" and welcome["protocol"] == 1
+        job = submit(client)
+        messages = list(client.events(job))
+    assert messages[0].type == MessageType.ACCEPTED and messages[0].body["position"] == 0
+    assert [m.body["step"] for m in messages if m.type == MessageType.PROGRESS and m.body["stage"] == "denoise"] \
+        == [1, 2]
+    assert messages[-1].type == MessageType.RESULT and messages[-1].job == job
+    # The same job straight to a worker (same weights, same seed) gives the same arrays bit for bit.
+    worker = Worker(pipelines[1], "tcp://127.0.0.1:*")
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        with Client(worker.address) as client:
+            direct = until(client, submit(client), MessageType.RESULT)[-1]
+    finally:
+        worker.stop()
+        thread.join(30)
+    via_broker, straight = result_arrays(messages[-1]), result_arrays(direct)
+    assert via_broker.keys() == straight.keys()
+    for name in via_broker:
+        np.testing.assert_array_equal(via_broker[name], straight[name])
+
+
+def test_hello_without_workers_is_model_unavailable(make_broker):
+    broker = make_broker(workers=0)
+    with Client(broker.address, timeout_s=2) as client, pytest.raises(ProtocolError) as info:
+        client.hello()
+    assert info.value.code is ErrorCode.MODEL_UNAVAILABLE and broker.backend in str(info.value)
+
+
+def test_cancel_through_broker_within_one_step(make_broker):
+    broker = make_broker()
+    with Client(broker.address) as client:
+        job = submit(client, steps=200)
+        events = client.events(job)
+        for message in events:
+            if message.type == MessageType.PROGRESS:
+                break
+        client.cancel(job)
+        after = list(events)
+        assert after[-1].type == MessageType.CANCELLED
+        assert len([m for m in after if m.type == MessageType.PROGRESS]) <= 2  # within one step
+        assert broker.job_states()[job] == "cancelled"
+        client.cancel(job)  # no longer running
+        assert until(client, job, MessageType.ERROR)[-1].body["code"] == "unexpected"
+
+
+def test_sixteen_clients_two_workers_fair_bounded(make_broker):
+    broker = make_broker(workers=2, queue_size=16, liveness_s=30)
+    blocker = Client(broker.address)
+    clients = [Client(broker.address) for _ in range(16)]
+    try:
+        for job in ("block0", "block1"):  # both workers busy: every later job waits in the queue
+            submit(blocker, steps=200, job=job)
+            until(blocker, job, MessageType.PROGRESS)
+        positions = {}
+        plan = [(0, "c0-a"), (0, "c0-b")] + [(i, f"c{i}") for i in range(1, 15)]
+        for i, job in plan:
+            submit(clients[i], job=job)
+            positions[job] = until(clients[i], job, MessageType.ACCEPTED)[-1].body["position"]
+        # Round robin: client 0's second job goes behind every other client's first.
+        assert positions == {"c0-a": 0, "c0-b": 1, "c1": 1, **{f"c{i}": i for i in range(2, 15)}}
+        assert broker.job_states()["c0-b"] == "queued"
+        submit(clients[15], job="c15")  # the 17th queued job: over the bound
+        error = until(clients[15], "c15", MessageType.ERROR)[-1]
+        assert error.body["code"] == ErrorCode.QUEUE_FULL.value
+
+        results = {}
+
+        def wait(i, job):
+            results[job] = list(clients[i].events(job))[-1].type
+
+        threads = [threading.Thread(target=wait, args=item) for item in plan]
+        for thread in threads:
+            thread.start()
+        for job in ("block0", "block1"):
+            blocker.cancel(job)
+            until(blocker, job, MessageType.CANCELLED)
+        for thread in threads:
+            thread.join(120)
+        assert results == {job: MessageType.RESULT for _, job in plan}
+        assert broker.started == ["block0", "block1", "c0-a"] + [f"c{i}" for i in range(1, 15)] + ["c0-b"]
+    finally:
+        blocker.close()
+        for client in clients:
+            client.close()
+
+
+def test_vanished_client_jobs_are_cancelled_by_broker(make_broker):
+    broker = make_broker(heartbeat_s=0.2, liveness_s=1.0)
+    client = Client(broker.address)
+    submit(client, steps=200, job="gone0")
+    until(client, "gone0", MessageType.PROGRESS)
+    submit(client, job="gone1")
+    until(client, "gone1", MessageType.ACCEPTED)
+    client.close()  # no cancel, no more heartbeats
+    start = time.monotonic()
+    wait_for(lambda: set(broker.job_states().values()) == {"cancelled"}, timeout=5)
+    assert time.monotonic() - start < 2.5
+
+
+def fake_worker(broker, submits, stop):
+    """A worker that says READY, beats until it gets a job, then never answers again (it died)."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(broker.backend)
+    welcome = {"worker": "fake", "version": "0", "protocol": 1, "model": "tiny", "preset": preset_body(TINY)}
+    sock.send_multipart(encode(Message(MessageType.READY, None, welcome)))
+    try:
+        while not stop.is_set():
+            if sock.poll(100):
+                message = decode(sock.recv_multipart())
+                if message.type == MessageType.SUBMIT:
+                    submits.append(message)
+                    stop.wait()
+            sock.send_multipart(encode(Message(MessageType.HEARTBEAT)))
+    finally:
+        sock.close(0)
+
+
+def test_job_lost_twice_is_reported(make_broker):
+    broker = make_broker(workers=0, heartbeat_s=0.2)
+    submits, stop = [], threading.Event()
+    fakes = [threading.Thread(target=fake_worker, args=(broker, submits, stop)) for _ in range(2)]
+    for thread in fakes:
+        thread.start()
+    try:
+        wait_for(lambda: broker.worker_count() == 2)
+        with Client(broker.address) as client:
+            job = submit(client)
+            start = time.monotonic()
+            error = until(client, job, MessageType.ERROR)[-1]
+            assert error.body["code"] == ErrorCode.WORKER_LOST.value
+            assert time.monotonic() - start < 3  # two lost workers, 0.6 s of silence each
+        # Each fake got the job once, under a broker job id that is not the client's.
+        assert len(submits) == 2 and len({m.job for m in submits}) == 2 and job not in {m.job for m in submits}
+        assert broker.started == [job, job] and broker.worker_count() == 0
+    finally:
+        stop.set()
+        for thread in fakes:
+            thread.join(5)
+
+
+def test_worker_rejoins_a_restarted_broker(make_broker, pipelines):
+    first = make_broker(heartbeat_s=0.2)
+    backend = first.backend
+    first.stop()
+    wait_for(lambda: first._backend.closed)
+    second = Broker("tcp://127.0.0.1:*", backend, heartbeat_s=0.2)
+    thread = threading.Thread(target=second.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: second.worker_count() == 1, timeout=5)  # silence for 3 beats, then READY again
+        with Client(second.address) as client:
+            assert until(client, submit(client), MessageType.RESULT)
+    finally:
+        second.stop()
+        thread.join(30)

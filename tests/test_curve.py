@@ -1,0 +1,91 @@
+"""CurveZMQ: keys from ``animax-worker keygen``; wrong or unlisted keys get nothing, right keys work."""
+
+import threading
+
+import pytest
+
+from animax_addon.core.client import Client, WorkerUnavailable
+from animax_addon.core.protocol import MessageType
+from backend.model.presets import build_tiny_pipeline
+from backend.worker import server
+from backend.worker.broker import Broker
+from backend.worker.server import Worker
+from test_worker import submit, until
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    root = tmp_path_factory.mktemp("keys")
+    for name in ("server", "alice", "bob"):
+        server.main(["keygen", str(root), "--name", name])
+    allow = root / "allow"
+    allow.mkdir()
+    (allow / "alice.key").write_bytes((root / "alice.key").read_bytes())  # bob is not on the list
+    return root
+
+
+@pytest.fixture
+def running():
+    started = []
+
+    def start(service):
+        thread = threading.Thread(target=service.run, daemon=True)
+        thread.start()
+        started.append((service, thread))
+        return service
+
+    yield start
+    for service, thread in reversed(started):
+        service.stop()
+        thread.join(30)
+
+
+def port_of(address):
+    return f"tcp://127.0.0.1:{address.rsplit(':', 1)[1]}"
+
+
+def client(keys, address, user="alice", server_key="server.key"):
+    return Client(port_of(address), timeout_s=1, server_public_key=keys / server_key,
+                  client_secret_file=keys / f"{user}.key_secret")
+
+
+def check_access(keys, address):
+    with client(keys, address, "bob") as unlisted, pytest.raises(WorkerUnavailable, match="CurveZMQ keys"):
+        unlisted.hello()
+    with client(keys, address, server_key="bob.key") as wrong_server, pytest.raises(WorkerUnavailable):
+        wrong_server.hello()
+    with Client(port_of(address), timeout_s=1) as plain, pytest.raises(WorkerUnavailable):
+        plain.hello()
+
+
+def test_worker_off_loopback_with_curve(keys, running):
+    worker = running(Worker(build_tiny_pipeline(), "tcp://0.0.0.0:*", curve_secret=str(keys / "server.key_secret"),
+                            allow=str(keys / "allow")))
+    check_access(keys, worker.address)
+    with client(keys, worker.address) as alice:
+        assert alice.hello()["model"] == "tiny"
+        assert until(alice, submit(alice), MessageType.RESULT)[-1].type == MessageType.RESULT
+
+
+def test_broker_frontend_with_curve(keys, running):
+    broker = running(Broker("tcp://0.0.0.0:*", "tcp://127.0.0.1:*", curve_secret=str(keys / "server.key_secret"),
+                            allow=str(keys / "allow")))
+    running(Worker(None, broker=broker.backend))  # hello only: no job reaches its pipeline
+    check_access(keys, broker.address)
+    with client(keys, broker.address) as alice:
+        alice.timeout_s = 5
+        assert alice.hello()["preset"]["name"] == "tiny"
+
+
+def test_plain_tcp_off_loopback_is_refused(keys, capsys, tmp_path):
+    with pytest.raises(ValueError, match="--curve-secret"):
+        Worker(None, "tcp://0.0.0.0:*")
+    with pytest.raises(ValueError, match="--curve-secret"):
+        Broker("tcp://0.0.0.0:*", "tcp://127.0.0.1:*")
+    with pytest.raises(SystemExit) as info:
+        server.main(["--address", "tcp://192.168.1.10:5555"])
+    assert info.value.code == 2 and "CurveZMQ" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="holds no client public keys"):
+        Worker(None, "tcp://0.0.0.0:*", curve_secret=str(keys / "server.key_secret"), allow=str(tmp_path))
+    with pytest.raises(ValueError, match="only a public key"):
+        Worker(None, "tcp://0.0.0.0:*", curve_secret=str(keys / "server.key"), allow=str(keys / "allow"))
