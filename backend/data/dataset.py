@@ -1,0 +1,119 @@
+"""Training and evaluation samples from the procedural rig world.
+
+A sample is what the model sees for one clip (paper §3.1): the four-view RGB and pose-map videos,
+and the templates of the rig at rest in the same views, all from the product's camera rig around
+the rig's rest bounding sphere. Pose maps come from the project's one drawing function; RGB from
+the capsule renderer. Clips are sampled in worker processes (NumPy); RGB is rendered in the main
+process on ``device`` so a GPU can do it.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from animax_addon.core.cameras import make_camera_rig
+from animax_addon.core.pose_maps import render_pose_maps
+
+from .motions import MOTIONS, sample_clip
+from .render import appearance, render_capsules, skeleton_capsules, to_uint8
+
+DATASET_FORMAT_VERSION = 1
+
+
+@dataclass
+class Samples:
+    """N samples of V views and T frames at S x S pixels (uint8 images)."""
+
+    rgb: np.ndarray  # (N, V, T, S, S, 3)
+    pose: np.ndarray  # (N, V, T, S, S, 3)
+    rgb_rest: np.ndarray  # (N, V, S, S, 3) templates: the rig at rest
+    pose_rest: np.ndarray  # (N, V, S, S, 3)
+    prompts: list[str]
+    motions: list[str]
+    families: list[str]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def save(self, path: str | Path) -> None:
+        np.savez(path, format_version=DATASET_FORMAT_VERSION, rgb=self.rgb, pose=self.pose,
+                 rgb_rest=self.rgb_rest, pose_rest=self.pose_rest, prompts=np.array(self.prompts),
+                 motions=np.array(self.motions), families=np.array(self.families))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Samples":
+        with np.load(path) as data:
+            if int(data["format_version"]) != DATASET_FORMAT_VERSION:
+                raise ValueError(f"{path} is a version {int(data['format_version'])} dataset; this code reads "
+                                 f"version {DATASET_FORMAT_VERSION}: build it again")
+            return cls(data["rgb"], data["pose"], data["rgb_rest"], data["pose_rest"],
+                       data["prompts"].tolist(), data["motions"].tolist(), data["families"].tolist())
+
+
+def _draw(seed: int, size: int, frames: int, families, motions) -> dict:
+    """One clip with its pose maps and look (runs in a worker process)."""
+    rng = np.random.default_rng(seed)
+    clip = sample_clip(rng, frames, families, motions)
+    rig = clip.creature.rig
+    center, radius = rig.bounding_sphere()
+    cameras = make_camera_rig(center, radius, size)
+    colours, radii = appearance(rig.joints_rest, rig.joint_parents, rng)
+    return dict(
+        clip=clip, cameras=cameras, colours=colours, radii=radii,
+        pose=render_pose_maps(cameras, clip.joints, rig.joint_parents),
+        pose_rest=render_pose_maps(cameras, rig.joints_rest[None], rig.joint_parents)[:, 0],
+    )
+
+
+def build_samples(count: int, seed: int = 0, size: int = 64, frames: int = 17, families=None, motions=None,
+                  device: str = "cpu", processes: int = 0, render_batch: int = 8) -> Samples:
+    """``count`` samples; sample i depends only on (seed, i), so a dataset can be rebuilt exactly."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    motions = tuple(MOTIONS) if motions is None else tuple(motions)
+    seeds = np.random.SeedSequence(seed).generate_state(count, dtype=np.uint64).tolist()
+    args = [(s, size, frames, families, motions) for s in seeds]
+    if processes > 1:
+        with ProcessPoolExecutor(processes) as pool:
+            return _collect(list(pool.map(_draw, *zip(*args), chunksize=16)), device, render_batch)
+    return _collect([_draw(*a) for a in args], device, render_batch)
+
+
+def _render_group(items: list[dict], device: str) -> list[np.ndarray]:
+    """RGB of several clips in one batch of frames: each clip's frames, then its rest pose."""
+    parts = []
+    for item in items:
+        rig = item["clip"].creature.rig
+        joints = np.concatenate([item["clip"].joints, rig.joints_rest[None]])
+        parts.append(skeleton_capsules(item["cameras"], joints, rig.joint_parents, item["colours"], item["radii"]))
+    width = max(len(radius) for _, _, radius, _ in parts)
+    a, b, radius, colour = [], [], [], []
+    for pa, pb, pr, pc in parts:
+        frames_here = len(pa)
+        a.append(np.pad(pa, ((0, 0), (0, width - pa.shape[1]), (0, 0))))
+        b.append(np.pad(pb, ((0, 0), (0, width - pb.shape[1]), (0, 0))))
+        radius.append(np.broadcast_to(np.pad(pr, (0, width - len(pr))), (frames_here, width)))
+        colour.append(np.broadcast_to(np.pad(pc, ((0, width - len(pc)), (0, 0))), (frames_here, width, 3)))
+    tensor = lambda x: torch.as_tensor(np.concatenate(x), dtype=torch.float32, device=device)  # noqa: E731
+    # Cameras differ between rigs only by centre and radius, which the normalised points already hold.
+    images = to_uint8(render_capsules(items[0]["cameras"], tensor(a), tensor(b), tensor(radius), tensor(colour)))
+    bounds = np.cumsum([0] + [len(pa) for pa, _, _, _ in parts])
+    return [images[:, lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def _collect(drawn: list[dict], device: str, render_batch: int) -> Samples:
+    rgb = []
+    for i in range(0, len(drawn), render_batch):
+        rgb += _render_group(drawn[i:i + render_batch], device)
+    clips = [item["clip"] for item in drawn]
+    return Samples(
+        rgb=np.stack([video[:, :-1] for video in rgb]), pose=np.stack([item["pose"] for item in drawn]),
+        rgb_rest=np.stack([video[:, -1] for video in rgb]), pose_rest=np.stack([item["pose_rest"] for item in drawn]),
+        prompts=[c.prompt for c in clips], motions=[c.motion for c in clips],
+        families=[c.creature.family for c in clips],
+    )

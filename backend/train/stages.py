@@ -1,0 +1,83 @@
+"""The losses and trainable parameters of each training stage.
+
+``vae``: reconstruction of single-view RGB and pose-map videos (pose-map pixels that carry a joint
+colour weigh more: the colours are what reconstruction clusters) plus a small KL term.
+``joint`` / ``multiview``: rectified-flow matching as Wan trains (x_t = (1 - s) x_0 + s e, target
+e - x_0, s shifted like the sampler's schedule) on the noisy frames of ``[c_rgb, x_rgb, c_pose,
+x_pose]``; the image condition is the rest template or a frame of the clip, zeroed 20% of the time
+so that image classifier-free guidance has an unconditional branch to use.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from backend.model.presets import SCHEDULER_SHIFT
+from backend.model.transformer_animax import AnimaXTransformer3DModel
+
+from .latents import LatentSet
+
+STAGES = ("vae", "joint", "multiview")
+CONDITION_DROP = 0.2
+REST_TEMPLATE_PROBABILITY = 0.5
+POSE_COLOUR_WEIGHT = 10.0
+KL_WEIGHT = 1e-6
+
+
+def vae_loss(vae, video: torch.Tensor, is_pose: torch.Tensor) -> torch.Tensor:
+    """video (B, 3, T, S, S) in [-1, 1]; is_pose (B,) bool."""
+    posterior = vae.encode(video).latent_dist
+    recon = vae.decode(posterior.sample()).sample
+    coloured = (video > -0.9).any(dim=1, keepdim=True) & is_pose.view(-1, 1, 1, 1, 1)
+    weight = 1.0 + (POSE_COLOUR_WEIGHT - 1.0) * coloured.float()
+    return (weight * (recon - video).abs()).mean() + KL_WEIGHT * posterior.kl().mean()
+
+
+def trainable_parameters(model: AnimaXTransformer3DModel, stage: str) -> list[torch.nn.Parameter]:
+    """Stage 1 trains the base and leaves the (zero-output) multi-view layers alone; stage 2 freezes
+    the base and trains the camera input (patch embedding, which holds the ray channels) and the
+    multi-view attention (paper §3.2)."""
+    if stage == "joint":
+        chosen = {n for n, _ in model.named_parameters() if ".attn_mv." not in n and ".norm_mv." not in n}
+    elif stage == "multiview":
+        chosen = {n for n, _ in model.named_parameters()
+                  if n.startswith("patch_embedding.") or ".attn_mv." in n or ".norm_mv." in n}
+    else:
+        raise ValueError(f"the transformer trains in stages 'joint' and 'multiview', not {stage!r}")
+    params = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in chosen)
+        if name in chosen:
+            params.append(param)
+    return params
+
+
+def flow_loss(model, data: LatentSet, index: torch.Tensor, stage: str, generator: torch.Generator) -> torch.Tensor:
+    """The flow-matching loss of samples ``index``: one random view each in stage 1, all in stage 2."""
+    device = data.video.device
+    batch = len(index)
+    draw = lambda *shape: torch.rand(*shape, generator=generator, device=device)  # noqa: E731
+    x0 = data.video[index].float()  # (B, 2, V, C, t, h, w)
+    choices = data.condition.shape[1]
+    rest = draw(batch) < REST_TEMPLATE_PROBABILITY
+    choice = torch.where(rest, 0, 1 + (draw(batch) * (choices - 1)).long().clamp(max=choices - 2))
+    condition = data.condition[index, choice].float()  # (B, 2, V, C, 1, h, w)
+    keep = (draw(batch) >= CONDITION_DROP).float().view(-1, 1, 1, 1, 1, 1, 1)
+    condition = condition * keep
+    rays = data.rays.expand(batch, *data.rays.shape)
+    if stage == "joint":  # single views, camera-blind: the ray channels see zeros until stage 2
+        view = (draw(batch) * x0.shape[2]).long().clamp(max=x0.shape[2] - 1)
+        pick = lambda t: t[torch.arange(batch, device=device), :, view].unsqueeze(2)  # noqa: E731
+        x0, condition, rays = pick(x0), pick(condition), torch.zeros_like(rays[:, :1])
+    u = draw(batch)
+    sigma = SCHEDULER_SHIFT * u / (1 + (SCHEDULER_SHIFT - 1) * u)
+    noise = torch.randn(x0.shape, generator=generator, device=device)
+    s = sigma.view(-1, 1, 1, 1, 1, 1, 1)
+    noisy = (1 - s) * x0 + s * noise
+    sequence = torch.cat([condition, noisy], dim=4)  # per half: [c, x] along time
+    sequence = torch.cat([sequence[:, 0], sequence[:, 1]], dim=3)  # (B, V, C, 2 (f + 2), h, w)
+    text = data.text[index].float()
+    flow = model(sequence, sigma * 1000, text, rays, return_dict=False)[0]
+    flow = flow.unflatten(3, (2, -1))[:, :, :, :, 1:].permute(0, 3, 1, 2, 4, 5, 6)  # (B, 2, V, C, t, h, w)
+    return F.mse_loss(flow.float(), noise - x0)
