@@ -1,5 +1,8 @@
 """The RGB template renders: the character's rest pose seen by each camera of the rig.
 
+The same renders of the posed character at given frames make the RGB videos of training samples
+built from real assets (``backend/data/assets.py``), so templates and videos look alike.
+
 Workbench in a temporary scene that links the armature and the meshes it deforms, so nothing
 the user owns changes: their scene, render settings, selection and active object stay as they
 were, and every data-block made here (scene, camera, world, images) is removed afterwards,
@@ -85,8 +88,12 @@ def _read_png(path: str, size: int) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
-def render_templates(obj, cameras: CameraRig, size: int) -> np.ndarray:
-    """(V, size, size, 3) uint8 sRGB renders of ``obj``'s rest pose from each camera."""
+def render_templates(obj, cameras: CameraRig, size: int, frames=None) -> np.ndarray:
+    """(V, size, size, 3) uint8 sRGB renders of ``obj``'s rest pose from each camera.
+
+    With ``frames`` (scene frames, fractions allowed): the posed character at each of them,
+    (V, T, size, size, 3), as the object's animation puts it there.
+    """
     meshes = deformed_meshes(obj)
     if not meshes:
         raise TemplateError(
@@ -95,10 +102,12 @@ def render_templates(obj, cameras: CameraRig, size: int) -> np.ndarray:
         )
     cameras = cameras.resized(size, size)
     had_render_result = _RENDER_RESULT in bpy.data.images
+    user_scene = bpy.context.scene
+    user_frame, user_subframe = user_scene.frame_current, user_scene.frame_subframe
     pose_position = obj.data.pose_position
     made = []  # (collection, data-block), removed in reverse order
     try:
-        obj.data.pose_position = "REST"
+        obj.data.pose_position = "REST" if frames is None else "POSE"
         scene = bpy.data.scenes.new("AnimaX templates")
         made.append((bpy.data.scenes, scene))
         scene.world = bpy.data.worlds.new("AnimaX templates")
@@ -117,15 +126,24 @@ def render_templates(obj, cameras: CameraRig, size: int) -> np.ndarray:
         camera_data.lens = blender_lens_mm(cameras.focal_px, size)
         distance = float(np.linalg.norm(cameras.positions, axis=1).max()) * cameras.radius
         camera_data.clip_start, camera_data.clip_end = 1e-3 * distance, 10 * distance
-        views = []
+        renders = []  # (T, V, size, size, 3)
         with tempfile.TemporaryDirectory(prefix="animax_templates_") as folder:
-            for v, matrix in enumerate(cameras.blender_matrices_world()):
-                camera.matrix_world = mathutils.Matrix(matrix.tolist())
-                scene.render.filepath = os.path.join(folder, f"view{v}.png")
-                bpy.ops.render.render(write_still=True, scene=scene.name)
-                views.append(_read_png(scene.render.filepath, size))
-        return np.stack(views)
+            scene.render.filepath = os.path.join(folder, "view.png")
+            for time in [None] if frames is None else [float(f) for f in frames]:
+                if time is not None:
+                    # Renders show the pose the user's scene evaluated (the temporary scene's own
+                    # frame does not move the armature), so step the user's scene; restored below.
+                    user_scene.frame_set(int(np.floor(time)), subframe=time - np.floor(time))
+                views = []
+                for matrix in cameras.blender_matrices_world():
+                    camera.matrix_world = mathutils.Matrix(matrix.tolist())
+                    bpy.ops.render.render(write_still=True, scene=scene.name)
+                    views.append(_read_png(scene.render.filepath, size))
+                renders.append(np.stack(views))
+        return renders[0] if frames is None else np.stack(renders, axis=1)
     finally:
+        if frames is not None:
+            user_scene.frame_set(user_frame, subframe=user_subframe)
         for collection, block in reversed(made):
             collection.remove(block)
         if not had_render_result and _RENDER_RESULT in bpy.data.images:

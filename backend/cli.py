@@ -3,6 +3,7 @@
     animax pose-maps   --rig RIG.json --motion MOTION.npz --out DIR [--size 480]
     animax reconstruct --rig RIG.json --pose-maps DIR --out RESULT.npz [--smooth W]
     animax demo        [--blend IN.blend --armature NAME] --prompt TEXT --out OUT.blend [--preview OUT.mp4]
+    animax dataset     ASSETS_DIR --out DIR [--frames 17] [--stride 8] [--size 64] [--min-motion 0.05]
     animax ping        ADDRESS [--server-key FILE --client-key FILE]
     animax generate    --rig RIG.json --templates DIR --prompt TEXT --out RESULT.npz [--address ...]
 
@@ -26,6 +27,7 @@ from animax_addon.core.protocol import MessageType, ProtocolError, blob_png
 from animax_addon.core.pose_maps import render_pose_maps
 from animax_addon.core.rig import Rig, RigError
 
+from .data.assets import DatasetError, add_dataset_arguments, dataset_command
 from .demo import DemoError, run_demo
 from .demo import add_arguments as add_demo_arguments
 from .reconstruction.pose_map_folder import (
@@ -42,7 +44,8 @@ class UsageError(ValueError):
     """A problem with what the user gave the command."""
 
 
-_USER_ERRORS = (UsageError, RigError, CameraError, PoseMapFolderError, WorkerUnavailable, ProtocolError, DemoError)
+_USER_ERRORS = (UsageError, RigError, CameraError, PoseMapFolderError, WorkerUnavailable, ProtocolError, DemoError,
+                DatasetError)
 PING_TIMEOUT_S = 4.0  # ping answers "no" within ~5 s
 
 
@@ -218,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "button does, and render a preview video")
     add_demo_arguments(p)
     p.set_defaults(run=demo_command)
+
+    p = sub.add_parser("dataset", help="training samples from a folder of rigged, animated assets (needs bpy)")
+    add_dataset_arguments(p)
+    p.set_defaults(run=dataset_command)
 
     def add_keys(p):
         p.add_argument("--server-key", help="CurveZMQ: the server's public key file (NAME.key)")
