@@ -1,0 +1,146 @@
+"""``animax-serve``: a shared GPU server as one address: a broker and one worker per GPU, kept running.
+
+Each worker is its own process pinned to one GPU with ``CUDA_VISIBLE_DEVICES`` and connected to
+the broker (``animax-worker --broker``); a worker that exits is started again after a pause, so a
+crashed or killed GPU process costs its job one retry (the broker re-queues it) and not the
+server. SIGINT / SIGTERM stop everything. NVLink multicast stays off in every process, because
+each starts with an environment of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from animax_addon.core.client import DEFAULT_ADDRESS
+
+from .broker import DEFAULT_BACKEND
+
+log = logging.getLogger("animax.serve")
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+RESTART_PAUSE_S = 2.0
+
+
+def parse_devices(spec: str) -> list[str]:
+    """``all`` (every visible GPU), ``0,2`` (those GPUs) or ``cpu:N`` (N CPU workers, for tests and
+    machines without a GPU) -> the CUDA_VISIBLE_DEVICES value of each worker ("" = no GPU)."""
+    if spec.startswith("cpu:"):
+        count = spec[4:]
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--gpus cpu:N needs a positive N, got {spec!r}")
+        return [""] * int(count)
+    if spec == "all":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--gpus all found no CUDA GPU; name them (--gpus 0,1) or use --gpus cpu:N")
+        return [str(i) for i in range(torch.cuda.device_count())]
+    ids = [part.strip() for part in spec.split(",")]
+    if not all(part.isdigit() for part in ids) or len(set(ids)) != len(ids):
+        raise ValueError(f"--gpus takes 'all', distinct GPU numbers like 0,1 or cpu:N, got {spec!r}")
+    return ids
+
+
+@dataclass
+class _Process:
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    popen: subprocess.Popen | None = None
+    restarts: int = field(default=0)
+
+    def start(self) -> None:
+        self.popen = subprocess.Popen(self.command, env=self.env)
+        log.info("%s started (pid %d)", self.name, self.popen.pid)
+
+
+class Supervisor:
+    """Starts the broker and the workers, restarts workers that exit, stops them all."""
+
+    def __init__(self, broker: list[str], workers: list[tuple[list[str], dict[str, str]]],
+                 pause_s: float = RESTART_PAUSE_S):
+        base = {**os.environ, **MULTICAST_OFF}
+        self.broker = _Process("broker", broker, base)
+        self.workers = [_Process(f"worker {i}", command, {**base, **env}) for i, (command, env) in
+                        enumerate(workers)]
+        self.pause_s = pause_s
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        self.broker.start()
+        for worker in self.workers:
+            worker.start()
+        try:
+            while not self._stop.wait(0.2):
+                if self.broker.popen.poll() is not None:
+                    log.error("the broker exited (status %s); stopping the workers", self.broker.popen.returncode)
+                    break
+                for worker in self.workers:
+                    if worker.popen.poll() is not None and not self._stop.wait(self.pause_s):
+                        worker.restarts += 1
+                        log.warning("%s exited (status %s); starting it again (restart %d)", worker.name,
+                                    worker.popen.returncode, worker.restarts)
+                        worker.start()
+        finally:
+            for process in self.workers + [self.broker]:
+                if process.popen.poll() is None:
+                    process.popen.terminate()
+            for process in self.workers + [self.broker]:
+                try:
+                    process.popen.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.popen.kill()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def commands(args) -> tuple[list[str], list[tuple[list[str], dict[str, str]]]]:
+    """The broker's command line and each worker's command line and environment."""
+    broker = [sys.executable, "-m", "backend.worker.broker", "--address", args.address, "--workers", args.workers,
+              "--queue-size", str(args.queue_size)]
+    if args.curve_secret:
+        broker += ["--curve-secret", args.curve_secret, "--allow", args.allow]
+    worker = [sys.executable, "-m", "backend.worker.server", "--broker", args.workers, "--model", args.model]
+    if args.model == "full":
+        worker += ["--wan", args.wan, "--adapter", args.adapter]
+    return broker, [(worker, {"CUDA_VISIBLE_DEVICES": device}) for device in parse_devices(args.gpus)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="animax-serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpus", default="all", help="'all', GPU numbers like 0,1, or cpu:N (default all)")
+    parser.add_argument("--address", default=DEFAULT_ADDRESS, help="the one address clients use")
+    parser.add_argument("--workers", default=DEFAULT_BACKEND, help="where workers meet the broker (loopback/ipc)")
+    parser.add_argument("--queue-size", type=int, default=16)
+    parser.add_argument("--model", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--wan", help="full: the local Wan2.1-T2V-1.3B directory")
+    parser.add_argument("--adapter", help="full: the AnimaX adapter directory")
+    parser.add_argument("--curve-secret", help="the broker's key (off loopback); needs --allow")
+    parser.add_argument("--allow", help="folder of allowed client public keys")
+    args = parser.parse_args(argv)
+    if args.model == "full" and not (args.wan and args.adapter):
+        parser.error("--model full needs --wan DIR and --adapter DIR")
+    if bool(args.curve_secret) != bool(args.allow):
+        parser.error("--curve-secret and --allow go together")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        broker, workers = commands(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    supervisor = Supervisor(broker, workers)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: supervisor.stop())
+    log.info("AnimaX server on %s: a broker and %d workers", args.address, len(workers))
+    supervisor.run()
+
+
+if __name__ == "__main__":
+    main()

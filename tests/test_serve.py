@@ -1,0 +1,94 @@
+"""animax-serve: a broker and one worker process per device, restarted when one dies."""
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from animax_addon.core.cameras import make_camera_rig
+from animax_addon.core.client import Client, WorkerUnavailable
+from animax_addon.core.protocol import MessageType, ProtocolError
+from backend.worker import serve
+
+SIZE = 64  # the shipped tiny model's size
+RIG = {"bones": [
+    {"name": "root", "parent": None, "head": [0, 0, 0], "tail": [0, 0, 0.5]},
+    {"name": "arm", "parent": "root", "head": [0, 0, 0.5], "tail": [0.4, 0, 0.8]},
+]}
+CAMERAS = make_camera_rig(np.array([0.0, 0.0, 0.4]), 0.6, SIZE).to_dict()
+TEMPLATES = np.full((4, SIZE, SIZE, 3), 64, dtype=np.uint8)
+OPTIONS = dict(steps=2, guidance=3.0, seed=0, frames=5, fps=16.0, outputs=["pose"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("spec, devices", [("cpu:2", ["", ""]), ("0,1", ["0", "1"]), ("3", ["3"])])
+def test_devices(spec, devices):
+    assert serve.parse_devices(spec) == devices
+
+
+@pytest.mark.parametrize("spec", ["cpu:0", "cpu:x", "0,0", "gpu1", ""])
+def test_bad_devices_are_refused(spec):
+    with pytest.raises(ValueError, match="--gpus"):
+        serve.parse_devices(spec)
+
+
+def test_one_worker_per_device_with_multicast_off():
+    front, back = "tcp://127.0.0.1:7000", "tcp://127.0.0.1:7001"
+    args = serve.argparse.Namespace(gpus="0,1", address=front, workers=back, queue_size=4, model="tiny",
+                                    curve_secret=None, allow=None, wan=None, adapter=None)
+    broker, workers = serve.commands(args)
+    assert broker[-6:] == ["--address", front, "--workers", back, "--queue-size", "4"]
+    assert [env for _, env in workers] == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
+    assert all(command[-4:] == ["--broker", back, "--model", "tiny"] for command, _ in workers)
+    supervisor = serve.Supervisor(broker, workers)
+    for process in supervisor.workers + [supervisor.broker]:
+        assert all(process.env[key] == value for key, value in serve.MULTICAST_OFF.items())
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in supervisor.workers] == ["0", "1"]
+
+
+def run_job(address: str) -> MessageType:
+    with Client(address, timeout_s=5.0) as client:
+        job = client.submit("the arm waves", RIG, CAMERAS, TEMPLATES, OPTIONS)
+        for message in client.events(job):
+            if message.type in (MessageType.RESULT, MessageType.ERROR, MessageType.CANCELLED):
+                return message.type
+
+
+def test_serves_through_the_broker_and_restarts_a_killed_worker():
+    address, backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    args = serve.argparse.Namespace(gpus="cpu:2", address=address, workers=backend, queue_size=4, model="tiny",
+                                    curve_secret=None, allow=None, wan=None, adapter=None)
+    supervisor = serve.Supervisor(*serve.commands(args), pause_s=0.5)
+    thread = threading.Thread(target=supervisor.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120  # two processes load torch and the model on a 2-core machine
+        while True:
+            try:
+                with Client(address, timeout_s=3.0) as client:
+                    if client.hello()["preset"]["size"] == SIZE:
+                        break
+            except (WorkerUnavailable, ProtocolError):  # broker not up yet / no worker connected yet
+                assert time.monotonic() < deadline, "the served address never answered"
+                time.sleep(0.5)
+        assert run_job(address) == MessageType.RESULT
+        victim = supervisor.workers[0]
+        old_pid = victim.popen.pid
+        victim.popen.kill()
+        while victim.restarts == 0:
+            assert time.monotonic() < deadline + 30, "the killed worker was not started again"
+            time.sleep(0.1)
+        assert victim.popen.pid != old_pid
+        assert run_job(address) == MessageType.RESULT  # the other worker, or the restarted one
+    finally:
+        supervisor.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert all(p.popen.poll() is not None for p in supervisor.workers + [supervisor.broker])
