@@ -97,8 +97,15 @@ class AnimaXPipeline(DiffusionPipeline):
         return torch.from_numpy(rays).permute(0, 3, 1, 2)[None].to(device, self.transformer.dtype)
 
     def check_inputs(self, prompt, rgb_templates, pose_templates, cameras, num_frames, num_inference_steps,
-                     guidance_scale, callback_on_step_end_tensor_inputs) -> None:
-        if not isinstance(prompt, str) or not prompt.strip():
+                     guidance_scale, callback_on_step_end_tensor_inputs, prompt_embeds=None) -> None:
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("pass exactly one of `prompt` and `prompt_embeds`")
+        if prompt_embeds is not None:
+            if not torch.is_tensor(prompt_embeds) or prompt_embeds.ndim != 3 or prompt_embeds.shape[0] != 1 \
+                    or prompt_embeds.shape[2] != self.transformer.config.text_dim:
+                raise ValueError(f"`prompt_embeds` must be a (1, L, {self.transformer.config.text_dim}) tensor, got "
+                                 f"{getattr(prompt_embeds, 'shape', type(prompt_embeds).__name__)}")
+        elif not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("`prompt` must be a non-empty string describing the motion")
         if not isinstance(cameras, CameraRig):
             raise ValueError(f"`cameras` must be a CameraRig, got {type(cameras).__name__}")
@@ -131,7 +138,7 @@ class AnimaXPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str,
+        prompt: str | None,
         rgb_templates: np.ndarray,
         pose_templates: np.ndarray,
         cameras: CameraRig,
@@ -142,6 +149,7 @@ class AnimaXPipeline(DiffusionPipeline):
         decode_rgb: bool = False,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        prompt_embeds: torch.Tensor | None = None,
     ) -> AnimaXPipelineOutput:
         """Generate pose-map videos (and RGB videos when ``decode_rgb``) for every view.
 
@@ -153,15 +161,17 @@ class AnimaXPipeline(DiffusionPipeline):
             guidance_scale: classifier-free guidance on the image condition; 1 turns it off.
             callback_on_step_end: ``fn(pipe, step, timestep, tensors) -> tensors`` after each step;
                 setting ``pipe._interrupt = True`` there stops before the next step (cancel).
+            prompt_embeds: (1, L, text_dim) text-encoder output to use instead of ``prompt`` (e.g.
+                precomputed embeddings where the text encoder is not installed).
         """
         self.check_inputs(prompt, rgb_templates, pose_templates, cameras, num_frames, num_inference_steps,
-                          guidance_scale, callback_on_step_end_tensor_inputs)
+                          guidance_scale, callback_on_step_end_tensor_inputs, prompt_embeds)
         self._guidance_scale = guidance_scale
         self._interrupt = False
         device = self._execution_device
         dtype = self.transformer.dtype
 
-        text = self.encode_prompt(prompt, device)
+        text = self.encode_prompt(prompt, device) if prompt_embeds is None else prompt_embeds.to(device, dtype)
         c_rgb = self.encode_templates(np.asarray(rgb_templates), device).to(dtype)
         c_pose = self.encode_templates(np.asarray(pose_templates), device).to(dtype)
         views, channels, _, height, width = c_rgb.shape
