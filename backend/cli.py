@@ -4,6 +4,7 @@
     animax reconstruct --rig RIG.json --pose-maps DIR --out RESULT.npz [--smooth W]
     animax demo        [--blend IN.blend --armature NAME] --prompt TEXT --out OUT.blend [--preview OUT.mp4]
     animax dataset     ASSETS_DIR --out DIR [--frames 17] [--stride 8] [--size 64] [--min-motion 0.05]
+    animax eval        [--count 12] [--split both|heldout-families|heldout-proportions] [--oracle] [--out DIR]
     animax ping        ADDRESS [--server-key FILE --client-key FILE]
     animax generate    --rig RIG.json --templates DIR --prompt TEXT --out RESULT.npz [--address ...]
 
@@ -29,6 +30,7 @@ from animax_addon.core.rig import Rig, RigError
 
 from .data.assets import DatasetError, add_dataset_arguments, dataset_command
 from .demo import DemoError, run_demo
+from .evaluation.command import EvalError, add_eval_arguments, eval_command
 from .demo import add_arguments as add_demo_arguments
 from .reconstruction.pose_map_folder import (
     PoseMapFolderError,
@@ -45,7 +47,7 @@ class UsageError(ValueError):
 
 
 _USER_ERRORS = (UsageError, RigError, CameraError, PoseMapFolderError, WorkerUnavailable, ProtocolError, DemoError,
-                DatasetError)
+                DatasetError, EvalError)
 PING_TIMEOUT_S = 4.0  # ping answers "no" within ~5 s
 
 
@@ -225,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dataset", help="training samples from a folder of rigged, animated assets (needs bpy)")
     add_dataset_arguments(p)
     p.set_defaults(run=dataset_command)
+
+    p = sub.add_parser("eval", help="score the model on held-out rigs and prompts (docs/quality.md)")
+    add_eval_arguments(p)
+    p.set_defaults(run=eval_command)
 
     def add_keys(p):
         p.add_argument("--server-key", help="CurveZMQ: the server's public key file (NAME.key)")

@@ -20,13 +20,9 @@ from animax_addon.core.protocol import (
 from animax_addon.core.rig import Rig, RigError
 from backend.cli import MODEL_FPS
 from backend.reconstruction.kinematics import resample
-from backend.reconstruction.reconstruct import reconstruct
+from backend.reconstruction.reconstruct import GENERATED_SMOOTHING, reconstruct
 
 Progress = Callable[[str, int, int], None]
-# Temporal smoothing of triangulation for generated pose maps: on the tiny model's videos it cuts
-# joint acceleration ~10x at no cost in joint error, and leaves clean (ground-truth) maps' motion
-# as it was (measured on held-in clips; docs/quality.md).
-GENERATED_SMOOTHING = 1.0
 
 
 class JobInputError(ValueError):

@@ -1,0 +1,9 @@
+"""Held-out evaluation of the generator: action recognition, multi-view consistency, smoothness.
+
+The splits live here, light to import, so the command line can list them without loading models.
+"""
+
+from backend.data.rig_world import HELDOUT_FAMILIES, TRAIN_FAMILIES
+
+SPLITS = {"heldout-families": HELDOUT_FAMILIES, "heldout-proportions": TRAIN_FAMILIES}
+"""Families never trained on; and the training families drawn from another seed range (new proportions)."""

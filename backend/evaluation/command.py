@@ -1,0 +1,94 @@
+"""``animax eval``: its arguments and its run. Light to import: models and scikit-learn load only
+when the command runs, so that the other ``animax`` commands stay quick to start."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import SPLITS
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "model" / "weights" / "tiny"
+DEFAULT_COUNT = 12  # clips per split: about 15-30 min for both splits on a 2-core CPU at 20 steps
+COLUMNS = (("accuracy", "action acc.", "{:.0%}"), ("detected", "joints detected", "{:.0%}"),
+           ("reprojection_px", "reproj. px", "{:.2f}"), ("bone_drift_pct", "bone drift %", "{:.2f}"),
+           ("smoothness", "accel. / truth", "{:.2f}"), ("mpjpe_pct", "MPJPE % radius", "{:.1f}"))
+
+
+def table(rows: dict[str, dict]) -> str:
+    """A Markdown table of summaries keyed by a row name."""
+    lines = ["| run | clips | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+             "| --- | ---: |" + " ---: |" * len(COLUMNS)]
+    for name, s in rows.items():
+        cells = ("n/a" if s[key] is None else fmt.format(s[key]) for key, _, fmt in COLUMNS)
+        lines.append(f"| {name} | {s['clips']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+class EvalError(ValueError):
+    """The model to score cannot be used; the text says which file and why."""
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="tiny model directory (default: the shipped one)")
+    parser.add_argument("--count", type=_at_least(1), default=DEFAULT_COUNT,
+                        help=f"clips per split (default {DEFAULT_COUNT})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the clips, the classifier and the sampler")
+    parser.add_argument("--steps", type=_at_least(1), help="denoising steps (default: the tiny preset's 20)")
+    parser.add_argument("--guidance", type=float, help="image guidance scale (default: the tiny preset's 3.0)")
+    parser.add_argument("--split", choices=[*SPLITS, "both"], default="both")
+    parser.add_argument("--out", default="eval_out", help="folder for the results JSON and the GIFs (default eval_out)")
+    parser.add_argument("--gifs", type=_at_least(0), default=3, help="GIFs per split (default 3)")
+    parser.add_argument("--oracle", action="store_true",
+                        help="score the ground-truth pose maps instead of a model (the reconstruction's ceiling)")
+    parser.add_argument("--classifier-clips", type=_at_least(50), default=2000,
+                        help="ground-truth clips the action classifier learns from (default 2000)")
+
+
+def eval_command(args) -> None:
+    from backend.model.presets import TINY, WeightsError, load_tiny
+
+    from .classifier import train_classifier
+    from .evaluate import evaluate, model_generator, oracle_generator
+    from .gifs import write_gif
+
+    steps = TINY.num_inference_steps if args.steps is None else args.steps
+    guidance = TINY.guidance_scale if args.guidance is None else args.guidance
+    name = "oracle" if args.oracle else f"model ({steps} steps)"
+    if args.oracle:
+        generate = oracle_generator
+    else:
+        try:
+            pipeline = load_tiny(args.model)
+        except WeightsError as exc:
+            raise EvalError(f"{exc}; --model takes a tiny model directory such as {DEFAULT_MODEL}") from None
+        generate = model_generator(pipeline, steps, guidance, args.seed)
+    print(f"training the action classifier on {args.classifier_clips} ground-truth clips", flush=True)
+    classifier = train_classifier(args.seed, args.classifier_clips)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = list(SPLITS) if args.split == "both" else [args.split]
+    kind = "oracle" if args.oracle else "model"
+    report = {"generator": name, "model": None if args.oracle else str(args.model), "seed": args.seed,
+              "steps": None if args.oracle else steps, "guidance": None if args.oracle else guidance,
+              "classifier_clips": args.classifier_clips, "splits": {}}
+    for split in splits:
+        result = evaluate(generate, args.count, args.seed, split, classifier, keep=args.gifs,
+                          log=lambda line: print(line, flush=True))
+        report["splits"][split] = {"summary": result.summary, "clips": result.clips}
+        for i, (item, videos, motion) in enumerate(result.examples):
+            write_gif(out / f"{kind}_{split}_{i}.gif", item, videos, motion)
+    path = out / f"results_{kind}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(table({f"{name}, {split}": report["splits"][split]["summary"] for split in splits}))
+    print(f"wrote {path}")

@@ -1,0 +1,173 @@
+"""Held-out evaluation of a generator of four-view pose-map videos (``animax eval``, see command.py).
+
+Each clip is a procedural creature doing a labelled motion. The generator under test gets what
+the worker gets (prompt, RGB and pose-map templates of the rig at rest, cameras) and returns
+pose-map videos; the worker's reconstruction turns them into a 3D motion, which is scored:
+
+- action: a classifier trained on ground-truth motions of the training families labels the
+  reconstructed motion; correct when the label is the prompted motion;
+- multi-view consistency: mean reprojection error (px) of the triangulated joints, over the joints
+  the 2D detector found in some view (the share found is reported beside it), and bone-length
+  drift (std / mean of each bone's triangulated length over time, in %);
+- smoothness: mean joint acceleration of the reconstructed motions over that of the ground truth
+  of the same clips (1 = as smooth as the truth, larger = jittery);
+- MPJPE: mean joint distance to the ground-truth motion in % of the rig's radius (informative
+  only: a prompt does not fix one exact motion).
+
+Splits: ``heldout-families`` draws creatures of families never trained on (many-legged, laptop);
+``heldout-proportions`` draws training families from another seed range, so the proportions
+(continuous random lengths, counts of spine, tail and leg bones) are new draws.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from animax_addon.core.cameras import CameraRig, make_camera_rig
+from animax_addon.core.pose_maps import render_pose_maps
+from backend.data.motions import Clip, sample_clip
+from backend.data.render import appearance, render_rgb
+from backend.model.presets import TINY
+from backend.reconstruction.reconstruct import GENERATED_SMOOTHING, Reconstruction, reconstruct
+
+from . import SPLITS
+from .classifier import predict, train_classifier
+
+SPLIT_SEEDS = {"heldout-families": 1, "heldout-proportions": 2}
+"""Mixed into the seed, so the splits draw other clips than training data, which uses SeedSequence(seed)."""
+
+
+@dataclass
+class EvalItem:
+    """One held-out clip with the inputs a generator gets (and the truth it must not see)."""
+
+    clip: Clip
+    cameras: CameraRig
+    rgb_templates: np.ndarray  # (V, S, S, 3)
+    pose_templates: np.ndarray  # (V, S, S, 3)
+    pose_truth: np.ndarray  # (V, T, S, S, 3) ground-truth pose maps (the oracle's answer)
+
+    @property
+    def prompt(self) -> str:
+        return self.clip.prompt
+
+
+Generator = Callable[[EvalItem], np.ndarray]
+
+
+def draw_item(seed: int, families, size: int = TINY.size, frames: int = TINY.num_frames) -> EvalItem:
+    """One clip drawn as ``backend.data.dataset`` draws a training sample, with its templates."""
+    rng = np.random.default_rng(seed)
+    clip = sample_clip(rng, frames, families)
+    rig = clip.creature.rig
+    cameras = make_camera_rig(*rig.bounding_sphere(), size)
+    colours, radii = appearance(rig.joints_rest, rig.joint_parents, rng)
+    return EvalItem(
+        clip=clip, cameras=cameras,
+        rgb_templates=render_rgb(cameras, rig.joints_rest[None], rig.joint_parents, colours, radii)[:, 0],
+        pose_templates=render_pose_maps(cameras, rig.joints_rest[None], rig.joint_parents)[:, 0],
+        pose_truth=render_pose_maps(cameras, clip.joints, rig.joint_parents),
+    )
+
+
+def draw_items(count: int, seed: int, split: str) -> list[EvalItem]:
+    seeds = np.random.SeedSequence((seed, SPLIT_SEEDS[split])).generate_state(count, dtype=np.uint64)
+    return [draw_item(int(s), SPLITS[split]) for s in seeds]
+
+
+def model_generator(pipeline, steps: int = TINY.num_inference_steps, guidance: float = TINY.guidance_scale,
+                    seed: int = 0) -> Generator:
+    """The model under test, called as the worker calls it; sees only prompt, templates, cameras."""
+    def generate(item: EvalItem) -> np.ndarray:
+        return pipeline(prompt=item.prompt, rgb_templates=item.rgb_templates, pose_templates=item.pose_templates,
+                        cameras=item.cameras, num_frames=len(item.clip.joints), num_inference_steps=steps,
+                        guidance_scale=guidance, generator=torch.Generator().manual_seed(seed)).pose_videos
+    return generate
+
+
+def oracle_generator(item: EvalItem) -> np.ndarray:
+    """Perfect generation: the ground-truth pose maps. Its scores are the reconstruction's ceiling."""
+    return item.pose_truth
+
+
+def _mean_acceleration(joints: np.ndarray, radius: float) -> float:
+    return float(np.linalg.norm(np.diff(joints, 2, axis=0), axis=-1).mean() / radius)
+
+
+def bone_length_drift(joints: np.ndarray, joint_parents: np.ndarray) -> float:
+    """Mean over bones of std / mean of the bone's length over time (joints (T, J, 3)), in %."""
+    child = np.flatnonzero(np.asarray(joint_parents) >= 0)
+    lengths = np.linalg.norm(joints[:, child] - joints[:, np.asarray(joint_parents)[child]], axis=-1)
+    return float(100 * (lengths.std(axis=0) / np.maximum(lengths.mean(axis=0), 1e-9)).mean())
+
+
+def score(item: EvalItem, result: Reconstruction, classifier) -> dict:
+    """The metrics of one clip (see the module doc)."""
+    clip, rig = item.clip, item.clip.creature.rig
+    radius = rig.bounding_sphere()[1]
+    label = predict(classifier, result.joints, rig)
+    seen = np.isfinite(result.reprojection_error)  # joints two views detected
+    return {
+        "family": clip.creature.family, "motion": clip.motion, "prompt": clip.prompt, "predicted": label,
+        "correct": label == clip.motion, "detected": float(seen.mean()),
+        "reprojection_px": float(result.reprojection_error[seen].mean()) if seen.any() else None,
+        "bone_drift_pct": bone_length_drift(result.triangulated, rig.joint_parents),
+        "acceleration": _mean_acceleration(result.joints, radius),
+        "truth_acceleration": _mean_acceleration(clip.joints, radius),
+        "mpjpe_pct": float(100 * np.linalg.norm(result.joints - clip.joints, axis=-1).mean() / radius),
+        "confidence": float(result.confidence.mean()),
+    }
+
+
+def summarise(clips: list[dict]) -> dict:
+    """Aggregates over clips; smoothness is a ratio of means, so near-still clips cannot dominate it.
+
+    The reprojection error is averaged over the clips where any joint was detected (None if none).
+    """
+    def mean(key):
+        values = [c[key] for c in clips if c[key] is not None]
+        return float(np.mean(values)) if values else None
+
+    return {
+        "clips": len(clips), "accuracy": mean("correct"), "detected": mean("detected"),
+        "reprojection_px": mean("reprojection_px"),
+        "bone_drift_pct": mean("bone_drift_pct"), "smoothness": mean("acceleration") / mean("truth_acceleration"),
+        "mpjpe_pct": mean("mpjpe_pct"), "confidence": mean("confidence"),
+    }
+
+
+@dataclass
+class SplitResult:
+    summary: dict
+    clips: list[dict]
+    examples: list[tuple[EvalItem, np.ndarray, Reconstruction]] = field(default_factory=list)
+
+
+def evaluate(generate: Generator, count: int, seed: int = 0, split: str = "heldout-families", classifier=None,
+             keep: int = 0, log: Callable[[str], None] | None = None) -> SplitResult:
+    """Score ``generate`` on ``count`` clips of ``split``; the first ``keep`` are kept for GIFs."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    classifier = train_classifier() if classifier is None else classifier
+    rows, examples = [], []
+    for i, item in enumerate(draw_items(count, seed, split)):
+        start = time.perf_counter()
+        videos = generate(item)
+        # Scored as the worker reconstructs generated videos, so the numbers are what a user gets.
+        result = reconstruct(item.clip.creature.rig, item.cameras, videos, smoothing=GENERATED_SMOOTHING)
+        rows.append(score(item, result, classifier))
+        if i < keep:
+            examples.append((item, videos, result))
+        if log:
+            row = rows[-1]
+            log(f"[{split} {i + 1}/{count}] {row['prompt']!r}: {row['predicted']} "
+                f"({'ok' if row['correct'] else 'wrong'}), {row['detected']:.0%} of joints detected, "
+                f"{time.perf_counter() - start:.0f} s")
+    return SplitResult(summarise(rows), rows, examples)
