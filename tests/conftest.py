@@ -1,6 +1,16 @@
-"""Shared test settings: hypothesis draws the same examples on every run (CI included)."""
+"""Shared test settings.
 
-from hypothesis import settings
+- One OpenMP thread per test process: CI runs two pytest-xdist workers on 2 cores, and with tiny
+  tensors two threads per process only wait on each other's barriers (a training test file took
+  4 minutes instead of 25 s). Set before torch is imported; worker subprocesses inherit it.
+- hypothesis draws the same examples on every run (CI included).
+"""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from hypothesis import settings  # noqa: E402 - after the thread setting, like every test module's torch
 
 settings.register_profile("animax", derandomize=True, deadline=None, database=None)
 settings.load_profile("animax")

@@ -10,10 +10,8 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import T5TokenizerFast, UMT5Config, UMT5EncoderModel
 
 from animax_addon.core.cameras import make_camera_rig
 from backend.model.presets import (
@@ -29,15 +27,11 @@ from backend.model.presets import (
     save_tiny,
 )
 from backend.model.transformer_animax import AnimaXTransformer3DModel
+from wan_stand_in import WAN, WAN_FILES, save_wan_stand_in
 
 SIZE, FRAMES = 32, 5  # 8x8 latents, 2 latent frames with both presets' 4x VAEs
-WAN = dict(num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=32, freq_dim=32,
-           ffn_dim=32, num_layers=2)
 TINY_FILES = ["animax.json", "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors",
               "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"]
-WAN_FILES = ["model_index.json", "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors",
-             "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json",
-             "text_encoder/model.safetensors", "tokenizer/tokenizer_config.json", "tokenizer/tokenizer.json"]
 
 
 def generate(pipe, steps=2):
@@ -126,19 +120,6 @@ def test_tiny_metadata_is_checked(tiny, tmp_path):
 
 
 # --- full -----------------------------------------------------------------------------------------
-def t5_tokenizer():
-    """A T5 (sentencepiece-style Unigram) tokenizer built from a vocabulary in code, no download."""
-    words = "the fox pounces forward a chest opens its lid and waves".split()
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("▁" + w, -1.0) for w in words]
-    vocab += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz▁"]
-    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2))
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.decoder = decoders.Metaspace()
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-                           extra_ids=0)
-
-
 def is_adapter_parameter(name):
     return "lora_" in name or ".attn_mv." in name or ".norm_mv." in name or \
         name.startswith(("patch_embedding.", "modality_embedder."))
@@ -154,15 +135,7 @@ def forward(transformer):
 def full(tmp_path_factory):
     """A tiny stand-in for Wan2.1-T2V-1.3B in diffusers' layout, and a trained-looking adapter."""
     root = tmp_path_factory.mktemp("full")
-    torch.manual_seed(0)
-    wan = WanTransformer3DModel(**WAN)
-    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True],
-                           latents_mean=[0.0] * 4, latents_std=[1.0] * 4, scale_factor_temporal=4,
-                           scale_factor_spatial=4)
-    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4))
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    WanPipeline(tokenizer=t5_tokenizer(), text_encoder=text_encoder, vae=vae, transformer=wan,
-                scheduler=scheduler).save_pretrained(root / "wan")
+    wan = save_wan_stand_in(root / "wan")
 
     transformer = AnimaXTransformer3DModel.from_wan(wan).eval()
     lora = make_lora_config(rank=4, alpha=8)

@@ -194,25 +194,11 @@ def load_full(wan_dir: str | Path, adapter_dir: str | Path, dtype: torch.dtype =
     ``flow_shift``.
     """
     wan_dir, adapter_dir = Path(wan_dir), Path(adapter_dir)
-    _require(wan_dir, ["model_index.json", "transformer/config.json",
-                       (f"transformer/{DIFFUSERS_WEIGHTS}", f"transformer/{DIFFUSERS_WEIGHTS}.index.json"),
-                       "vae/config.json", f"vae/{DIFFUSERS_WEIGHTS}", "text_encoder/config.json",
-                       (f"text_encoder/{TRANSFORMERS_WEIGHTS}", f"text_encoder/{TRANSFORMERS_WEIGHTS}.index.json"),
-                       "tokenizer/tokenizer_config.json", ("tokenizer/tokenizer.json", "tokenizer/spiece.model")],
-             WAN_EXPECTED)
+    wan_config = _check_wan_dir(wan_dir)
     _require(adapter_dir, [ADAPTER_CONFIG, ADAPTER_WEIGHTS], "an AnimaX adapter directory written by save_adapter")
-    index = wan_dir / "model_index.json"
-    _expect(index, "_class_name", _read_json(index).get("_class_name"), "WanPipeline")
-    wan_config = _check_wan_transformer_config(wan_dir / "transformer" / "config.json")
     adapter = _read_adapter_config(adapter_dir / ADAPTER_CONFIG, wan_dir / "transformer" / "config.json", wan_config)
-    text_config_path = wan_dir / "text_encoder" / "config.json"
-    text_config = _read_json(text_config_path)
-    _expect(text_config_path, "model_type", text_config.get("model_type"), "umt5")
-    _expect(text_config_path, "d_model", text_config.get("d_model"), wan_config["text_dim"])
-    vae_config_path = wan_dir / "vae" / "config.json"
-    _expect(vae_config_path, "z_dim", _read_json(vae_config_path).get("z_dim"), wan_config["in_channels"])
 
-    wan = _load_diffusers(WanTransformer3DModel, wan_dir / "transformer", dtype)
+    wan, vae, text_encoder, tokenizer = _load_wan_parts(wan_dir, dtype, dtype)
     transformer = AnimaXTransformer3DModel.from_wan(wan, ray_channels=adapter["ray_channels"])
     del wan  # the base weights now live in `transformer`; free the copy before adding the adapter
     try:
@@ -226,19 +212,53 @@ def load_full(wan_dir: str | Path, adapter_dir: str | Path, dtype: torch.dtype =
                            f"attention and feed-forward linears, but it also selects {outside}")
     _load_adapter_weights(transformer, adapter_dir / ADAPTER_WEIGHTS)
     _cast_keeping_fp32_modules(transformer, dtype)
+    pipeline = AnimaXPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae, transformer=transformer.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT), max_sequence_length=FULL.max_sequence_length,
+    )
+    return pipeline if device is None else pipeline.to(device)
 
-    text_encoder = _load_transformers(UMT5EncoderModel, wan_dir / "text_encoder", dtype)
+
+def load_wan(wan_dir: str | Path, dtype: torch.dtype = torch.bfloat16, transformer_dtype: torch.dtype = torch.float32):
+    """Wan2.1-T2V-1.3B's transformer, VAE (float32), UMT5 text encoder (``dtype``) and tokenizer from a
+    local diffusers directory, every file checked first; never a download. Training loads the base
+    this way (a float32 transformer: it trains under autocast)."""
+    wan_dir = Path(wan_dir)
+    _check_wan_dir(wan_dir)
+    return _load_wan_parts(wan_dir, transformer_dtype, dtype)
+
+
+def _check_wan_dir(wan_dir: Path) -> dict:
+    """Every file and the configs of a Wan2.1-T2V directory, before anything heavy loads; the
+    transformer's config."""
+    _require(wan_dir, ["model_index.json", "transformer/config.json",
+                       (f"transformer/{DIFFUSERS_WEIGHTS}", f"transformer/{DIFFUSERS_WEIGHTS}.index.json"),
+                       "vae/config.json", f"vae/{DIFFUSERS_WEIGHTS}", "text_encoder/config.json",
+                       (f"text_encoder/{TRANSFORMERS_WEIGHTS}", f"text_encoder/{TRANSFORMERS_WEIGHTS}.index.json"),
+                       "tokenizer/tokenizer_config.json", ("tokenizer/tokenizer.json", "tokenizer/spiece.model")],
+             WAN_EXPECTED)
+    index = wan_dir / "model_index.json"
+    _expect(index, "_class_name", _read_json(index).get("_class_name"), "WanPipeline")
+    wan_config = _check_wan_transformer_config(wan_dir / "transformer" / "config.json")
+    text_config_path = wan_dir / "text_encoder" / "config.json"
+    text_config = _read_json(text_config_path)
+    _expect(text_config_path, "model_type", text_config.get("model_type"), "umt5")
+    _expect(text_config_path, "d_model", text_config.get("d_model"), wan_config["text_dim"])
+    vae_config_path = wan_dir / "vae" / "config.json"
+    _expect(vae_config_path, "z_dim", _read_json(vae_config_path).get("z_dim"), wan_config["in_channels"])
+    return wan_config
+
+
+def _load_wan_parts(wan_dir: Path, transformer_dtype: torch.dtype, text_dtype: torch.dtype):
+    wan = _load_diffusers(WanTransformer3DModel, wan_dir / "transformer", transformer_dtype)
+    vae = _load_diffusers(AutoencoderKLWan, wan_dir / "vae", torch.float32)
+    text_encoder = _load_transformers(UMT5EncoderModel, wan_dir / "text_encoder", text_dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(wan_dir / "tokenizer", local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise WeightsError(f"{wan_dir / 'tokenizer'}: not a loadable tokenizer ({error}); "
                            f"expected {WAN_EXPECTED}") from error
-    pipeline = AnimaXPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder.eval(),
-        vae=_load_diffusers(AutoencoderKLWan, wan_dir / "vae", torch.float32), transformer=transformer.eval(),
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT), max_sequence_length=FULL.max_sequence_length,
-    )
-    return pipeline if device is None else pipeline.to(device)
+    return wan, vae, text_encoder, tokenizer
 
 
 def _check_wan_transformer_config(path: Path) -> dict:

@@ -1,10 +1,13 @@
-"""``python -m backend.train``: the tiny preset's whole training recipe, resumable across sessions.
+"""``python -m backend.train``: the training recipes of both presets, resumable across sessions.
 
-    python -m backend.train text-cache                      # once, where MiniLM is installed
-    python -m backend.train run --out runs/tiny [--resume]  # dataset -> vae -> joint -> multiview
+    python -m backend.train text-cache [--dataset SAMPLES.npz]  # once, where MiniLM is installed
+    python -m backend.train run --out runs/tiny [--dataset SAMPLES.npz] [--resume]  # vae -> joint -> multiview
+    python -m backend.train run --preset full --wan WAN_DIR --dataset SAMPLES.npz --out runs/full [--resume]
 
-The run writes ``OUT/model`` (a tiny-model directory that ``load_tiny`` reads), ``OUT/loss.png``,
-``OUT/training.json`` (settings, data size, steps and seconds per stage) and checkpoints.
+A tiny run writes ``OUT/model`` (a tiny-model directory that ``load_tiny`` reads); a full run writes
+``OUT/adapter`` (an AnimaX adapter that ``load_full(WAN_DIR, OUT/adapter)`` reads). Both write
+``OUT/loss.png``, ``OUT/training.json`` (settings, data size, steps and seconds per stage) and
+checkpoints.
 """
 
 from __future__ import annotations
@@ -19,55 +22,141 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
 
-from backend.data.dataset import build_samples
+from backend.data.dataset import Samples, build_samples
 from backend.data.motions import all_prompts
 from backend.model.pipeline_animax import AnimaXPipeline
-from backend.model.presets import SCHEDULER_SHIFT, TINY, TINY_TRANSFORMER, TINY_VAE, save_tiny
+from backend.model.presets import (
+    FULL,
+    PRESETS,
+    SCHEDULER_SHIFT,
+    TINY,
+    TINY_TRANSFORMER,
+    TINY_VAE,
+    load_wan,
+    make_lora_config,
+    save_adapter,
+    save_tiny,
+)
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 
-from .latents import encode_samples, latent_stats, to_video
+from .latents import LatentSet, encode_samples, latent_stats, to_video
 from .loop import save_loss_plot, train_stage
 from .stages import flow_loss, trainable_parameters, vae_loss
 from .text import TextCache, build_text_cache
 
 DEFAULT_TEXT_CACHE = Path(__file__).with_name("text_cache.safetensors")
+# Per-preset defaults of the diffusion stages. The full preset's are starting points for a LoRA on a
+# 1.3B base (one H100: a few single views, one four-view sample per step); no full run was made yet.
+STAGE_DEFAULTS = {
+    "tiny": dict(joint_steps=8000, batch=64, lr=5e-4, multiview_steps=3000, multiview_batch=16, multiview_lr=3e-4),
+    "full": dict(joint_steps=2000, batch=4, lr=1e-4, multiview_steps=1000, multiview_batch=1, multiview_lr=1e-4),
+}
 
 
 def text_cache_main(args) -> None:
+    """Encode the procedural prompts, the captions of every ``--dataset`` and what ``--out`` holds."""
     from backend.model.presets import build_tiny_pipeline
 
-    prompts = all_prompts()
+    kept = TextCache(args.out).prompts if Path(args.out).is_file() else []
+    captions = [caption for path in args.dataset for caption in Samples.load(path).prompts]
+    prompts = list(dict.fromkeys(kept + all_prompts() + captions))  # ordered, without repeats
     build_text_cache(build_tiny_pipeline(), prompts, args.out)
-    print(f"wrote {len(prompts)} prompt embeddings to {args.out}")
+    print(f"wrote {len(prompts)} prompt embeddings to {args.out} "
+          f"({len(set(captions) - set(all_prompts()))} dataset captions)")
 
 
-def run_main(args) -> None:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if any((out / "checkpoints").glob("*/progress.json")) and not args.resume:
-        raise SystemExit(f"{out} holds checkpoints of an earlier run: pass --resume to continue it, "
-                         "or choose another --out")
-    deadline = time.time() + 60 * args.deadline_min if args.deadline_min else math.inf
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = "bf16" if device.type == "cuda" else "no"
-    record = {"settings": vars(args), "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "seconds": {}}
+def load_dataset(path: Path, vae, patch_size: int, preset: str) -> Samples:
+    """``animax dataset``'s samples, checked against the VAE's compression and the patch size."""
+    samples = Samples.load(path)
+    frames, size = samples.rgb.shape[2], samples.rgb.shape[3]
+    multiple = vae.config.scale_factor_spatial * patch_size
+    step = vae.config.scale_factor_temporal
+    problems = ([f"its images are {size} px, not a multiple of {multiple}"] if size % multiple else []) + \
+               ([f"its clips have {frames} frames, not 1 + {step}k"] if (frames - 1) % step else [])
+    if problems:
+        default = PRESETS[preset]
+        raise SystemExit(f"{path} does not fit the {preset} preset's VAE and patch size: {'; '.join(problems)}. "
+                         f"Build it again with `animax dataset ASSETS --out DIR --size {default.size} "
+                         f"--frames {default.num_frames}` (or another multiple of {multiple} and 1 + {step}k)")
+    return samples
+
+
+def encode_full(args, vae, text_encoder, tokenizer, transformer, device) -> LatentSet:
+    """The dataset's latents under the frozen Wan VAE and its captions under UMT5, kept in
+    ``OUT/latents.pt`` so that a resumed session skips the slow full-size encode."""
+    dataset = Path(args.dataset).resolve()
+    key = dict(dataset=str(dataset), bytes=dataset.stat().st_size, mtime_ns=dataset.stat().st_mtime_ns,
+               wan=str(Path(args.wan).resolve()), seed=args.seed)
+    cache = Path(args.out) / "latents.pt"
+    if cache.is_file():
+        saved = torch.load(cache, map_location=device)
+        if saved.pop("key") == key:
+            print(f"latents: reusing {cache}", flush=True)
+            return LatentSet(**saved)
+    samples = load_dataset(dataset, vae, transformer.config.patch_size[1], "full")
+    # Embedded as AnimaXPipeline.encode_prompt does at inference: FULL's 512 tokens, padding zeroed.
+    pipeline = AnimaXPipeline(tokenizer, text_encoder.to(device), vae, transformer,
+                              FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT), FULL.max_sequence_length)
+    captions = sorted(set(samples.prompts))
+    with torch.no_grad():
+        embedded = torch.cat([pipeline.encode_prompt(caption, device) for caption in captions]).float()
+    text = embedded[[captions.index(p) for p in samples.prompts]]
+    data = encode_samples(vae.to(device), samples, text, device, seed=args.seed, chunk=1)  # full-size videos: one at a time
+    torch.save({"key": key, **vars(data)}, cache)
+    return data
+
+
+def train_diffusion(transformer, data: LatentSet, args, out: Path, deadline: float, precision: str,
+                    record: dict, losses: dict) -> bool:
+    """Stages ``joint`` and ``multiview``; whether both finished before the deadline."""
+    device = data.video.device
+    generator = torch.Generator(device)
+
+    def diffusion_step(stage, batch):
+        def step_fn(model, step):
+            generator.manual_seed(args.seed * 1_000_003 + step)
+            index = torch.randint(len(data), (batch,), generator=generator, device=device)
+            return flow_loss(model, data, index, stage, generator)
+        return step_fn
+
+    for name, steps, batch, lr in (("joint", args.joint_steps, args.batch, args.lr),
+                                   ("multiview", args.multiview_steps, args.multiview_batch, args.multiview_lr)):
+        params = trainable_parameters(transformer, name)
+        began = time.time()
+        losses[name], done = train_stage(name, transformer, params, diffusion_step(name, batch), steps, lr,
+                                         out / "checkpoints" / name, deadline, mixed_precision=precision)
+        record["seconds"][name] = time.time() - began
+        if not done:
+            return False
+    return True
+
+
+def describe(samples: Samples, source: str) -> dict:
+    return {"source": source, "clips": len(samples), "views": samples.rgb.shape[1], "frames": samples.rgb.shape[2],
+            "size": samples.rgb.shape[3], "families": sorted(set(samples.families)),
+            "motions": sorted(set(samples.motions)), "prompts": len(set(samples.prompts))}
+
+
+def run_tiny(args, out: Path, device, precision: str, deadline: float, record: dict, losses: dict) -> bool:
     text_cache = TextCache(args.text_cache)
-
-    began = time.time()
-    samples = build_samples(args.samples, args.seed, TINY.size, TINY.num_frames, device=str(device),
-                            processes=args.processes)
-    record["seconds"]["dataset"] = time.time() - began
-    record["data"] = {"clips": len(samples), "views": samples.rgb.shape[1], "frames": samples.rgb.shape[2],
-                      "size": samples.rgb.shape[3], "families": sorted(set(samples.families)),
-                      "motions": sorted(set(samples.motions)), "prompts": len(set(samples.prompts))}
-    print(f"dataset: {len(samples)} clips in {record['seconds']['dataset']:.0f} s", flush=True)
-
     torch.manual_seed(args.seed)
     vae = AutoencoderKLWan(**TINY_VAE).to(device)
     transformer = AnimaXTransformer3DModel(**TINY_TRANSFORMER).to(device)
-    losses: dict[str, list[float]] = {}
-    finished = True
+
+    began = time.time()
+    if args.dataset:
+        samples = load_dataset(args.dataset, vae, transformer.config.patch_size[1], "tiny")
+        unknown = sorted(set(samples.prompts) - set(text_cache.prompts))
+        if unknown:
+            raise SystemExit(f"{len(unknown)} captions of {args.dataset} are not in {args.text_cache} (e.g. "
+                             f"{unknown[0]!r}): add them with `python -m backend.train text-cache --dataset "
+                             f"{args.dataset} --out {args.text_cache}` where MiniLM is installed")
+    else:
+        samples = build_samples(args.samples, args.seed, TINY.size, TINY.num_frames, device=str(device),
+                                processes=args.processes)
+    record["seconds"]["dataset"] = time.time() - began
+    record["data"] = describe(samples, str(args.dataset) if args.dataset else "procedural")
+    print(f"dataset: {len(samples)} clips in {record['seconds']['dataset']:.0f} s", flush=True)
 
     # Stage 0: the video autoencoder, on single views of both modalities.
     videos = {m: torch.from_numpy(getattr(samples, m)).to(device) for m in ("rgb", "pose")}
@@ -80,46 +169,74 @@ def run_main(args) -> None:
         pick = torch.where(is_pose.view(-1, 1, 1, 1, 1), videos["pose"][index, view], videos["rgb"][index, view])
         return vae_loss(model, to_video(pick, device), is_pose)
 
-    for name, model, params, step_fn, steps, lr in (
-        ("vae", vae, list(vae.parameters()), vae_step, args.vae_steps, args.vae_lr),
-    ):
-        began = time.time()
-        losses[name], done = train_stage(name, model, params, step_fn, steps, lr, out / "checkpoints" / name,
-                                         deadline, mixed_precision=precision)
-        record["seconds"][name] = time.time() - began
-        finished &= done
+    began = time.time()
+    losses["vae"], finished = train_stage("vae", vae, list(vae.parameters()), vae_step, args.vae_steps, args.vae_lr,
+                                          out / "checkpoints" / "vae", deadline, mixed_precision=precision)
+    record["seconds"]["vae"] = time.time() - began
     del videos
     if finished:
         mean, std = latent_stats(vae, samples, device)
         vae.register_to_config(latents_mean=mean, latents_std=std)
         began = time.time()
-        text = text_cache[samples.prompts]
-        data = encode_samples(vae, samples, text, device, seed=args.seed)
+        data = encode_samples(vae, samples, text_cache[samples.prompts], device, seed=args.seed)
         record["seconds"]["encode"] = time.time() - began
         del samples
-        generator = torch.Generator(device)
-
-        def diffusion_step(stage, batch):
-            def step_fn(model, step):
-                generator.manual_seed(args.seed * 1_000_003 + step)
-                index = torch.randint(len(data), (batch,), generator=generator, device=device)
-                return flow_loss(model, data, index, stage, generator)
-            return step_fn
-
-        for name, steps, batch, lr in (("joint", args.joint_steps, args.batch, args.lr),
-                                       ("multiview", args.multiview_steps, args.multiview_batch, args.multiview_lr)):
-            if not finished:
-                break
-            params = trainable_parameters(transformer, name)
-            began = time.time()
-            losses[name], done = train_stage(name, transformer, params, diffusion_step(name, batch), steps, lr,
-                                             out / "checkpoints" / name, deadline, mixed_precision=precision)
-            record["seconds"][name] = time.time() - began
-            finished &= done
+        finished = train_diffusion(transformer, data, args, out, deadline, precision, record, losses)
 
     save_tiny(AnimaXPipeline(None, None, vae.cpu().eval(), transformer.cpu().eval(),
                              FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT), TINY.max_sequence_length),
               out / "model")
+    return finished
+
+
+def run_full(args, out: Path, device, precision: str, deadline: float, record: dict, losses: dict) -> bool:
+    if not args.wan or not args.dataset:
+        raise SystemExit("--preset full needs --wan (a local diffusers-format Wan2.1-T2V-1.3B directory) and "
+                         "--dataset (a samples.npz from `animax dataset ... --size 480 --frames 81`)")
+    began = time.time()
+    text_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    wan, vae, text_encoder, tokenizer = load_wan(Path(args.wan), text_dtype)
+    vae.requires_grad_(False).eval()  # frozen: the full preset trains no VAE stage
+    text_encoder.eval()
+    transformer = AnimaXTransformer3DModel.from_wan(wan)
+    del wan  # its weights now live in `transformer`
+    lora = make_lora_config(args.lora_rank)
+    transformer.add_adapter(lora)
+    transformer.enable_gradient_checkpointing()  # activations of 4 x 39,600 tokens otherwise exceed a GPU
+    record["seconds"]["load"] = time.time() - began
+
+    began = time.time()
+    data = encode_full(args, vae, text_encoder, tokenizer, transformer, device)
+    del vae, text_encoder  # frozen, and no longer needed: free their memory for training
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    record["seconds"]["encode"] = time.time() - began
+    record["data"] = {"source": str(args.dataset), "clips": len(data), "views": data.video.shape[2],
+                      "latent_frames": data.video.shape[4], "latent_size": data.video.shape[-1]}
+    print(f"dataset: {len(data)} clips encoded in {record['seconds']['encode']:.0f} s", flush=True)
+
+    finished = train_diffusion(transformer.to(device), data, args, out, deadline, precision, record, losses)
+    save_adapter(transformer, out / "adapter", lora)
+    return finished
+
+
+def run_main(args) -> None:
+    for key, value in STAGE_DEFAULTS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if any((out / "checkpoints").glob("*/progress.json")) and not args.resume:
+        raise SystemExit(f"{out} holds checkpoints of an earlier run: pass --resume to continue it, "
+                         "or choose another --out")
+    deadline = time.time() + 60 * args.deadline_min if args.deadline_min else math.inf
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = "bf16" if device.type == "cuda" else "no"
+    record = {"settings": vars(args), "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "seconds": {}}
+    losses: dict[str, list[float]] = {}
+    finished = (run_full if args.preset == "full" else run_tiny)(args, out, device, precision, deadline, record,
+                                                                  losses)
     save_loss_plot(losses, out / "loss.png")
     record["finished"] = finished
     record["steps"] = {name: len(values) for name, values in losses.items()}
@@ -135,24 +252,38 @@ def run_main(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m backend.train", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    cache = sub.add_parser("text-cache", help="precompute the MiniLM embeddings of every procedural prompt")
-    cache.add_argument("--out", type=Path, default=DEFAULT_TEXT_CACHE)
-    run = sub.add_parser("run", help="train the tiny preset from scratch (all stages)")
+    cache = sub.add_parser("text-cache", help="precompute the MiniLM embeddings of every procedural prompt "
+                                              "(and of the captions of --dataset) for the tiny preset")
+    cache.add_argument("--out", type=Path, default=DEFAULT_TEXT_CACHE,
+                       help="the cache; prompts it already holds are kept")
+    cache.add_argument("--dataset", type=Path, action="append", default=[],
+                       help="a samples.npz from `animax dataset` whose captions to add (repeatable)")
+    run = sub.add_parser("run", help="train a preset: tiny from scratch (vae, joint, multiview); full as a "
+                                     "LoRA adapter on a local Wan2.1 (joint, multiview)")
     run.add_argument("--out", required=True)
+    run.add_argument("--preset", choices=sorted(STAGE_DEFAULTS), default="tiny")
     run.add_argument("--resume", action="store_true", help="continue the checkpoints in --out")
-    run.add_argument("--samples", type=int, default=6000, help="procedural clips (4 views each)")
+    run.add_argument("--dataset", type=Path, help="train on this samples.npz (`animax dataset`) instead of "
+                                                  "procedural clips; required for full")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--processes", type=int, default=0, help="processes that sample clips and draw pose maps")
-    run.add_argument("--text-cache", type=Path, default=DEFAULT_TEXT_CACHE)
-    run.add_argument("--vae-steps", type=int, default=3000)
-    run.add_argument("--vae-batch", type=int, default=16)
-    run.add_argument("--vae-lr", type=float, default=1e-3)
-    run.add_argument("--joint-steps", type=int, default=8000)
-    run.add_argument("--batch", type=int, default=64, help="single views per step in stage 1")
-    run.add_argument("--lr", type=float, default=5e-4)
-    run.add_argument("--multiview-steps", type=int, default=3000)
-    run.add_argument("--multiview-batch", type=int, default=16, help="four-view samples per step in stage 2")
-    run.add_argument("--multiview-lr", type=float, default=3e-4)
+    tiny = run.add_argument_group("tiny preset")
+    tiny.add_argument("--samples", type=int, default=6000, help="procedural clips (4 views each)")
+    tiny.add_argument("--processes", type=int, default=0, help="processes that sample clips and draw pose maps")
+    tiny.add_argument("--text-cache", type=Path, default=DEFAULT_TEXT_CACHE)
+    tiny.add_argument("--vae-steps", type=int, default=3000)
+    tiny.add_argument("--vae-batch", type=int, default=16)
+    tiny.add_argument("--vae-lr", type=float, default=1e-3)
+    full = run.add_argument_group("full preset")
+    full.add_argument("--wan", type=Path, help="local diffusers-format Wan2.1-T2V-1.3B directory")
+    full.add_argument("--lora-rank", type=int, default=32, help="rank (and alpha) of the LoRA on the base blocks")
+    stages = run.add_argument_group("diffusion stages (defaults per preset: " + "; ".join(
+        f"{p}: " + ", ".join(f"{k}={v}" for k, v in d.items()) for p, d in STAGE_DEFAULTS.items()) + ")")
+    stages.add_argument("--joint-steps", type=int)
+    stages.add_argument("--batch", type=int, help="single views per step in stage 1")
+    stages.add_argument("--lr", type=float)
+    stages.add_argument("--multiview-steps", type=int)
+    stages.add_argument("--multiview-batch", type=int, help="four-view samples per step in stage 2")
+    stages.add_argument("--multiview-lr", type=float)
     run.add_argument("--deadline-min", type=float, default=0.0,
                      help="checkpoint and stop after this many minutes (0: no limit); --resume continues")
     args = parser.parse_args(argv)

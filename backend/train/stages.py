@@ -37,8 +37,16 @@ def vae_loss(vae, video: torch.Tensor, is_pose: torch.Tensor) -> torch.Tensor:
 def trainable_parameters(model: AnimaXTransformer3DModel, stage: str) -> list[torch.nn.Parameter]:
     """Stage 1 trains the base and leaves the (zero-output) multi-view layers alone; stage 2 freezes
     the base and trains the camera input (patch embedding, which holds the ray channels) and the
-    multi-view attention (paper §3.2)."""
-    if stage == "joint":
+    multi-view attention (paper §3.2).
+
+    With a LoRA adapter (the full preset: ``model.add_adapter``), stage 1 keeps the pretrained base
+    frozen and trains the LoRA weights and AnimaX's new inputs (patch embedding, modality
+    embedding) instead; stage 2 is the same as without.
+    """
+    if stage == "joint" and getattr(model, "peft_config", None):
+        chosen = {n for n, _ in model.named_parameters()
+                  if "lora_" in n or n.startswith(("patch_embedding.", "modality_embedder."))}
+    elif stage == "joint":
         chosen = {n for n, _ in model.named_parameters() if ".attn_mv." not in n and ".norm_mv." not in n}
     elif stage == "multiview":
         chosen = {n for n, _ in model.named_parameters()

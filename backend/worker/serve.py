@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 
 from animax_addon.core.client import DEFAULT_ADDRESS

@@ -1,0 +1,172 @@
+"""Training the full preset's LoRA adapter on a stand-in Wan2.1, and training on `animax dataset` samples."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+from safetensors.torch import load_file
+
+import backend.train.__main__ as train
+from backend.data.dataset import Samples, build_samples
+from backend.model.presets import WeightsError, load_full, load_tiny, make_lora_config
+from backend.model.transformer_animax import AnimaXTransformer3DModel
+from backend.train.latents import encode_samples
+from backend.train.loop import train_stage
+from backend.train.stages import flow_loss, trainable_parameters
+from backend.train.text import TextCache
+from wan_stand_in import WAN_FILES, save_wan_stand_in
+
+STEPS = ["--joint-steps", "3", "--batch", "2", "--multiview-steps", "2", "--multiview-batch", "1"]
+
+
+def is_trained_here(name):
+    return "lora_" in name or ".attn_mv." in name or ".norm_mv." in name or \
+        name.startswith(("patch_embedding.", "modality_embedder."))
+
+
+@pytest.fixture(scope="module")
+def wan(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("wan") / "wan"
+    save_wan_stand_in(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    samples = build_samples(2, seed=0, size=32, frames=5)
+    path = tmp_path_factory.mktemp("data") / "samples.npz"
+    samples.save(path)
+    return path, samples
+
+
+@pytest.fixture(scope="module")
+def full_run(wan, dataset, tmp_path_factory):
+    """A run cut by its deadline after one step, then resumed to the end."""
+    out = tmp_path_factory.mktemp("run")
+    argv = ["run", "--preset", "full", "--wan", str(wan), "--dataset", str(dataset[0]), "--out", str(out),
+            "--lora-rank", "4", *STEPS]
+    train.main(argv + ["--deadline-min", "1e-9"])
+    first = json.loads((out / "training.json").read_text())["sessions"]
+    train.main(argv + ["--resume"])
+    return out, first
+
+
+def test_full_run_resumes_and_writes_an_adapter_of_lora_and_new_parameters(wan, full_run):
+    out, first = full_run
+    assert not first[0]["finished"] and first[0]["steps"] == {"joint": 1}
+    sessions = json.loads((out / "training.json").read_text())["sessions"]
+    assert len(sessions) == 2 and sessions[1]["finished"] and sessions[1]["steps"] == {"joint": 3, "multiview": 2}
+    assert sessions[1]["data"]["clips"] == 2 and (out / "loss.png").is_file()
+
+    pipe = load_full(wan, out / "adapter", dtype=torch.float32)
+    assert pipe.transformer.peft_config["default"].r == 4
+    base = WanTransformer3DModel.from_pretrained(wan / "transformer").state_dict()
+    state = pipe.transformer.state_dict()
+    frozen = {k for k in state if not is_trained_here(k)}
+    assert len(frozen) == len(base) - 2  # all of Wan but its patch embedding, which AnimaX widens
+    for key in frozen:  # the base is Wan's, untouched (LoRA wraps its linears as `base_layer`)
+        assert torch.equal(state[key], base[key.replace(".base_layer", "")]), key
+    in_channels = base["patch_embedding.weight"].shape[1]
+    # trained: LoRA B and the modality embedding (zero at start), the ray channels (zero until stage 2)
+    assert state["blocks.0.attn1.to_q.lora_B.default.weight"].abs().max() > 0
+    assert state["modality_embedder.linear_2.weight"].abs().max() > 0
+    assert state["patch_embedding.weight"][:, in_channels:].abs().max() > 0
+    assert state["blocks.1.attn_mv.to_out.0.weight"].abs().max() > 0
+    adapter = load_file(out / "adapter" / "animax_adapter.safetensors")
+    assert all(is_trained_here(k) for k in adapter)
+
+
+def test_full_joint_stage_trains_lora_and_the_new_inputs_only():
+    model = AnimaXTransformer3DModel.from_wan(WanTransformer3DModel(num_layers=1, num_attention_heads=2,
+                                                                    attention_head_dim=12, in_channels=4,
+                                                                    out_channels=4, text_dim=32, freq_dim=32,
+                                                                    ffn_dim=32))
+    model.add_adapter(make_lora_config(4))
+    joint = {id(p) for p in trainable_parameters(model, "joint")}
+    names = {n for n, p in model.named_parameters() if id(p) in joint}
+    assert names == {n for n, _ in model.named_parameters()
+                     if "lora_" in n or n.startswith(("patch_embedding.", "modality_embedder."))}
+    assert "blocks.0.attn1.to_q.lora_A.default.weight" in names and "modality_embedder.linear_1.weight" in names
+    assert all(p.requires_grad == (n in names) for n, p in model.named_parameters())
+    multiview = {n for n, p in model.named_parameters() if id(p) in
+                 {id(q) for q in trainable_parameters(model, "multiview")}}
+    assert not any("lora_" in n for n in multiview) and "blocks.0.attn_mv.to_q.weight" in multiview
+
+
+def test_full_loss_of_a_fixed_batch_falls(wan, dataset, tmp_path):
+    base, vae, _, _ = train.load_wan(wan, torch.float32)
+    model = AnimaXTransformer3DModel.from_wan(base)
+    model.add_adapter(make_lora_config(4))
+    model.enable_gradient_checkpointing()
+    text = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(0))
+    data = encode_samples(vae, dataset[1], text, "cpu", frame_choices=2)
+    generator = torch.Generator()
+
+    def step_fn(model, step):
+        generator.manual_seed(0)  # one fixed batch
+        return flow_loss(model, data, torch.arange(2), "joint", generator)
+
+    losses, finished = train_stage("joint", model, trainable_parameters(model, "joint"), step_fn, 30, 3e-3, tmp_path)
+    assert finished
+    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+    assert last < 0.7 * first, (first, last)
+
+
+@pytest.mark.parametrize("name", ["transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                                  "tokenizer/tokenizer.json", "vae/config.json"])
+def test_full_missing_wan_file_is_named(wan, dataset, tmp_path, name):
+    assert name in WAN_FILES
+    shutil.copytree(wan, tmp_path / "wan")
+    path = tmp_path / "wan" / name
+    path.unlink()
+    with pytest.raises(WeightsError, match=re.escape(str(path)) + ".* is missing: expected a diffusers-format Wan"):
+        train.main(["run", "--preset", "full", "--wan", str(tmp_path / "wan"), "--dataset", str(dataset[0]),
+                    "--out", str(tmp_path / "out"), *STEPS])
+
+
+def test_full_needs_wan_and_dataset(tmp_path):
+    with pytest.raises(SystemExit, match="--preset full needs --wan"):
+        train.main(["run", "--preset", "full", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("crop, message", [
+    (dict(size=28), "its images are 28 px, not a multiple of 8"),
+    (dict(frames=4), "its clips have 4 frames, not 1 \\+ 4k"),
+])
+def test_dataset_that_does_not_fit_the_vae_says_what_to_change(wan, dataset, tmp_path, crop, message):
+    s = dataset[1]
+    size, frames = crop.get("size", 32), crop.get("frames", 5)
+    Samples(s.rgb[:, :, :frames, :size, :size], s.pose[:, :, :frames, :size, :size], s.rgb_rest[:, :, :size, :size],
+            s.pose_rest[:, :, :size, :size], s.prompts, s.motions, s.families).save(tmp_path / "bad.npz")
+    with pytest.raises(SystemExit, match=message + ".*animax dataset ASSETS --out DIR --size 480 --frames 81"):
+        train.main(["run", "--preset", "full", "--wan", str(wan), "--dataset", str(tmp_path / "bad.npz"),
+                    "--out", str(tmp_path / "out"), *STEPS])
+
+
+def test_tiny_trains_on_a_dataset_with_captions_added_to_the_text_cache(dataset, tmp_path, monkeypatch):
+    path, samples = dataset
+    captions = ["a treasure chest snaps shut", "Fox_Walk cycle"]  # captions of real assets, not procedural
+    Samples(samples.rgb, samples.pose, samples.rgb_rest, samples.pose_rest, captions, samples.motions,
+            samples.families).save(tmp_path / "assets.npz")
+    cache = tmp_path / "text.safetensors"
+    monkeypatch.setattr(train, "all_prompts", lambda: ["the fox jumps"])  # the procedural prompts, shortened
+    train.main(["text-cache", "--out", str(cache)])
+    assert TextCache(cache).prompts == ["the fox jumps"]
+    out = tmp_path / "run"
+    argv = ["run", "--dataset", str(tmp_path / "assets.npz"), "--text-cache", str(cache), "--out", str(out),
+            "--vae-steps", "2", "--vae-batch", "2", *STEPS]
+    with pytest.raises(SystemExit, match="2 captions of .* are not in .*text-cache --dataset"):
+        train.main(argv)
+    train.main(["text-cache", "--out", str(cache), "--dataset", str(tmp_path / "assets.npz")])
+    assert TextCache(cache).prompts == ["the fox jumps"] + captions  # kept, then added
+    train.main(argv)
+    record = json.loads((out / "training.json").read_text())["sessions"][-1]
+    assert record["finished"] and record["data"]["source"] == str(tmp_path / "assets.npz")
+    assert (record["data"]["clips"], record["data"]["size"], record["data"]["frames"]) == (2, 32, 5)
+    assert record["steps"] == {"vae": 2, "joint": 3, "multiview": 2}
+    pipe = load_tiny(out / "model")
+    assert pipe.transformer.blocks[0].attn_mv.to_out[0].weight.abs().max() > 0
