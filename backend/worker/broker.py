@@ -32,9 +32,9 @@ from animax_addon.core.protocol import (
     PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, error_message,
 )
 
-from .fair_queue import FairQueue
+from .fair_queue import CANCELLED, DONE, FAILED, QUEUED, RUNNING, FairQueue, admit
 from .security import check_address, curve_server
-from .server import CANCELLED, DONE, FAILED, QUEUED, RUNNING, WORKER_VERSION
+from .server import WORKER_VERSION
 
 log = logging.getLogger("animax.broker")
 DEFAULT_BACKEND = "tcp://127.0.0.1:5556"
@@ -189,17 +189,8 @@ class Broker:
                                                   f"'{kind.value}' messages.", message.job))
 
     def _submit(self, client: bytes, message: Message) -> None:
-        old = self._jobs.get((client, message.job))
-        if old is not None and old.state in (QUEUED, RUNNING):
-            reply = error_message(ErrorCode.UNEXPECTED, f"Job '{message.job}' is already queued or running; "
-                                  "use a new job id.", message.job)
-        elif len(self._queue) >= self.queue_size:
-            reply = error_message(ErrorCode.QUEUE_FULL, ErrorCode.QUEUE_FULL.sentence, message.job)
-        else:
-            job = _Job(client, message, next(self._seq))
-            self._jobs[(client, job.id)] = job
-            reply = Message(MessageType.ACCEPTED, job.id, {"position": self._queue.push(job)})
-        self._to_client(client, reply)
+        self._to_client(client, admit(self._queue, self._jobs, self.queue_size, client, message,
+                                      lambda: _Job(client, message, next(self._seq))))
 
     def _cancel(self, client: bytes, job_id: str, reason: str = "") -> None:
         job = self._jobs.get((client, job_id))

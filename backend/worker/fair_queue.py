@@ -1,4 +1,4 @@
-"""The fair job queue shared by the worker and the broker: round robin by client.
+"""The fair job queue shared by the worker and the broker: round robin by client, and admission.
 
 Jobs are any objects with a hashable ``client`` and an integer ``seq`` (lower = older). The queue
 is not thread-safe: the worker and the broker call it under their own lock or from one thread.
@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from typing import Hashable, Protocol
+from typing import Callable, Hashable, Protocol
+
+from animax_addon.core.protocol import ErrorCode, Message, MessageType, error_message
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 
 
 class QueuedJob(Protocol):
@@ -67,3 +71,19 @@ class FairQueue:
         self.remove(job)
         self._last_served[job.client] = next(self._turns)
         return job
+
+
+def admit(queue: FairQueue, jobs: dict, limit: int, client: Hashable, submit: Message,
+          make_job: Callable[[], QueuedJob]) -> Message:
+    """The answer to a SUBMIT: refused while its job id is still queued or running for this client,
+    or when ``limit`` jobs wait already; otherwise ACCEPTED with the new job's place in ``queue``
+    (the job is recorded in ``jobs`` under ``(client, id)``)."""
+    old = jobs.get((client, submit.job))
+    if old is not None and old.state in (QUEUED, RUNNING):
+        return error_message(ErrorCode.UNEXPECTED, f"Job '{submit.job}' is already queued or running; use a new "
+                             "job id.", submit.job)
+    if len(queue) >= limit:
+        return error_message(ErrorCode.QUEUE_FULL, ErrorCode.QUEUE_FULL.sentence, submit.job)
+    job = make_job()
+    jobs[(client, submit.job)] = job
+    return Message(MessageType.ACCEPTED, submit.job, {"position": queue.push(job)})

@@ -40,7 +40,7 @@ from backend.cli import MODEL_FPS  # every preset generates at Wan's 16 frames p
 from backend.model import presets
 from backend.model.presets import TINY, Preset
 
-from .fair_queue import FairQueue
+from .fair_queue import CANCELLED, DONE, FAILED, QUEUED, RUNNING, FairQueue, admit
 from .jobs import run_job
 from .security import check_address, curve_server, keygen
 
@@ -48,7 +48,6 @@ log = logging.getLogger("animax.worker")
 WORKER_VERSION = "0.1.0"
 BROKER_LIVENESS = 3  # heartbeats the broker may miss before the worker reconnects
 BROKER = b"broker"  # the broker's identity in the worker's tables (a DEALER sees no identities)
-QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 
 
 def preset_body(preset: Preset) -> dict:
@@ -236,16 +235,9 @@ class Worker:
 
     def _submit(self, identity: bytes, message: Message) -> None:
         with self._lock:
-            old = self._jobs.get((identity, message.job))
-            if old is not None and old.state in (QUEUED, RUNNING):
-                reply = error_message(ErrorCode.UNEXPECTED, f"Job '{message.job}' is already queued or "
-                                      "running; use a new job id.", message.job)
-            elif len(self._queue) >= self.queue_size:
-                reply = error_message(ErrorCode.QUEUE_FULL, ErrorCode.QUEUE_FULL.sentence, message.job)
-            else:
-                job = _Job(identity, message, next(self._seq))
-                self._jobs[(identity, job.id)] = job
-                reply = Message(MessageType.ACCEPTED, job.id, {"position": self._queue.push(job)})
+            reply = admit(self._queue, self._jobs, self.queue_size, identity, message,
+                          lambda: _Job(identity, message, next(self._seq)))
+            if reply.type == MessageType.ACCEPTED:
                 self._lock.notify_all()
         self._send(identity, reply)
 
