@@ -30,6 +30,7 @@ from animax_addon.core.rig import Rig, RigError
 
 from .data.assets import DatasetError, add_dataset_arguments, dataset_command
 from .demo import DemoError, run_demo
+from .model import MODEL_FPS
 from .evaluation.command import EvalError, add_eval_arguments, eval_command
 from .demo import add_arguments as add_demo_arguments
 from .reconstruction.pose_map_folder import (
@@ -39,7 +40,6 @@ from .reconstruction.pose_map_folder import (
 )
 from .reconstruction.reconstruct import reconstruct
 
-MODEL_FPS = 16
 
 
 class UsageError(ValueError):

@@ -37,8 +37,8 @@ import numpy as np
 
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.pose_maps import render_pose_maps
+from backend.model import MODEL_FPS
 
-MODEL_FPS = 16
 ASSET_SUFFIXES = (".blend", ".glb", ".gltf", ".fbx")
 MIN_MOTION = 0.05
 """Default negligible-motion threshold: the largest joint displacement from a clip's first frame,

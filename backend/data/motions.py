@@ -15,9 +15,10 @@ import numpy as np
 
 from animax_addon.core.rig import Rig, axis_angle_matrices
 from backend.data.rig_world import FAMILIES, TRAIN_FAMILIES, Creature
+from backend.model import MODEL_FPS
 from backend.reconstruction.kinematics import forward_kinematics
 
-FPS = 16
+FPS = MODEL_FPS
 _X, _Z = np.eye(3)[0], np.eye(3)[2]
 _FORWARD = np.array([0.0, -1.0, 0.0])
 _FORWARD_DOWN = np.array([0.0, -1.0, -1.0]) / np.sqrt(2)

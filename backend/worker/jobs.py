@@ -18,7 +18,7 @@ from animax_addon.core.protocol import (
     ErrorCode, Message, MessageType, ProtocolError, array_blob, blob_png, error_message, png_blob,
 )
 from animax_addon.core.rig import Rig, RigError
-from backend.cli import MODEL_FPS
+from backend.model import MODEL_FPS
 from backend.reconstruction.kinematics import resample
 from backend.reconstruction.reconstruct import GENERATED_SMOOTHING, reconstruct
 

@@ -36,8 +36,7 @@ from animax_addon.core.client import DEFAULT_ADDRESS
 from animax_addon.core.protocol import (
     PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, error_message,
 )
-from backend.cli import MODEL_FPS  # every preset generates at Wan's 16 frames per second
-from backend.model import presets
+from backend.model import MODEL_FPS, presets
 from backend.model.presets import TINY, Preset
 
 from .fair_queue import CANCELLED, DONE, FAILED, QUEUED, RUNNING, FairQueue, admit
