@@ -4,13 +4,32 @@
   tensors two threads per process only wait on each other's barriers (a training test file took
   4 minutes instead of 25 s). Set before torch is imported; worker subprocesses inherit it.
 - hypothesis draws the same examples on every run (CI included).
+- `running`: start workers / brokers on threads; stopped and joined, newest first, after the test.
 """
 
 import os
+import threading
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from hypothesis import settings  # noqa: E402 - after the thread setting, like every test module's torch
+import pytest  # noqa: E402 - after the thread setting, like every test module's torch
+from hypothesis import settings  # noqa: E402
 
 settings.register_profile("animax", derandomize=True, deadline=None, database=None)
 settings.load_profile("animax")
+
+
+@pytest.fixture
+def running():
+    started = []
+
+    def start(service):
+        thread = threading.Thread(target=service.run, daemon=True)
+        thread.start()
+        started.append((service, thread))
+        return service
+
+    yield start
+    for service, thread in reversed(started):
+        service.stop()
+        thread.join(30)

@@ -29,26 +29,15 @@ def wait_for(predicate, timeout=10.0):
 
 
 @pytest.fixture
-def make_broker(pipelines):
-    running = []
-
-    def start(server):
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        running.append((server, thread))
-        return server
-
+def make_broker(pipelines, running):
     def make(workers=1, **kwargs):
-        broker = start(Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", **kwargs))
+        broker = running(Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", **kwargs))
         for pipeline in pipelines[:workers]:
-            start(Worker(pipeline, broker=broker.backend, heartbeat_s=broker.heartbeat_s))
+            running(Worker(pipeline, broker=broker.backend, heartbeat_s=broker.heartbeat_s))
         wait_for(lambda: broker.worker_count() == workers)
         return broker
 
-    yield make
-    for server, thread in reversed(running):
-        server.stop()
-        thread.join(30)
+    return make
 
 
 def test_broker_answers_like_a_worker(make_broker, pipelines):

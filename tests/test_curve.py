@@ -1,6 +1,5 @@
 """CurveZMQ: keys from ``animax-worker keygen``; wrong or unlisted keys get nothing, right keys work."""
 
-import threading
 
 import pytest
 
@@ -22,22 +21,6 @@ def keys(tmp_path_factory):
     allow.mkdir()
     (allow / "alice.key").write_bytes((root / "alice.key").read_bytes())  # bob is not on the list
     return root
-
-
-@pytest.fixture
-def running():
-    started = []
-
-    def start(service):
-        thread = threading.Thread(target=service.run, daemon=True)
-        thread.start()
-        started.append((service, thread))
-        return service
-
-    yield start
-    for service, thread in reversed(started):
-        service.stop()
-        thread.join(30)
 
 
 def port_of(address):
