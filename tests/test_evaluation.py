@@ -13,7 +13,7 @@ from backend.data.motions import MOTIONS, sample_clip
 from backend.data.rig_world import FAMILIES, HELDOUT_FAMILIES
 from backend.evaluation.classifier import clip_features, predict, sample_clips, train_classifier
 from backend.evaluation.command import DEFAULT_COUNT, EvalError, add_eval_arguments, eval_command
-from backend.evaluation.evaluate import evaluate, model_generator, oracle_generator
+from backend.evaluation.evaluate import draw_items, evaluate, model_generator, oracle_generator
 from backend.evaluation.features import motion_features
 from backend.evaluation.gifs import write_gif
 
@@ -90,6 +90,31 @@ def test_a_random_tiny_model_runs_through_evaluate(classifier):
         assert 0 <= s[key] <= 1, key
     # Random weights rarely draw a palette colour: no error is made up for joints nobody saw.
     assert (s["reprojection_px"] is None) == (s["detected"] == 0)
+
+
+def test_parallel_scoring_gives_the_sequential_rows(classifier):
+    kwargs = dict(count=2, seed=3, split="heldout-proportions", classifier=classifier)
+    parallel, sequential = evaluate(oracle_generator, processes=2, **kwargs), evaluate(oracle_generator, **kwargs)
+    assert len(parallel.clips) == 2
+    for a, b in zip(parallel.clips, sequential.clips):  # other processes may sum in another order
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == (pytest.approx(b[key], rel=1e-6) if isinstance(b[key], float) else b[key]), key
+
+
+def test_the_shipped_model_scores_alike_from_the_text_cache_and_from_minilm(classifier):
+    """The GPU machines evaluate without MiniLM, from the training text cache: same videos."""
+    from backend.model.presets import TINY_WEIGHTS, load_tiny
+    from backend.train.__main__ import DEFAULT_TEXT_CACHE
+    from backend.train.text import TextCache
+
+    cache, item = TextCache(DEFAULT_TEXT_CACHE), draw_items(1, 0, "heldout-families")[0]
+    bare = load_tiny(TINY_WEIGHTS, text_encoder=False)
+    assert bare.text_encoder is None
+    embed = lambda prompt: cache[[prompt]][:, :bare.config.max_sequence_length]  # noqa: E731
+    from_cache = model_generator(bare, steps=2, embed=embed, text_guidance=2.0)(item)
+    from_minilm = model_generator(load_tiny(TINY_WEIGHTS), steps=2, text_guidance=2.0)(item)
+    assert np.abs(from_cache.astype(int) - from_minilm.astype(int)).max() <= 1  # half-precision cache
 
 
 def test_unknown_split_is_refused(classifier):

@@ -89,6 +89,57 @@ def test_callback_sees_every_step_and_interrupt_stops_within_one(pipe):
     assert generate(pipe).interrupted is False  # the next call starts afresh
 
 
+def record_calls(pipe, monkeypatch):
+    """The transformer's inputs and outputs of every call of one generation."""
+    calls, forward = [], pipe.transformer.forward
+
+    def recording(hidden, timestep, text, rays, return_dict=True):
+        out = forward(hidden, timestep, text, rays, return_dict=return_dict)
+        calls.append(dict(batch=hidden.shape[0], text=text.clone(), hidden=hidden.clone(), flow=out[0].clone()))
+        return out
+
+    monkeypatch.setattr(pipe.transformer, "forward", recording)
+    return calls
+
+
+def one_step(pipe, monkeypatch, **changes):
+    """The branches' velocities of a one-step generation, its noise and the latents it stepped to."""
+    calls, latents = record_calls(pipe, monkeypatch), []
+    generate(pipe, num_inference_steps=1, callback_on_step_end=lambda p, i, t, k: latents.append(k["latents"]) or k,
+             **changes)
+    (call,) = calls
+    halves = lambda x: x.unflatten(2, (2, -1))[:, :, :, 1:].permute(2, 0, 1, 3, 4, 5)  # noqa: E731 - drop c frames
+    return call, [halves(flow) for flow in call["flow"]], halves(call["hidden"][0]), latents[0][0]
+
+
+def test_image_guidance_alone_is_wans_formula(pipe, monkeypatch):
+    """uncond + s (cond - uncond): one Euler step from pure noise lands on noise - sigma * v."""
+    call, (cond, uncond), noise, stepped = one_step(pipe, monkeypatch, guidance_scale=3.0)
+    assert call["batch"] == 2
+    torch.testing.assert_close(stepped, noise - pipe.scheduler.sigmas[0] * (uncond + 3.0 * (cond - uncond)))
+
+
+def test_text_guidance_adds_a_null_prompt_branch_and_combines_as_documented(pipe, monkeypatch):
+    call, (cond, no_image, no_text), noise, stepped = one_step(pipe, monkeypatch, guidance_scale=3.0,
+                                                                 text_guidance_scale=2.0)
+    assert call["batch"] == 3  # conditional, templates dropped, prompt dropped
+    assert call["text"][2].abs().sum() == 0 and torch.equal(call["text"][0], call["text"][1])
+    frames = call["hidden"].shape[3] // 2  # per half: [c, x]; the condition frame is the first of each half
+    assert call["hidden"][1, :, :, [0, frames]].abs().sum() == 0  # no templates in the image-dropped branch
+    assert torch.equal(call["hidden"][2], call["hidden"][0])
+    velocity = cond + 2.0 * (cond - no_image) + 1.0 * (cond - no_text)
+    torch.testing.assert_close(stepped, noise - pipe.scheduler.sigmas[0] * velocity)
+
+
+def test_guidance_end_runs_the_later_steps_unguided(pipe, monkeypatch):
+    calls = record_calls(pipe, monkeypatch)
+    generate(pipe, num_inference_steps=4, guidance_scale=3.0, text_guidance_scale=2.0, guidance_end=0.5)
+    assert [c["batch"] for c in calls] == [3, 3, 1, 1]
+    calls.clear()
+    generate(pipe, num_inference_steps=4, guidance_scale=1.0)
+    assert [c["batch"] for c in calls] == [1, 1, 1, 1]
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -101,6 +152,8 @@ def test_callback_sees_every_step_and_interrupt_stops_within_one(pipe):
               pose_templates=np.zeros((4, 36, 36, 3), np.uint8)), "multiple of 8"),
         (dict(num_inference_steps=0), "positive integer"),
         (dict(guidance_scale=0.5), ">= 1"),
+        (dict(text_guidance_scale=0.0), "`text_guidance_scale` must be >= 1"),
+        (dict(guidance_end=0.0), "in (0, 1]"),
         (dict(callback_on_step_end_tensor_inputs=["noise"]), "not ['noise']"),
         (dict(prompt_embeds=torch.zeros(1, 16, 384)), "exactly one of"),
         (dict(prompt=None), "exactly one of"),

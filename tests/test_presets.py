@@ -18,6 +18,7 @@ from backend.model.presets import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     TINY,
+    TINY_TRANSFORMER,
     WeightsError,
     build_tiny_pipeline,
     load_full,
@@ -68,6 +69,20 @@ def test_tiny_round_trip_is_exact(tiny):
     np.testing.assert_array_equal(generate(loaded), generate(pipe))
 
 
+def test_tiny_keeps_its_prompt_guidance_and_older_directories_load_without_it(tiny, tmp_path):
+    pipe, directory = tiny
+    pipe.register_to_config(text_guidance_scale=2.5)
+    save_tiny(pipe, tmp_path / "guided")
+    pipe.register_to_config(text_guidance_scale=1.0)
+    assert load_tiny(tmp_path / "guided").config.text_guidance_scale == 2.5
+    meta = tmp_path / "guided" / "animax.json"
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "text_guidance_scale"}))
+    assert load_tiny(tmp_path / "guided").config.text_guidance_scale == 1.0
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "text_guidance_scale": 0.5}))
+    with pytest.raises(WeightsError, match="text_guidance_scale >= 1"):
+        load_tiny(tmp_path / "guided")
+
+
 def test_build_tiny_pipeline_is_seeded_and_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     state = torch.get_rng_state()
@@ -96,7 +111,7 @@ def test_tiny_truncated_weights_are_named(tiny, tmp_path, folder):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(num_layers=5), "does not match .*missing keys"),  # diffusers alone would only warn
+    (dict(num_layers=TINY_TRANSFORMER["num_layers"] + 1), "does not match .*missing keys"),  # diffusers only warns
     (dict(ffn_dim=48), "does not load as the AnimaXTransformer3DModel"),
     (dict(_class_name="WanTransformer3DModel"), "expected _class_name 'AnimaXTransformer3DModel'"),
 ])

@@ -170,3 +170,26 @@ def test_tiny_trains_on_a_dataset_with_captions_added_to_the_text_cache(dataset,
     assert record["steps"] == {"vae": 2, "joint": 3, "multiview": 2}
     pipe = load_tiny(out / "model")
     assert pipe.transformer.blocks[0].attn_mv.to_out[0].weight.abs().max() > 0
+
+
+def test_tiny_keeps_a_trained_vae_and_reuses_its_cached_latents(dataset, tmp_path, capsys):
+    first = tmp_path / "first"
+    base = ["--dataset", str(dataset[0]), *STEPS]  # procedural prompts: in the shipped text cache
+    train.main(["run", "--out", str(first), "--vae-steps", "2", "--vae-batch", "2", *base])
+    assert (first / "vae" / "config.json").is_file() and (first / "latents.pt").is_file()
+
+    second = tmp_path / "second"
+    train.main(["run", "--out", str(second), "--vae-from", str(first / "model"), *base, "--deadline-min", "1e-9"])
+    record = json.loads((second / "training.json").read_text())["sessions"][-1]
+    assert "vae" not in record["steps"] and "dataset" in record["seconds"]  # no VAE stage; the data was built
+    kept = load_file(first / "model" / "vae" / "diffusion_pytorch_model.safetensors")
+    saved = load_file(second / "model" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert kept.keys() == saved.keys() and all(torch.equal(kept[k], saved[k]) for k in kept)
+
+    capsys.readouterr()
+    train.main(["run", "--out", str(second), "--vae-from", str(first / "model"), *base, "--resume"])
+    assert "latents: reusing" in capsys.readouterr().out
+    record = json.loads((second / "training.json").read_text())["sessions"][-1]
+    assert record["finished"] and "dataset" not in record["seconds"] and record["data"]["clips"] == 2
+    with pytest.raises(SystemExit, match="config.json is missing"):
+        train.main(["run", "--out", str(tmp_path / "third"), "--vae-from", str(tmp_path), *base])

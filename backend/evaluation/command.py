@@ -46,8 +46,19 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the clips, the classifier and the sampler")
     parser.add_argument("--steps", type=_at_least(1), help="denoising steps (default: the tiny preset's 20)")
     parser.add_argument("--guidance", type=float, help="image guidance scale (default: the tiny preset's 3.0)")
+    parser.add_argument("--text-guidance", type=float,
+                        help="guidance on the prompt; 1 turns it off (default: the model's own, in its animax.json)")
+    parser.add_argument("--guidance-end", type=float, default=1.0,
+                        help="share of the steps, from the first, that are guided (default 1: all)")
+    parser.add_argument("--device", default="cpu", help="where the model runs, e.g. cuda (default cpu)")
+    parser.add_argument("--text-cache", help="precomputed prompt embeddings (python -m backend.train text-cache) "
+                                             "instead of the MiniLM encoder, for machines without it")
+    parser.add_argument("--processes", type=_at_least(1), default=1,
+                        help="processes that reconstruct and score the clips (default 1)")
     parser.add_argument("--split", choices=[*SPLITS, "both"], default="both")
     parser.add_argument("--out", default="eval_out", help="folder for the results JSON and the GIFs (default eval_out)")
+    parser.add_argument("--results", help="name of the results JSON in --out (default results_model.json or "
+                                          "results_oracle.json)")
     parser.add_argument("--gifs", type=_at_least(0), default=3, help="GIFs per split (default 3)")
     parser.add_argument("--oracle", action="store_true",
                         help="score the ground-truth pose maps instead of a model (the reconstruction's ceiling)")
@@ -64,15 +75,24 @@ def eval_command(args) -> None:
 
     steps = TINY.num_inference_steps if args.steps is None else args.steps
     guidance = TINY.guidance_scale if args.guidance is None else args.guidance
-    name = "oracle" if args.oracle else f"model ({steps} steps)"
+    name, text_guidance = "oracle", None
     if args.oracle:
         generate = oracle_generator
     else:
         try:
-            pipeline = load_tiny(args.model)
+            pipeline = load_tiny(args.model, text_encoder=args.text_cache is None).to(args.device)
         except WeightsError as exc:
             raise EvalError(f"{exc}; --model takes a tiny model directory such as {DEFAULT_MODEL}") from None
-        generate = model_generator(pipeline, steps, guidance, args.seed)
+        embed = None
+        if args.text_cache:
+            from backend.train.text import TextCache
+
+            cache = TextCache(args.text_cache)
+            embed = lambda prompt: cache[[prompt]][:, :pipeline.config.max_sequence_length]  # noqa: E731
+        text_guidance = pipeline.config.text_guidance_scale if args.text_guidance is None else args.text_guidance
+        generate = model_generator(pipeline, steps, guidance, args.seed, text_guidance, args.guidance_end, embed)
+        name = f"model ({steps} steps, guidance {guidance:g}, prompt guidance {text_guidance:g}" + \
+            (f", guided until {args.guidance_end:.0%})" if args.guidance_end < 1 else ")")
     print(f"training the action classifier on {args.classifier_clips} ground-truth clips", flush=True)
     classifier = train_classifier(args.seed, args.classifier_clips)
     out = Path(args.out)
@@ -81,14 +101,16 @@ def eval_command(args) -> None:
     kind = "oracle" if args.oracle else "model"
     report = {"generator": name, "model": None if args.oracle else str(args.model), "seed": args.seed,
               "steps": None if args.oracle else steps, "guidance": None if args.oracle else guidance,
+              "text_guidance": None if args.oracle else text_guidance,
+              "guidance_end": None if args.oracle else args.guidance_end,
               "classifier_clips": args.classifier_clips, "splits": {}}
     for split in splits:
         result = evaluate(generate, args.count, args.seed, split, classifier, keep=args.gifs,
-                          log=lambda line: print(line, flush=True))
+                          log=lambda line: print(line, flush=True), processes=args.processes)
         report["splits"][split] = {"summary": result.summary, "clips": result.clips}
         for i, (item, videos, motion) in enumerate(result.examples):
             write_gif(out / f"{kind}_{split}_{i}.gif", item, videos, motion)
-    path = out / f"results_{kind}.json"
+    path = out / (args.results or f"results_{kind}.json")
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(table({f"{name}, {split}": report["splits"][split]["summary"] for split in splits}))
     print(f"wrote {path}")

@@ -21,7 +21,9 @@ Splits: ``heldout-families`` draws creatures of families never trained on (many-
 
 from __future__ import annotations
 
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -81,12 +83,18 @@ def draw_items(count: int, seed: int, split: str) -> list[EvalItem]:
 
 
 def model_generator(pipeline, steps: int = TINY.num_inference_steps, guidance: float = TINY.guidance_scale,
-                    seed: int = 0) -> Generator:
-    """The model under test, called as the worker calls it; sees only prompt, templates, cameras."""
+                    seed: int = 0, text_guidance: float | None = None, guidance_end: float = 1.0,
+                    embed: Callable[[str], torch.Tensor] | None = None) -> Generator:
+    """The model under test, called as the worker calls it; sees only prompt, templates, cameras.
+
+    ``embed(prompt)`` gives the prompt's embeddings where the pipeline has no text encoder.
+    """
     def generate(item: EvalItem) -> np.ndarray:
-        return pipeline(prompt=item.prompt, rgb_templates=item.rgb_templates, pose_templates=item.pose_templates,
+        text = dict(prompt=item.prompt) if embed is None else dict(prompt=None, prompt_embeds=embed(item.prompt))
+        return pipeline(**text, rgb_templates=item.rgb_templates, pose_templates=item.pose_templates,
                         cameras=item.cameras, num_frames=len(item.clip.joints), num_inference_steps=steps,
-                        guidance_scale=guidance, generator=torch.Generator().manual_seed(seed)).pose_videos
+                        guidance_scale=guidance, text_guidance_scale=text_guidance, guidance_end=guidance_end,
+                        generator=torch.Generator().manual_seed(seed)).pose_videos
     return generate
 
 
@@ -148,26 +156,48 @@ class SplitResult:
     examples: list[tuple[EvalItem, np.ndarray, Reconstruction]] = field(default_factory=list)
 
 
+def reconstruct_and_score(item: EvalItem, videos: np.ndarray, classifier) -> tuple[Reconstruction, dict]:
+    # Reconstructed as the worker reconstructs generated videos, so the numbers are what a user gets.
+    result = reconstruct(item.clip.creature.rig, item.cameras, videos, smoothing=GENERATED_SMOOTHING)
+    return result, score(item, result, classifier)
+
+
 def evaluate(generate: Generator, count: int, seed: int = 0, split: str = "heldout-families", classifier=None,
-             keep: int = 0, log: Callable[[str], None] | None = None) -> SplitResult:
-    """Score ``generate`` on ``count`` clips of ``split``; the first ``keep`` are kept for GIFs."""
+             keep: int = 0, log: Callable[[str], None] | None = None, processes: int = 1) -> SplitResult:
+    """Score ``generate`` on ``count`` clips of ``split``; the first ``keep`` are kept for GIFs.
+
+    With ``processes`` > 1 the clips are generated first, one after another (the model is the one
+    GPU user), then reconstructed and scored in that many processes.
+    """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     classifier = train_classifier() if classifier is None else classifier
+    items = draw_items(count, seed, split)
     rows, examples = [], []
-    for i, item in enumerate(draw_items(count, seed, split)):
-        start = time.perf_counter()
-        videos = generate(item)
-        # Scored as the worker reconstructs generated videos, so the numbers are what a user gets.
-        result = reconstruct(item.clip.creature.rig, item.cameras, videos, smoothing=GENERATED_SMOOTHING)
-        rows.append(score(item, result, classifier))
+
+    def record(i: int, item: EvalItem, videos: np.ndarray, result: Reconstruction, row: dict, seconds: float):
+        rows.append(row)
         if i < keep:
             examples.append((item, videos, result))
         if log:
-            row = rows[-1]
             log(f"[{split} {i + 1}/{count}] {row['prompt']!r}: {row['predicted']} "
-                f"({'ok' if row['correct'] else 'wrong'}), {row['detected']:.0%} of joints detected, "
-                f"{time.perf_counter() - start:.0f} s")
+                f"({'ok' if row['correct'] else 'wrong'}), {row['detected']:.0%} of joints detected, {seconds:.0f} s")
+
+    if processes == 1:
+        for i, item in enumerate(items):
+            start = time.perf_counter()
+            videos = generate(item)
+            record(i, item, videos, *reconstruct_and_score(item, videos, classifier), time.perf_counter() - start)
+    else:
+        start = time.perf_counter()
+        all_videos = [generate(item) for item in items]
+        if log:
+            log(f"[{split}] generated {count} clips in {time.perf_counter() - start:.0f} s")
+        # spawn, not fork: the parent may hold a CUDA context, which a forked child cannot use.
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            scored = pool.map(reconstruct_and_score, items, all_videos, [classifier] * count)
+            for i, (item, videos, (result, row)) in enumerate(zip(items, all_videos, scored)):
+                record(i, item, videos, result, row, time.perf_counter() - start)
     return SplitResult(summarise(rows), rows, examples)

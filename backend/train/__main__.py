@@ -26,6 +26,7 @@ from backend.data.dataset import Samples, build_samples
 from backend.data.motions import all_prompts
 from backend.model.pipeline_animax import AnimaXPipeline
 from backend.model.presets import (
+    DIFFUSERS_WEIGHTS,
     FULL,
     PRESETS,
     SCHEDULER_SHIFT,
@@ -81,19 +82,35 @@ def load_dataset(path: Path, vae, patch_size: int, preset: str) -> Samples:
     return samples
 
 
-def encode_full(args, vae, text_encoder, tokenizer, transformer, device) -> LatentSet:
-    """The dataset's latents under the frozen Wan VAE and its captions under UMT5, kept in
-    ``OUT/latents.pt`` so that a resumed session skips the slow full-size encode."""
-    dataset = Path(args.dataset).resolve()
-    key = dict(dataset=str(dataset), bytes=dataset.stat().st_size, mtime_ns=dataset.stat().st_mtime_ns,
-               wan=str(Path(args.wan).resolve()), seed=args.seed)
-    cache = Path(args.out) / "latents.pt"
+def file_key(path: Path) -> dict:
+    """What identifies a file's contents cheaply (for the latents cache)."""
+    path = Path(path).resolve()
+    return dict(path=str(path), bytes=path.stat().st_size, mtime_ns=path.stat().st_mtime_ns)
+
+
+def cached_latents(out: Path, key: dict, device, encode) -> tuple[LatentSet, dict]:
+    """``encode()``'s (latents, description of the data), kept in ``OUT/latents.pt`` under ``key``, so
+    that a resumed session skips building and encoding the dataset when nothing it depends on changed."""
+    cache = out / "latents.pt"
     if cache.is_file():
         saved = torch.load(cache, map_location=device)
         if saved.pop("key") == key:
             print(f"latents: reusing {cache}", flush=True)
-            return LatentSet(**saved)
-    samples = load_dataset(dataset, vae, transformer.config.patch_size[1], "full")
+            return LatentSet(**saved.pop("latents")), saved["description"]
+    data, description = encode()
+    torch.save({"key": key, "latents": vars(data), "description": description}, cache)
+    return data, description
+
+
+def encode_full(args, vae, text_encoder, tokenizer, transformer, device) -> tuple[LatentSet, dict]:
+    """The dataset's latents under the frozen Wan VAE and its captions under UMT5 (cached)."""
+    key = dict(dataset=file_key(args.dataset), wan=str(Path(args.wan).resolve()), seed=args.seed)
+    return cached_latents(Path(args.out), key, device,
+                          lambda: _encode_full(args, vae, text_encoder, tokenizer, transformer, device))
+
+
+def _encode_full(args, vae, text_encoder, tokenizer, transformer, device) -> tuple[LatentSet, dict]:
+    samples = load_dataset(Path(args.dataset), vae, transformer.config.patch_size[1], "full")
     # Embedded as AnimaXPipeline.encode_prompt does at inference: FULL's 512 tokens, padding zeroed.
     pipeline = AnimaXPipeline(tokenizer, text_encoder.to(device), vae, transformer,
                               FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT), FULL.max_sequence_length)
@@ -102,8 +119,7 @@ def encode_full(args, vae, text_encoder, tokenizer, transformer, device) -> Late
         embedded = torch.cat([pipeline.encode_prompt(caption, device) for caption in captions]).float()
     text = embedded[[captions.index(p) for p in samples.prompts]]
     data = encode_samples(vae.to(device), samples, text, device, seed=args.seed, chunk=1)  # full-size videos: one at a time
-    torch.save({"key": key, **vars(data)}, cache)
-    return data
+    return data, describe(samples, str(args.dataset))
 
 
 def train_diffusion(transformer, data: LatentSet, args, out: Path, deadline: float, precision: str,
@@ -137,28 +153,26 @@ def describe(samples: Samples, source: str) -> dict:
             "motions": sorted(set(samples.motions)), "prompts": len(set(samples.prompts))}
 
 
-def run_tiny(args, out: Path, device, precision: str, deadline: float, record: dict, losses: dict) -> bool:
-    text_cache = TextCache(args.text_cache)
+def tiny_samples(args, vae, transformer, text_cache: TextCache, device) -> Samples:
+    """``--dataset``'s samples (whose captions must be in the text cache) or procedural clips."""
+    if not args.dataset:
+        return build_samples(args.samples, args.seed, TINY.size, TINY.num_frames, device=str(device),
+                             processes=args.processes)
+    samples = load_dataset(args.dataset, vae, transformer.config.patch_size[1], "tiny")
+    unknown = sorted(set(samples.prompts) - set(text_cache.prompts))
+    if unknown:
+        raise SystemExit(f"{len(unknown)} captions of {args.dataset} are not in {args.text_cache} (e.g. "
+                         f"{unknown[0]!r}): add them with `python -m backend.train text-cache --dataset "
+                         f"{args.dataset} --out {args.text_cache}` where MiniLM is installed")
+    return samples
+
+
+def train_tiny_vae(args, samples: Samples, out: Path, device, precision: str, deadline: float, record: dict,
+                   losses: dict):
+    """Stage ``vae`` on single views of both modalities; the trained VAE (with its latent statistics)
+    goes to ``OUT/vae`` when the stage finishes, else None."""
     torch.manual_seed(args.seed)
     vae = AutoencoderKLWan(**TINY_VAE).to(device)
-    transformer = AnimaXTransformer3DModel(**TINY_TRANSFORMER).to(device)
-
-    began = time.time()
-    if args.dataset:
-        samples = load_dataset(args.dataset, vae, transformer.config.patch_size[1], "tiny")
-        unknown = sorted(set(samples.prompts) - set(text_cache.prompts))
-        if unknown:
-            raise SystemExit(f"{len(unknown)} captions of {args.dataset} are not in {args.text_cache} (e.g. "
-                             f"{unknown[0]!r}): add them with `python -m backend.train text-cache --dataset "
-                             f"{args.dataset} --out {args.text_cache}` where MiniLM is installed")
-    else:
-        samples = build_samples(args.samples, args.seed, TINY.size, TINY.num_frames, device=str(device),
-                                processes=args.processes)
-    record["seconds"]["dataset"] = time.time() - began
-    record["data"] = describe(samples, str(args.dataset) if args.dataset else "procedural")
-    print(f"dataset: {len(samples)} clips in {record['seconds']['dataset']:.0f} s", flush=True)
-
-    # Stage 0: the video autoencoder, on single views of both modalities.
     videos = {m: torch.from_numpy(getattr(samples, m)).to(device) for m in ("rgb", "pose")}
     n, views = samples.rgb.shape[:2]
 
@@ -173,16 +187,52 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
     losses["vae"], finished = train_stage("vae", vae, list(vae.parameters()), vae_step, args.vae_steps, args.vae_lr,
                                           out / "checkpoints" / "vae", deadline, mixed_precision=precision)
     record["seconds"]["vae"] = time.time() - began
-    del videos
-    if finished:
-        mean, std = latent_stats(vae, samples, device)
-        vae.register_to_config(latents_mean=mean, latents_std=std)
+    if not finished:
+        return None
+    mean, std = latent_stats(vae, samples, device)
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    vae.cpu().save_pretrained(out / "vae", safe_serialization=True)
+    return vae.to(device)
+
+
+def run_tiny(args, out: Path, device, precision: str, deadline: float, record: dict, losses: dict) -> bool:
+    """Stage ``vae`` (unless ``--vae-from`` gives a trained one), then the diffusion stages on the
+    dataset's latents, which are cached in ``OUT`` once the VAE is final."""
+    text_cache = TextCache(args.text_cache)
+    torch.manual_seed(args.seed)
+    transformer = AnimaXTransformer3DModel(**TINY_TRANSFORMER).to(device)
+    vae_dir = Path(args.vae_from) / "vae" if args.vae_from else out / "vae"
+    if args.vae_from and not (vae_dir / "config.json").is_file():
+        raise SystemExit(f"--vae-from {args.vae_from}: {vae_dir / 'config.json'} is missing; it takes a tiny model "
+                         f"directory written by training (e.g. backend/model/weights/tiny)")
+    source = file_key(args.dataset) if args.dataset else dict(procedural=args.samples, seed=args.seed)
+
+    def build() -> Samples:
+        began = time.time()
+        samples = tiny_samples(args, vae, transformer, text_cache, device)
+        record["seconds"]["dataset"] = time.time() - began
+        print(f"dataset: {len(samples)} clips in {record['seconds']['dataset']:.0f} s", flush=True)
+        return samples
+
+    def encode(samples: Samples) -> tuple[LatentSet, dict]:
         began = time.time()
         data = encode_samples(vae, samples, text_cache[samples.prompts], device, seed=args.seed)
         record["seconds"]["encode"] = time.time() - began
-        del samples
-        finished = train_diffusion(transformer, data, args, out, deadline, precision, record, losses)
+        return data, describe(samples, str(args.dataset) if args.dataset else "procedural")
 
+    samples = None
+    if (vae_dir / "config.json").is_file():
+        vae = AutoencoderKLWan.from_pretrained(vae_dir, local_files_only=True).to(device)
+    else:
+        vae = AutoencoderKLWan(**TINY_VAE)  # its config serves the dataset's size checks; trained below
+        samples = build()
+        vae = train_tiny_vae(args, samples, out, device, precision, deadline, record, losses)
+        if vae is None:
+            return False
+    key = dict(source=source, seed=args.seed, vae=file_key(vae_dir / DIFFUSERS_WEIGHTS))
+    data, record["data"] = cached_latents(out, key, device, lambda: encode(build() if samples is None else samples))
+    del samples
+    finished = train_diffusion(transformer, data, args, out, deadline, precision, record, losses)
     save_tiny(AnimaXPipeline(None, None, vae.cpu().eval(), transformer.cpu().eval(),
                              FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT), TINY.max_sequence_length),
               out / "model")
@@ -206,13 +256,11 @@ def run_full(args, out: Path, device, precision: str, deadline: float, record: d
     record["seconds"]["load"] = time.time() - began
 
     began = time.time()
-    data = encode_full(args, vae, text_encoder, tokenizer, transformer, device)
+    data, record["data"] = encode_full(args, vae, text_encoder, tokenizer, transformer, device)
     del vae, text_encoder  # frozen, and no longer needed: free their memory for training
     if device.type == "cuda":
         torch.cuda.empty_cache()
     record["seconds"]["encode"] = time.time() - began
-    record["data"] = {"source": str(args.dataset), "clips": len(data), "views": data.video.shape[2],
-                      "latent_frames": data.video.shape[4], "latent_size": data.video.shape[-1]}
     print(f"dataset: {len(data)} clips encoded in {record['seconds']['encode']:.0f} s", flush=True)
 
     finished = train_diffusion(transformer.to(device), data, args, out, deadline, precision, record, losses)
@@ -273,6 +321,8 @@ def main(argv: list[str] | None = None) -> None:
     tiny.add_argument("--vae-steps", type=int, default=3000)
     tiny.add_argument("--vae-batch", type=int, default=16)
     tiny.add_argument("--vae-lr", type=float, default=1e-3)
+    tiny.add_argument("--vae-from", type=Path, help="a tiny model directory whose trained VAE to keep (skips "
+                                                    "stage vae), e.g. backend/model/weights/tiny")
     full = run.add_argument_group("full preset")
     full.add_argument("--wan", type=Path, help="local diffusers-format Wan2.1-T2V-1.3B directory")
     full.add_argument("--lora-rank", type=int, default=32, help="rank (and alpha) of the LoRA on the base blocks")

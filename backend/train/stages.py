@@ -5,7 +5,9 @@ colour weigh more: the colours are what reconstruction clusters) plus a small KL
 ``joint`` / ``multiview``: rectified-flow matching as Wan trains (x_t = (1 - s) x_0 + s e, target
 e - x_0, s shifted like the sampler's schedule) on the noisy frames of ``[c_rgb, x_rgb, c_pose,
 x_pose]``; the image condition is the rest template or a frame of the clip, zeroed 20% of the time
-so that image classifier-free guidance has an unconditional branch to use.
+so that image classifier-free guidance has an unconditional branch to use. The prompt is zeroed
+10% of the time (independently), for the pipeline's optional guidance on the prompt; the paper
+drops only the image.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .latents import LatentSet
 
 STAGES = ("vae", "joint", "multiview")
 CONDITION_DROP = 0.2
+TEXT_DROP = 0.1
 REST_TEMPLATE_PROBABILITY = 0.5
 POSE_COLOUR_WEIGHT = 10.0
 KL_WEIGHT = 1e-6
@@ -85,7 +88,7 @@ def flow_loss(model, data: LatentSet, index: torch.Tensor, stage: str, generator
     noisy = (1 - s) * x0 + s * noise
     sequence = torch.cat([condition, noisy], dim=4)  # per half: [c, x] along time
     sequence = torch.cat([sequence[:, 0], sequence[:, 1]], dim=3)  # (B, V, C, 2 (f + 2), h, w)
-    text = data.text[index].float()
+    text = data.text[index].float() * (draw(batch) >= TEXT_DROP).float().view(-1, 1, 1)
     flow = model(sequence, sigma * 1000, text, rays, return_dict=False)[0]
     flow = flow.unflatten(3, (2, -1))[:, :, :, :, 1:].permute(0, 3, 1, 2, 4, 5, 6)  # (B, 2, V, C, t, h, w)
     return F.mse_loss(flow.float(), noise - x0)
