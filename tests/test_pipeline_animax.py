@@ -11,6 +11,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from animax_addon.core.cameras import make_camera_rig
 from backend.model.pipeline_animax import AnimaXPipeline
+from backend.model.presets import SAMPLERS
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 
 SIZE, FRAMES = 32, 5  # 4 spatial x 4 temporal VAE factors: 8x8 latents, 2 latent frames
@@ -95,7 +96,7 @@ def record_calls(pipe, monkeypatch):
 
     def recording(hidden, timestep, text, rays, return_dict=True):
         out = forward(hidden, timestep, text, rays, return_dict=return_dict)
-        calls.append(dict(batch=hidden.shape[0], text=text.clone(), hidden=hidden.clone(), flow=out[0].clone()))
+        calls.append(dict(batch=hidden.shape[0], timestep=float(timestep[0]), text=text.clone(), hidden=hidden.clone(), flow=out[0].clone()))
         return out
 
     monkeypatch.setattr(pipe.transformer, "forward", recording)
@@ -138,6 +139,24 @@ def test_guidance_end_runs_the_later_steps_unguided(pipe, monkeypatch):
     calls.clear()
     generate(pipe, num_inference_steps=4, guidance_scale=1.0)
     assert [c["batch"] for c in calls] == [1, 1, 1, 1]
+
+
+def test_both_samplers_give_the_transformer_the_timesteps_it_was_trained_with(pipe, monkeypatch):
+    """Training feeds sigma * 1000 as the timestep; Wan's UniPC must do the same (up to its rounding)."""
+    from backend.model.presets import make_scheduler
+
+    kept = pipe.scheduler
+    for sampler in SAMPLERS:
+        pipe.scheduler = make_scheduler(sampler)
+        calls = record_calls(pipe, monkeypatch)
+        out = generate(pipe, num_inference_steps=6)
+        assert out.pose_videos.shape == (4, FRAMES, SIZE, SIZE, 3) and len(calls) == 6
+        np.testing.assert_allclose([c["timestep"] for c in calls], 1000 * pipe.scheduler.sigmas[:6].numpy(), atol=1.0,
+                                   err_msg=sampler)
+        monkeypatch.undo()
+    pipe.scheduler = kept
+    with pytest.raises(ValueError, match="unknown sampler 'ddim'; choose one of euler, unipc"):
+        make_scheduler("ddim")
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="guidance on the prompt; 1 turns it off (default: the model's own, in its animax.json)")
     parser.add_argument("--guidance-end", type=float, default=1.0,
                         help="share of the steps, from the first, that are guided (default 1: all)")
+    parser.add_argument("--sampler", choices=("euler", "unipc"), default="euler",
+                        help="the scheduler: euler (the preset's) or unipc (Wan's multistep solver)")
     parser.add_argument("--device", default="cpu", help="where the model runs, e.g. cuda (default cpu)")
     parser.add_argument("--text-cache", help="precomputed prompt embeddings (python -m backend.train text-cache) "
                                              "instead of the MiniLM encoder, for machines without it")
@@ -67,7 +69,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def eval_command(args) -> None:
-    from backend.model.presets import TINY, WeightsError, load_tiny
+    from backend.model.presets import TINY, WeightsError, load_tiny, make_scheduler
 
     from .classifier import train_classifier
     from .evaluate import evaluate, model_generator, oracle_generator
@@ -83,6 +85,7 @@ def eval_command(args) -> None:
             pipeline = load_tiny(args.model, text_encoder=args.text_cache is None).to(args.device)
         except WeightsError as exc:
             raise EvalError(f"{exc}; --model takes a tiny model directory such as {DEFAULT_MODEL}") from None
+        pipeline.scheduler = make_scheduler(args.sampler)
         embed = None
         if args.text_cache:
             from backend.train.text import TextCache
@@ -91,7 +94,7 @@ def eval_command(args) -> None:
             embed = lambda prompt: cache[[prompt]][:, :pipeline.config.max_sequence_length]  # noqa: E731
         text_guidance = pipeline.config.text_guidance_scale if args.text_guidance is None else args.text_guidance
         generate = model_generator(pipeline, steps, guidance, args.seed, text_guidance, args.guidance_end, embed)
-        name = f"model ({steps} steps, guidance {guidance:g}, prompt guidance {text_guidance:g}" + \
+        name = f"model ({steps} {args.sampler} steps, guidance {guidance:g}, prompt guidance {text_guidance:g}" + \
             (f", guided until {args.guidance_end:.0%})" if args.guidance_end < 1 else ")")
     print(f"training the action classifier on {args.classifier_clips} ground-truth clips", flush=True)
     classifier = train_classifier(args.seed, args.classifier_clips)
@@ -101,7 +104,7 @@ def eval_command(args) -> None:
     kind = "oracle" if args.oracle else "model"
     report = {"generator": name, "model": None if args.oracle else str(args.model), "seed": args.seed,
               "steps": None if args.oracle else steps, "guidance": None if args.oracle else guidance,
-              "text_guidance": None if args.oracle else text_guidance,
+              "text_guidance": None if args.oracle else text_guidance, "sampler": args.sampler,
               "guidance_end": None if args.oracle else args.guidance_end,
               "classifier_clips": args.classifier_clips, "splits": {}}
     for split in splits:

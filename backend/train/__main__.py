@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
+from diffusers import AutoencoderKLWan
 
 from backend.data.dataset import Samples, build_samples
 from backend.data.motions import all_prompts
@@ -29,12 +29,12 @@ from backend.model.presets import (
     DIFFUSERS_WEIGHTS,
     FULL,
     PRESETS,
-    SCHEDULER_SHIFT,
     TINY,
     TINY_TRANSFORMER,
     TINY_VAE,
     load_wan,
     make_lora_config,
+    make_scheduler,
     save_adapter,
     save_tiny,
 )
@@ -113,7 +113,7 @@ def _encode_full(args, vae, text_encoder, tokenizer, transformer, device) -> tup
     samples = load_dataset(Path(args.dataset), vae, transformer.config.patch_size[1], "full")
     # Embedded as AnimaXPipeline.encode_prompt does at inference: FULL's 512 tokens, padding zeroed.
     pipeline = AnimaXPipeline(tokenizer, text_encoder.to(device), vae, transformer,
-                              FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT), FULL.max_sequence_length)
+                              make_scheduler(), FULL.max_sequence_length)
     captions = sorted(set(samples.prompts))
     with torch.no_grad():
         embedded = torch.cat([pipeline.encode_prompt(caption, device) for caption in captions]).float()
@@ -231,10 +231,10 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
             return False
     key = dict(source=source, seed=args.seed, vae=file_key(vae_dir / DIFFUSERS_WEIGHTS))
     data, record["data"] = cached_latents(out, key, device, lambda: encode(build() if samples is None else samples))
-    del samples
+    samples = None  # free the clips (gigabytes) for training
     finished = train_diffusion(transformer, data, args, out, deadline, precision, record, losses)
     save_tiny(AnimaXPipeline(None, None, vae.cpu().eval(), transformer.cpu().eval(),
-                             FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT), TINY.max_sequence_length),
+                             make_scheduler(), TINY.max_sequence_length),
               out / "model")
     return finished
 
