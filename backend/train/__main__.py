@@ -8,6 +8,9 @@ A tiny run writes ``OUT/model`` (a tiny-model directory that ``load_tiny`` reads
 ``OUT/adapter`` (an AnimaX adapter that ``load_full(WAN_DIR, OUT/adapter)`` reads). Both write
 ``OUT/loss.png``, ``OUT/training.json`` (settings, data size, steps and seconds per stage) and
 checkpoints.
+
+``accelerate launch --num_processes N -m backend.train run ...`` runs the same recipe data-parallel
+on N GPUs: each step's batch is split over the processes (docs/training.md, "Several GPUs").
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import argparse
 import json
 import math
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from diffusers import AutoencoderKLWan
 
 from backend.data.dataset import Samples, build_samples
@@ -39,9 +44,10 @@ from backend.model.presets import (
     save_tiny,
 )
 from backend.model.transformer_animax import AnimaXTransformer3DModel
+from backend.multi_gpu import turn_multicast_off
 
 from .latents import LatentSet, encode_samples, latent_stats, to_video
-from .loop import save_loss_plot, train_stage
+from .loop import batch_part, save_loss_plot, train_stage
 from .stages import flow_loss, trainable_parameters, vae_loss
 from .text import TextCache, build_text_cache
 
@@ -52,6 +58,9 @@ STAGE_DEFAULTS = {
     "tiny": dict(joint_steps=8000, batch=64, lr=5e-4, multiview_steps=3000, multiview_batch=16, multiview_lr=3e-4),
     "full": dict(joint_steps=2000, batch=4, lr=1e-4, multiview_steps=1000, multiview_batch=1, multiview_lr=1e-4),
 }
+# How long processes wait for each other, above all for the main process building and encoding the
+# dataset (the others then load its cache); the default 10 or 30 minutes is too short for full data.
+PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 
 
 def text_cache_main(args) -> None:
@@ -92,14 +101,17 @@ def cached_latents(out: Path, key: dict, device, encode) -> tuple[LatentSet, dic
     """``encode()``'s (latents, description of the data), kept in ``OUT/latents.pt`` under ``key``, so
     that a resumed session skips building and encoding the dataset when nothing it depends on changed."""
     cache = out / "latents.pt"
-    if cache.is_file():
-        saved = torch.load(cache, map_location=device)
-        if saved.pop("key") == key:
-            print(f"latents: reusing {cache}", flush=True)
-            return LatentSet(**saved.pop("latents")), saved["description"]
-    data, description = encode()
-    torch.save({"key": key, "latents": vars(data), "description": description}, cache)
-    return data, description
+    state = PartialState()
+    with state.main_process_first():  # several processes: the main one encodes, the others load its cache
+        if cache.is_file():
+            saved = torch.load(cache, map_location=device)
+            if saved.pop("key") == key:
+                print(f"latents: reusing {cache}", flush=True)
+                return LatentSet(**saved.pop("latents")), saved["description"]
+        data, description = encode()
+        if state.is_main_process:
+            torch.save({"key": key, "latents": vars(data), "description": description}, cache)
+        return data, description
 
 
 def encode_full(args, vae, text_encoder, tokenizer, transformer, device) -> tuple[LatentSet, dict]:
@@ -129,10 +141,12 @@ def train_diffusion(transformer, data: LatentSet, args, out: Path, deadline: flo
     generator = torch.Generator(device)
 
     def diffusion_step(stage, batch):
-        def step_fn(model, step):
+        part = batch_part(batch)
+
+        def step_fn(model, step):  # every process draws the whole batch and trains on its part
             generator.manual_seed(args.seed * 1_000_003 + step)
             index = torch.randint(len(data), (batch,), generator=generator, device=device)
-            return flow_loss(model, data, index, stage, generator)
+            return flow_loss(model, data, index, stage, generator, part)
         return step_fn
 
     for name, steps, batch, lr in (("joint", args.joint_steps, args.batch, args.lr),
@@ -175,11 +189,12 @@ def train_tiny_vae(args, samples: Samples, out: Path, device, precision: str, de
     vae = AutoencoderKLWan(**TINY_VAE).to(device)
     videos = {m: torch.from_numpy(getattr(samples, m)).to(device) for m in ("rgb", "pose")}
     n, views = samples.rgb.shape[:2]
+    part = batch_part(args.vae_batch)
 
-    def vae_step(model, step):
+    def vae_step(model, step):  # every process draws the whole batch and trains on its part
         g = np.random.default_rng((args.seed, step))
-        index, view = g.integers(n, size=args.vae_batch), g.integers(views, size=args.vae_batch)
-        is_pose = torch.from_numpy(g.random(args.vae_batch) < 0.5).to(device)
+        index, view = g.integers(n, size=args.vae_batch)[part], g.integers(views, size=args.vae_batch)[part]
+        is_pose = torch.from_numpy(g.random(args.vae_batch)[part] < 0.5).to(device)
         pick = torch.where(is_pose.view(-1, 1, 1, 1, 1), videos["pose"][index, view], videos["rgb"][index, view])
         return vae_loss(model, to_video(pick, device), is_pose)
 
@@ -191,7 +206,10 @@ def train_tiny_vae(args, samples: Samples, out: Path, device, precision: str, de
         return None
     mean, std = latent_stats(vae, samples, device)
     vae.register_to_config(latents_mean=mean, latents_std=std)
-    vae.cpu().save_pretrained(out / "vae", safe_serialization=True)
+    state = PartialState()
+    if state.is_main_process:
+        vae.cpu().save_pretrained(out / "vae", safe_serialization=True)
+    state.wait_for_everyone()  # the others read the saved file's key next
     return vae.to(device)
 
 
@@ -233,9 +251,10 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
     data, record["data"] = cached_latents(out, key, device, lambda: encode(build() if samples is None else samples))
     samples = None  # free the clips (gigabytes) for training
     finished = train_diffusion(transformer, data, args, out, deadline, precision, record, losses)
-    save_tiny(AnimaXPipeline(None, None, vae.cpu().eval(), transformer.cpu().eval(),
-                             make_scheduler(), TINY.max_sequence_length),
-              out / "model")
+    if PartialState().is_main_process:
+        save_tiny(AnimaXPipeline(None, None, vae.cpu().eval(), transformer.cpu().eval(),
+                                 make_scheduler(), TINY.max_sequence_length),
+                  out / "model")
     return finished
 
 
@@ -248,6 +267,7 @@ def run_full(args, out: Path, device, precision: str, deadline: float, record: d
     wan, vae, text_encoder, tokenizer = load_wan(Path(args.wan), text_dtype)
     vae.requires_grad_(False).eval()  # frozen: the full preset trains no VAE stage
     text_encoder.eval()
+    torch.manual_seed(args.seed)  # AnimaX's new layers and the LoRA start the same in every run and process
     transformer = AnimaXTransformer3DModel.from_wan(wan)
     del wan  # its weights now live in `transformer`
     lora = make_lora_config(args.lora_rank)
@@ -264,7 +284,8 @@ def run_full(args, out: Path, device, precision: str, deadline: float, record: d
     print(f"dataset: {len(data)} clips encoded in {record['seconds']['encode']:.0f} s", flush=True)
 
     finished = train_diffusion(transformer.to(device), data, args, out, deadline, precision, record, losses)
-    save_adapter(transformer, out / "adapter", lora)
+    if PartialState().is_main_process:
+        save_adapter(transformer, out / "adapter", lora)
     return finished
 
 
@@ -278,13 +299,20 @@ def run_main(args) -> None:
         raise SystemExit(f"{out} holds checkpoints of an earlier run: pass --resume to continue it, "
                          "or choose another --out")
     deadline = time.time() + 60 * args.deadline_min if args.deadline_min else math.inf
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    turn_multicast_off()  # before the process group starts
+    # Alone, or one of the processes of `accelerate launch` / torchrun; the first state fixes the device.
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)
+    for flag in ["batch", "multiview_batch"] + (["vae_batch"] if args.preset == "tiny" and not args.vae_from else []):
+        batch_part(getattr(args, flag), "--" + flag.replace("_", "-"))  # stop now, not after the dataset
+    device = state.device if state.device.type == "cuda" else torch.device("cpu")  # not "cpu:N": torch.load refuses it
     precision = "bf16" if device.type == "cuda" else "no"
     record = {"settings": vars(args), "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "seconds": {}}
+              "processes": state.num_processes, "seconds": {}}
     losses: dict[str, list[float]] = {}
     finished = (run_full if args.preset == "full" else run_tiny)(args, out, device, precision, deadline, record,
                                                                   losses)
+    if not state.is_main_process:
+        return
     save_loss_plot(losses, out / "loss.png")
     record["finished"] = finished
     record["steps"] = {name: len(values) for name, values in losses.items()}

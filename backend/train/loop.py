@@ -1,4 +1,9 @@
-"""One training stage under accelerate: optimiser, checkpoints, resume, a deadline, loss log."""
+"""One training stage under accelerate: optimiser, checkpoints, resume, a deadline, loss log.
+
+The same code runs alone or as one of N data-parallel processes (``accelerate launch``): each
+process computes the loss of its part of every step's batch (``batch_part``), DDP averages the
+gradients, and only the main process writes files.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,33 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration, PartialState
+
+
+class _StepLoss(torch.nn.Module):
+    """``loss_fn(model, step)`` as a forward: DDP synchronises gradients only for work done inside its
+    wrapper's forward, and ``loss_fn`` keeps the plain model, whose own methods (a VAE's ``encode`` /
+    ``decode``) the wrapper does not expose."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, int], torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, step: int) -> torch.Tensor:
+        return self.loss_fn(self.model, step)
+
+
+def batch_part(batch: int, flag: str = "the batch") -> slice:
+    """This process's share of a step's ``batch`` samples: all of them alone, 1/N of them as one of N
+    processes (``batch`` must divide evenly, so that averaging the processes' gradients gives the
+    gradient of the whole batch)."""
+    state = PartialState()
+    if batch % state.num_processes:
+        raise SystemExit(f"{flag} {batch} does not split evenly over {state.num_processes} processes: "
+                         f"choose a multiple of {state.num_processes}")
+    size = batch // state.num_processes
+    return slice(state.process_index * size, (state.process_index + 1) * size)
 
 
 def train_stage(
@@ -31,12 +62,28 @@ def train_stage(
     ``time.time()`` passes ``deadline``, so a run cut into several machine sessions loses nothing.
     """
     # One accelerator per stage: its saved state then holds exactly this stage's model and optimiser.
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    # split_batches: the processes share each step's batch, so the schedule takes one step per step
+    # (by default accelerate would step it once per process).
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(),
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warmup = min(200, steps // 10 + 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, cosine decay to 10%
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * min(s / steps, 1.0))))
-    model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
+    wrapped, optimizer, schedule = accelerator.prepare(_StepLoss(model, loss_fn), optimizer, schedule)
+
+    # Checkpoints hold the plain model's weights (not those of the wrappers, whose names differ with
+    # the number of processes), so that a run cut with one number of processes resumes with another.
+    def save_plain(models, weights, output_dir):
+        weights[0] = model.state_dict()
+
+    def load_plain(models, input_dir):
+        models[0] = model
+
+    accelerator.register_save_state_pre_hook(save_plain)
+    accelerator.register_load_state_pre_hook(load_plain)
+    if not accelerator.is_main_process:
+        log = lambda _: None  # noqa: E731 - one process reports
     progress_file = checkpoint_dir / "progress.json"
     start, losses = 0, []
     if progress_file.is_file():
@@ -46,31 +93,37 @@ def train_stage(
         log(f"[{name}] resumed at step {start}")
 
     def save(step: int) -> None:
-        accelerator.save_state(str(checkpoint_dir))
-        progress_file.write_text(json.dumps({"step": step, "losses": losses, "finished": step >= steps}))
+        accelerator.save_state(str(checkpoint_dir))  # weights and optimiser from the main process only
+        if accelerator.is_main_process:
+            progress_file.write_text(json.dumps({"step": step, "losses": losses, "finished": step >= steps}))
 
-    model.train()
+    wrapped.train()
     began = time.time()
     step = start
     for step in range(start + 1, steps + 1):
         with accelerator.autocast():
-            loss = loss_fn(model, step)
+            loss = wrapped(step)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+        # The whole batch's loss, and whether any process passed the deadline: every process must stop
+        # at the same step, or the others would wait for it forever.
+        loss, late = accelerator.reduce(torch.stack([loss.detach().float(),
+                                                     torch.tensor(float(time.time() > deadline), device=loss.device)]),
+                                        "mean").tolist()
+        losses.append(loss)
         if step % 100 == 0 or step == steps:
             rate = (step - start) / (time.time() - began)
             log(f"[{name}] step {step}/{steps} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} "
                 f"({rate:.1f} steps/s)")
-        if step % checkpoint_every == 0 or step == steps or time.time() > deadline:
+        if step % checkpoint_every == 0 or step == steps or late:
             save(step)
-            if time.time() > deadline and step < steps:
+            if late and step < steps:
                 log(f"[{name}] deadline reached at step {step}; resume with --resume")
                 return losses, False
-    model.eval()
+    wrapped.eval()
     return losses, True
 
 

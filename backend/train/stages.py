@@ -64,8 +64,12 @@ def trainable_parameters(model: AnimaXTransformer3DModel, stage: str) -> list[to
     return params
 
 
-def flow_loss(model, data: LatentSet, index: torch.Tensor, stage: str, generator: torch.Generator) -> torch.Tensor:
-    """The flow-matching loss of samples ``index``: one random view each in stage 1, all in stage 2."""
+def flow_loss(model, data: LatentSet, index: torch.Tensor, stage: str, generator: torch.Generator,
+              part: slice = slice(None)) -> torch.Tensor:
+    """The flow-matching loss of samples ``index[part]``: one random view each in stage 1, all in stage 2.
+
+    The random choices are drawn for all of ``index``, so that N data-parallel processes, each given
+    its ``part``, draw exactly what one process draws for the whole batch."""
     device = data.video.device
     batch = len(index)
     draw = lambda *shape: torch.rand(*shape, generator=generator, device=device)  # noqa: E731
@@ -89,6 +93,6 @@ def flow_loss(model, data: LatentSet, index: torch.Tensor, stage: str, generator
     sequence = torch.cat([condition, noisy], dim=4)  # per half: [c, x] along time
     sequence = torch.cat([sequence[:, 0], sequence[:, 1]], dim=3)  # (B, V, C, 2 (f + 2), h, w)
     text = data.text[index].float() * (draw(batch) >= TEXT_DROP).float().view(-1, 1, 1)
-    flow = model(sequence, sigma * 1000, text, rays, return_dict=False)[0]
+    flow = model(sequence[part], (sigma * 1000)[part], text[part], rays[part], return_dict=False)[0]
     flow = flow.unflatten(3, (2, -1))[:, :, :, :, 1:].permute(0, 3, 1, 2, 4, 5, 6)  # (B, 2, V, C, t, h, w)
-    return F.mse_loss(flow.float(), noise - x0)
+    return F.mse_loss(flow.float(), (noise - x0)[part])

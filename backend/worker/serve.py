@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 
 from animax_addon.core.client import DEFAULT_ADDRESS
 
+from backend.multi_gpu import MULTICAST_OFF
+
 from .broker import DEFAULT_BACKEND
 
 log = logging.getLogger("animax.serve")
-MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 RESTART_PAUSE_S = 2.0
 
 
