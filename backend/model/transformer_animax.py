@@ -66,6 +66,9 @@ class AnimaXTransformerBlock(WanTransformerBlock):
         self.attn_mv = WanAttention(dim=dim, heads=num_heads, dim_head=dim // num_heads, eps=eps, processor=WanAttnProcessor())
         nn.init.zeros_(self.attn_mv.to_out[0].weight)
         nn.init.zeros_(self.attn_mv.to_out[0].bias)
+        # Set by backend.model.view_parallel while the views are split across ranks: maps this
+        # rank's multi-view tokens (B*F, local V*HW, D) to those of all views, in view order.
+        self.gather_views = None
 
     def forward(
         self,
@@ -102,7 +105,9 @@ class AnimaXTransformerBlock(WanTransformerBlock):
         per_view = tokens // frames
         x = hidden_states.reshape(bv // num_views, num_views, frames, per_view, dim)
         x = x.permute(0, 2, 1, 3, 4).reshape(-1, num_views * per_view, dim)  # (B*F, V*HW, D)
-        x = self.attn_mv(self.norm_mv(x.float()).type_as(hidden_states), None, None, None)
+        x = self.norm_mv(x.float()).type_as(hidden_states)
+        # queries of the local views; keys and values of all views when they are split across ranks
+        x = self.attn_mv(x, None if self.gather_views is None else self.gather_views(x), None, None)
         x = x.reshape(bv // num_views, frames, num_views, per_view, dim).permute(0, 2, 1, 3, 4)
         return x.reshape(bv, tokens, dim)
 
