@@ -1,11 +1,14 @@
 """The whole AnimaXPipeline at full size on one GPU, broken down by stage.
 
-    python benchmarks/pipeline_gpu.py [--steps 3]
+    python benchmarks/pipeline_gpu.py [--steps 3] [--fast-steps 10 --fast-sampler unipc --fast-guidance-end 0.5]
 
 Random bf16 weights with the real geometry of every component: UMT5-XXL text encoder (Wan2.1's),
 the AnimaX transformer at Wan2.1-T2V-1.3B's size, the Wan VAE. 4 views x 81 frames x 480 x 480,
-image CFG 3.0. Runs ``--steps`` denoising steps through the real ``__call__`` and times each stage
-(each wrapped to synchronise the GPU); the 50-step figure scales the measured DiT time.
+image CFG 3.0. Runs ``--steps`` denoising steps of the paper's sampler (Euler, guidance on every
+step) through the real ``__call__`` and times each stage (each wrapped to synchronise the GPU); the
+50-step figure scales the measured DiT time. Then, in the same process, the fast sampler end to end,
+every step measured: ``--fast-steps`` of ``--fast-sampler``, guided on the first ``--fast-guidance-end``
+of them.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
+from diffusers import AutoencoderKLWan
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from animax_addon.core.cameras import make_camera_rig
 from backend.model.pipeline_animax import AnimaXPipeline
+from backend.model.presets import SAMPLERS, make_scheduler
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 
 UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
@@ -50,9 +54,37 @@ def timing(stages: dict, name: str, fn):
     return wrapped
 
 
+def measure(pipe, call: dict, stages: dict) -> tuple[float, float]:
+    """One timed call after a one-step warm-up (kernels, cuDNN plans): (seconds, peak GiB)."""
+    pipe(**{**call, "num_inference_steps": 1})
+    stages.clear()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    pipe(**call)
+    return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30
+
+
+def report(stages: dict, total: float, peak: float, scale_to: int | None, steps: int) -> None:
+    """A Markdown table of the stages; with ``scale_to`` a column of DiT time scaled to that many steps."""
+    header = f"| stage | seconds ({steps} steps) |" + (f" seconds at {scale_to} steps |" if scale_to else "")
+    print(header + "\n| --- | ---: |" + (" ---: |" if scale_to else ""))
+    scaled = 0.0
+    for name, times in stages.items():
+        scale = scale_to / steps if scale_to and name.startswith("DiT") else 1
+        scaled += sum(times) * scale
+        print(f"| {name} ({len(times)} calls) | {sum(times):.2f} |" + (f" {sum(times) * scale:.1f} |" if scale_to else ""))
+    other = total - sum(sum(t) for t in stages.values())
+    print(f"| other (scheduler, rays, copies) | {other:.2f} |" + (f" {other:.1f} |" if scale_to else ""))
+    print(f"| **total** | **{total:.2f}** |" + (f" **{scaled + other:.0f}** |" if scale_to else ""))
+    print(f"\npeak GPU memory {peak:.1f} GiB\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="steps of the paper's sampler measured (scaled to 50)")
+    parser.add_argument("--fast-steps", type=int, default=10)
+    parser.add_argument("--fast-sampler", choices=SAMPLERS, default="unipc")
+    parser.add_argument("--fast-guidance-end", type=float, default=0.5)
     args = parser.parse_args()
     torch.manual_seed(0)
     dev, dt = torch.device("cuda"), torch.bfloat16
@@ -65,38 +97,30 @@ def main() -> None:
     for p in transformer.parameters():  # away from the zero start, so no layer is skipped for free
         if p.dim() > 1 and p.abs().max() == 0:
             torch.nn.init.normal_(p, std=0.02)
-    pipe = AnimaXPipeline(word_tokenizer(), text_encoder, vae, transformer, FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe = AnimaXPipeline(word_tokenizer(), text_encoder, vae, transformer, make_scheduler("euler"))
     pipe.set_progress_bar_config(disable=True)
 
     stages = defaultdict(list)
     pipe.encode_prompt = timing(stages, "text encoder", pipe.encode_prompt)
     pipe.encode_templates = timing(stages, "VAE encode (templates)", pipe.encode_templates)
     pipe.decode = timing(stages, "VAE decode (4 pose videos)", pipe.decode)
-    transformer.forward = timing(stages, "DiT step (batch of 2 for CFG)", transformer.forward)
+    transformer.forward = timing(stages, "DiT forward (a batch of 2 when guided)", transformer.forward)
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (2, 4, 480, 480, 3), dtype=np.uint8)
     call = dict(prompt="the fox pounces forward", rgb_templates=images[0], pose_templates=images[1],
                 cameras=make_camera_rig(np.zeros(3), 1.0, 480), num_frames=81, num_inference_steps=args.steps)
-    pipe(**call)  # warm-up: kernels, cuDNN plans
-    stages.clear()
-    torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    pipe(**call)
-    total = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30
+    print(f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}\n")
+    print(f"### Paper's sampler: Euler, image guidance 3.0 on every step ({args.steps} steps measured)\n")
+    total, peak = measure(pipe, call, stages)
+    report(stages, total, peak, 50, args.steps)
 
-    print(f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; {args.steps} steps measured\n")
-    print("| stage | seconds (measured) | seconds at 50 steps |\n| --- | ---: | ---: |")
-    at_50 = 0.0
-    for name, times in stages.items():
-        scale = 50 / args.steps if name.startswith("DiT") else 1
-        at_50 += sum(times) * scale
-        print(f"| {name} | {sum(times):.2f} | {sum(times) * scale:.1f} |")
-    other = total - sum(sum(t) for t in stages.values())
-    print(f"| other (scheduler, rays, copies) | {other:.2f} | {other:.1f} |")
-    print(f"| **total** | **{total:.2f}** | **{at_50 + other:.0f}** |")
-    print(f"\npeak GPU memory {peak:.1f} GiB")
+    pipe.scheduler = make_scheduler(args.fast_sampler)
+    fast = dict(call, num_inference_steps=args.fast_steps, guidance_end=args.fast_guidance_end)
+    print(f"### Fast sampler: {args.fast_steps} {args.fast_sampler} steps, image guidance 3.0 on the first "
+          f"{args.fast_guidance_end:.0%} (every step measured)\n")
+    total, peak = measure(pipe, fast, stages)
+    report(stages, total, peak, None, args.fast_steps)
 
 
 if __name__ == "__main__":

@@ -139,6 +139,11 @@ def test_guidance_end_runs_the_later_steps_unguided(pipe, monkeypatch):
     calls.clear()
     generate(pipe, num_inference_steps=4, guidance_scale=1.0)
     assert [c["batch"] for c in calls] == [1, 1, 1, 1]
+    calls.clear()
+    pipe.register_to_config(guidance_end=0.25)  # a deployment's default (animax-worker --fast)
+    generate(pipe, num_inference_steps=4, guidance_scale=3.0)
+    pipe.register_to_config(guidance_end=1.0)
+    assert [c["batch"] for c in calls] == [2, 1, 1, 1]
 
 
 def test_both_samplers_give_the_transformer_the_timesteps_it_was_trained_with(pipe, monkeypatch):

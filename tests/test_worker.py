@@ -221,3 +221,18 @@ def test_non_loopback_refused(address, pipeline):
 def test_loopback_allowed():
     for address in ("tcp://127.0.0.1:5555", "tcp://localhost:5555", "tcp://[::1]:5555", "ipc:///tmp/x"):
         check_address(address)
+
+
+def test_fast_flag_switches_the_sampler_and_advertises_its_steps():
+    import argparse
+
+    from diffusers import UniPCMultistepScheduler
+
+    from backend.model.presets import TINY
+    from backend.worker.server import load_pipeline, preset_body
+
+    fast, preset = load_pipeline(argparse.Namespace(model="tiny", fast=True))
+    assert isinstance(fast.scheduler, UniPCMultistepScheduler) and fast.config.guidance_end == 0.5
+    assert preset_body(preset)["steps"] == 10 and preset.size == TINY.size and TINY.num_inference_steps == 20
+    plain, preset = load_pipeline(argparse.Namespace(model="tiny", fast=False))
+    assert plain.config.guidance_end == 1.0 and preset == TINY

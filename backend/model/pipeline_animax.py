@@ -40,12 +40,15 @@ class AnimaXPipeline(DiffusionPipeline):
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, tokenizer, text_encoder, vae: AutoencoderKLWan, transformer: AnimaXTransformer3DModel,
-                 scheduler, max_sequence_length: int = 512, text_guidance_scale: float = 1.0):
+                 scheduler, max_sequence_length: int = 512, text_guidance_scale: float = 1.0,
+                 guidance_end: float = 1.0):
         super().__init__()
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                               scheduler=scheduler)
-        # The model's default guidance on the prompt (as WanPipeline keeps its boundary_ratio in its config).
-        self.register_to_config(max_sequence_length=max_sequence_length, text_guidance_scale=text_guidance_scale)
+        # Sampler defaults that belong to the model or the deployment (as WanPipeline keeps its
+        # boundary_ratio in its config): guidance on the prompt, the share of guided steps.
+        self.register_to_config(max_sequence_length=max_sequence_length, text_guidance_scale=text_guidance_scale,
+                                guidance_end=guidance_end)
         self.vae_scale_factor_temporal = vae.config.scale_factor_temporal
         self.vae_scale_factor_spatial = vae.config.scale_factor_spatial
         self._interrupt = False
@@ -88,11 +91,15 @@ class AnimaXPipeline(DiffusionPipeline):
         std = torch.tensor(self.vae.config.latents_std).view(shape).to(latents)
         return latents * std + mean if inverse else (latents - mean) / std
 
-    def encode_templates(self, images: np.ndarray, device: torch.device) -> torch.Tensor:
-        """(V, H, W, 3) uint8 -> (V, C, 1, h, w) normalised latents (the mode of the posterior)."""
-        video = torch.from_numpy(np.ascontiguousarray(images)).to(device, self.vae.dtype)
-        video = video.permute(0, 3, 1, 2).unsqueeze(2) / 127.5 - 1.0
+    def encode_videos(self, videos: np.ndarray, device: torch.device) -> torch.Tensor:
+        """(V, T, H, W, 3) uint8 -> (V, C, t, h, w) normalised latents (the mode of the posterior)."""
+        video = torch.from_numpy(np.ascontiguousarray(videos)).to(device, self.vae.dtype)
+        video = video.permute(0, 4, 1, 2, 3) / 127.5 - 1.0
         return self._normalise(self.vae.encode(video).latent_dist.mode())
+
+    def encode_templates(self, images: np.ndarray, device: torch.device) -> torch.Tensor:
+        """(V, H, W, 3) uint8 -> (V, C, 1, h, w) normalised latents."""
+        return self.encode_videos(np.asarray(images)[:, None], device)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """(V, C, f + 1, h, w) normalised latents -> (V, T, H, W, 3) uint8 videos."""
@@ -164,7 +171,7 @@ class AnimaXPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         prompt_embeds: torch.Tensor | None = None,
         text_guidance_scale: float | None = None,
-        guidance_end: float = 1.0,
+        guidance_end: float | None = None,
     ) -> AnimaXPipelineOutput:
         """Generate pose-map videos (and RGB videos when ``decode_rgb``) for every view.
 
@@ -179,14 +186,14 @@ class AnimaXPipeline(DiffusionPipeline):
                 pipeline's ``config.text_guidance_scale``. Each guidance adds one model evaluation
                 per guided step.
             guidance_end: the share of steps, from the first, that are guided; the later, low-noise
-                steps then run the conditional branch alone.
+                steps then run the conditional branch alone. None takes ``config.guidance_end``.
             callback_on_step_end: ``fn(pipe, step, timestep, tensors) -> tensors`` after each step;
                 setting ``pipe._interrupt = True`` there stops before the next step (cancel).
             prompt_embeds: (1, L, text_dim) text-encoder output to use instead of ``prompt`` (e.g.
                 precomputed embeddings where the text encoder is not installed).
         """
-        if text_guidance_scale is None:
-            text_guidance_scale = self.config.text_guidance_scale
+        text_guidance_scale = self.config.text_guidance_scale if text_guidance_scale is None else text_guidance_scale
+        guidance_end = self.config.guidance_end if guidance_end is None else guidance_end
         self.check_inputs(prompt, rgb_templates, pose_templates, cameras, num_frames, num_inference_steps,
                           guidance_scale, callback_on_step_end_tensor_inputs, prompt_embeds, text_guidance_scale,
                           guidance_end)

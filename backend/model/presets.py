@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -88,6 +88,16 @@ def make_scheduler(sampler: str = "euler"):
 
 
 SAMPLERS = ("euler", "unipc")
+# The fast sampler (docs/benchmarks.md: 6.2x faster at full size on an H100): Wan's UniPC, 10 steps,
+# image guidance on the first half of them only.
+FAST_SAMPLER = dict(sampler="unipc", num_inference_steps=10, guidance_end=0.5)
+
+
+def use_fast_sampler(pipeline: AnimaXPipeline, preset: Preset) -> Preset:
+    """Switch ``pipeline`` to the fast sampler; returns ``preset`` with its step count."""
+    pipeline.scheduler = make_scheduler(FAST_SAMPLER["sampler"])
+    pipeline.register_to_config(guidance_end=FAST_SAMPLER["guidance_end"])
+    return replace(preset, num_inference_steps=FAST_SAMPLER["num_inference_steps"])
 
 # The embedded default: trained by `python -m backend.train run` (docs/training.md), shipped in the repository.
 TINY_WEIGHTS = Path(__file__).with_name("weights") / "tiny"

@@ -332,11 +332,13 @@ def serve(address: str, pipeline, **options) -> None:
 
 
 def load_pipeline(args: argparse.Namespace):
-    """The pipeline and its ``Preset`` for ``--model``; nothing is downloaded."""
+    """The pipeline and its ``Preset`` for ``--model`` (and ``--fast``); nothing is downloaded."""
     if args.model == "full":
-        return presets.load_full(args.wan, args.adapter, device="cuda" if torch.cuda.is_available() else None), \
-            presets.FULL
-    return presets.load_tiny(presets.TINY_WEIGHTS), presets.TINY
+        pipeline = presets.load_full(args.wan, args.adapter, device="cuda" if torch.cuda.is_available() else None)
+        preset = presets.FULL
+    else:
+        pipeline, preset = presets.load_tiny(presets.TINY_WEIGHTS), presets.TINY
+    return (pipeline, presets.use_fast_sampler(pipeline, preset)) if args.fast else (pipeline, preset)
 
 
 def keygen_main(argv: list[str]) -> None:
@@ -364,6 +366,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="tiny (default, runs on a CPU) or full (Wan2.1-T2V-1.3B + AnimaX adapter)")
     parser.add_argument("--wan", help="--model full: the diffusers-format Wan2.1-T2V-1.3B directory")
     parser.add_argument("--adapter", help="--model full: the AnimaX adapter directory")
+    parser.add_argument("--fast", action="store_true",
+                        help="sample with Wan's UniPC: 10 steps, image guidance on the first half (full size: 64 s "
+                             "instead of 397 s on an H100; docs/benchmarks.md)")
     parser.add_argument("--queue-size", type=int, default=8)
     parser.add_argument("--curve-secret", help="this worker's NAME.key_secret (from keygen): turns on CurveZMQ")
     parser.add_argument("--allow", help="folder of the client public keys (*.key) allowed to connect")
