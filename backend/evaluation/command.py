@@ -62,8 +62,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", help="name of the results JSON in --out (default results_model.json or "
                                           "results_oracle.json)")
     parser.add_argument("--gifs", type=_at_least(0), default=3, help="GIFs per split (default 3)")
-    parser.add_argument("--oracle", action="store_true",
-                        help="score the ground-truth pose maps instead of a model (the reconstruction's ceiling)")
+    parser.add_argument("--oracle", nargs="?", const="truth", choices=("truth", "vae"),
+                        help="score the ground-truth pose maps instead of a model (the reconstruction's ceiling); "
+                             "`--oracle vae`: after a round trip through the --model's VAE (the VAE's ceiling)")
     parser.add_argument("--classifier-clips", type=_at_least(50), default=2000,
                         help="ground-truth clips the action classifier learns from (default 2000)")
 
@@ -72,19 +73,20 @@ def eval_command(args) -> None:
     from backend.model.presets import TINY, WeightsError, load_tiny, make_scheduler
 
     from .classifier import train_classifier
-    from .evaluate import evaluate, model_generator, oracle_generator
+    from .evaluate import evaluate, model_generator, oracle_generator, vae_oracle_generator
     from .gifs import write_gif
 
     steps = TINY.num_inference_steps if args.steps is None else args.steps
     guidance = TINY.guidance_scale if args.guidance is None else args.guidance
-    name, text_guidance = "oracle", None
-    if args.oracle:
-        generate = oracle_generator
-    else:
+    name, text_guidance = "oracle" if args.oracle == "truth" else "oracle through the VAE", None
+    if args.oracle != "truth":
         try:
-            pipeline = load_tiny(args.model, text_encoder=args.text_cache is None).to(args.device)
+            pipeline = load_tiny(args.model, text_encoder=args.text_cache is None and not args.oracle).to(args.device)
         except WeightsError as exc:
             raise EvalError(f"{exc}; --model takes a tiny model directory such as {DEFAULT_MODEL}") from None
+    if args.oracle:
+        generate = oracle_generator if args.oracle == "truth" else vae_oracle_generator(pipeline)
+    else:
         pipeline.scheduler = make_scheduler(args.sampler)
         embed = None
         if args.text_cache:
@@ -101,8 +103,8 @@ def eval_command(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     splits = list(SPLITS) if args.split == "both" else [args.split]
-    kind = "oracle" if args.oracle else "model"
-    report = {"generator": name, "model": None if args.oracle else str(args.model), "seed": args.seed,
+    kind = {None: "model", "truth": "oracle", "vae": "vae_oracle"}[args.oracle]
+    report = {"generator": name, "model": None if args.oracle == "truth" else str(args.model), "seed": args.seed,
               "steps": None if args.oracle else steps, "guidance": None if args.oracle else guidance,
               "text_guidance": None if args.oracle else text_guidance, "sampler": args.sampler,
               "guidance_end": None if args.oracle else args.guidance_end,

@@ -103,6 +103,15 @@ def oracle_generator(item: EvalItem) -> np.ndarray:
     return item.pose_truth
 
 
+def vae_oracle_generator(pipeline) -> Generator:
+    """The ground-truth pose maps after a round trip through ``pipeline``'s VAE: the ceiling of any
+    generator that decodes with this VAE (perfect latents, the VAE's own blur)."""
+    @torch.no_grad()
+    def generate(item: EvalItem) -> np.ndarray:
+        return pipeline.decode(pipeline.encode_videos(item.pose_truth, pipeline.device))
+    return generate
+
+
 def _mean_acceleration(joints: np.ndarray, radius: float) -> float:
     return float(np.linalg.norm(np.diff(joints, 2, axis=0), axis=-1).mean() / radius)
 
