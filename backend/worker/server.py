@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 import zmq
 
+from animax_addon.core.cameras import AZIMUTHS_DEG
 from animax_addon.core.client import DEFAULT_ADDRESS
 from animax_addon.core.protocol import (
     PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, error_message,
@@ -369,6 +370,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fast", action="store_true",
                         help="sample with Wan's UniPC: 10 steps, image guidance on the first half (full size: 64 s "
                              "instead of 397 s on an H100; docs/benchmarks.md)")
+    parser.add_argument("--view-parallel", type=int, default=1, metavar="N",
+                        help="split each job's 4 views over N GPUs (1, 2 or 4; one process a GPU): a shorter wait "
+                             "for one job. For more jobs an hour, run one worker a GPU instead (animax-serve)")
     parser.add_argument("--queue-size", type=int, default=8)
     parser.add_argument("--curve-secret", help="this worker's NAME.key_secret (from keygen): turns on CurveZMQ")
     parser.add_argument("--allow", help="folder of the client public keys (*.key) allowed to connect")
@@ -376,6 +380,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.model == "full" and not (args.wan and args.adapter):
         parser.error("--model full needs --wan DIR (Wan2.1-T2V-1.3B, diffusers format) and --adapter DIR")
+    views = len(AZIMUTHS_DEG)
+    splits = [n for n in range(1, views + 1) if views % n == 0]
+    if args.view_parallel not in splits:
+        parser.error(f"--view-parallel must divide the {views} views of a job: {', '.join(map(str, splits[:-1]))} "
+                     f"or {splits[-1]}, got {args.view_parallel}")
+    if torch.cuda.is_available() and torch.cuda.device_count() < args.view_parallel:
+        parser.error(f"--view-parallel {args.view_parallel} needs {args.view_parallel} GPUs, "
+                     f"{torch.cuda.device_count()} are visible")
     if args.broker is None:
         if (args.curve_secret is None) != (args.allow is None):
             parser.error("CurveZMQ needs both --curve-secret FILE and --allow DIR")
@@ -386,9 +398,14 @@ def main(argv: list[str] | None = None) -> None:
     elif args.curve_secret or args.allow:
         parser.error("--curve-secret/--allow secure a bound worker; behind a broker, secure the broker instead")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    options = dict(queue_size=args.queue_size, name=args.name, broker=args.broker, curve_secret=args.curve_secret,
+                   allow=args.allow)
+    if args.view_parallel > 1:
+        from .view_parallel_worker import serve_view_parallel  # it imports this module
+
+        return serve_view_parallel(args, **options)
     pipeline, preset = load_pipeline(args)
-    serve(args.address, pipeline, queue_size=args.queue_size, preset=preset, name=args.name, broker=args.broker,
-          curve_secret=args.curve_secret, allow=args.allow)
+    serve(args.address, pipeline, preset=preset, **options)
 
 
 if __name__ == "__main__":
