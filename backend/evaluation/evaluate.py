@@ -171,6 +171,20 @@ def reconstruct_and_score(item: EvalItem, videos: np.ndarray, classifier) -> tup
     return result, score(item, result, classifier)
 
 
+_process_classifier = None
+"""A scoring process's copy of the classifier, sent once when the process starts (a random forest
+pickles to tens of MB: sending it with every clip would cost more than scoring the clip)."""
+
+
+def _keep_classifier(classifier) -> None:
+    global _process_classifier
+    _process_classifier = classifier
+
+
+def _reconstruct_and_score_here(item: EvalItem, videos: np.ndarray) -> tuple[Reconstruction, dict]:
+    return reconstruct_and_score(item, videos, _process_classifier)
+
+
 def evaluate(generate: Generator, count: int, seed: int = 0, split: str = "heldout-families", classifier=None,
              keep: int = 0, log: Callable[[str], None] | None = None, processes: int = 1) -> SplitResult:
     """Score ``generate`` on ``count`` clips of ``split``; the first ``keep`` are kept for GIFs.
@@ -205,8 +219,9 @@ def evaluate(generate: Generator, count: int, seed: int = 0, split: str = "heldo
         if log:
             log(f"[{split}] generated {count} clips in {time.perf_counter() - start:.0f} s")
         # spawn, not fork: the parent may hold a CUDA context, which a forked child cannot use.
-        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-            scored = pool.map(reconstruct_and_score, items, all_videos, [classifier] * count)
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_keep_classifier, initargs=(classifier,)) as pool:
+            scored = pool.map(_reconstruct_and_score_here, items, all_videos)
             for i, (item, videos, (result, row)) in enumerate(zip(items, all_videos, scored)):
                 record(i, item, videos, result, row, time.perf_counter() - start)
     return SplitResult(summarise(rows), rows, examples)
