@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKLWan
 from tokenizers import Tokenizer, models, pre_tokenizers
+from transformer_gpu import WAN_1_3B, away_from_zero  # beside this script
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from animax_addon.core.cameras import make_camera_rig
@@ -30,8 +31,6 @@ from backend.model.transformer_animax import AnimaXTransformer3DModel
 
 UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
                 feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)
-WAN_1_3B = dict(num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-                text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30)
 
 
 def word_tokenizer() -> PreTrainedTokenizerFast:
@@ -91,12 +90,9 @@ def main() -> None:
     torch.set_default_dtype(dt)  # build the 5.7B text encoder in bf16 directly
     with torch.device(dev):
         text_encoder = UMT5EncoderModel(UMT5Config(**UMT5_XXL)).eval()
-        transformer = AnimaXTransformer3DModel(**WAN_1_3B).eval()
+        transformer = away_from_zero(AnimaXTransformer3DModel(**WAN_1_3B).eval())
         vae = AutoencoderKLWan().eval()
     torch.set_default_dtype(torch.float32)
-    for p in transformer.parameters():  # away from the zero start, so no layer is skipped for free
-        if p.dim() > 1 and p.abs().max() == 0:
-            torch.nn.init.normal_(p, std=0.02)
     pipe = AnimaXPipeline(word_tokenizer(), text_encoder, vae, transformer, make_scheduler("euler"))
     pipe.set_progress_bar_config(disable=True)
 

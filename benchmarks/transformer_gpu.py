@@ -27,6 +27,15 @@ WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim
 VIEWS, HALF_FRAMES, SIDE, TEXT = 4, 22, 60, 512  # SIDE: latent side (480 / 8); tokens 30 x 30
 
 
+def away_from_zero(model: torch.nn.Module) -> torch.nn.Module:
+    """Random weights where AnimaX starts at zero (rays, modality MLP's last layer, multi-view
+    outputs), so that no layer is skipped for free and the multi-view exchange counts."""
+    for p in model.parameters():
+        if p.dim() > 1 and p.abs().max() == 0:
+            torch.nn.init.normal_(p, std=0.02)
+    return model
+
+
 def timed(fn, repeat=5, warmup=2) -> float:
     """Median seconds of ``fn`` over ``repeat`` runs, timed with CUDA events."""
     for _ in range(warmup):
@@ -71,10 +80,7 @@ def main() -> None:
     config = {**WAN_1_3B, "num_layers": args.layers}
     with torch.device(dev):
         wan = WanTransformer3DModel(**config).to(dt).eval()
-        animax = AnimaXTransformer3DModel(**config).to(dt).eval()
-    for p in animax.parameters():  # away from the zero start, so no layer is skipped for free
-        if p.dim() > 1 and p.abs().max() == 0:
-            torch.nn.init.normal_(p, std=0.02)
+        animax = away_from_zero(AnimaXTransformer3DModel(**config).to(dt).eval())
 
     frames = 2 * HALF_FRAMES
     x = torch.randn(1, VIEWS, 16, frames, SIDE, SIDE, device=dev, dtype=dt)

@@ -23,7 +23,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from transformer_gpu import HALF_FRAMES, SIDE, TEXT, VIEWS, WAN_1_3B  # noqa: E402 - beside this script
+from transformer_gpu import HALF_FRAMES, SIDE, TEXT, VIEWS, WAN_1_3B, away_from_zero  # noqa: E402 - beside this script
 
 from backend.model.presets import TINY, TINY_TRANSFORMER, TINY_VAE  # noqa: E402
 from backend.model.transformer_animax import AnimaXTransformer3DModel  # noqa: E402
@@ -77,10 +77,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(0)
     with torch.device(dev):
-        model = AnimaXTransformer3DModel(**config).to(dt).eval()
-        for p in model.parameters():  # away from the zero start, so that the multi-view layers count
-            if p.dim() > 1 and p.abs().max() == 0:
-                torch.nn.init.normal_(p, std=0.02)
+        model = away_from_zero(AnimaXTransformer3DModel(**config).to(dt).eval())
         x = torch.randn(args.batch, VIEWS, channels, 2 * half, side, side, dtype=dt)
         text = torch.randn(args.batch, text_len, config["text_dim"], dtype=dt)
         rays = torch.randn(args.batch, VIEWS, 6, side, side, dtype=dt)
