@@ -4,7 +4,8 @@
   tensors two threads per process only wait on each other's barriers (a training test file took
   4 minutes instead of 25 s). Set before torch is imported; worker subprocesses inherit it.
 - hypothesis draws the same examples on every run (CI included).
-- `running`: start workers / brokers on threads; stopped and joined, newest first, after the test.
+- `running`: start workers / brokers on threads (`Services`); stopped and joined, newest first,
+  after the test.
 """
 
 import os
@@ -19,17 +20,27 @@ settings.register_profile("animax", derandomize=True, deadline=None, database=No
 settings.load_profile("animax")
 
 
-@pytest.fixture
-def running():
-    started = []
+class Services:
+    """Workers and brokers run on daemon threads by ``start``; ``stop_all`` stops and joins them,
+    newest first (workers before the broker they talk to)."""
 
-    def start(service):
+    def __init__(self):
+        self.started = []
+
+    def start(self, service):
         thread = threading.Thread(target=service.run, daemon=True)
         thread.start()
-        started.append((service, thread))
+        self.started.append((service, thread))
         return service
 
-    yield start
-    for service, thread in reversed(started):
-        service.stop()
-        thread.join(30)
+    def stop_all(self) -> None:
+        for service, thread in reversed(self.started):
+            service.stop()
+            thread.join(30)
+
+
+@pytest.fixture
+def running():
+    services = Services()
+    yield services.start
+    services.stop_all()

@@ -3,7 +3,6 @@
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from animax_addon.core.protocol import MessageType, decode
 from backend.model.presets import build_tiny_pipeline
 from backend.worker.broker import Broker
 from backend.worker.server import Worker
+from conftest import Services
 from test_protocol import FRAME_LISTS
 from test_worker import submit, until
 
@@ -43,16 +43,10 @@ def servers():
     port = free_port()
     broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
     processes = [spawn_worker("--address", f"tcp://127.0.0.1:{port}"), spawn_worker("--broker", broker.backend)]
-    threads = [threading.Thread(target=broker.run, daemon=True)]
-    threads[0].start()
+    services = Services()
+    services.start(broker)
     pipelines = [build_tiny_pipeline() for _ in range(2)]
-    in_process = []
-
-    def start(service):
-        thread = threading.Thread(target=service.run, daemon=True)
-        thread.start()
-        in_process.append((service, thread))
-        return service
+    start = services.start
 
     def start_worker(pipeline, *args, **kwargs):
         return start(Worker(pipeline, *args, **kwargs))
@@ -62,11 +56,7 @@ def servers():
     for process in processes:
         process.kill()
         process.wait(10)
-    for service, thread in reversed(in_process):
-        service.stop()
-        thread.join(30)
-    broker.stop()
-    threads[0].join(30)
+    services.stop_all()  # the broker, started first, stops last
 
 
 def wait_for(predicate, timeout):
