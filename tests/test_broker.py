@@ -12,7 +12,7 @@ from animax_addon.core.protocol import ErrorCode, Message, MessageType, Protocol
 from backend.model.presets import TINY, build_tiny_pipeline
 from backend.worker.broker import Broker
 from backend.worker.server import Worker, preset_body
-from test_worker import submit, until
+from test_worker import cancel_once_running, submit, until
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +78,7 @@ def test_cancel_through_broker_within_one_step(make_broker):
     broker = make_broker()
     with Client(broker.address) as client:
         job = submit(client, steps=200)
-        events = client.events(job)
-        for message in events:
-            if message.type == MessageType.PROGRESS:
-                break
-        client.cancel(job)
-        after = list(events)
+        after = cancel_once_running(client, job)
         assert after[-1].type == MessageType.CANCELLED
         assert len([m for m in after if m.type == MessageType.PROGRESS]) <= 2  # within one step
         assert broker.job_states()[job] == "cancelled"

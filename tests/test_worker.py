@@ -69,6 +69,16 @@ def until(client, job, kind):
     raise AssertionError(f"no {kind} for {job}: {[m.type for m in seen]}")
 
 
+def cancel_once_running(client, job) -> list:
+    """Cancel ``job`` at its first PROGRESS; the messages that follow, up to the last."""
+    events = client.events(job)
+    for message in events:
+        if message.type == MessageType.PROGRESS:
+            break
+    client.cancel(job)
+    return list(events)
+
+
 def test_hello_and_full_job(worker):
     with Client(worker.address) as client:
         welcome = client.hello()
@@ -103,12 +113,7 @@ def test_bad_user_input_is_bad_field(worker):
 def test_cancel_running_and_unknown(worker):
     with Client(worker.address) as client:
         job = submit(client, steps=50)
-        events = client.events(job)
-        for message in events:
-            if message.type == MessageType.PROGRESS:
-                break
-        client.cancel(job)
-        after = [m for m in events]
+        after = cancel_once_running(client, job)
         assert after[-1].type == MessageType.CANCELLED
         assert all(m.type != MessageType.RESULT for m in after)
         assert len([m for m in after if m.type == MessageType.PROGRESS]) <= 2  # within one step
