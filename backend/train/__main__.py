@@ -181,12 +181,10 @@ def tiny_samples(args, vae, transformer, text_cache: TextCache, device) -> Sampl
     return samples
 
 
-def train_tiny_vae(args, samples: Samples, out: Path, device, precision: str, deadline: float, record: dict,
+def train_tiny_vae(vae, args, samples: Samples, out: Path, device, precision: str, deadline: float, record: dict,
                    losses: dict):
-    """Stage ``vae`` on single views of both modalities; the trained VAE (with its latent statistics)
-    goes to ``OUT/vae`` when the stage finishes, else None."""
-    torch.manual_seed(args.seed)
-    vae = AutoencoderKLWan(**TINY_VAE).to(device)
+    """Stage ``vae`` (on ``vae``, on the device) on single views of both modalities; the trained VAE
+    (with its latent statistics) goes to ``OUT/vae`` when the stage finishes, else None."""
     videos = {m: torch.from_numpy(getattr(samples, m)).to(device) for m in ("rgb", "pose")}
     n, views = samples.rgb.shape[:2]
     part = batch_part(args.vae_batch)
@@ -242,9 +240,10 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
     if (vae_dir / "config.json").is_file():
         vae = AutoencoderKLWan.from_pretrained(vae_dir, local_files_only=True).to(device)
     else:
-        vae = AutoencoderKLWan(**TINY_VAE)  # its config serves the dataset's size checks; trained below
+        torch.manual_seed(args.seed)
+        vae = AutoencoderKLWan(**TINY_VAE).to(device)  # its config serves the dataset's size checks first
         samples = build()
-        vae = train_tiny_vae(args, samples, out, device, precision, deadline, record, losses)
+        vae = train_tiny_vae(vae, args, samples, out, device, precision, deadline, record, losses)
         if vae is None:
             return False
     key = dict(source=source, seed=args.seed, vae=file_key(vae_dir / DIFFUSERS_WEIGHTS))
