@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         dist.init_process_group("nccl", device_id=dev)
     rank, world = dist.get_rank(), dist.get_world_size()
     if args.tiny:
-        config, channels = dict(TINY_TRANSFORMER), TINY_TRANSFORMER["in_channels"]
+        channels = TINY_VAE["z_dim"]
+        config = dict(TINY_TRANSFORMER, in_channels=channels, out_channels=channels)
         side = TINY.size // TINY_VAE["scale_factor_spatial"]
         half = (TINY.num_frames - 1) // TINY_VAE["scale_factor_temporal"] + 2  # [condition, video] latent frames
         text_len = TINY.max_sequence_length

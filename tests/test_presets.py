@@ -10,7 +10,7 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
-from diffusers import WanTransformer3DModel
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from safetensors.torch import load_file, save_file
 
 from animax_addon.core.cameras import make_camera_rig
@@ -26,6 +26,7 @@ from backend.model.presets import (
     make_lora_config,
     save_adapter,
     save_tiny,
+    tiny_vae_config,
 )
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 from wan_stand_in import WAN, WAN_FILES, save_wan_stand_in
@@ -289,3 +290,15 @@ def test_loading_uses_no_network(tiny, full, monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     assert load_tiny(tiny[1]).transformer is not None
     assert load_full(full[0], full[1], dtype=torch.float32).transformer is not None
+
+
+@pytest.mark.parametrize("compression, latent_frames", [(4, 5), (2, 9)])
+def test_tiny_vae_config_compresses_time_as_it_says(compression, latent_frames):
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(**tiny_vae_config(base_dim=8, z_dim=4, temporal_compression=compression)).eval()
+    with torch.no_grad():
+        latents = vae.encode(torch.zeros(1, 3, 17, 16, 16)).latent_dist.mode()
+        assert latents.shape == (1, 4, latent_frames, 4, 4)
+        assert vae.decode(latents).sample.shape == (1, 3, 17, 16, 16)  # every frame comes back
+    with pytest.raises(ValueError, match="temporal_compression must be 2 or 4, got 3"):
+        tiny_vae_config(temporal_compression=3)

@@ -193,3 +193,40 @@ def test_tiny_keeps_a_trained_vae_and_reuses_its_cached_latents(dataset, tmp_pat
     assert record["finished"] and "dataset" not in record["seconds"] and record["data"]["clips"] == 2
     with pytest.raises(SystemExit, match="config.json is missing"):
         train.main(["run", "--out", str(tmp_path / "third"), "--vae-from", str(tmp_path), *base])
+
+
+def test_tiny_trains_only_a_vae_of_the_chosen_size_when_the_diffusion_stages_have_no_steps(dataset, tmp_path,
+                                                                                          monkeypatch):
+    path, samples = dataset
+    monkeypatch.setattr(train, "VAE_CROP_SIZE", 16)  # windows of 16 px and 3 frames of the 32 px, 5-frame clips
+    monkeypatch.setattr(train, "VAE_CROP_FRAMES", 3)
+    seen, vae_loss = [], train.vae_loss
+
+    def recording_loss(model, video, is_pose):
+        seen.append((video.clone(), is_pose.clone()))
+        return vae_loss(model, video, is_pose)
+
+    monkeypatch.setattr(train, "vae_loss", recording_loss)
+    out = tmp_path / "vae-only"
+    train.main(["run", "--dataset", str(path), "--out", str(out), "--vae-steps", "2", "--vae-batch", "2",
+                "--vae-base-dim", "8", "--vae-z-dim", "4", "--vae-temporal-compression", "4",
+                "--joint-steps", "0", "--multiview-steps", "0"])
+    record = json.loads((out / "training.json").read_text())["sessions"][-1]
+    assert record["finished"] and record["steps"] == {"vae": 2}
+    assert not (out / "latents.pt").exists()  # no diffusion stage, so no encoded dataset
+    pipe = load_tiny(out / "model")
+    vae = pipe.vae.config
+    assert (vae.base_dim, vae.z_dim, vae.scale_factor_temporal) == (8, 4, 4)
+    assert pipe.transformer.config.in_channels == pipe.transformer.config.out_channels == 4
+
+    # Every step trained on one window of single views, cut from the clips themselves.
+    assert len(seen) == 2
+    videos = {True: samples.pose, False: samples.rgb}
+    for video, is_pose in seen:
+        assert video.shape == (2, 3, 3, 16, 16)
+        frames = ((video.movedim(1, -1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        for window, pose in zip(frames, is_pose.tolist()):
+            source = videos[pose]
+            assert any(np.array_equal(window, source[n, v, t:t + 3, y:y + 16, x:x + 16])
+                       for n in range(source.shape[0]) for v in range(source.shape[1])
+                       for t in range(3) for y in range(17) for x in range(17))

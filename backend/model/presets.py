@@ -61,17 +61,31 @@ TINY = Preset("tiny", size=64, num_frames=17, num_inference_steps=20, guidance_s
 FULL = Preset("full", size=480, num_frames=81, num_inference_steps=50, guidance_scale=3.0, max_sequence_length=512)
 PRESETS = {preset.name: preset for preset in (TINY, FULL)}
 
-# 192-d tokens in 6 heads of 32 (32 splits into Wan's 3D RoPE as t, h, w = 12, 10, 10), 5 blocks:
-# 4.2 M parameters; with the VAE 4.8 M (19 MB in float32, inside the 20 MB budget of the repository).
+# 128-d tokens in 4 heads of 32 (32 splits into Wan's 3D RoPE as t, h, w = 12, 10, 10), 4 blocks: 1.6 M
+# parameters. Its latent channels (in_channels = out_channels) are the VAE's z_dim.
 TINY_TRANSFORMER = dict(
-    num_attention_heads=6, attention_head_dim=32, in_channels=8, out_channels=8, text_dim=384, freq_dim=64,
-    ffn_dim=768, num_layers=5,
+    num_attention_heads=4, attention_head_dim=32, text_dim=384, freq_dim=64, ffn_dim=512, num_layers=4,
 )
-# 4x spatial and 4x temporal compression: 64 px, 17 frames -> 16x16 latents, 5 latent frames.
-TINY_VAE = dict(
-    base_dim=16, z_dim=8, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True],
-    scale_factor_temporal=4, scale_factor_spatial=4, latents_mean=[0.0] * 8, latents_std=[1.0] * 8,
-)
+
+
+def tiny_vae_config(base_dim: int = 32, z_dim: int = 16, temporal_compression: int = 2) -> dict:
+    """A tiny ``AutoencoderKLWan`` config: 4x spatial compression (64 px -> 16x16 latents) and 4x or 2x
+    temporal compression (17 frames -> 5 or 9 latent frames); Wan's own VAE is 8x / 4x, z_dim 16."""
+    if temporal_compression not in (2, 4):
+        raise ValueError(f"temporal_compression must be 2 or 4, got {temporal_compression}")
+    return dict(base_dim=base_dim, z_dim=z_dim, dim_mult=[1, 2, 2], num_res_blocks=1,
+                temperal_downsample=[temporal_compression == 4, True], scale_factor_temporal=temporal_compression,
+                scale_factor_spatial=4, latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim)
+
+
+TINY_VAE = tiny_vae_config()
+
+
+def tiny_transformer(z_dim: int) -> AnimaXTransformer3DModel:
+    """A randomly initialised tiny transformer for latents of ``z_dim`` channels."""
+    return AnimaXTransformer3DModel(**TINY_TRANSFORMER, in_channels=z_dim, out_channels=z_dim)
+
+
 # Wan2.1's flow shift for 480p (its own UniPC config says flow_shift=3.0); both presets sample with it.
 SCHEDULER_SHIFT = 3.0
 
@@ -123,7 +137,7 @@ def build_tiny_pipeline(seed: int = 0) -> AnimaXPipeline:
     """A randomly initialised tiny pipeline (for training from scratch and for tests)."""
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's RNG
         torch.manual_seed(seed)
-        transformer = AnimaXTransformer3DModel(**TINY_TRANSFORMER)
+        transformer = tiny_transformer(TINY_VAE["z_dim"])
         vae = AutoencoderKLWan(**TINY_VAE)
     return _tiny_pipeline(transformer.eval(), vae.eval(), make_scheduler(),
                           TINY.max_sequence_length)

@@ -35,13 +35,14 @@ from backend.model.presets import (
     FULL,
     PRESETS,
     TINY,
-    TINY_TRANSFORMER,
     TINY_VAE,
     load_wan,
     make_lora_config,
     make_scheduler,
     save_adapter,
     save_tiny,
+    tiny_transformer,
+    tiny_vae_config,
 )
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 from backend.multi_gpu import turn_multicast_off
@@ -58,6 +59,9 @@ STAGE_DEFAULTS = {
     "tiny": dict(joint_steps=8000, batch=64, lr=5e-4, multiview_steps=3000, multiview_batch=16, multiview_lr=3e-4),
     "full": dict(joint_steps=2000, batch=4, lr=1e-4, multiview_steps=1000, multiview_batch=1, multiview_lr=1e-4),
 }
+# Stage vae trains on windows of 9 frames (1 + 2 latent frames at 4x) and 32 px: a quarter of a
+# view, half the frames, an eighth of the cost of whole clips.
+VAE_CROP_FRAMES, VAE_CROP_SIZE = 9, 32
 # How long processes wait for each other, above all for the main process building and encoding the
 # dataset (the others then load its cache); the default 10 or 30 minutes is too short for full data.
 PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
@@ -189,11 +193,19 @@ def train_tiny_vae(vae, args, samples: Samples, out: Path, device, precision: st
     n, views = samples.rgb.shape[:2]
     part = batch_part(args.vae_batch)
 
+    frames, size = samples.rgb.shape[2:4]
+    crop_frames, crop_size = min(VAE_CROP_FRAMES, frames), min(VAE_CROP_SIZE, size)
+
     def vae_step(model, step):  # every process draws the whole batch and trains on its part
         g = np.random.default_rng((args.seed, step))
         index, view = g.integers(n, size=args.vae_batch)[part], g.integers(views, size=args.vae_batch)[part]
         is_pose = torch.from_numpy(g.random(args.vae_batch)[part] < 0.5).to(device)
-        pick = torch.where(is_pose.view(-1, 1, 1, 1, 1), videos["pose"][index, view], videos["rgb"][index, view])
+        # One window of the clips: the VAE is convolutional in space and causal in time, so a crop
+        # teaches it what the whole does, at a fraction of the cost.
+        t, y, x = (int(g.integers(extent - crop + 1)) for extent, crop in
+                   ((frames, crop_frames), (size, crop_size), (size, crop_size)))
+        window = (index, view, slice(t, t + crop_frames), slice(y, y + crop_size), slice(x, x + crop_size))
+        pick = torch.where(is_pose.view(-1, 1, 1, 1, 1), videos["pose"][window], videos["rgb"][window])
         return vae_loss(model, to_video(pick, device), is_pose)
 
     began = time.time()
@@ -213,15 +225,22 @@ def train_tiny_vae(vae, args, samples: Samples, out: Path, device, precision: st
 
 def run_tiny(args, out: Path, device, precision: str, deadline: float, record: dict, losses: dict) -> bool:
     """Stage ``vae`` (unless ``--vae-from`` gives a trained one), then the diffusion stages on the
-    dataset's latents, which are cached in ``OUT`` once the VAE is final."""
+    dataset's latents, which are cached in ``OUT`` once the VAE is final. With ``--joint-steps 0
+    --multiview-steps 0`` only the VAE trains (to score it with ``animax eval --oracle vae``)."""
     text_cache = TextCache(args.text_cache)
-    torch.manual_seed(args.seed)
-    transformer = AnimaXTransformer3DModel(**TINY_TRANSFORMER).to(device)
     vae_dir = Path(args.vae_from) / "vae" if args.vae_from else out / "vae"
     if args.vae_from and not (vae_dir / "config.json").is_file():
         raise SystemExit(f"--vae-from {args.vae_from}: {vae_dir / 'config.json'} is missing; it takes a tiny model "
                          f"directory written by training (e.g. backend/model/weights/tiny)")
     source = file_key(args.dataset) if args.dataset else dict(procedural=args.samples, seed=args.seed)
+    if (vae_dir / "config.json").is_file():
+        vae = AutoencoderKLWan.from_pretrained(vae_dir, local_files_only=True).to(device)
+    else:
+        torch.manual_seed(args.seed)
+        vae = AutoencoderKLWan(**tiny_vae_config(args.vae_base_dim, args.vae_z_dim,
+                                                 args.vae_temporal_compression)).to(device)
+    torch.manual_seed(args.seed)
+    transformer = tiny_transformer(vae.config.z_dim).to(device)
 
     def build() -> Samples:
         began = time.time()
@@ -237,19 +256,18 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
         return data, describe(samples, str(args.dataset) if args.dataset else "procedural")
 
     samples = None
-    if (vae_dir / "config.json").is_file():
-        vae = AutoencoderKLWan.from_pretrained(vae_dir, local_files_only=True).to(device)
-    else:
-        torch.manual_seed(args.seed)
-        vae = AutoencoderKLWan(**TINY_VAE).to(device)  # its config serves the dataset's size checks first
+    if not (vae_dir / "config.json").is_file():  # the dataset's size checks use the new VAE's config
         samples = build()
         vae = train_tiny_vae(vae, args, samples, out, device, precision, deadline, record, losses)
         if vae is None:
             return False
-    key = dict(source=source, seed=args.seed, vae=file_key(vae_dir / DIFFUSERS_WEIGHTS))
-    data, record["data"] = cached_latents(out, key, device, lambda: encode(build() if samples is None else samples))
-    samples = None  # free the clips (gigabytes) for training
-    finished = train_diffusion(transformer, data, args, out, deadline, precision, record, losses)
+    finished = True
+    if args.joint_steps or args.multiview_steps:
+        key = dict(source=source, seed=args.seed, vae=file_key(vae_dir / DIFFUSERS_WEIGHTS))
+        data, record["data"] = cached_latents(out, key, device,
+                                              lambda: encode(build() if samples is None else samples))
+        samples = None  # free the clips (gigabytes) for training
+        finished = train_diffusion(transformer, data, args, out, deadline, precision, record, losses)
     if PartialState().is_main_process:
         save_tiny(AnimaXPipeline(None, None, vae.cpu().eval(), transformer.cpu().eval(),
                                  make_scheduler(), TINY.max_sequence_length),
@@ -348,6 +366,13 @@ def main(argv: list[str] | None = None) -> None:
     tiny.add_argument("--vae-steps", type=int, default=3000)
     tiny.add_argument("--vae-batch", type=int, default=16)
     tiny.add_argument("--vae-lr", type=float, default=1e-3)
+    tiny.add_argument("--vae-base-dim", type=int, default=TINY_VAE["base_dim"],
+                      help="channels of the new VAE's first level (default %(default)s)")
+    tiny.add_argument("--vae-z-dim", type=int, default=TINY_VAE["z_dim"],
+                      help="latent channels of the new VAE (default %(default)s)")
+    tiny.add_argument("--vae-temporal-compression", type=int, choices=(2, 4),
+                      default=TINY_VAE["scale_factor_temporal"],
+                      help="frames per latent frame of the new VAE (default %(default)s)")
     tiny.add_argument("--vae-from", type=Path, help="a tiny model directory whose trained VAE to keep (skips "
                                                     "stage vae), e.g. backend/model/weights/tiny")
     full = run.add_argument_group("full preset")
