@@ -364,7 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     tiny.add_argument("--processes", type=int, default=0, help="processes that sample clips and draw pose maps")
     tiny.add_argument("--text-cache", type=Path, default=DEFAULT_TEXT_CACHE)
     tiny.add_argument("--vae-steps", type=int, default=3000)
-    tiny.add_argument("--vae-batch", type=int, default=16)
+    tiny.add_argument("--vae-batch", type=int, default=128,
+                      help="windows of single views per step (default %(default)s)")
     tiny.add_argument("--vae-lr", type=float, default=1e-3)
     tiny.add_argument("--vae-base-dim", type=int, default=TINY_VAE["base_dim"],
                       help="channels of the new VAE's first level (default %(default)s)")
