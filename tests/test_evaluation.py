@@ -18,6 +18,7 @@ from backend.evaluation.evaluate import (
     evaluate,
     model_generator,
     oracle_generator,
+    scoring_pool,
     vae_oracle_generator,
 )
 from backend.evaluation.features import motion_features
@@ -100,8 +101,11 @@ def test_a_random_tiny_model_runs_through_evaluate(classifier):
 
 def test_parallel_scoring_gives_the_sequential_rows(classifier):
     kwargs = dict(count=2, seed=3, split="heldout-proportions", classifier=classifier)
-    parallel, sequential = evaluate(oracle_generator, processes=2, **kwargs), evaluate(oracle_generator, **kwargs)
-    assert len(parallel.clips) == 2
+    with scoring_pool(2, classifier) as pool:  # one pool serves several splits
+        parallel = evaluate(oracle_generator, pool=pool, **kwargs)
+        other_split = evaluate(oracle_generator, pool=pool, **dict(kwargs, split="heldout-families"))
+    sequential = evaluate(oracle_generator, **kwargs)
+    assert len(parallel.clips) == 2 and other_split.clips != parallel.clips
     for a, b in zip(parallel.clips, sequential.clips):  # other processes may sum in another order
         assert a.keys() == b.keys()
         for key in a:

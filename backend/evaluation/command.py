@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 from . import SPLITS
@@ -73,7 +74,7 @@ def eval_command(args) -> None:
     from backend.model.presets import TINY, WeightsError, load_tiny, make_scheduler
 
     from .classifier import train_classifier
-    from .evaluate import evaluate, model_generator, oracle_generator, vae_oracle_generator
+    from .evaluate import evaluate, model_generator, oracle_generator, scoring_pool, vae_oracle_generator
     from .gifs import write_gif
 
     steps = TINY.num_inference_steps if args.steps is None else args.steps
@@ -109,12 +110,13 @@ def eval_command(args) -> None:
               "text_guidance": None if args.oracle else text_guidance, "sampler": args.sampler,
               "guidance_end": None if args.oracle else args.guidance_end,
               "classifier_clips": args.classifier_clips, "splits": {}}
-    for split in splits:
-        result = evaluate(generate, args.count, args.seed, split, classifier, keep=args.gifs,
-                          log=lambda line: print(line, flush=True), processes=args.processes)
-        report["splits"][split] = {"summary": result.summary, "clips": result.clips}
-        for i, (item, videos, motion) in enumerate(result.examples):
-            write_gif(out / f"{kind}_{split}_{i}.gif", item, videos, motion)
+    with scoring_pool(args.processes, classifier) if args.processes > 1 else nullcontext() as pool:
+        for split in splits:
+            result = evaluate(generate, args.count, args.seed, split, classifier, keep=args.gifs,
+                              log=lambda line: print(line, flush=True), pool=pool)
+            report["splits"][split] = {"summary": result.summary, "clips": result.clips}
+            for i, (item, videos, motion) in enumerate(result.examples):
+                write_gif(out / f"{kind}_{split}_{i}.gif", item, videos, motion)
     path = out / (args.results or f"results_{kind}.json")
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(table({f"{name}, {split}": report["splits"][split]["summary"] for split in splits}))

@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from animax_addon.core.cameras import CameraRig, make_camera_rig
 from animax_addon.core.pose_maps import render_pose_maps
@@ -176,8 +177,13 @@ _process_classifier = None
 pickles to tens of MB: sending it with every clip would cost more than scoring the clip)."""
 
 
-def _keep_classifier(classifier) -> None:
+def _start_scoring_process(classifier) -> None:
     global _process_classifier
+    # One thread each: N processes that each spread BLAS, torch and the forest's predict over every
+    # core would fight over the cores instead of sharing them.
+    threadpool_limits(1)
+    torch.set_num_threads(1)
+    classifier.set_params(n_jobs=1)
     _process_classifier = classifier
 
 
@@ -185,12 +191,21 @@ def _reconstruct_and_score_here(item: EvalItem, videos: np.ndarray) -> tuple[Rec
     return reconstruct_and_score(item, videos, _process_classifier)
 
 
+def scoring_pool(processes: int, classifier) -> ProcessPoolExecutor:
+    """``processes`` scoring processes holding ``classifier``, for :func:`evaluate`'s ``pool``. One
+    pool serves every split, so each process starts (and imports torch) once."""
+    # spawn, not fork: the parent may hold a CUDA context, which a forked child cannot use.
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_scoring_process, initargs=(classifier,))
+
+
 def evaluate(generate: Generator, count: int, seed: int = 0, split: str = "heldout-families", classifier=None,
-             keep: int = 0, log: Callable[[str], None] | None = None, processes: int = 1) -> SplitResult:
+             keep: int = 0, log: Callable[[str], None] | None = None,
+             pool: ProcessPoolExecutor | None = None) -> SplitResult:
     """Score ``generate`` on ``count`` clips of ``split``; the first ``keep`` are kept for GIFs.
 
-    With ``processes`` > 1 the clips are generated first, one after another (the model is the one
-    GPU user), then reconstructed and scored in that many processes.
+    With a ``pool`` (:func:`scoring_pool`, holding the same classifier) the clips are generated
+    first, one after another (the model is the one GPU user), then reconstructed and scored there.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -208,7 +223,7 @@ def evaluate(generate: Generator, count: int, seed: int = 0, split: str = "heldo
             log(f"[{split} {i + 1}/{count}] {row['prompt']!r}: {row['predicted']} "
                 f"({'ok' if row['correct'] else 'wrong'}), {row['detected']:.0%} of joints detected, {seconds:.0f} s")
 
-    if processes == 1:
+    if pool is None:
         for i, item in enumerate(items):
             start = time.perf_counter()
             videos = generate(item)
@@ -218,10 +233,7 @@ def evaluate(generate: Generator, count: int, seed: int = 0, split: str = "heldo
         all_videos = [generate(item) for item in items]
         if log:
             log(f"[{split}] generated {count} clips in {time.perf_counter() - start:.0f} s")
-        # spawn, not fork: the parent may hold a CUDA context, which a forked child cannot use.
-        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_keep_classifier, initargs=(classifier,)) as pool:
-            scored = pool.map(_reconstruct_and_score_here, items, all_videos)
-            for i, (item, videos, (result, row)) in enumerate(zip(items, all_videos, scored)):
-                record(i, item, videos, result, row, time.perf_counter() - start)
+        scored = pool.map(_reconstruct_and_score_here, items, all_videos)
+        for i, (item, videos, (result, row)) in enumerate(zip(items, all_videos, scored)):
+            record(i, item, videos, result, row, time.perf_counter() - start)
     return SplitResult(summarise(rows), rows, examples)
