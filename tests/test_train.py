@@ -68,6 +68,31 @@ def test_flow_loss_falls_and_resumes(samples, toy_vae, tmp_path):
     _falls(losses, 0.8)
 
 
+@pytest.mark.parametrize("rest_probability, text_drop", [(1.0, 0.0), (0.0, 1.0)])
+def test_flow_loss_draws_the_conditions_it_is_told(samples, toy_vae, rest_probability, text_drop):
+    data = encode_samples(toy_vae, samples, torch.randn(len(samples), 32, 384) + 3.0, "cpu", frame_choices=2)
+    seen = {}
+
+    def model(sequence, timestep, text, rays, return_dict):  # notes what the transformer is given
+        seen.update(sequence=sequence, text=text)
+        return (torch.zeros_like(sequence),)
+
+    index = torch.tensor([0, 1, 2] * 6)
+    flow_loss(model, data, index, "multiview", torch.Generator().manual_seed(0), rest_probability=rest_probability,
+              text_drop=text_drop)
+    frames = data.video.shape[4]  # per half: [condition, video frames]
+    conditions = seen["sequence"].unflatten(3, (2, frames + 1))[:, :, :, :, :1]  # (B, V, C, 2, 1, h, w)
+    given = conditions.permute(0, 3, 1, 2, 4, 5, 6)  # (B, 2, V, C, 1, h, w) as data.condition[index, choice]
+    dropped = given.flatten(1).abs().amax(1) == 0  # the image condition is dropped 20% of the time
+    assert 0 < dropped.sum() < len(index)
+    # Choice 0 is the rest template, choices 1 and 2 are frames of the clip.
+    matches = torch.stack([(given == data.condition[index, k].float()).flatten(1).all(1) for k in range(3)], 1)
+    allowed = [0] if rest_probability == 1.0 else [1, 2]
+    assert matches[~dropped][:, allowed].any(1).all()
+    prompts_kept = seen["text"].flatten(1).abs().amax(1) > 0
+    assert prompts_kept.all() if text_drop == 0.0 else not prompts_kept.any()
+
+
 def test_stages_train_their_own_parameters():
     model = AnimaXTransformer3DModel(**TOY_TRANSFORMER)
     joint = {id(p) for p in trainable_parameters(model, "joint")}

@@ -37,9 +37,9 @@ def recording(patch) -> dict:
     rank = os.environ.get("RANK", "0")
     flow_loss, vae_loss, train_stage = train.flow_loss, train.vae_loss, train.train_stage
 
-    def flow(model, data, index, stage, generator, part):
+    def flow(model, data, index, stage, generator, part, *choices):
         seen["batches"].append([stage, index[part].tolist()])
-        return flow_loss(model, data, index, stage, generator, part)
+        return flow_loss(model, data, index, stage, generator, part, *choices)
 
     def vae(model, video, is_pose):
         seen["batches"].append(["vae", digest([video])])

@@ -49,7 +49,7 @@ from backend.multi_gpu import turn_multicast_off
 
 from .latents import LatentSet, encode_samples, latent_stats, to_video
 from .loop import batch_part, save_loss_plot, train_stage
-from .stages import flow_loss, trainable_parameters, vae_loss
+from .stages import REST_TEMPLATE_PROBABILITY, TEXT_DROP, flow_loss, trainable_parameters, vae_loss
 from .text import TextCache, build_text_cache
 
 DEFAULT_TEXT_CACHE = Path(__file__).with_name("text_cache.safetensors")
@@ -150,7 +150,8 @@ def train_diffusion(transformer, data: LatentSet, args, out: Path, deadline: flo
         def step_fn(model, step):  # every process draws the whole batch and trains on its part
             generator.manual_seed(args.seed * 1_000_003 + step)
             index = torch.randint(len(data), (batch,), generator=generator, device=device)
-            return flow_loss(model, data, index, stage, generator, part)
+            return flow_loss(model, data, index, stage, generator, part, args.rest_template_probability,
+                             args.text_drop)
         return step_fn
 
     for name, steps, batch, lr in (("joint", args.joint_steps, args.batch, args.lr),
@@ -387,6 +388,12 @@ def main(argv: list[str] | None = None) -> None:
     stages.add_argument("--multiview-steps", type=int)
     stages.add_argument("--multiview-batch", type=int, help="four-view samples per step in stage 2")
     stages.add_argument("--multiview-lr", type=float)
+    stages.add_argument("--rest-template-probability", type=float, default=REST_TEMPLATE_PROBABILITY,
+                        help="share of samples whose image condition is the rest template, not a frame of "
+                             "the clip (default %(default)s, as the paper)")
+    stages.add_argument("--text-drop", type=float, default=TEXT_DROP,
+                        help="share of samples trained without their prompt, for prompt guidance (default "
+                             "%(default)s)")
     run.add_argument("--deadline-min", type=float, default=0.0,
                      help="checkpoint and stop after this many minutes (0: no limit); --resume continues")
     args = parser.parse_args(argv)

@@ -65,17 +65,20 @@ def trainable_parameters(model: AnimaXTransformer3DModel, stage: str) -> list[to
 
 
 def flow_loss(model, data: LatentSet, index: torch.Tensor, stage: str, generator: torch.Generator,
-              part: slice = slice(None)) -> torch.Tensor:
+              part: slice = slice(None), rest_probability: float = REST_TEMPLATE_PROBABILITY,
+              text_drop: float = TEXT_DROP) -> torch.Tensor:
     """The flow-matching loss of samples ``index[part]``: one random view each in stage 1, all in stage 2.
 
-    The random choices are drawn for all of ``index``, so that N data-parallel processes, each given
-    its ``part``, draw exactly what one process draws for the whole batch."""
+    The image condition is the rest template with ``rest_probability``, else a frame of the clip;
+    the prompt is zeroed with ``text_drop``. The random choices are drawn for all of ``index``, so
+    that N data-parallel processes, each given its ``part``, draw exactly what one process draws
+    for the whole batch."""
     device = data.video.device
     batch = len(index)
     draw = lambda *shape: torch.rand(*shape, generator=generator, device=device)  # noqa: E731
     x0 = data.video[index].float()  # (B, 2, V, C, t, h, w)
     choices = data.condition.shape[1]
-    rest = draw(batch) < REST_TEMPLATE_PROBABILITY
+    rest = draw(batch) < rest_probability
     choice = torch.where(rest, 0, 1 + (draw(batch) * (choices - 1)).long().clamp(max=choices - 2))
     condition = data.condition[index, choice].float()  # (B, 2, V, C, 1, h, w)
     keep = (draw(batch) >= CONDITION_DROP).float().view(-1, 1, 1, 1, 1, 1, 1)
@@ -92,7 +95,7 @@ def flow_loss(model, data: LatentSet, index: torch.Tensor, stage: str, generator
     noisy = (1 - s) * x0 + s * noise
     sequence = torch.cat([condition, noisy], dim=4)  # per half: [c, x] along time
     sequence = torch.cat([sequence[:, 0], sequence[:, 1]], dim=3)  # (B, V, C, 2 (f + 2), h, w)
-    text = data.text[index].float() * (draw(batch) >= TEXT_DROP).float().view(-1, 1, 1)
+    text = data.text[index].float() * (draw(batch) >= text_drop).float().view(-1, 1, 1)
     flow = model(sequence[part], (sigma * 1000)[part], text[part], rays[part], return_dict=False)[0]
     flow = flow.unflatten(3, (2, -1))[:, :, :, :, 1:].permute(0, 3, 1, 2, 4, 5, 6)  # (B, 2, V, C, t, h, w)
     return F.mse_loss(flow.float(), (noise - x0)[part])
