@@ -193,6 +193,9 @@ def test_tiny_keeps_a_trained_vae_and_reuses_its_cached_latents(dataset, tmp_pat
     assert record["finished"] and "dataset" not in record["seconds"] and record["data"]["clips"] == 2
     with pytest.raises(SystemExit, match="config.json is missing"):
         train.main(["run", "--out", str(tmp_path / "third"), "--vae-from", str(tmp_path), *base])
+    with pytest.raises(SystemExit, match="--vae-from keeps a trained VAE.*pass one or the other"):
+        train.main(["run", "--out", str(tmp_path / "fourth"), "--vae-from", str(first / "model"), "--vae-z-dim", "4",
+                    *base])
 
 
 def test_tiny_trains_only_a_vae_of_the_chosen_size_when_the_diffusion_stages_have_no_steps(dataset, tmp_path,

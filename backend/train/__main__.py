@@ -59,7 +59,7 @@ STAGE_DEFAULTS = {
     "tiny": dict(joint_steps=8000, batch=64, lr=5e-4, multiview_steps=3000, multiview_batch=16, multiview_lr=3e-4),
     "full": dict(joint_steps=2000, batch=4, lr=1e-4, multiview_steps=1000, multiview_batch=1, multiview_lr=1e-4),
 }
-# Stage vae trains on windows of 9 frames (1 + 2 latent frames at 4x) and 32 px: a quarter of a
+# Stage vae trains on windows of 9 frames (1 + 2 latent frames at 4x, 1 + 4 at 2x) and 32 px: a quarter of a
 # view, half the frames, an eighth of the cost of whole clips.
 VAE_CROP_FRAMES, VAE_CROP_SIZE = 9, 32
 # How long processes wait for each other, above all for the main process building and encoding the
@@ -233,13 +233,17 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
     if args.vae_from and not (vae_dir / "config.json").is_file():
         raise SystemExit(f"--vae-from {args.vae_from}: {vae_dir / 'config.json'} is missing; it takes a tiny model "
                          f"directory written by training (e.g. backend/model/weights/tiny)")
+    size = {key: value for key, value in (("base_dim", args.vae_base_dim), ("z_dim", args.vae_z_dim),
+                                          ("temporal_compression", args.vae_temporal_compression)) if value}
+    if args.vae_from and size:
+        raise SystemExit("--vae-from keeps a trained VAE, and --vae-base-dim / --vae-z-dim / "
+                         "--vae-temporal-compression describe a new one: pass one or the other")
     source = file_key(args.dataset) if args.dataset else dict(procedural=args.samples, seed=args.seed)
     if (vae_dir / "config.json").is_file():
         vae = AutoencoderKLWan.from_pretrained(vae_dir, local_files_only=True).to(device)
     else:
         torch.manual_seed(args.seed)
-        vae = AutoencoderKLWan(**tiny_vae_config(args.vae_base_dim, args.vae_z_dim,
-                                                 args.vae_temporal_compression)).to(device)
+        vae = AutoencoderKLWan(**tiny_vae_config(**size)).to(device)
     torch.manual_seed(args.seed)
     transformer = tiny_transformer(vae.config.z_dim).to(device)
 
@@ -368,13 +372,12 @@ def main(argv: list[str] | None = None) -> None:
     tiny.add_argument("--vae-batch", type=int, default=128,
                       help="windows of single views per step (default %(default)s)")
     tiny.add_argument("--vae-lr", type=float, default=1e-3)
-    tiny.add_argument("--vae-base-dim", type=int, default=TINY_VAE["base_dim"],
-                      help="channels of the new VAE's first level (default %(default)s)")
-    tiny.add_argument("--vae-z-dim", type=int, default=TINY_VAE["z_dim"],
-                      help="latent channels of the new VAE (default %(default)s)")
+    tiny.add_argument("--vae-base-dim", type=int,
+                      help=f"channels of the new VAE's first level (default {TINY_VAE['base_dim']})")
+    tiny.add_argument("--vae-z-dim", type=int,
+                      help=f"latent channels of the new VAE (default {TINY_VAE['z_dim']})")
     tiny.add_argument("--vae-temporal-compression", type=int, choices=(2, 4),
-                      default=TINY_VAE["scale_factor_temporal"],
-                      help="frames per latent frame of the new VAE (default %(default)s)")
+                      help=f"frames per latent frame of the new VAE (default {TINY_VAE['scale_factor_temporal']})")
     tiny.add_argument("--vae-from", type=Path, help="a tiny model directory whose trained VAE to keep (skips "
                                                     "stage vae), e.g. backend/model/weights/tiny")
     full = run.add_argument_group("full preset")
