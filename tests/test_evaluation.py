@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.data.motions import MOTIONS, sample_clip
+from backend.data.motions import KEYWORDS, MOTIONS, sample_clip
 from backend.data.rig_world import FAMILIES, HELDOUT_FAMILIES
 from backend.evaluation.classifier import clip_features, predict, sample_clips, train_classifier
 from backend.evaluation.command import DEFAULT_COUNT, EvalError, add_eval_arguments, eval_command
@@ -22,6 +22,7 @@ from backend.evaluation.evaluate import (
     vae_oracle_generator,
 )
 from backend.evaluation.features import motion_features
+from backend.evaluation.prompt_effect import prompt_effect
 from backend.evaluation.gifs import write_gif
 
 
@@ -161,4 +162,29 @@ def test_eval_names_a_model_directory_it_cannot_load(tmp_path):
     add_eval_arguments(parser)
     args = parser.parse_args(["--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
     with pytest.raises(EvalError, match="nowhere.*--model takes a tiny model directory"):
+        eval_command(args)
+
+
+def test_prompt_effect_separates_what_the_prompt_moves_from_what_the_seed_moves():
+    items = draw_items(2, 0, "heldout-proportions")
+    own = {item.clip.prompt for item in items}
+
+    def reversing(flip):  # a stand-in model: the true motion, played backwards where flip(seed, prompt)
+        return lambda seed: lambda item: item.pose_truth[:, ::-1] if flip(seed, item.prompt) else item.pose_truth
+
+    seed_only = prompt_effect(reversing(lambda seed, prompt: seed == 1), items)
+    assert seed_only["across_prompts"] == 0 and seed_only["across_seeds"] > 0.01 and seed_only["ratio"] == 0
+    prompt_only = prompt_effect(reversing(lambda seed, prompt: prompt not in own), items)
+    assert prompt_only["across_seeds"] == 0 and prompt_only["across_prompts"] > 0.01
+    assert prompt_only["ratio"] is None  # no spread across seeds to compare with
+    for item, row in zip(items, prompt_only["rows"]):
+        assert row["prompts"][0] == item.clip.prompt and len(row["prompts"]) == 3
+        assert not any(stem in text for text in row["prompts"][1:] for stem in KEYWORDS[item.clip.motion])
+
+
+def test_prompt_effect_is_for_models_only(tmp_path):
+    parser = argparse.ArgumentParser(prog="animax eval")
+    add_eval_arguments(parser)
+    args = parser.parse_args(["--oracle", "--prompt-effect", "--out", str(tmp_path)])
+    with pytest.raises(EvalError, match="--prompt-effect measures a model"):
         eval_command(args)

@@ -68,6 +68,29 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                              "`--oracle vae`: after a round trip through the --model's VAE (the VAE's ceiling)")
     parser.add_argument("--classifier-clips", type=_at_least(50), default=2000,
                         help="ground-truth clips the action classifier learns from (default 2000)")
+    parser.add_argument("--prompt-effect", action="store_true",
+                        help="instead of scoring: how far the prompt moves the model's motion against how far "
+                             "the seed does, on --count clips a split (3 prompts x 2 seeds each)")
+
+
+def _prompt_effect(args, make_generator) -> None:
+    from .evaluate import draw_items
+    from .prompt_effect import prompt_effect
+
+    splits = list(SPLITS) if args.split == "both" else [args.split]
+    report = {"model": str(args.model), "seed": args.seed, "splits": {}}
+    for split in splits:
+        report["splits"][split] = prompt_effect(make_generator, draw_items(args.count, args.seed, split),
+                                                log=lambda line, s=split: print(f"[{s}] {line}", flush=True))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / (args.results or "results_prompt_effect.json")
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    for split, r in report["splits"].items():
+        ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        print(f"{split}: across prompts {r['across_prompts']:.3f}, across seeds {r['across_seeds']:.3f} rig radii "
+              f"(ratio {ratio}, {r['clips']} clips)")
+    print(f"wrote {path}")
 
 
 def eval_command(args) -> None:
@@ -77,6 +100,8 @@ def eval_command(args) -> None:
     from .evaluate import evaluate, model_generator, oracle_generator, scoring_pool, vae_oracle_generator
     from .gifs import write_gif
 
+    if args.prompt_effect and args.oracle:
+        raise EvalError("--prompt-effect measures a model: the oracle's pose maps do not depend on the prompt")
     steps = TINY.num_inference_steps if args.steps is None else args.steps
     guidance = TINY.guidance_scale if args.guidance is None else args.guidance
     name, text_guidance = "oracle" if args.oracle == "truth" else "oracle through the VAE", None
@@ -96,6 +121,10 @@ def eval_command(args) -> None:
             cache = TextCache(args.text_cache)
             embed = lambda prompt: cache[[prompt]][:, :pipeline.config.max_sequence_length]  # noqa: E731
         text_guidance = pipeline.config.text_guidance_scale if args.text_guidance is None else args.text_guidance
+        if args.prompt_effect:
+            _prompt_effect(args, lambda seed: model_generator(pipeline, steps, guidance, seed, text_guidance,
+                                                              args.guidance_end, embed))
+            return
         generate = model_generator(pipeline, steps, guidance, args.seed, text_guidance, args.guidance_end, embed)
         name = f"model ({steps} {args.sampler} steps, guidance {guidance:g}, prompt guidance {text_guidance:g}" + \
             (f", guided until {args.guidance_end:.0%})" if args.guidance_end < 1 else ")")
