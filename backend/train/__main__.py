@@ -233,13 +233,15 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
     if args.vae_from and not (vae_dir / "config.json").is_file():
         raise SystemExit(f"--vae-from {args.vae_from}: {vae_dir / 'config.json'} is missing; it takes a tiny model "
                          f"directory written by training (e.g. backend/model/weights/tiny)")
-    size = {key: value for key, value in (("base_dim", args.vae_base_dim), ("z_dim", args.vae_z_dim),
-                                          ("temporal_compression", args.vae_temporal_compression)) if value}
+    given = (("base_dim", args.vae_base_dim), ("z_dim", args.vae_z_dim),
+             ("temporal_compression", args.vae_temporal_compression))
+    size = {key: value for key, value in given if value is not None}
     if args.vae_from and size:
         raise SystemExit("--vae-from keeps a trained VAE, and --vae-base-dim / --vae-z-dim / "
                          "--vae-temporal-compression describe a new one: pass one or the other")
     source = file_key(args.dataset) if args.dataset else dict(procedural=args.samples, seed=args.seed)
-    if (vae_dir / "config.json").is_file():
+    trained = (vae_dir / "config.json").is_file()
+    if trained:
         vae = AutoencoderKLWan.from_pretrained(vae_dir, local_files_only=True).to(device)
     else:
         torch.manual_seed(args.seed)
@@ -261,7 +263,7 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
         return data, describe(samples, str(args.dataset) if args.dataset else "procedural")
 
     samples = None
-    if not (vae_dir / "config.json").is_file():  # the dataset's size checks use the new VAE's config
+    if not trained:  # the dataset's size checks use the new VAE's config
         samples = build()
         vae = train_tiny_vae(vae, args, samples, out, device, precision, deadline, record, losses)
         if vae is None:
