@@ -73,19 +73,27 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                              "the seed does, on --count clips a split (3 prompts x 2 seeds each)")
 
 
+def _splits(args) -> list[str]:
+    return list(SPLITS) if args.split == "both" else [args.split]
+
+
+def _write_report(args, report: dict, default_name: str) -> Path:
+    """``report`` as JSON in ``--out``, named ``--results`` or ``default_name``."""
+    path = Path(args.out) / (args.results or default_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    return path
+
+
 def _prompt_effect(args, make_generator) -> None:
     from .evaluate import draw_items
     from .prompt_effect import prompt_effect
 
-    splits = list(SPLITS) if args.split == "both" else [args.split]
     report = {"model": str(args.model), "seed": args.seed, "splits": {}}
-    for split in splits:
+    for split in _splits(args):
         report["splits"][split] = prompt_effect(make_generator, draw_items(args.count, args.seed, split),
                                                 log=lambda line, s=split: print(f"[{s}] {line}", flush=True))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / (args.results or "results_prompt_effect.json")
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    path = _write_report(args, report, "results_prompt_effect.json")
     for split, r in report["splits"].items():
         ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}"
         print(f"{split}: across prompts {r['across_prompts']:.3f}, across seeds {r['across_seeds']:.3f} rig radii "
@@ -132,7 +140,7 @@ def eval_command(args) -> None:
     classifier = train_classifier(args.seed, args.classifier_clips)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    splits = list(SPLITS) if args.split == "both" else [args.split]
+    splits = _splits(args)
     kind = {None: "model", "truth": "oracle", "vae": "vae_oracle"}[args.oracle]
     report = {"generator": name, "model": None if args.oracle == "truth" else str(args.model), "seed": args.seed,
               "steps": None if args.oracle else steps, "guidance": None if args.oracle else guidance,
@@ -146,7 +154,6 @@ def eval_command(args) -> None:
             report["splits"][split] = {"summary": result.summary, "clips": result.clips}
             for i, (item, videos, motion) in enumerate(result.examples):
                 write_gif(out / f"{kind}_{split}_{i}.gif", item, videos, motion)
-    path = out / (args.results or f"results_{kind}.json")
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    path = _write_report(args, report, f"results_{kind}.json")
     print(table({f"{name}, {split}": report["splits"][split]["summary"] for split in splits}))
     print(f"wrote {path}")
