@@ -93,6 +93,29 @@ def test_flow_loss_draws_the_conditions_it_is_told(samples, toy_vae, rest_probab
     assert prompts_kept.all() if text_drop == 0.0 else not prompts_kept.any()
 
 
+def test_flow_loss_weighs_the_pose_half_as_told(samples, toy_vae):
+    data = encode_samples(toy_vae, samples, torch.randn(len(samples), 32, 384), "cpu", frame_choices=2)
+    frames = data.video.shape[4] + 1  # per half: [condition, video frames]
+
+    def model_guessing(pose_value):  # zero flow for the RGB half, a constant for the pose half
+        def model(sequence, timestep, text, rays, return_dict):
+            out = torch.zeros_like(sequence)
+            out[:, :, :, frames:] = pose_value
+            return (out,)
+        return model
+
+    def loss(pose_value, pose_weight):
+        return flow_loss(model_guessing(pose_value), data, torch.tensor([0, 1, 2]), "multiview",
+                         torch.Generator().manual_seed(0), pose_weight=pose_weight).item()
+
+    assert loss(0.0, 0.0) == pytest.approx(loss(5.0, 0.0))  # weight 0: the pose half does not count
+    assert loss(5.0, 1.0) > loss(0.0, 1.0) + 1.0
+    # The weights keep a mean of 1: weight w gives (rgb + w pose) / (1 + w) of the halves' errors.
+    rgb, pose = loss(0.0, 0.0), loss(0.0, 1e9)
+    assert loss(0.0, 1.0) == pytest.approx((rgb + pose) / 2, rel=1e-5)
+    assert loss(0.0, 3.0) == pytest.approx((rgb + 3 * pose) / 4, rel=1e-5)
+
+
 def test_stages_train_their_own_parameters():
     model = AnimaXTransformer3DModel(**TOY_TRANSFORMER)
     joint = {id(p) for p in trainable_parameters(model, "joint")}

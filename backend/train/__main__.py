@@ -49,7 +49,7 @@ from backend.multi_gpu import turn_multicast_off
 
 from .latents import LatentSet, encode_samples, latent_stats, to_video
 from .loop import batch_part, save_loss_plot, train_stage
-from .stages import REST_TEMPLATE_PROBABILITY, TEXT_DROP, flow_loss, trainable_parameters, vae_loss
+from .stages import POSE_WEIGHT, REST_TEMPLATE_PROBABILITY, TEXT_DROP, flow_loss, trainable_parameters, vae_loss
 from .text import TextCache, build_text_cache
 
 DEFAULT_TEXT_CACHE = Path(__file__).with_name("text_cache.safetensors")
@@ -151,7 +151,7 @@ def train_diffusion(transformer, data: LatentSet, args, out: Path, deadline: flo
             generator.manual_seed(args.seed * 1_000_003 + step)
             index = torch.randint(len(data), (batch,), generator=generator, device=device)
             return flow_loss(model, data, index, stage, generator, part, args.rest_template_probability,
-                             args.text_drop)
+                             args.text_drop, args.pose_weight)
         return step_fn
 
     for name, steps, batch, lr in (("joint", args.joint_steps, args.batch, args.lr),
@@ -399,6 +399,8 @@ def main(argv: list[str] | None = None) -> None:
     stages.add_argument("--text-drop", type=float, default=TEXT_DROP,
                         help="share of samples trained without their prompt, for prompt guidance (default "
                              "%(default)s)")
+    stages.add_argument("--pose-weight", type=float, default=POSE_WEIGHT,
+                        help="weight of the pose half of the flow loss against the RGB half (default %(default)s)")
     run.add_argument("--deadline-min", type=float, default=0.0,
                      help="checkpoint and stop after this many minutes (0: no limit); --resume continues")
     args = parser.parse_args(argv)

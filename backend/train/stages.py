@@ -7,7 +7,8 @@ e - x_0, s shifted like the sampler's schedule) on the noisy frames of ``[c_rgb,
 x_pose]``; the image condition is the rest template or a frame of the clip, zeroed 20% of the time
 so that image classifier-free guidance has an unconditional branch to use. The prompt is zeroed
 10% of the time (independently), for the pipeline's optional guidance on the prompt; the paper
-drops only the image.
+drops only the image. ``pose_weight`` can weigh the pose half of the loss above the RGB half (the
+pose maps are what reconstruction reads); the weights keep a mean of 1, so 1 is the plain loss.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ STAGES = ("vae", "joint", "multiview")
 CONDITION_DROP = 0.2
 TEXT_DROP = 0.1
 REST_TEMPLATE_PROBABILITY = 0.5
+POSE_WEIGHT = 1.0
 POSE_COLOUR_WEIGHT = 10.0
 KL_WEIGHT = 1e-6
 
@@ -66,11 +68,12 @@ def trainable_parameters(model: AnimaXTransformer3DModel, stage: str) -> list[to
 
 def flow_loss(model, data: LatentSet, index: torch.Tensor, stage: str, generator: torch.Generator,
               part: slice = slice(None), rest_probability: float = REST_TEMPLATE_PROBABILITY,
-              text_drop: float = TEXT_DROP) -> torch.Tensor:
+              text_drop: float = TEXT_DROP, pose_weight: float = POSE_WEIGHT) -> torch.Tensor:
     """The flow-matching loss of samples ``index[part]``: one random view each in stage 1, all in stage 2.
 
     The image condition is the rest template with ``rest_probability``, else a frame of the clip;
-    the prompt is zeroed with ``text_drop``. The random choices are drawn for all of ``index``, so
+    the prompt is zeroed with ``text_drop``; the pose half's error weighs ``pose_weight`` times the
+    RGB half's. The random choices are drawn for all of ``index``, so
     that N data-parallel processes, each given its ``part``, draw exactly what one process draws
     for the whole batch."""
     device = data.video.device
@@ -98,4 +101,5 @@ def flow_loss(model, data: LatentSet, index: torch.Tensor, stage: str, generator
     text = data.text[index].float() * (draw(batch) >= text_drop).float().view(-1, 1, 1)
     flow = model(sequence[part], (sigma * 1000)[part], text[part], rays[part], return_dict=False)[0]
     flow = flow.unflatten(3, (2, -1))[:, :, :, :, 1:].permute(0, 3, 1, 2, 4, 5, 6)  # (B, 2, V, C, t, h, w)
-    return F.mse_loss(flow.float(), (noise - x0)[part])
+    halves = torch.tensor([1.0, pose_weight], device=device).view(1, 2, 1, 1, 1, 1, 1) * 2 / (1 + pose_weight)
+    return (halves * F.mse_loss(flow.float(), (noise - x0)[part], reduction="none")).mean()
