@@ -191,6 +191,10 @@ def test_tiny_keeps_a_trained_vae_and_reuses_its_cached_latents(dataset, tmp_pat
     assert "latents: reusing" in capsys.readouterr().out
     record = json.loads((second / "training.json").read_text())["sessions"][-1]
     assert record["finished"] and "dataset" not in record["seconds"] and record["data"]["clips"] == 2
+    joint_only = tmp_path / "joint-only"  # a stage of no steps is skipped, not trained with a schedule of 0
+    train.main(["run", "--out", str(joint_only), "--vae-from", str(first / "model"), *base, "--multiview-steps", "0"])
+    record = json.loads((joint_only / "training.json").read_text())["sessions"][-1]
+    assert record["finished"] and record["steps"] == {"joint": 3}
     with pytest.raises(SystemExit, match="config.json is missing"):
         train.main(["run", "--out", str(tmp_path / "third"), "--vae-from", str(tmp_path), *base])
     with pytest.raises(SystemExit, match="--vae-from keeps a trained VAE.*pass one or the other"):

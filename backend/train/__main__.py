@@ -143,6 +143,8 @@ def train_diffusion(transformer, data: LatentSet, args, out: Path, deadline: flo
     """Stages ``joint`` and ``multiview``; whether both finished before the deadline."""
     device = data.video.device
     generator = torch.Generator(device)
+    if args.compile:  # diffusers' regional compilation: each block compiles once, reused four (or 30) times
+        transformer.compile_repeated_blocks(fullgraph=True)
 
     def diffusion_step(stage, batch):
         part = batch_part(batch)
@@ -156,6 +158,8 @@ def train_diffusion(transformer, data: LatentSet, args, out: Path, deadline: flo
 
     for name, steps, batch, lr in (("joint", args.joint_steps, args.batch, args.lr),
                                    ("multiview", args.multiview_steps, args.multiview_batch, args.multiview_lr)):
+        if not steps:  # e.g. stage joint alone, to be followed by stage multiview in a later session
+            continue
         params = trainable_parameters(transformer, name)
         began = time.time()
         losses[name], done = train_stage(name, transformer, params, diffusion_step(name, batch), steps, lr,
@@ -401,6 +405,9 @@ def main(argv: list[str] | None = None) -> None:
                              "%(default)s)")
     stages.add_argument("--pose-weight", type=float, default=POSE_WEIGHT,
                         help="weight of the pose half of the flow loss against the RGB half (default %(default)s)")
+    stages.add_argument("--compile", action="store_true",
+                        help="compile the transformer's blocks with torch.compile: faster steps on a GPU once a "
+                             "compile of a minute or so is paid (benchmarks/tiny_training_gpu.py)")
     run.add_argument("--deadline-min", type=float, default=0.0,
                      help="checkpoint and stop after this many minutes (0: no limit); --resume continues")
     args = parser.parse_args(argv)
