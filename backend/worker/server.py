@@ -48,6 +48,7 @@ log = logging.getLogger("animax.worker")
 WORKER_VERSION = "0.1.0"
 BROKER_LIVENESS = 3  # heartbeats the broker may miss before the worker reconnects
 BROKER = b"broker"  # the broker's identity in the worker's tables (a DEALER sees no identities)
+FINAL_LINGER_MS = 1000  # how long closing waits for replies still queued in the socket
 
 
 def preset_body(preset: Preset) -> dict:
@@ -172,7 +173,9 @@ class Worker:
             self.stop()
             self._compute.join(timeout=30)
             self._flush_outbox()
-            self._socket.close(0)
+            # A moment's linger, so that the last replies (a job failed by the stop itself) leave
+            # before the socket goes; with 0 they are dropped whenever the stop comes first.
+            self._socket.close(FINAL_LINGER_MS)
             self._wake.close(0)
             if self._auth is not None:
                 self._auth.stop()
