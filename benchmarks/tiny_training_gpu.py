@@ -17,11 +17,15 @@ import time
 
 import torch
 
-from backend.model.presets import tiny_transformer
+from backend.model.presets import TINY, TINY_TRANSFORMER, TINY_VAE, tiny_transformer
 from backend.train.latents import LatentSet
 from backend.train.stages import flow_loss, trainable_parameters
 
-Z_DIM, FRAMES, SIDE, TEXT, VIEWS, SAMPLES = 16, 9, 16, 32, 4, 1024
+# The recipe's latent shapes, read from the presets so that the benchmark follows them.
+Z_DIM, TEXT, TEXT_DIM = TINY_VAE["z_dim"], TINY.max_sequence_length, TINY_TRANSFORMER["text_dim"]
+FRAMES = (TINY.num_frames - 1) // TINY_VAE["scale_factor_temporal"] + 1
+SIDE = TINY.size // TINY_VAE["scale_factor_spatial"]
+VIEWS, SAMPLES = 4, 1024
 
 
 def random_latents(device) -> LatentSet:
@@ -29,7 +33,7 @@ def random_latents(device) -> LatentSet:
     rand = lambda *shape: torch.randn(*shape, generator=g, device=device)  # noqa: E731
     return LatentSet(rand(SAMPLES, 2, VIEWS, Z_DIM, FRAMES, SIDE, SIDE).half(),
                      rand(SAMPLES, 4, 2, VIEWS, Z_DIM, 1, SIDE, SIDE).half(),
-                     rand(SAMPLES, TEXT, 384).half(), rand(VIEWS, 6, SIDE, SIDE))
+                     rand(SAMPLES, TEXT, TEXT_DIM).half(), rand(VIEWS, 6, SIDE, SIDE))
 
 
 def measure(compiled: bool, batch: int, steps: int, data: LatentSet) -> dict:
