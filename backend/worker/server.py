@@ -74,12 +74,13 @@ class Worker:
     """Serves jobs on ``address`` (a bound ROUTER), or for the broker at ``broker`` (a DEALER).
 
     With ``curve_secret`` and ``allow`` the ROUTER is a CurveZMQ server (then any TCP address is
-    allowed); it gets its own ZeroMQ context, since ZAP authentication is per context.
+    allowed). The worker owns its ZeroMQ context (ZAP authentication is per context) and ends it
+    when ``run`` returns, which waits until the last replies have left: a process may exit next.
     """
 
     def __init__(self, pipeline, address: str = DEFAULT_ADDRESS, *, queue_size: int = 8,
                  heartbeat_s: float = 1.0, liveness_s: float = 5.0, name: str = "animax-worker",
-                 preset: Preset = TINY, limits: Limits = Limits(), context: zmq.Context | None = None,
+                 preset: Preset = TINY, limits: Limits = Limits(),
                  broker: str | None = None, curve_secret: str | None = None, allow: str | None = None):
         curve = curve_secret is not None or allow is not None
         if curve and (curve_secret is None or allow is None):
@@ -92,7 +93,7 @@ class Worker:
         self.queue_size, self.heartbeat_s, self.liveness_s = queue_size, heartbeat_s, liveness_s
         self.name, self.preset, self.limits = name, preset, limits
         self.broker = broker
-        self._context = zmq.Context() if curve else (context or zmq.Context.instance())
+        self._context = zmq.Context()
         self._auth = None
         if broker is None:
             self._socket = self._context.socket(zmq.ROUTER)
@@ -179,6 +180,11 @@ class Worker:
             self._wake.close(0)
             if self._auth is not None:
                 self._auth.stop()
+            if self._compute.is_alive():  # stuck in a call: term() would wait for its socket forever
+                log.error("the compute thread did not stop within 30 s; leaving its socket open")
+            else:
+                # Only term() waits for the linger: without it, a process that exits right after
+                # (a view-parallel worker whose follower died) can drop the job's error reply.
                 self._context.term()
 
     # --- IO thread --------------------------------------------------------------------------------
