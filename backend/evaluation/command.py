@@ -68,6 +68,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                              "`--oracle vae`: after a round trip through the --model's VAE (the VAE's ceiling)")
     parser.add_argument("--classifier-clips", type=_at_least(50), default=2000,
                         help="ground-truth clips the action classifier learns from (default 2000)")
+    parser.add_argument("--classifier-families", choices=("all", "training"), default="all",
+                        help="families of those clips: all (default; the held-out ones too: the classifier "
+                             "measures, the model never sees them) or the training families alone")
+    parser.add_argument("--save-videos", metavar="DIR",
+                        help="keep each clip's generated pose-map videos in DIR, to score them again with --videos")
+    parser.add_argument("--videos", metavar="DIR",
+                        help="score the videos that --save-videos kept in DIR instead of generating (no model runs; "
+                             "the same --seed, and --count at most what was saved)")
     parser.add_argument("--prompt-effect", action="store_true",
                         help="instead of scoring: how far the prompt moves the model's motion against how far "
                              "the seed does, on --count clips a split (3 prompts x 2 seeds each)")
@@ -101,56 +109,90 @@ def _prompt_effect(args, make_generator) -> None:
     print(f"wrote {path}")
 
 
-def eval_command(args) -> None:
-    from backend.model.presets import TINY, WeightsError, load_tiny, make_scheduler
-
-    from .classifier import train_classifier
-    from .evaluate import evaluate, model_generator, oracle_generator, scoring_pool, vae_oracle_generator
-    from .gifs import write_gif
-
+def _check_combination(args) -> None:
     if args.prompt_effect and args.oracle:
         raise EvalError("--prompt-effect measures a model: the oracle's pose maps do not depend on the prompt")
+    if args.videos and (args.oracle or args.prompt_effect or args.save_videos):
+        raise EvalError("--videos scores saved videos: it goes with neither --oracle, --prompt-effect nor "
+                        "--save-videos")
+    if args.save_videos and args.prompt_effect:
+        raise EvalError("--save-videos keeps the videos of the clips it scores; --prompt-effect scores none")
+
+
+def _generator(args):
+    """The generator under test and what it is (``about``: the report's description of it)."""
+    from backend.model.presets import TINY, WeightsError, load_tiny, make_scheduler
+
+    from .evaluate import model_generator, oracle_generator, saved_generator, vae_oracle_generator
+
+    if args.videos:
+        try:
+            generate, about = saved_generator(args.videos)
+        except FileNotFoundError as exc:
+            raise EvalError(str(exc)) from None
+        return generate, dict(about, generator=f"{about['generator']}, saved in {args.videos}")
     steps = TINY.num_inference_steps if args.steps is None else args.steps
     guidance = TINY.guidance_scale if args.guidance is None else args.guidance
-    name, text_guidance = "oracle" if args.oracle == "truth" else "oracle through the VAE", None
+    about = {"generator": "oracle" if args.oracle == "truth" else "oracle through the VAE",
+             "kind": {None: "model", "truth": "oracle", "vae": "vae_oracle"}[args.oracle],
+             "model": None if args.oracle == "truth" else str(args.model), "steps": None, "guidance": None,
+             "text_guidance": None, "sampler": args.sampler, "guidance_end": None}
     if args.oracle != "truth":
         try:
             pipeline = load_tiny(args.model, text_encoder=args.text_cache is None and not args.oracle).to(args.device)
         except WeightsError as exc:
             raise EvalError(f"{exc}; --model takes a tiny model directory such as {DEFAULT_MODEL}") from None
     if args.oracle:
-        generate = oracle_generator if args.oracle == "truth" else vae_oracle_generator(pipeline)
-    else:
-        pipeline.scheduler = make_scheduler(args.sampler)
-        embed = None
-        if args.text_cache:
-            from backend.train.text import TextCache
+        return (oracle_generator if args.oracle == "truth" else vae_oracle_generator(pipeline)), about
+    pipeline.scheduler = make_scheduler(args.sampler)
+    embed = None
+    if args.text_cache:
+        from backend.train.text import TextCache
 
-            cache = TextCache(args.text_cache)
-            embed = lambda prompt: cache[[prompt]][:, :pipeline.config.max_sequence_length]  # noqa: E731
-        text_guidance = pipeline.config.text_guidance_scale if args.text_guidance is None else args.text_guidance
-        if args.prompt_effect:
-            _prompt_effect(args, lambda seed: model_generator(pipeline, steps, guidance, seed, text_guidance,
-                                                              args.guidance_end, embed))
-            return
-        generate = model_generator(pipeline, steps, guidance, args.seed, text_guidance, args.guidance_end, embed)
-        name = f"model ({steps} {args.sampler} steps, guidance {guidance:g}, prompt guidance {text_guidance:g}" + \
-            (f", guided until {args.guidance_end:.0%})" if args.guidance_end < 1 else ")")
-    print(f"training the action classifier on {args.classifier_clips} ground-truth clips", flush=True)
-    classifier = train_classifier(args.seed, args.classifier_clips)
+        cache = TextCache(args.text_cache)
+        embed = lambda prompt: cache[[prompt]][:, :pipeline.config.max_sequence_length]  # noqa: E731
+    text_guidance = pipeline.config.text_guidance_scale if args.text_guidance is None else args.text_guidance
+    about.update(steps=steps, guidance=guidance, text_guidance=text_guidance, guidance_end=args.guidance_end,
+                 generator=f"model ({steps} {args.sampler} steps, guidance {guidance:g}, prompt guidance "
+                           f"{text_guidance:g}" + (f", guided until {args.guidance_end:.0%})"
+                                                   if args.guidance_end < 1 else ")"))
+    make = lambda seed: model_generator(pipeline, steps, guidance, seed, text_guidance,  # noqa: E731
+                                        args.guidance_end, embed)
+    return (make if args.prompt_effect else make(args.seed)), about
+
+
+def eval_command(args) -> None:
+    from .classifier import CLASSIFIER_FAMILIES, train_classifier
+    from .evaluate import evaluate, saving_generator, scoring_pool
+    from .gifs import write_gif
+
+    _check_combination(args)
+    generate, about = _generator(args)
+    if args.prompt_effect:
+        _prompt_effect(args, generate)
+        return
+    if args.save_videos:
+        generate = saving_generator(generate, args.save_videos, about)
+    print(f"training the action classifier on {args.classifier_clips} ground-truth clips of "
+          f"{args.classifier_families} families", flush=True)
+    classifier = train_classifier(args.seed, args.classifier_clips, CLASSIFIER_FAMILIES[args.classifier_families])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     splits = _splits(args)
-    kind = {None: "model", "truth": "oracle", "vae": "vae_oracle"}[args.oracle]
-    report = {"generator": name, "model": None if args.oracle == "truth" else str(args.model), "seed": args.seed,
-              "steps": None if args.oracle else steps, "guidance": None if args.oracle else guidance,
-              "text_guidance": None if args.oracle else text_guidance, "sampler": args.sampler,
-              "guidance_end": None if args.oracle else args.guidance_end,
-              "classifier_clips": args.classifier_clips, "splits": {}}
+    name, kind = about["generator"], about["kind"]
+    report = {**{key: about[key] for key in ("generator", "model", "steps", "guidance", "text_guidance",
+                                             "sampler", "guidance_end")},
+              "seed": args.seed, "classifier_clips": args.classifier_clips,
+              "classifier_families": args.classifier_families, "splits": {}}
     with scoring_pool(args.processes, classifier) if args.processes > 1 else nullcontext() as pool:
         for split in splits:
-            result = evaluate(generate, args.count, args.seed, split, classifier, keep=args.gifs,
-                              log=lambda line: print(line, flush=True), pool=pool)
+            try:
+                result = evaluate(generate, args.count, args.seed, split, classifier, keep=args.gifs,
+                                  log=lambda line: print(line, flush=True), pool=pool)
+            except FileNotFoundError as exc:  # a clip that --videos lacks
+                if not args.videos:
+                    raise
+                raise EvalError(str(exc)) from None
             report["splits"][split] = {"summary": result.summary, "clips": result.clips}
             for i, (item, videos, motion) in enumerate(result.examples):
                 write_gif(out / f"{kind}_{split}_{i}.gif", item, videos, motion)

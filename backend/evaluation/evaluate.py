@@ -21,10 +21,13 @@ Splits: ``heldout-families`` draws creatures of families never trained on (many-
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -111,6 +114,50 @@ def vae_oracle_generator(pipeline) -> Generator:
     def generate(item: EvalItem) -> np.ndarray:
         return pipeline.decode(pipeline.encode_videos(item.pose_truth, pipeline.device))
     return generate
+
+
+GENERATOR_FILE = "generator.json"
+"""Beside saved videos: what generated them (a name and its settings)."""
+
+
+def clip_key(item: EvalItem) -> str:
+    """A file name for a clip that depends on the clip alone (its true pose maps), not on the split,
+    the position in it or the generator."""
+    return hashlib.sha1(item.pose_truth.tobytes()).hexdigest()[:16]
+
+
+def saving_generator(generate: Generator, folder: str | Path, about: dict) -> Generator:
+    """``generate``, keeping each clip's pose-map videos in ``folder`` (one ``.npz`` a clip, and
+    ``about`` the generator in GENERATOR_FILE), so that they can be scored again without the model
+    (:func:`saved_generator`): after a change of the reconstruction or the classifier, or on a CPU
+    machine after generating on a GPU one."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / GENERATOR_FILE).write_text(json.dumps(about, indent=1) + "\n")
+
+    def generate_and_keep(item: EvalItem) -> np.ndarray:
+        videos = generate(item)
+        np.savez_compressed(folder / f"{clip_key(item)}.npz", pose_videos=videos, prompt=item.prompt)
+        return videos
+    return generate_and_keep
+
+
+def saved_generator(folder: str | Path) -> tuple[Generator, dict]:
+    """The videos that :func:`saving_generator` kept in ``folder``, and what generated them. A clip
+    that has none is a FileNotFoundError naming it."""
+    folder = Path(folder)
+    about = folder / GENERATOR_FILE
+    if not about.is_file():
+        raise FileNotFoundError(f"{about} is missing: {folder} holds no videos saved by `animax eval --save-videos`")
+
+    def load(item: EvalItem) -> np.ndarray:
+        path = folder / f"{clip_key(item)}.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"no saved videos for the clip {item.prompt!r} ({path}); they are saved for "
+                                    "the --seed and the first --count clips of each split they were made with")
+        with np.load(path) as data:
+            return data["pose_videos"]
+    return load, json.loads(about.read_text())
 
 
 def _mean_acceleration(joints: np.ndarray, radius: float) -> float:
