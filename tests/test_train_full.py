@@ -202,6 +202,31 @@ def test_tiny_keeps_a_trained_vae_and_reuses_its_cached_latents(dataset, tmp_pat
                     *base])
 
 
+def test_tiny_trains_on_from_a_kept_transformer(dataset, tmp_path):
+    base = ["--dataset", str(dataset[0]), *STEPS]
+    first = tmp_path / "first"
+    train.main(["run", "--out", str(first), "--vae-steps", "2", "--vae-batch", "2", *base])
+    kept = load_file(first / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
+    source = ["--vae-from", str(first / "model"), "--transformer-from", str(first / "model")]
+
+    untouched = tmp_path / "untouched"  # no diffusion steps: the model written is the one kept
+    train.main(["run", "--out", str(untouched), *source, *base, "--joint-steps", "0", "--multiview-steps", "0"])
+    saved = load_file(untouched / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert kept.keys() == saved.keys() and all(torch.equal(kept[k], saved[k]) for k in kept)
+
+    further = tmp_path / "further"
+    train.main(["run", "--out", str(further), *source, *base])
+    trained = load_file(further / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(kept[k], trained[k]) for k in kept)
+    assert json.loads((further / "training.json").read_text())["sessions"][-1]["steps"] == {"joint": 3,
+                                                                                           "multiview": 2}
+    with pytest.raises(SystemExit, match="transformer.config.json is missing"):
+        train.main(["run", "--out", str(tmp_path / "nowhere"), "--transformer-from", str(tmp_path), *base])
+    with pytest.raises(SystemExit, match="latents of 16 channels, the VAE's have 4; give --vae-from"):
+        train.main(["run", "--out", str(tmp_path / "other-vae"), "--transformer-from", str(first / "model"),
+                    "--vae-z-dim", "4", "--vae-base-dim", "8", "--vae-steps", "1", "--vae-batch", "2", *base])
+
+
 def test_tiny_trains_only_a_vae_of_the_chosen_size_when_the_diffusion_stages_have_no_steps(dataset, tmp_path,
                                                                                           monkeypatch):
     path, samples = dataset

@@ -228,6 +228,21 @@ def train_tiny_vae(vae, args, samples: Samples, out: Path, device, precision: st
     return vae.to(device)
 
 
+def kept_transformer(model_dir: Path, z_dim: int) -> AnimaXTransformer3DModel:
+    """The trained transformer of a tiny model directory, for ``--transformer-from``: training goes on
+    from it (new stages, new data or switches) instead of from random weights."""
+    path = Path(model_dir) / "transformer"
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"--transformer-from {model_dir}: {path / 'config.json'} is missing; it takes a tiny model "
+                         f"directory written by training (e.g. backend/model/weights/tiny)")
+    transformer = AnimaXTransformer3DModel.from_pretrained(path, local_files_only=True)
+    if transformer.config.out_channels != z_dim:
+        raise SystemExit(f"--transformer-from {model_dir}: its transformer denoises latents of "
+                         f"{transformer.config.out_channels} channels, the VAE's have {z_dim}; give --vae-from the "
+                         "same directory")
+    return transformer
+
+
 def run_tiny(args, out: Path, device, precision: str, deadline: float, record: dict, losses: dict) -> bool:
     """Stage ``vae`` (unless ``--vae-from`` gives a trained one), then the diffusion stages on the
     dataset's latents, which are cached in ``OUT`` once the VAE is final. With ``--joint-steps 0
@@ -251,7 +266,10 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
         torch.manual_seed(args.seed)
         vae = AutoencoderKLWan(**tiny_vae_config(**size)).to(device)
     torch.manual_seed(args.seed)
-    transformer = tiny_transformer(vae.config.z_dim).to(device)
+    if args.transformer_from:
+        transformer = kept_transformer(args.transformer_from, vae.config.z_dim).to(device)
+    else:
+        transformer = tiny_transformer(vae.config.z_dim).to(device)
 
     def build() -> Samples:
         began = time.time()
@@ -386,6 +404,9 @@ def main(argv: list[str] | None = None) -> None:
                       help=f"frames per latent frame of the new VAE (default {TINY_VAE['scale_factor_temporal']})")
     tiny.add_argument("--vae-from", type=Path, help="a tiny model directory whose trained VAE to keep (skips "
                                                     "stage vae), e.g. backend/model/weights/tiny")
+    tiny.add_argument("--transformer-from", type=Path,
+                      help="a tiny model directory whose trained transformer the diffusion stages start from "
+                           "(instead of random weights; its VAE usually goes to --vae-from)")
     full = run.add_argument_group("full preset")
     full.add_argument("--wan", type=Path, help="local diffusers-format Wan2.1-T2V-1.3B directory")
     full.add_argument("--lora-rank", type=int, default=32, help="rank (and alpha) of the LoRA on the base blocks")

@@ -128,13 +128,16 @@ def train_stage(
 
 
 def save_loss_plot(losses: dict[str, list[float]], path: Path) -> None:
-    """One panel per stage: the raw loss and its 100-step moving average, log scale."""
+    """One panel per stage: the raw loss and its 100-step moving average, log scale. A session that
+    trained no step writes none (and keeps an earlier session's plot)."""
+    stages = [s for s in losses if losses[s]]
+    if not stages:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stages = [s for s in losses if losses[s]]
     fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3.2), squeeze=False)
     for ax, stage in zip(axes[0], stages):
         values = torch.tensor(losses[stage])
