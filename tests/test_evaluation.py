@@ -19,6 +19,7 @@ from backend.evaluation.evaluate import (
     evaluate,
     model_generator,
     oracle_generator,
+    placement_2d,
     scoring_pool,
     vae_oracle_generator,
 )
@@ -97,6 +98,9 @@ def test_oracle_scores_the_reconstruction_ceiling(classifier, tmp_path):
     assert s["bone_drift_pct"] < 1.0
     assert s["mpjpe_pct"] < 5.0
     assert 0.5 < s["smoothness"] < 3.0  # reconstruction noise adds a little acceleration
+    # clean maps: covered discs go unfound (many-legged rigs lose about half a view's joints), none
+    # is mistaken for another
+    assert s["placed_2d"] > 0.5 and s["misplaced_2d"] < 0.005
     item, videos, motion = result.examples[0]
     path = write_gif(tmp_path / "clip.gif", item, videos, motion)
     with Image.open(path) as gif:
@@ -161,6 +165,20 @@ def test_vae_oracle_is_the_truth_blurred_by_the_shipped_vae():
     error = np.abs(videos - truth)
     # measured: 28 of 126 grey levels on the joints' and bones' pixels, 1.4 on the background
     assert 5 < error[coloured].mean() < 0.4 * truth[coloured].mean() and error[~coloured].mean() < 4
+
+
+def test_2d_placement_counts_joints_near_and_far_from_their_true_projection():
+    item = draw_items(1, 0, "heldout-proportions")[0]
+    truth, _ = item.cameras.project(item.cameras.to_normalized(item.clip.joints))  # (V, T, J, 2)
+    assert placement_2d(item, truth + 0.5) == (1.0, 0.0)  # within a radius (2 px at 64 px)
+    moved = truth.copy()
+    moved[:2] += [3.0, 0.0]  # half the views a radius and a half off: neither near nor far
+    moved[2, :, :] = np.nan  # a view where nothing was found
+    moved[3, ::2] += [0.0, 4.5]  # every other frame of the last view another joint's distance off
+    placed, misplaced = placement_2d(item, moved)
+    frames = truth.shape[1]
+    assert misplaced == pytest.approx(len(range(0, frames, 2)) / frames / 4)
+    assert placed == pytest.approx(len(range(1, frames, 2)) / frames / 4)
 
 
 def test_unknown_split_is_refused(classifier):

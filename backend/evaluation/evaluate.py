@@ -9,6 +9,10 @@ pose-map videos; the worker's reconstruction turns them into a 3D motion, which 
 - multi-view consistency: mean reprojection error (px) of the triangulated joints, over the joints
   the 2D detector found in some view (the share found is reported beside it), and bone-length
   drift (std / mean of each bone's triangulated length over time, in %);
+- 2D placement: the share of the per-view 2D joints found within a disc radius of the true
+  joint's projection, and the share found two radii or more away (another joint's colour). For the
+  oracles it measures the VAE's blur and the detector; for a model it also holds how far the
+  motion is from this particular truth (as MPJPE does);
 - smoothness: mean joint acceleration of the reconstructed motions over that of the ground truth
   of the same clips (1 = as smooth as the truth, larger = jittery);
 - MPJPE: mean joint distance to the ground-truth motion in % of the rig's radius (informative
@@ -35,7 +39,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from animax_addon.core.cameras import CameraRig, make_camera_rig
-from animax_addon.core.pose_maps import render_pose_maps
+from animax_addon.core.pose_maps import disc_radius, render_pose_maps
 from backend.data.motions import Clip, sample_clip
 from backend.data.render import appearance, render_rgb
 from backend.model.presets import TINY
@@ -171,15 +175,28 @@ def bone_length_drift(joints: np.ndarray, joint_parents: np.ndarray) -> float:
     return float(100 * (lengths.std(axis=0) / np.maximum(lengths.mean(axis=0), 1e-9)).mean())
 
 
+def placement_2d(item: EvalItem, detected: np.ndarray) -> tuple[float, float]:
+    """Shares of the (view, frame, joint) triples whose 2D joint was found within a disc radius of
+    where the true joint projects, and found two radii or more away from it (a colour taken for
+    another joint's). The rest were not found or lie in between."""
+    true_pixels, _ = item.cameras.project(item.cameras.to_normalized(item.clip.joints))
+    with np.errstate(invalid="ignore"):
+        distance = np.linalg.norm(detected - true_pixels, axis=-1)  # NaN where not found
+    radius = disc_radius(item.cameras.width)
+    return float((distance < radius).mean()), float((distance >= 2 * radius).mean())
+
+
 def score(item: EvalItem, result: Reconstruction, classifier) -> dict:
     """The metrics of one clip (see the module doc)."""
     clip, rig = item.clip, item.clip.creature.rig
     radius = rig.bounding_sphere()[1]
     label = predict(classifier, result.joints, rig)
     seen = np.isfinite(result.reprojection_error)  # joints two views detected
+    placed, misplaced = placement_2d(item, result.detected)
     return {
         "family": clip.creature.family, "motion": clip.motion, "prompt": clip.prompt, "predicted": label,
         "correct": label == clip.motion, "detected": float(seen.mean()),
+        "placed_2d": placed, "misplaced_2d": misplaced,
         "reprojection_px": float(result.reprojection_error[seen].mean()) if seen.any() else None,
         "bone_drift_pct": bone_length_drift(result.triangulated, rig.joint_parents),
         "acceleration": _mean_acceleration(result.joints, radius),
@@ -200,6 +217,7 @@ def summarise(clips: list[dict]) -> dict:
 
     return {
         "clips": len(clips), "accuracy": mean("correct"), "detected": mean("detected"),
+        "placed_2d": mean("placed_2d"), "misplaced_2d": mean("misplaced_2d"),
         "reprojection_px": mean("reprojection_px"),
         "bone_drift_pct": mean("bone_drift_pct"), "smoothness": mean("acceleration") / mean("truth_acceleration"),
         "mpjpe_pct": mean("mpjpe_pct"), "confidence": mean("confidence"),

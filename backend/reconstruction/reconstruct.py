@@ -36,6 +36,7 @@ class Reconstruction:
     confidence: np.ndarray  # (T, J) in [0, 1]
     reprojection_error: np.ndarray  # (T, J) pixels, NaN where no view saw the joint
     triangulated: np.ndarray  # (T, J, 3) the triangulated joints IK was fitted to (diagnostic)
+    detected: np.ndarray  # (V, T, J, 2) the 2D joints found in each view, NaN where none (diagnostic)
     joint_names: list[str]
     bone_names: list[str]
     root: int  # index of the first root bone
@@ -91,6 +92,7 @@ def reconstruct(rig: Rig, cameras: CameraRig, images: np.ndarray, smoothing: flo
         confidence=joint_confidence(seen, error, disc_radius(cameras.width)),
         reprojection_error=error,
         triangulated=triangulated,
+        detected=pixels,
         joint_names=list(rig.joint_names),
         bone_names=rig.bone_names,
         root=int(rig.roots[0]),
