@@ -73,11 +73,12 @@ def test_serves_through_the_broker_and_restarts_a_killed_worker():
         while True:
             try:
                 with Client(address, timeout_s=3.0) as client:
-                    if client.hello()["preset"]["size"] == SIZE:
-                        break
+                    welcome = client.hello()
+                break
             except (WorkerUnavailable, ProtocolError):  # broker not up yet / no worker connected yet
                 assert time.monotonic() < deadline, "the served address never answered"
                 time.sleep(0.5)
+        assert welcome["preset"]["size"] == SIZE
         assert run_job(address) == MessageType.RESULT
         victim = supervisor.workers[0]
         old_pid = victim.popen.pid
