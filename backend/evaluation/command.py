@@ -145,6 +145,7 @@ def _generator(args):
     if args.oracle:
         return (oracle_generator if args.oracle == "truth" else vae_oracle_generator(pipeline)), about
     pipeline.scheduler = make_scheduler(args.sampler)
+    pipeline.set_progress_bar_config(disable=True)  # a line a clip says how far it is; bars per clip clutter logs
     embed = None
     if args.text_cache:
         from backend.train.text import TextCache
