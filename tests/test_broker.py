@@ -108,10 +108,14 @@ def test_sixteen_clients_two_workers_fair_bounded(make_broker):
 
         results = {}
 
-        def wait(i, job):
-            results[job] = list(clients[i].events(job))[-1].type
+        def wait(i, jobs):
+            for job in jobs:  # one thread a client: a ZeroMQ socket must never be used by two threads
+                results[job] = list(clients[i].events(job))[-1].type
 
-        threads = [threading.Thread(target=wait, args=item) for item in plan]
+        jobs_of = {}
+        for i, job in plan:
+            jobs_of.setdefault(i, []).append(job)
+        threads = [threading.Thread(target=wait, args=item) for item in jobs_of.items()]
         for thread in threads:
             thread.start()
         for job in ("block0", "block1"):
