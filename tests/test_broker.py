@@ -191,7 +191,17 @@ def test_worker_rejoins_a_restarted_broker(make_broker, pipelines):
     backend = first.backend
     first.stop()
     wait_for(lambda: first._backend.closed)
-    second = Broker("tcp://127.0.0.1:*", backend, heartbeat_s=0.2)
+    second = None
+
+    def restarted() -> bool:  # libzmq frees a closed socket's address a moment later, in its I/O thread
+        nonlocal second
+        try:
+            second = Broker("tcp://127.0.0.1:*", backend, heartbeat_s=0.2)
+        except zmq.ZMQError:
+            return False
+        return True
+
+    wait_for(restarted, timeout=5)
     thread = threading.Thread(target=second.run, daemon=True)
     thread.start()
     try:
