@@ -228,13 +228,19 @@ def train_tiny_vae(vae, args, samples: Samples, out: Path, device, precision: st
     return vae.to(device)
 
 
+def trained_part(flag: str, model_dir: Path, part: str) -> Path:
+    """``model_dir / part`` of a tiny model directory given to ``flag``; a clear stop when it is not one."""
+    path = Path(model_dir) / part
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"{flag} {model_dir}: {path / 'config.json'} is missing; it takes a tiny model "
+                         f"directory written by training (e.g. backend/model/weights/tiny)")
+    return path
+
+
 def kept_transformer(model_dir: Path, z_dim: int) -> AnimaXTransformer3DModel:
     """The trained transformer of a tiny model directory, for ``--transformer-from``: training goes on
     from it (new stages, new data or switches) instead of from random weights."""
-    path = Path(model_dir) / "transformer"
-    if not (path / "config.json").is_file():
-        raise SystemExit(f"--transformer-from {model_dir}: {path / 'config.json'} is missing; it takes a tiny model "
-                         f"directory written by training (e.g. backend/model/weights/tiny)")
+    path = trained_part("--transformer-from", model_dir, "transformer")
     transformer = AnimaXTransformer3DModel.from_pretrained(path, local_files_only=True)
     if transformer.config.out_channels != z_dim:
         raise SystemExit(f"--transformer-from {model_dir}: its transformer denoises latents of "
@@ -248,10 +254,7 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
     dataset's latents, which are cached in ``OUT`` once the VAE is final. With ``--joint-steps 0
     --multiview-steps 0`` only the VAE trains (to score it with ``animax eval --oracle vae``)."""
     text_cache = TextCache(args.text_cache)
-    vae_dir = Path(args.vae_from) / "vae" if args.vae_from else out / "vae"
-    if args.vae_from and not (vae_dir / "config.json").is_file():
-        raise SystemExit(f"--vae-from {args.vae_from}: {vae_dir / 'config.json'} is missing; it takes a tiny model "
-                         f"directory written by training (e.g. backend/model/weights/tiny)")
+    vae_dir = trained_part("--vae-from", args.vae_from, "vae") if args.vae_from else out / "vae"
     given = (("base_dim", args.vae_base_dim), ("z_dim", args.vae_z_dim),
              ("temporal_compression", args.vae_temporal_compression))
     size = {key: value for key, value in given if value is not None}
