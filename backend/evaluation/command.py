@@ -123,12 +123,12 @@ def _generator(args):
     """The generator under test and what it is (``about``: the report's description of it)."""
     from backend.model.presets import TINY, WeightsError, load_tiny, make_scheduler
 
-    from .evaluate import model_generator, oracle_generator, saved_generator, vae_oracle_generator
+    from .evaluate import SavedVideosMissing, model_generator, oracle_generator, saved_generator, vae_oracle_generator
 
     if args.videos:
         try:
             generate, about = saved_generator(args.videos)
-        except FileNotFoundError as exc:
+        except SavedVideosMissing as exc:
             raise EvalError(str(exc)) from None
         return generate, dict(about, generator=f"{about['generator']}, saved in {args.videos}")
     steps = TINY.num_inference_steps if args.steps is None else args.steps
@@ -164,7 +164,7 @@ def _generator(args):
 
 def eval_command(args) -> None:
     from .classifier import CLASSIFIER_FAMILIES, train_classifier
-    from .evaluate import evaluate, saving_generator, scoring_pool
+    from .evaluate import SavedVideosMissing, evaluate, saving_generator, scoring_pool
     from .gifs import write_gif
 
     _check_combination(args)
@@ -190,9 +190,7 @@ def eval_command(args) -> None:
             try:
                 result = evaluate(generate, args.count, args.seed, split, classifier, keep=args.gifs,
                                   log=lambda line: print(line, flush=True), pool=pool)
-            except FileNotFoundError as exc:  # a clip that --videos lacks
-                if not args.videos:
-                    raise
+            except SavedVideosMissing as exc:  # a clip that --videos lacks
                 raise EvalError(str(exc)) from None
             report["splits"][split] = {"summary": result.summary, "clips": result.clips}
             for i, (item, videos, motion) in enumerate(result.examples):

@@ -124,6 +124,10 @@ GENERATOR_FILE = "generator.json"
 """Beside saved videos: what generated them (a name and its settings)."""
 
 
+class SavedVideosMissing(FileNotFoundError):
+    """A folder or a clip that :func:`saved_generator` has no videos for; the text names it."""
+
+
 def clip_key(item: EvalItem) -> str:
     """A file name for a clip that depends on the clip alone (its true pose maps), not on the split,
     the position in it or the generator."""
@@ -148,16 +152,16 @@ def saving_generator(generate: Generator, folder: str | Path, about: dict) -> Ge
 
 def saved_generator(folder: str | Path) -> tuple[Generator, dict]:
     """The videos that :func:`saving_generator` kept in ``folder``, and what generated them. A clip
-    that has none is a FileNotFoundError naming it."""
+    that has none is a :class:`SavedVideosMissing` naming it."""
     folder = Path(folder)
     about = folder / GENERATOR_FILE
     if not about.is_file():
-        raise FileNotFoundError(f"{about} is missing: {folder} holds no videos saved by `animax eval --save-videos`")
+        raise SavedVideosMissing(f"{about} is missing: {folder} holds no videos saved by `animax eval --save-videos`")
 
     def load(item: EvalItem) -> np.ndarray:
         path = folder / f"{clip_key(item)}.npz"
         if not path.is_file():
-            raise FileNotFoundError(f"no saved videos for the clip {item.prompt!r} ({path}); they are saved for "
+            raise SavedVideosMissing(f"no saved videos for the clip {item.prompt!r} ({path}); they are saved for "
                                     "the --seed and the first --count clips of each split they were made with")
         with np.load(path) as data:
             return data["pose_videos"]
