@@ -21,6 +21,7 @@ from backend.evaluation.evaluate import (
     oracle_generator,
     placement_2d,
     scoring_pool,
+    summarise_families,
     vae_oracle_generator,
 )
 from backend.evaluation.features import motion_features
@@ -108,6 +109,22 @@ def test_oracle_scores_the_reconstruction_ceiling(classifier, tmp_path):
         assert gif.n_frames == len(item.clip.joints)
         assert gif.width > gif.height
     assert path.stat().st_size < 300_000
+
+
+def test_each_family_is_summarised_with_the_labels_it_was_read_as():
+    def row(family, motion, predicted):
+        return {"family": family, "motion": motion, "predicted": predicted, "correct": motion == predicted,
+                "detected": 1.0, "placed_2d": 1.0, "misplaced_2d": 0.0, "reprojection_px": 1.0,
+                "bone_drift_pct": 0.0, "acceleration": 1.0, "truth_acceleration": 1.0, "mpjpe_pct": 1.0,
+                "confidence": 1.0}
+
+    clips = [row("laptop", "spin", "close"), row("laptop", "open", "close"), row("laptop", "close", "close"),
+             row("many_legged", "spin", "spin"), row("many_legged", "walk", "spin")]
+    families = summarise_families(clips)
+    assert list(families) == ["laptop", "many_legged"]
+    assert families["laptop"]["clips"] == 3 and families["laptop"]["accuracy"] == pytest.approx(1 / 3)
+    assert families["laptop"]["predicted"] == {"close": 3}
+    assert families["many_legged"]["accuracy"] == 0.5 and families["many_legged"]["predicted"] == {"spin": 2}
 
 
 def test_a_random_tiny_model_runs_through_evaluate(classifier):
@@ -235,6 +252,9 @@ def test_saved_videos_score_again_as_they_scored_when_made(tmp_path):
     eval_command(_parse_eval("--videos", str(saved), "--out", str(tmp_path / "b"), *common))
     again = json.loads((tmp_path / "b" / "results_vae_oracle.json").read_text())
     assert again["splits"] == first["splits"]
+    families = first["splits"]["heldout-families"]["families"]
+    assert sum(f["clips"] for f in families.values()) == 2
+    assert sum(sum(f["predicted"].values()) for f in families.values()) == 2
     assert again["generator"] == f"oracle through the VAE, saved in {saved}"
     assert again["model"] == first["model"] and again["classifier_families"] == "all"
     # The VAE's round trip changes the videos: what was scored again is what was saved, not the truth.

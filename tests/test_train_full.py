@@ -227,6 +227,40 @@ def test_tiny_trains_on_from_a_kept_transformer(dataset, tmp_path):
                     "--vae-z-dim", "4", "--vae-base-dim", "8", "--vae-steps", "1", "--vae-batch", "2", *base])
 
 
+def test_tiny_fine_tunes_a_kept_vaes_decoder_alone(dataset, tmp_path):
+    """--vae-decoder-steps: the decoder moves, the encoder and the latent statistics stay (the latents a
+    transformer learned keep their meaning), and a resumed run reuses the finished stage."""
+    base = ["--dataset", str(dataset[0]), "--joint-steps", "0", "--multiview-steps", "0"]
+    first = tmp_path / "first"
+    train.main(["run", "--out", str(first), "--vae-steps", "1", "--vae-batch", "2", *base])
+    kept_dir = first / "model" / "vae"
+    kept = load_file(kept_dir / "diffusion_pytorch_model.safetensors")
+
+    second = tmp_path / "second"
+    argv = ["run", "--out", str(second), "--vae-from", str(first / "model"), "--vae-decoder-steps", "2",
+            "--vae-batch", "2", "--vae-lr", "1e-2", *base]
+    train.main(argv)
+    tuned = load_file(second / "model" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert kept.keys() == tuned.keys()
+    encoder = [k for k in kept if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in kept if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder and decoder and len(encoder) + len(decoder) == len(kept)
+    assert all(torch.equal(kept[k], tuned[k]) for k in encoder)
+    assert any(not torch.equal(kept[k], tuned[k]) for k in decoder)
+    config = lambda d: json.loads((d / "config.json").read_text())  # noqa: E731
+    assert config(second / "model" / "vae")["latents_mean"] == config(kept_dir)["latents_mean"]
+    record = json.loads((second / "training.json").read_text())["sessions"][-1]
+    assert record["finished"] and record["steps"] == {"decoder": 2}
+
+    train.main(argv + ["--resume"])  # the stage finished: its VAE is OUT/vae, nothing trains again
+    record = json.loads((second / "training.json").read_text())["sessions"][-1]
+    assert record["finished"] and record["steps"] == {} and "dataset" not in record["seconds"]
+    again = load_file(second / "model" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(tuned[k], again[k]) for k in tuned)
+    with pytest.raises(SystemExit, match="--vae-decoder-steps fine-tunes the decoder of a kept VAE"):
+        train.main(["run", "--out", str(tmp_path / "third"), "--vae-decoder-steps", "2", *base])
+
+
 def test_tiny_trains_only_a_vae_of_the_chosen_size_when_the_diffusion_stages_have_no_steps(dataset, tmp_path,
                                                                                           monkeypatch):
     path, samples = dataset

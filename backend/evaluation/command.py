@@ -192,9 +192,15 @@ def eval_command(args) -> None:
                                   log=lambda line: print(line, flush=True), pool=pool)
             except SavedVideosMissing as exc:  # a clip that --videos lacks
                 raise EvalError(str(exc)) from None
-            report["splits"][split] = {"summary": result.summary, "clips": result.clips}
+            report["splits"][split] = {"summary": result.summary, "families": result.families, "clips": result.clips}
             for i, (item, videos, motion) in enumerate(result.examples):
                 write_gif(out / f"{kind}_{split}_{i}.gif", item, videos, motion)
     path = _write_report(args, report, f"results_{kind}.json")
     print(table({f"{name}, {split}": report["splits"][split]["summary"] for split in splits}))
+    families = {(split, family): summary for split in splits
+                for family, summary in report["splits"][split]["families"].items()}
+    print("\nper family:\n" + table({f"{split}, {family}": s for (split, family), s in families.items()}))
+    for (split, family), summary in families.items():
+        labels = ", ".join(f"{label} {n}" for label, n in summary["predicted"].items())
+        print(f"{split}, {family}: read as {labels}")
     print(f"wrote {path}")

@@ -29,6 +29,7 @@ import hashlib
 import json
 import multiprocessing
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,11 +229,26 @@ def summarise(clips: list[dict]) -> dict:
     }
 
 
+def summarise_families(clips: list[dict]) -> dict[str, dict]:
+    """:func:`summarise` per family, each with how often each label was predicted: a split's mean
+    can hide a family the model never gets right, and the labels say what it does instead."""
+    families = {}
+    for family in sorted({c["family"] for c in clips}):
+        rows = [c for c in clips if c["family"] == family]
+        predicted = Counter(c["predicted"] for c in rows)
+        families[family] = {**summarise(rows), "predicted": dict(predicted.most_common())}
+    return families
+
+
 @dataclass
 class SplitResult:
     summary: dict
     clips: list[dict]
     examples: list[tuple[EvalItem, np.ndarray, Reconstruction]] = field(default_factory=list)
+
+    @property
+    def families(self) -> dict[str, dict]:
+        return summarise_families(self.clips)
 
 
 def reconstruct_and_score(item: EvalItem, videos: np.ndarray, classifier) -> tuple[Reconstruction, dict]:

@@ -191,9 +191,18 @@ def tiny_samples(args, vae, transformer, text_cache: TextCache, device) -> Sampl
 
 
 def train_tiny_vae(vae, args, samples: Samples, out: Path, device, precision: str, deadline: float, record: dict,
-                   losses: dict):
+                   losses: dict, decoder_only: bool = False):
     """Stage ``vae`` (on ``vae``, on the device) on single views of both modalities; the trained VAE
-    (with its latent statistics) goes to ``OUT/vae`` when the stage finishes, else None."""
+    (with its latent statistics) goes to ``OUT/vae`` when the stage finishes, else None.
+
+    ``decoder_only`` (``--vae-decoder-steps``) is stage ``decoder``: the encoder is frozen and the latent
+    statistics stay, so the latents a transformer learned on this VAE mean what they meant; only how
+    they are drawn back into pixels improves.
+    """
+    stage, steps = ("decoder", args.vae_decoder_steps) if decoder_only else ("vae", args.vae_steps)
+    if decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
     videos = {m: torch.from_numpy(getattr(samples, m)).to(device) for m in ("rgb", "pose")}
     n, views = samples.rgb.shape[:2]
     part = batch_part(args.vae_batch)
@@ -214,13 +223,15 @@ def train_tiny_vae(vae, args, samples: Samples, out: Path, device, precision: st
         return vae_loss(model, to_video(pick, device), is_pose)
 
     began = time.time()
-    losses["vae"], finished = train_stage("vae", vae, list(vae.parameters()), vae_step, args.vae_steps, args.vae_lr,
-                                          out / "checkpoints" / "vae", deadline, mixed_precision=precision)
-    record["seconds"]["vae"] = time.time() - began
+    trainable = [p for p in vae.parameters() if p.requires_grad]
+    losses[stage], finished = train_stage(stage, vae, trainable, vae_step, steps, args.vae_lr,
+                                          out / "checkpoints" / stage, deadline, mixed_precision=precision)
+    record["seconds"][stage] = time.time() - began
     if not finished:
         return None
-    mean, std = latent_stats(vae, samples, device)
-    vae.register_to_config(latents_mean=mean, latents_std=std)
+    if not decoder_only:
+        mean, std = latent_stats(vae, samples, device)
+        vae.register_to_config(latents_mean=mean, latents_std=std)
     state = PartialState()
     if state.is_main_process:
         vae.cpu().save_pretrained(out / "vae", safe_serialization=True)
@@ -250,21 +261,27 @@ def kept_transformer(model_dir: Path, z_dim: int) -> AnimaXTransformer3DModel:
 
 
 def run_tiny(args, out: Path, device, precision: str, deadline: float, record: dict, losses: dict) -> bool:
-    """Stage ``vae`` (unless ``--vae-from`` gives a trained one), then the diffusion stages on the
+    """Stage ``vae`` (unless ``--vae-from`` gives a trained one; stage ``decoder`` fine-tunes that one's
+    decoder when ``--vae-decoder-steps`` asks), then the diffusion stages on the
     dataset's latents, which are cached in ``OUT`` once the VAE is final. With ``--joint-steps 0
     --multiview-steps 0`` only the VAE trains (to score it with ``animax eval --oracle vae``)."""
     text_cache = TextCache(args.text_cache)
-    vae_dir = trained_part("--vae-from", args.vae_from, "vae") if args.vae_from else out / "vae"
+    kept_vae = trained_part("--vae-from", args.vae_from, "vae") if args.vae_from else None
+    # This run's own VAE (new, or the kept one with its decoder fine-tuned) is OUT/vae once its stage ends.
+    vae_dir = kept_vae if kept_vae and not args.vae_decoder_steps else out / "vae"
     given = (("base_dim", args.vae_base_dim), ("z_dim", args.vae_z_dim),
              ("temporal_compression", args.vae_temporal_compression))
     size = {key: value for key, value in given if value is not None}
     if args.vae_from and size:
         raise SystemExit("--vae-from keeps a trained VAE, and --vae-base-dim / --vae-z-dim / "
                          "--vae-temporal-compression describe a new one: pass one or the other")
+    if args.vae_decoder_steps and not args.vae_from:
+        raise SystemExit("--vae-decoder-steps fine-tunes the decoder of a kept VAE: give --vae-from too (a new "
+                         "VAE trains whole in stage vae, --vae-steps)")
     source = file_key(args.dataset) if args.dataset else dict(procedural=args.samples, seed=args.seed)
     trained = (vae_dir / "config.json").is_file()
-    if trained:
-        vae = AutoencoderKLWan.from_pretrained(vae_dir, local_files_only=True).to(device)
+    if trained or kept_vae:
+        vae = AutoencoderKLWan.from_pretrained(vae_dir if trained else kept_vae, local_files_only=True).to(device)
     else:
         torch.manual_seed(args.seed)
         vae = AutoencoderKLWan(**tiny_vae_config(**size)).to(device)
@@ -290,7 +307,8 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
     samples = None
     if not trained:  # the dataset's size checks use the new VAE's config
         samples = build()
-        vae = train_tiny_vae(vae, args, samples, out, device, precision, deadline, record, losses)
+        vae = train_tiny_vae(vae, args, samples, out, device, precision, deadline, record, losses,
+                             decoder_only=kept_vae is not None)
         if vae is None:
             return False
     finished = True
@@ -351,7 +369,8 @@ def run_main(args) -> None:
     turn_multicast_off()  # before the process group starts
     # Alone, or one of the processes of `accelerate launch` / torchrun; the first state fixes the device.
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)
-    for flag in ["batch", "multiview_batch"] + (["vae_batch"] if args.preset == "tiny" and not args.vae_from else []):
+    trains_vae = args.preset == "tiny" and (not args.vae_from or args.vae_decoder_steps)
+    for flag in ["batch", "multiview_batch"] + (["vae_batch"] if trains_vae else []):
         batch_part(getattr(args, flag), "--" + flag.replace("_", "-"))  # stop now, not after the dataset
     device = state.device if state.device.type == "cuda" else torch.device("cpu")  # not "cpu:N": torch.load refuses it
     precision = "bf16" if device.type == "cuda" else "no"
@@ -407,6 +426,10 @@ def main(argv: list[str] | None = None) -> None:
                       help=f"frames per latent frame of the new VAE (default {TINY_VAE['scale_factor_temporal']})")
     tiny.add_argument("--vae-from", type=Path, help="a tiny model directory whose trained VAE to keep (skips "
                                                     "stage vae), e.g. backend/model/weights/tiny")
+    tiny.add_argument("--vae-decoder-steps", type=int, default=0,
+                      help="with --vae-from: fine-tune the kept VAE's decoder alone for this many steps "
+                           "(--vae-batch, --vae-lr); the encoder stays, so a transformer trained on its latents "
+                           "still fits (default 0: keep the VAE as it is)")
     tiny.add_argument("--transformer-from", type=Path,
                       help="a tiny model directory whose trained transformer the diffusion stages start from "
                            "(instead of random weights; its VAE usually goes to --vae-from)")
