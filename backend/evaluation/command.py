@@ -197,10 +197,9 @@ def eval_command(args) -> None:
                 write_gif(out / f"{kind}_{split}_{i}.gif", item, videos, motion)
     path = _write_report(args, report, f"results_{kind}.json")
     print(table({f"{name}, {split}": report["splits"][split]["summary"] for split in splits}))
-    families = {(split, family): summary for split in splits
+    families = {f"{split}, {family}": summary for split in splits
                 for family, summary in report["splits"][split]["families"].items()}
-    print("\nper family:\n" + table({f"{split}, {family}": s for (split, family), s in families.items()}))
-    for (split, family), summary in families.items():
-        labels = ", ".join(f"{label} {n}" for label, n in summary["predicted"].items())
-        print(f"{split}, {family}: read as {labels}")
+    print("\nper family:\n" + table(families))
+    for row, summary in families.items():
+        print(f"{row}: read as " + ", ".join(f"{label} {n}" for label, n in summary["predicted"].items()))
     print(f"wrote {path}")

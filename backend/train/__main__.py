@@ -280,8 +280,9 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
                          "VAE trains whole in stage vae, --vae-steps)")
     source = file_key(args.dataset) if args.dataset else dict(procedural=args.samples, seed=args.seed)
     trained = (vae_dir / "config.json").is_file()
-    if trained or kept_vae:
-        vae = AutoencoderKLWan.from_pretrained(vae_dir if trained else kept_vae, local_files_only=True).to(device)
+    start = vae_dir if trained else kept_vae  # a finished VAE, or the kept one whose decoder trains next
+    if start:
+        vae = AutoencoderKLWan.from_pretrained(start, local_files_only=True).to(device)
     else:
         torch.manual_seed(args.seed)
         vae = AutoencoderKLWan(**tiny_vae_config(**size)).to(device)
