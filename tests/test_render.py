@@ -45,11 +45,12 @@ def test_nearer_capsule_hides_farther_one():
     assert front[0] > 200 and front[1] < 10
 
 
-def test_batched_dataset_renders_equal_single_renders(tmp_path):
-    samples = build_samples(3, seed=5, size=32, frames=5, render_batch=2)
+@pytest.mark.parametrize("rest_variety", [0.0, 1.0])
+def test_batched_dataset_renders_equal_single_renders(tmp_path, rest_variety):
+    samples = build_samples(3, seed=5, size=32, frames=5, render_batch=2, rest_variety=rest_variety)
     seeds = np.random.SeedSequence(5).generate_state(3, dtype=np.uint64).tolist()
     for i, seed in enumerate(seeds):
-        item = _draw(seed, 32, 5, None, tuple(MOTIONS))
+        item = _draw(seed, 32, 5, None, tuple(MOTIONS), rest_variety)
         rig = item["clip"].creature.rig
         video = render_rgb(item["cameras"], item["clip"].joints, rig.joint_parents, item["colours"], item["radii"])
         np.testing.assert_array_equal(samples.rgb[i], video)
@@ -61,6 +62,9 @@ def test_batched_dataset_renders_equal_single_renders(tmp_path):
     assert again.motions == samples.motions and again.families == samples.families
 
 
-def test_build_samples_rejects_nothing_to_build():
+def test_build_samples_rejects_nothing_to_build_and_a_share_outside_0_to_1():
     with pytest.raises(ValueError, match="at least 1"):
         build_samples(0)
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        build_samples(1, rest_variety=1.5)
+

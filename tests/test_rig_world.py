@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from animax_addon.core.rig import MAX_JOINTS
-from backend.data.motions import APPLICABLE, KEYWORDS, MOTIONS, NOUNS, applicable, prompt, sample_clip
+from backend.data.motions import (APPLICABLE, KEYWORDS, MOTIONS, NOUNS, applicable, prompt, rest_in_pose,
+                                  sample_clip)
 from backend.data.rig_world import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES
 from backend.reconstruction.kinematics import forward_kinematics
 
@@ -105,6 +106,39 @@ def test_sampling_is_deterministic_and_respects_applicability_and_split():
     assert {sample_clip(np.random.default_rng(s), families=HELDOUT_FAMILIES).creature.family for s in range(30)} == set(HELDOUT_FAMILIES)
     with pytest.raises(ValueError):
         sample_clip(np.random.default_rng(0), families=["chest"], motions=["walk"])
+
+
+def test_a_rig_rested_in_a_pose_has_that_pose_as_its_rest():
+    creature, rotations, _, _ = play("quadruped", "crouch", 4)
+    frame = rotations[9]
+    rested = rest_in_pose(creature, frame)
+    still = frame.copy()
+    still[creature.rig.parents < 0] = (1, 0, 0, 0)  # the root keeps its rest: same place, same facing
+    expected = forward_kinematics(creature.rig, still[None])[1][0]
+    np.testing.assert_allclose(rested.rig.joints_rest, expected, atol=1e-9)
+    assert np.abs(rested.rig.joints_rest - creature.rig.joints_rest).max() > 0.05  # the legs did bend
+    np.testing.assert_allclose(rested.rig.lengths, creature.rig.lengths)
+    assert rested.rig.bone_names == creature.rig.bone_names and rested.roles == creature.roles
+    np.testing.assert_allclose(rest_in_pose(creature, np.tile([1.0, 0, 0, 0], (creature.rig.num_bones, 1))).rig.joints_rest,
+                               creature.rig.joints_rest, atol=1e-9)
+
+
+def test_rest_variety_gives_chests_that_rest_open_as_laptops_do():
+    """A laptop rests open, so its *open* starts away from the rest pose and ends at it; a chest of
+    the plain world always starts *open* at rest. Re-rested chests include laptop-like ones."""
+    def lid_tip_moves(rest_variety):
+        rows = []
+        for seed in range(40):
+            clip = sample_clip(np.random.default_rng(seed), FRAMES, ["chest"], ["open"], rest_variety=rest_variety)
+            rig = clip.creature.rig
+            tip, length = rig.joint_names.index("lid.tail"), rig.lengths[rig.bone_index["lid"]]
+            rows.append(np.linalg.norm(clip.joints[[0, -1], tip] - rig.joints_rest[tip], axis=-1) / length)
+        return np.array(rows)  # (clips, [first frame, last frame]) in lid lengths from the rest pose
+
+    plain, varied = lid_tip_moves(0.0), lid_tip_moves(1.0)
+    assert (plain[:, 0] < 0.05).all() and (plain[:, 1] > 0.5).all()
+    laptop_like = (varied[:, 0] > 0.5) & (varied[:, 1] < 0.5)
+    assert laptop_like.mean() >= 0.2, laptop_like.mean()  # measured 0.37 on 60 seeds
 
 
 def test_world_covers_the_design():

@@ -172,6 +172,22 @@ def test_tiny_trains_on_a_dataset_with_captions_added_to_the_text_cache(dataset,
     assert pipe.transformer.blocks[0].attn_mv.to_out[0].weight.abs().max() > 0
 
 
+def test_rest_variety_reaches_the_procedural_clips_and_is_refused_with_a_dataset(dataset, tmp_path, monkeypatch):
+    asked = {}
+
+    def build_samples_stopped(*args, **kwargs):  # the clips themselves are tested in test_render
+        asked.update(kwargs)
+        raise RuntimeError("built")
+
+    monkeypatch.setattr(train, "build_samples", build_samples_stopped)
+    with pytest.raises(RuntimeError, match="built"):
+        train.main(["run", "--out", str(tmp_path / "procedural"), "--samples", "2", "--rest-variety", "0.3", *STEPS])
+    assert asked["rest_variety"] == 0.3
+    with pytest.raises(SystemExit, match="--rest-variety varies the procedural rigs.*pass one or the other"):
+        train.main(["run", "--out", str(tmp_path / "assets"), "--dataset", str(dataset[0]), "--rest-variety", "0.3",
+                    *STEPS])
+
+
 def test_tiny_keeps_a_trained_vae_and_reuses_its_cached_latents(dataset, tmp_path, capsys):
     first = tmp_path / "first"
     base = ["--dataset", str(dataset[0]), *STEPS]  # procedural prompts: in the shipped text cache

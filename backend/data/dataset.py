@@ -55,10 +55,10 @@ class Samples:
                        data["prompts"].tolist(), data["motions"].tolist(), data["families"].tolist())
 
 
-def _draw(seed: int, size: int, frames: int, families, motions) -> dict:
+def _draw(seed: int, size: int, frames: int, families, motions, rest_variety: float) -> dict:
     """One clip with its pose maps and look (runs in a worker process)."""
     rng = np.random.default_rng(seed)
-    clip = sample_clip(rng, frames, families, motions)
+    clip = sample_clip(rng, frames, families, motions, rest_variety=rest_variety)
     rig = clip.creature.rig
     center, radius = rig.bounding_sphere()
     cameras = make_camera_rig(center, radius, size)
@@ -71,13 +71,20 @@ def _draw(seed: int, size: int, frames: int, families, motions) -> dict:
 
 
 def build_samples(count: int, seed: int = 0, size: int = 64, frames: int = 17, families=None, motions=None,
-                  device: str = "cpu", processes: int = 0, render_batch: int = 8) -> Samples:
-    """``count`` samples; sample i depends only on (seed, i), so a dataset can be rebuilt exactly."""
+                  device: str = "cpu", processes: int = 0, render_batch: int = 8,
+                  rest_variety: float = 0.0) -> Samples:
+    """``count`` samples; sample i depends only on (seed, i), so a dataset can be rebuilt exactly.
+
+    ``rest_variety``: the share of rigs re-rested in a pose of their own (``sample_clip``), for
+    training; evaluation clips keep 0.
+    """
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     motions = tuple(MOTIONS) if motions is None else tuple(motions)
     seeds = np.random.SeedSequence(seed).generate_state(count, dtype=np.uint64).tolist()
-    args = [(s, size, frames, families, motions) for s in seeds]
+    if not 0.0 <= rest_variety <= 1.0:
+        raise ValueError(f"rest_variety is a share of the clips, from 0 to 1; got {rest_variety}")
+    args = [(s, size, frames, families, motions, rest_variety) for s in seeds]
     if processes > 1:
         with ProcessPoolExecutor(processes) as pool:
             return _collect(list(pool.map(_draw, *zip(*args), chunksize=16)), device, render_batch)

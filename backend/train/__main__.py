@@ -180,7 +180,7 @@ def tiny_samples(args, vae, transformer, text_cache: TextCache, device) -> Sampl
     """``--dataset``'s samples (whose captions must be in the text cache) or procedural clips."""
     if not args.dataset:
         return build_samples(args.samples, args.seed, TINY.size, TINY.num_frames, device=str(device),
-                             processes=args.processes)
+                             processes=args.processes, rest_variety=args.rest_variety)
     samples = load_dataset(args.dataset, vae, transformer.config.patch_size[1], "tiny")
     unknown = sorted(set(samples.prompts) - set(text_cache.prompts))
     if unknown:
@@ -278,7 +278,11 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
     if args.vae_decoder_steps and not args.vae_from:
         raise SystemExit("--vae-decoder-steps fine-tunes the decoder of a kept VAE: give --vae-from too (a new "
                          "VAE trains whole in stage vae, --vae-steps)")
-    source = file_key(args.dataset) if args.dataset else dict(procedural=args.samples, seed=args.seed)
+    if args.dataset and args.rest_variety:
+        raise SystemExit("--rest-variety varies the procedural rigs; a --dataset brings its own rigs: pass one "
+                         "or the other")
+    source = (file_key(args.dataset) if args.dataset
+              else dict(procedural=args.samples, seed=args.seed, rest_variety=args.rest_variety))
     trained = (vae_dir / "config.json").is_file()
     start = vae_dir if trained else kept_vae  # a finished VAE, or the kept one whose decoder trains next
     if start:
@@ -414,6 +418,9 @@ def main(argv: list[str] | None = None) -> None:
     tiny = run.add_argument_group("tiny preset")
     tiny.add_argument("--samples", type=int, default=6000, help="procedural clips (4 views each)")
     tiny.add_argument("--processes", type=int, default=0, help="processes that sample clips and draw pose maps")
+    tiny.add_argument("--rest-variety", type=float, default=0.0,
+                      help="share of the procedural rigs re-rested in a random pose of their own (a chest "
+                           "modelled open), so that a rig's rest pose is not always its family's (default 0)")
     tiny.add_argument("--text-cache", type=Path, default=DEFAULT_TEXT_CACHE)
     tiny.add_argument("--vae-steps", type=int, default=3000)
     tiny.add_argument("--vae-batch", type=int, default=128,
