@@ -12,6 +12,7 @@ from PIL import Image
 
 from backend.data.motions import KEYWORDS, MOTIONS, sample_clip
 from backend.data.rig_world import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES
+from backend.data.variety import RigVariety, sample_training_clip
 from backend.evaluation.classifier import clip_features, predict, sample_clips, train_classifier
 from backend.evaluation.command import DEFAULT_COUNT, EvalError, add_eval_arguments, eval_command
 from backend.evaluation.evaluate import (
@@ -90,13 +91,17 @@ def test_the_default_classifier_reads_held_out_families_and_not_a_rig_standing_s
     assert predict(classifier, clip.joints, clip.creature.rig) in MOTIONS
 
 
-def test_motions_of_re_rested_rigs_keep_their_labels(classifier):
-    """Training rigs re-rested in a pose of their own (``rest_variety``) still do what their prompt
-    says: the classifier, which never saw such rigs, reads them about as well as plain ones."""
+@pytest.mark.parametrize("variety", [RigVariety(rest=1.0), RigVariety(extra_bones=1.0)], ids=["rest", "extra-bones"])
+def test_motions_of_varied_rigs_keep_their_labels(classifier, variety):
+    """Training rigs re-rested in a pose of their own, or given extra bones, still do what their
+    prompt says: the classifier, which never saw such rigs, reads them about as well as plain ones."""
     seeds = np.random.SeedSequence(9).generate_state(150, dtype=np.uint64)
-    x, y = clip_features([sample_clip(np.random.default_rng(s), 17, TRAIN_FAMILIES, rest_variety=1.0) for s in seeds])
+    x, y = clip_features([sample_training_clip(np.random.default_rng(s), 17, TRAIN_FAMILIES, variety=variety)
+                          for s in seeds])
     accuracy = (classifier.predict(x) == y).mean()
-    assert accuracy >= 0.85, accuracy  # measured 0.94 (0.97 on the same seeds without re-resting)
+    # measured 0.94 re-rested and 0.89 with extra bones (0.97 plain): the extra bones' still joints
+    # dilute the features; the rig's own joints move exactly as without them (test_rig_world)
+    assert accuracy >= 0.85, accuracy
 
 
 def test_oracle_scores_the_reconstruction_ceiling(classifier, tmp_path):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from animax_addon.core.rig import MAX_JOINTS
-from backend.data.motions import (APPLICABLE, KEYWORDS, MOTIONS, NOUNS, applicable, prompt, rest_in_pose,
-                                  sample_clip)
+from backend.data.motions import APPLICABLE, KEYWORDS, MOTIONS, NOUNS, applicable, prompt, sample_clip
+from backend.data.variety import RigVariety, rest_in_pose, sample_training_clip, with_extra_bones
 from backend.data.rig_world import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES
 from backend.reconstruction.kinematics import forward_kinematics
 
@@ -129,7 +129,8 @@ def test_rest_variety_gives_chests_that_rest_open_as_laptops_do():
     def lid_tip_moves(rest_variety):
         rows = []
         for seed in range(40):
-            clip = sample_clip(np.random.default_rng(seed), FRAMES, ["chest"], ["open"], rest_variety=rest_variety)
+            clip = sample_training_clip(np.random.default_rng(seed), FRAMES, ["chest"], ["open"],
+                                        RigVariety(rest=rest_variety))
             rig = clip.creature.rig
             tip, length = rig.joint_names.index("lid.tail"), rig.lengths[rig.bone_index["lid"]]
             rows.append(np.linalg.norm(clip.joints[[0, -1], tip] - rig.joints_rest[tip], axis=-1) / length)
@@ -139,6 +140,41 @@ def test_rest_variety_gives_chests_that_rest_open_as_laptops_do():
     assert (plain[:, 0] < 0.05).all() and (plain[:, 1] > 0.5).all()
     laptop_like = (varied[:, 0] > 0.5) & (varied[:, 1] < 0.5)
     assert laptop_like.mean() >= 0.2, laptop_like.mean()  # measured 0.37 on 60 seeds
+
+
+def test_extra_bones_keep_every_joint_and_reach_the_palette_size():
+    counts = []
+    for seed in range(30):
+        creature = make(("chest", "quadruped", "robot_arm")[seed % 3], seed)
+        extra = with_extra_bones(creature, np.random.default_rng(seed))
+        rig, plain = extra.rig, creature.rig
+        counts.append(rig.num_joints)
+        assert plain.num_joints < rig.num_joints <= MAX_JOINTS
+        for name, position in zip(plain.joint_names, plain.joints_rest):  # no joint lost or moved
+            np.testing.assert_allclose(rig.joints_rest[rig.joint_names.index(name)], position)
+        added = [i for i, name in enumerate(rig.bone_names) if name not in plain.bone_index]
+        for i in added:
+            parent = rig.parents[i]
+            assert parent < i and not plain.leaves[plain.bone_index[rig.bone_names[parent]]]
+        assert [n for n in rig.bone_names if n in plain.bone_index] == plain.bone_names  # order kept
+    assert max(counts) >= 56 and min(counts) <= 20, counts  # colours up to the palette's end are trained
+
+
+def test_extra_bones_ride_on_their_parents_and_change_no_motion():
+    creature = make("quadruped", 3)
+    extra = with_extra_bones(creature, np.random.default_rng(3))
+    rotations, locations = MOTIONS["nod"](extra, np.random.default_rng(9), FRAMES)
+    pose, joints = forward_kinematics(extra.rig, rotations, locations)
+    plain_rotations, plain_locations = MOTIONS["nod"](creature, np.random.default_rng(9), FRAMES)
+    plain_joints = forward_kinematics(creature.rig, plain_rotations, plain_locations)[1]
+    kept = [extra.rig.joint_names.index(name) for name in creature.rig.joint_names]
+    np.testing.assert_allclose(joints[:, kept], plain_joints, atol=1e-9)
+    for i, name in enumerate(extra.rig.bone_names):
+        if name not in creature.rig.bone_index:  # fixed in its parent's frame: rigid
+            parent = extra.rig.parents[i]
+            local = np.linalg.solve(pose[:, parent], pose[:, i])
+            np.testing.assert_allclose(local, np.broadcast_to(local[0], local.shape), atol=1e-9)
+    assert np.ptp(joints[:, kept], axis=0).max() > 0.01  # the head did nod
 
 
 def test_world_covers_the_design():

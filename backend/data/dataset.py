@@ -19,8 +19,9 @@ import torch
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.pose_maps import render_pose_maps
 
-from .motions import MOTIONS, sample_clip
+from .motions import MOTIONS
 from .render import appearance, render_capsules, skeleton_capsules, to_uint8
+from .variety import RigVariety, sample_training_clip
 
 DATASET_FORMAT_VERSION = 1
 
@@ -55,10 +56,10 @@ class Samples:
                        data["prompts"].tolist(), data["motions"].tolist(), data["families"].tolist())
 
 
-def _draw(seed: int, size: int, frames: int, families, motions, rest_variety: float) -> dict:
+def _draw(seed: int, size: int, frames: int, families, motions, variety: RigVariety) -> dict:
     """One clip with its pose maps and look (runs in a worker process)."""
     rng = np.random.default_rng(seed)
-    clip = sample_clip(rng, frames, families, motions, rest_variety=rest_variety)
+    clip = sample_training_clip(rng, frames, families, motions, variety)
     rig = clip.creature.rig
     center, radius = rig.bounding_sphere()
     cameras = make_camera_rig(center, radius, size)
@@ -72,19 +73,17 @@ def _draw(seed: int, size: int, frames: int, families, motions, rest_variety: fl
 
 def build_samples(count: int, seed: int = 0, size: int = 64, frames: int = 17, families=None, motions=None,
                   device: str = "cpu", processes: int = 0, render_batch: int = 8,
-                  rest_variety: float = 0.0) -> Samples:
+                  variety: RigVariety = RigVariety()) -> Samples:
     """``count`` samples; sample i depends only on (seed, i), so a dataset can be rebuilt exactly.
 
-    ``rest_variety``: the share of rigs re-rested in a pose of their own (``sample_clip``), for
-    training; evaluation clips keep 0.
+    ``variety``: how many rigs are re-rested or given extra bones (``backend.data.variety``), for
+    training; the evaluation's clips have none.
     """
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     motions = tuple(MOTIONS) if motions is None else tuple(motions)
     seeds = np.random.SeedSequence(seed).generate_state(count, dtype=np.uint64).tolist()
-    if not 0.0 <= rest_variety <= 1.0:
-        raise ValueError(f"rest_variety is a share of the clips, from 0 to 1; got {rest_variety}")
-    args = [(s, size, frames, families, motions, rest_variety) for s in seeds]
+    args = [(s, size, frames, families, motions, variety) for s in seeds]
     if processes > 1:
         with ProcessPoolExecutor(processes) as pool:
             return _collect(list(pool.map(_draw, *zip(*args), chunksize=16)), device, render_batch)

@@ -325,39 +325,6 @@ def all_prompts(families=tuple(FAMILIES)) -> list[str]:
                    for template in PROMPTS[motion] for noun in NOUNS[family]})
 
 
-# --- rest variety (training) -------------------------------------------------------------------
-def rest_in_pose(creature: Creature, rotations: np.ndarray) -> Creature:
-    """``creature`` rebuilt with the pose ``rotations`` (B, 4) of its bones as its rest pose.
-
-    The roots keep their rest, so the rig keeps its place and faces the front camera. Names,
-    parents, lengths, rolls and roles stay.
-    """
-    rig = creature.rig
-    rotations = np.array(rotations, dtype=np.float64)
-    rotations[rig.parents < 0] = (1.0, 0.0, 0.0, 0.0)
-    pose = forward_kinematics(rig, rotations[None])[0][0]
-    heads = pose[:, :3, 3]
-    tails = heads + pose[:, :3, 1] * rig.lengths[:, None]  # a bone points along its own Y axis
-    data = rig.to_dict()
-    for entry, head, tail in zip(data["bones"], heads, tails):
-        entry["head"], entry["tail"] = head.tolist(), tail.tolist()
-    return Creature(creature.family, Rig.from_dict(data), creature.roles)
-
-
-def varied_rest(creature: Creature, rng, frames: int = 17, fps: int = FPS) -> Creature:
-    """``creature`` re-rested in a random frame of one of its own motions (a chest modelled open,
-    a dog modelled crouching).
-
-    Artists model rigs in many poses, and a laptop rests open where every procedural chest rests
-    closed: a model that saw each family in one rest pose learns *open* as "away from the
-    template", which is backwards for a rig that rests open. Spin is left out: it turns the root
-    alone, which the new rest undoes.
-    """
-    names = [m for m in applicable(creature) if m != "spin"]
-    rotations, _ = MOTIONS[names[int(rng.integers(len(names)))]](creature, rng, frames, fps)
-    return rest_in_pose(creature, rotations[int(rng.integers(frames))])
-
-
 # --- clips -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Clip:
@@ -370,13 +337,8 @@ class Clip:
     fps: int = FPS
 
 
-def sample_clip(rng, frames: int = 17, families=None, motions=None, fps: int = FPS,
-                rest_variety: float = 0.0) -> Clip:
-    """A random creature of ``families`` (default: the training families) doing one of ``motions``.
-
-    ``rest_variety``: the share of creatures first re-rested in a random pose of their own
-    (:func:`varied_rest`); at 0 nothing more is drawn, so the clips of a seed stay as they were.
-    """
+def sample_creature(rng, families=None, motions=None) -> Creature:
+    """A random creature of ``families`` (default: the training families) that can do one of ``motions``."""
     families = TRAIN_FAMILIES if families is None else tuple(families)
     allowed = set(MOTIONS) if motions is None else set(motions)
     unknown = (set(families) - set(FAMILIES)) | (allowed - set(MOTIONS))
@@ -385,11 +347,18 @@ def sample_clip(rng, frames: int = 17, families=None, motions=None, fps: int = F
     candidates = [f for f in families if allowed & set(APPLICABLE[f])]
     if not candidates:
         raise ValueError(f"no family among {families} can perform any of {sorted(allowed)}")
-    creature = FAMILIES[candidates[int(rng.integers(len(candidates)))]](rng)
-    if rest_variety and rng.random() < rest_variety:
-        creature = varied_rest(creature, rng, frames, fps)
-    names = [m for m in applicable(creature) if m in allowed]
+    return FAMILIES[candidates[int(rng.integers(len(candidates)))]](rng)
+
+
+def play(creature: Creature, rng, frames: int = 17, motions=None, fps: int = FPS) -> Clip:
+    """``creature`` doing one of ``motions`` that it can do, with a prompt that says so."""
+    names = [m for m in applicable(creature) if motions is None or m in motions]
     motion = names[int(rng.integers(len(names)))]
     rotations, locations = MOTIONS[motion](creature, rng, frames, fps)
     _, joints = forward_kinematics(creature.rig, rotations, locations)
     return Clip(creature, motion, prompt(creature, motion, rng), rotations, locations, joints, fps)
+
+
+def sample_clip(rng, frames: int = 17, families=None, motions=None, fps: int = FPS) -> Clip:
+    """A random creature of ``families`` (default: the training families) doing one of ``motions``."""
+    return play(sample_creature(rng, families, motions), rng, frames, motions, fps)

@@ -28,6 +28,7 @@ from accelerate import PartialState
 from diffusers import AutoencoderKLWan
 
 from backend.data.dataset import Samples, build_samples
+from backend.data.variety import RigVariety
 from backend.data.motions import all_prompts
 from backend.model.pipeline_animax import AnimaXPipeline
 from backend.model.presets import (
@@ -176,11 +177,18 @@ def describe(samples: Samples, source: str) -> dict:
             "motions": sorted(set(samples.motions)), "prompts": len(set(samples.prompts))}
 
 
+def rig_variety(args) -> RigVariety:
+    try:
+        return RigVariety(rest=args.rest_variety, extra_bones=args.extra_bones)
+    except ValueError as exc:
+        raise SystemExit(f"--rest-variety / --extra-bones: {exc}") from None
+
+
 def tiny_samples(args, vae, transformer, text_cache: TextCache, device) -> Samples:
     """``--dataset``'s samples (whose captions must be in the text cache) or procedural clips."""
     if not args.dataset:
         return build_samples(args.samples, args.seed, TINY.size, TINY.num_frames, device=str(device),
-                             processes=args.processes, rest_variety=args.rest_variety)
+                             processes=args.processes, variety=rig_variety(args))
     samples = load_dataset(args.dataset, vae, transformer.config.patch_size[1], "tiny")
     unknown = sorted(set(samples.prompts) - set(text_cache.prompts))
     if unknown:
@@ -278,11 +286,13 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
     if args.vae_decoder_steps and not args.vae_from:
         raise SystemExit("--vae-decoder-steps fine-tunes the decoder of a kept VAE: give --vae-from too (a new "
                          "VAE trains whole in stage vae, --vae-steps)")
-    if args.dataset and args.rest_variety:
-        raise SystemExit("--rest-variety varies the procedural rigs; a --dataset brings its own rigs: pass one "
-                         "or the other")
+    variety = rig_variety(args)
+    if args.dataset and variety != RigVariety():
+        raise SystemExit("--rest-variety and --extra-bones vary the procedural rigs; a --dataset brings its own "
+                         "rigs: pass one or the other")
     source = (file_key(args.dataset) if args.dataset
-              else dict(procedural=args.samples, seed=args.seed, rest_variety=args.rest_variety))
+              else dict(procedural=args.samples, seed=args.seed, rest_variety=variety.rest,
+                        extra_bones=variety.extra_bones))
     trained = (vae_dir / "config.json").is_file()
     start = vae_dir if trained else kept_vae  # a finished VAE, or the kept one whose decoder trains next
     if start:
@@ -421,6 +431,10 @@ def main(argv: list[str] | None = None) -> None:
     tiny.add_argument("--rest-variety", type=float, default=0.0,
                       help="share of the procedural rigs re-rested in a random pose of their own (a chest "
                            "modelled open), so that a rig's rest pose is not always its family's (default 0)")
+    tiny.add_argument("--extra-bones", type=float, default=0.0,
+                      help="share of the procedural rigs given short static extra bones at random places in "
+                           "their bone order, up to the palette's 64 joints, so that every joint colour is "
+                           "trained and no colour belongs to one family's part (default 0)")
     tiny.add_argument("--text-cache", type=Path, default=DEFAULT_TEXT_CACHE)
     tiny.add_argument("--vae-steps", type=int, default=3000)
     tiny.add_argument("--vae-batch", type=int, default=128,
