@@ -23,6 +23,14 @@ def keys(tmp_path_factory):
     return root
 
 
+# The pytest-xdist worker running one of these two tests has died without a trace (no signal
+# handler fired, no fault dump: "node down: Not properly terminated") in 3 of 5 full-suite runs on
+# 2026-12-05, never when the file ran alone or beside the other network tests (20 loops in session
+# 7), and not in 8 later full runs. The cause is not found (docs/architecture.md, "Known issues").
+# A crashed worker is replaced and the test run again there, so the suite stays a true signal.
+SILENT_WORKER_DEATH = pytest.mark.flaky(reruns=2)
+
+
 def port_of(address):
     return f"tcp://127.0.0.1:{address.rsplit(':', 1)[1]}"
 
@@ -41,6 +49,7 @@ def check_access(keys, address):
         plain.hello()
 
 
+@SILENT_WORKER_DEATH
 def test_worker_off_loopback_with_curve(keys, running):
     worker = running(Worker(build_tiny_pipeline(), "tcp://0.0.0.0:*", curve_secret=str(keys / "server.key_secret"),
                             allow=str(keys / "allow")))
@@ -50,6 +59,7 @@ def test_worker_off_loopback_with_curve(keys, running):
         assert until(alice, submit(alice), MessageType.RESULT)[-1].type == MessageType.RESULT
 
 
+@SILENT_WORKER_DEATH
 def test_broker_frontend_with_curve(keys, running):
     broker = running(Broker("tcp://0.0.0.0:*", "tcp://127.0.0.1:*", curve_secret=str(keys / "server.key_secret"),
                             allow=str(keys / "allow")))
