@@ -5,10 +5,10 @@ import re
 import numpy as np
 import pytest
 
-from animax_addon.core.rig import MAX_JOINTS
+from animax_addon.core.rig import MAX_JOINTS, Rig
 from backend.data.motions import APPLICABLE, KEYWORDS, MOTIONS, NOUNS, applicable, prompt, sample_clip
+from backend.data.rig_world import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES, Creature
 from backend.data.variety import RigVariety, rest_in_pose, sample_training_clip, with_extra_bones
-from backend.data.rig_world import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES
 from backend.reconstruction.kinematics import forward_kinematics
 
 SEEDS = range(4)
@@ -119,8 +119,8 @@ def test_a_rig_rested_in_a_pose_has_that_pose_as_its_rest():
     assert np.abs(rested.rig.joints_rest - creature.rig.joints_rest).max() > 0.05  # the legs did bend
     np.testing.assert_allclose(rested.rig.lengths, creature.rig.lengths)
     assert rested.rig.bone_names == creature.rig.bone_names and rested.roles == creature.roles
-    np.testing.assert_allclose(rest_in_pose(creature, np.tile([1.0, 0, 0, 0], (creature.rig.num_bones, 1))).rig.joints_rest,
-                               creature.rig.joints_rest, atol=1e-9)
+    identity = np.tile([1.0, 0, 0, 0], (creature.rig.num_bones, 1))
+    np.testing.assert_allclose(rest_in_pose(creature, identity).rig.joints_rest, creature.rig.joints_rest, atol=1e-9)
 
 
 def test_rest_variety_gives_chests_that_rest_open_as_laptops_do():
@@ -158,6 +158,9 @@ def test_extra_bones_keep_every_joint_and_reach_the_palette_size():
             assert parent < i and not plain.leaves[plain.bone_index[rig.bone_names[parent]]]
         assert [n for n in rig.bone_names if n in plain.bone_index] == plain.bone_names  # order kept
     assert max(counts) >= 56 and min(counts) <= 20, counts  # colours up to the palette's end are trained
+    stick = Rig.from_dict({"bones": [{"name": "a", "parent": None, "head": [0, 0, 0], "tail": [0, 0, 1]}]})
+    lone = Creature("stick", stick, {})
+    assert with_extra_bones(lone, np.random.default_rng(0)) is lone  # no bone to sprout from: a leaf keeps its tail
 
 
 def test_extra_bones_ride_on_their_parents_and_change_no_motion():

@@ -94,10 +94,10 @@ def with_extra_bones(creature: Creature, rng, max_joints: int = MAX_JOINTS) -> C
     """
     rig = creature.rig
     room = (max_joints - rig.num_joints) // 2  # an extra leaf adds its head and its tail
-    if room < 1:
-        return creature
     bones = rig.to_dict()["bones"]
     parents = [entry["name"] for entry, leaf in zip(bones, rig.leaves) if not leaf]
+    if room < 1 or not parents:
+        return creature
     radius = rig.bounding_sphere()[1]
     for k in range(int(rng.integers(1, room + 1))):
         parent = parents[int(rng.integers(len(parents)))]

@@ -28,8 +28,8 @@ from accelerate import PartialState
 from diffusers import AutoencoderKLWan
 
 from backend.data.dataset import Samples, build_samples
-from backend.data.variety import RigVariety
 from backend.data.motions import all_prompts
+from backend.data.variety import RigVariety
 from backend.model.pipeline_animax import AnimaXPipeline
 from backend.model.presets import (
     DIFFUSERS_WEIGHTS,
