@@ -7,8 +7,8 @@ from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.templates_style import TEMPLATE_BACKGROUND
 from backend.data.dataset import Samples, _draw, build_samples
 from backend.data.motions import MOTIONS
-from backend.data.variety import RigVariety
 from backend.data.render import render_rgb
+from backend.data.variety import RigVariety
 
 SIZE = 64
 
@@ -68,4 +68,3 @@ def test_build_samples_rejects_nothing_to_build_and_a_share_outside_0_to_1():
         build_samples(0)
     with pytest.raises(ValueError, match="extra_bones is a share of the clips, from 0 to 1"):
         build_samples(1, variety=RigVariety(extra_bones=1.5))
-

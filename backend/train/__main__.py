@@ -16,6 +16,7 @@ on N GPUs: each step's batch is split over the processes (docs/training.md, "Sev
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -184,11 +185,11 @@ def rig_variety(args) -> RigVariety:
         raise SystemExit(f"--rest-variety / --extra-bones: {exc}") from None
 
 
-def tiny_samples(args, vae, transformer, text_cache: TextCache, device) -> Samples:
+def tiny_samples(args, vae, transformer, text_cache: TextCache, device, variety: RigVariety) -> Samples:
     """``--dataset``'s samples (whose captions must be in the text cache) or procedural clips."""
     if not args.dataset:
         return build_samples(args.samples, args.seed, TINY.size, TINY.num_frames, device=str(device),
-                             processes=args.processes, variety=rig_variety(args))
+                             processes=args.processes, variety=variety)
     samples = load_dataset(args.dataset, vae, transformer.config.patch_size[1], "tiny")
     unknown = sorted(set(samples.prompts) - set(text_cache.prompts))
     if unknown:
@@ -291,8 +292,7 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
         raise SystemExit("--rest-variety and --extra-bones vary the procedural rigs; a --dataset brings its own "
                          "rigs: pass one or the other")
     source = (file_key(args.dataset) if args.dataset
-              else dict(procedural=args.samples, seed=args.seed, rest_variety=variety.rest,
-                        extra_bones=variety.extra_bones))
+              else dict(procedural=args.samples, seed=args.seed, **dataclasses.asdict(variety)))
     trained = (vae_dir / "config.json").is_file()
     start = vae_dir if trained else kept_vae  # a finished VAE, or the kept one whose decoder trains next
     if start:
@@ -308,7 +308,7 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
 
     def build() -> Samples:
         began = time.time()
-        samples = tiny_samples(args, vae, transformer, text_cache, device)
+        samples = tiny_samples(args, vae, transformer, text_cache, device, variety)
         record["seconds"]["dataset"] = time.time() - began
         print(f"dataset: {len(samples)} clips in {record['seconds']['dataset']:.0f} s", flush=True)
         return samples
