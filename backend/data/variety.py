@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from animax_addon.core.rig import MAX_JOINTS, Rig
-from backend.reconstruction.kinematics import forward_kinematics
+from backend.reconstruction.kinematics import bone_ends, forward_kinematics
 
 from .motions import FPS, MOTIONS, Clip, applicable, play, sample_creature
 from .rig_world import Creature
@@ -67,9 +67,7 @@ def rest_in_pose(creature: Creature, rotations: np.ndarray) -> Creature:
     rig = creature.rig
     rotations = np.array(rotations, dtype=np.float64)
     rotations[rig.parents < 0] = (1.0, 0.0, 0.0, 0.0)
-    pose = forward_kinematics(rig, rotations[None])[0][0]
-    heads = pose[:, :3, 3]
-    tails = heads + pose[:, :3, 1] * rig.lengths[:, None]  # a bone points along its own Y axis
+    heads, tails = bone_ends(rig, forward_kinematics(rig, rotations[None])[0][0])
     data = rig.to_dict()
     for entry, head, tail in zip(data["bones"], heads, tails):
         entry["head"], entry["tail"] = head.tolist(), tail.tolist()

@@ -56,13 +56,17 @@ def forward_kinematics(
     return pose, joints_from_pose(rig, pose)
 
 
+def bone_ends(rig: Rig, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Heads and tails (..., B, 3) of every bone in pose matrices (..., B, 4, 4)."""
+    heads = pose[..., :3, 3]
+    # a bone's tail is its length along the bone's own Y axis
+    return heads, heads + pose[..., :3, 1] * rig.lengths[:, None]
+
+
 def joints_from_pose(rig: Rig, pose: np.ndarray) -> np.ndarray:
     """Joint positions (T, J, 3): bone heads, then the tails of the leaf bones."""
-    frames = pose[:, rig.joint_bones]
-    heads = frames[..., :3, 3]
-    # a bone's tail is its length along the bone's own Y axis
-    tails = heads + frames[..., :3, 1] * rig.lengths[rig.joint_bones][:, None]
-    return np.where(rig.joint_is_tail[None, :, None], tails, heads)
+    heads, tails = bone_ends(rig, pose)
+    return np.where(rig.joint_is_tail[None, :, None], tails[:, rig.joint_bones], heads[:, rig.joint_bones])
 
 
 def _padded_targets(rig: Rig) -> tuple[np.ndarray, np.ndarray]:
