@@ -12,7 +12,7 @@ from PIL import Image
 
 from backend.data.motions import KEYWORDS, MOTIONS, sample_clip
 from backend.data.rig_world import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES
-from backend.data.variety import RigVariety, sample_training_clip
+from backend.data.variety import ClipVariety, sample_training_clip
 from backend.evaluation.classifier import clip_features, predict, sample_clips, train_classifier
 from backend.evaluation.command import DEFAULT_COUNT, EvalError, add_eval_arguments, eval_command
 from backend.evaluation.evaluate import (
@@ -91,7 +91,7 @@ def test_the_default_classifier_reads_held_out_families_and_not_a_rig_standing_s
     assert predict(classifier, clip.joints, clip.creature.rig) in MOTIONS
 
 
-@pytest.mark.parametrize("variety", [RigVariety(rest=1.0), RigVariety(extra_bones=1.0)], ids=["rest", "extra-bones"])
+@pytest.mark.parametrize("variety", [ClipVariety(rest=1.0), ClipVariety(extra_bones=1.0)], ids=["rest", "extra-bones"])
 def test_motions_of_varied_rigs_keep_their_labels(classifier, variety):
     """Training rigs re-rested in a pose of their own, or given extra bones, still do what their
     prompt says: the classifier, which never saw such rigs, reads them about as well as plain ones."""

@@ -8,7 +8,7 @@ from animax_addon.core.templates_style import TEMPLATE_BACKGROUND
 from backend.data.dataset import Samples, _draw, build_samples
 from backend.data.motions import MOTIONS
 from backend.data.render import render_rgb
-from backend.data.variety import RigVariety
+from backend.data.variety import ClipVariety
 
 SIZE = 64
 
@@ -46,7 +46,7 @@ def test_nearer_capsule_hides_farther_one():
     assert front[0] > 200 and front[1] < 10
 
 
-@pytest.mark.parametrize("variety", [RigVariety(), RigVariety(rest=1.0, extra_bones=1.0)])
+@pytest.mark.parametrize("variety", [ClipVariety(), ClipVariety(rest=1.0, extra_bones=1.0)])
 def test_batched_dataset_renders_equal_single_renders(tmp_path, variety):
     samples = build_samples(3, seed=5, size=32, frames=5, render_batch=2, variety=variety)
     seeds = np.random.SeedSequence(5).generate_state(3, dtype=np.uint64).tolist()
@@ -67,4 +67,4 @@ def test_build_samples_rejects_nothing_to_build_and_a_share_outside_0_to_1():
     with pytest.raises(ValueError, match="at least 1"):
         build_samples(0)
     with pytest.raises(ValueError, match="extra_bones is a share of the clips, from 0 to 1"):
-        build_samples(1, variety=RigVariety(extra_bones=1.5))
+        build_samples(1, variety=ClipVariety(extra_bones=1.5))

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from animax_addon.core.rig import MAX_JOINTS, Rig
-from backend.data.motions import APPLICABLE, KEYWORDS, MOTIONS, NOUNS, applicable, prompt, sample_clip
+from backend.data.motions import (APPLICABLE, GENERIC_NOUNS, KEYWORDS, MOTIONS, NOUNS, all_prompts, applicable, prompt,
+                                  sample_clip)
 from backend.data.rig_world import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES, Creature
-from backend.data.variety import RigVariety, rest_in_pose, sample_training_clip, with_extra_bones
+from backend.data.variety import ClipVariety, rest_in_pose, sample_training_clip, with_extra_bones
 from backend.reconstruction.kinematics import forward_kinematics
 
 SEEDS = range(4)
@@ -130,7 +131,7 @@ def test_rest_variety_gives_chests_that_rest_open_as_laptops_do():
         rows = []
         for seed in range(40):
             clip = sample_training_clip(np.random.default_rng(seed), FRAMES, ["chest"], ["open"],
-                                        RigVariety(rest=rest_variety))
+                                        ClipVariety(rest=rest_variety))
             rig = clip.creature.rig
             tip, length = rig.joint_names.index("lid.tail"), rig.lengths[rig.bone_index["lid"]]
             rows.append(np.linalg.norm(clip.joints[[0, -1], tip] - rig.joints_rest[tip], axis=-1) / length)
@@ -185,3 +186,20 @@ def test_world_covers_the_design():
     assert set(TRAIN_FAMILIES).isdisjoint(HELDOUT_FAMILIES) and set(TRAIN_FAMILIES) | set(HELDOUT_FAMILIES) == set(FAMILIES)
     assert set(APPLICABLE) == set(FAMILIES)
     assert {m for ms in APPLICABLE.values() for m in ms} == set(MOTIONS)
+
+
+def test_generic_nouns_rename_the_rig_and_keep_the_clip():
+    """A generic noun replaces the family's in the prompt, which still names the motion and is in
+    the list the text cache encodes; the rig and its motion are those drawn without it."""
+    known, renamed = set(all_prompts()), 0
+    for seed in range(60):
+        plain = sample_training_clip(np.random.default_rng(seed), FRAMES, TRAIN_FAMILIES)
+        varied = sample_training_clip(np.random.default_rng(seed), FRAMES, TRAIN_FAMILIES,
+                                      variety=ClipVariety(generic_nouns=0.5))
+        assert varied.motion == plain.motion and np.array_equal(varied.joints, plain.joints)
+        assert any(stem in varied.prompt for stem in KEYWORDS[varied.motion]) and varied.prompt in known
+        generic = any(re.search(rf"\b{noun}\b", varied.prompt) for noun in GENERIC_NOUNS)
+        family = any(re.search(rf"\b{noun}\b", varied.prompt) for noun in NOUNS[plain.creature.family])
+        assert generic != family, varied.prompt
+        renamed += generic
+    assert 15 <= renamed <= 45, renamed  # about half of 60

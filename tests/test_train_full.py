@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import backend.train.__main__ as train
 from backend.data.dataset import Samples, build_samples
-from backend.data.variety import RigVariety
+from backend.data.variety import ClipVariety
 from backend.model.presets import WeightsError, load_full, load_tiny, make_lora_config
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 from backend.train.latents import encode_samples
@@ -173,7 +173,7 @@ def test_tiny_trains_on_a_dataset_with_captions_added_to_the_text_cache(dataset,
     assert pipe.transformer.blocks[0].attn_mv.to_out[0].weight.abs().max() > 0
 
 
-def test_rig_variety_reaches_the_procedural_clips_and_is_refused_with_a_dataset(dataset, tmp_path, monkeypatch):
+def test_clip_variety_reaches_the_procedural_clips_and_is_refused_with_a_dataset(dataset, tmp_path, monkeypatch):
     asked = {}
 
     def build_samples_stopped(*args, **kwargs):  # the clips themselves are tested in test_render
@@ -183,11 +183,12 @@ def test_rig_variety_reaches_the_procedural_clips_and_is_refused_with_a_dataset(
     monkeypatch.setattr(train, "build_samples", build_samples_stopped)
     with pytest.raises(RuntimeError, match="built"):
         train.main(["run", "--out", str(tmp_path / "procedural"), "--samples", "2", "--rest-variety", "0.3",
-                    "--extra-bones", "0.2", *STEPS])
-    assert asked["variety"] == RigVariety(rest=0.3, extra_bones=0.2)
-    with pytest.raises(SystemExit, match="--extra-bones: RigVariety.extra_bones is a share"):
-        train.main(["run", "--out", str(tmp_path / "wrong"), "--samples", "2", "--extra-bones", "2", *STEPS])
-    with pytest.raises(SystemExit, match="--rest-variety and --extra-bones vary the procedural rigs.*pass one or"):
+                    "--extra-bones", "0.2", "--generic-nouns", "0.5", *STEPS])
+    assert asked["variety"] == ClipVariety(rest=0.3, extra_bones=0.2, generic_nouns=0.5)
+    for flag, name in (("--extra-bones", "extra_bones"), ("--generic-nouns", "generic_nouns")):
+        with pytest.raises(SystemExit, match=f"--generic-nouns: ClipVariety.{name} is a share"):
+            train.main(["run", "--out", str(tmp_path / "wrong"), "--samples", "2", flag, "2", *STEPS])
+    with pytest.raises(SystemExit, match="--generic-nouns vary the procedural clips.*pass one or"):
         train.main(["run", "--out", str(tmp_path / "assets"), "--dataset", str(dataset[0]), "--rest-variety", "0.3",
                     *STEPS])
 

@@ -21,7 +21,7 @@ from animax_addon.core.pose_maps import render_pose_maps
 
 from .motions import MOTIONS
 from .render import appearance, render_capsules, skeleton_capsules, to_uint8
-from .variety import RigVariety, sample_training_clip
+from .variety import ClipVariety, sample_training_clip
 
 DATASET_FORMAT_VERSION = 1
 
@@ -56,7 +56,7 @@ class Samples:
                        data["prompts"].tolist(), data["motions"].tolist(), data["families"].tolist())
 
 
-def _draw(seed: int, size: int, frames: int, families, motions, variety: RigVariety) -> dict:
+def _draw(seed: int, size: int, frames: int, families, motions, variety: ClipVariety) -> dict:
     """One clip with its pose maps and look (runs in a worker process)."""
     rng = np.random.default_rng(seed)
     clip = sample_training_clip(rng, frames, families, motions, variety)
@@ -73,7 +73,7 @@ def _draw(seed: int, size: int, frames: int, families, motions, variety: RigVari
 
 def build_samples(count: int, seed: int = 0, size: int = 64, frames: int = 17, families=None, motions=None,
                   device: str = "cpu", processes: int = 0, render_batch: int = 8,
-                  variety: RigVariety = RigVariety()) -> Samples:
+                  variety: ClipVariety = ClipVariety()) -> Samples:
     """``count`` samples; sample i depends only on (seed, i), so a dataset can be rebuilt exactly.
 
     ``variety``: how many rigs are re-rested or given extra bones (``backend.data.variety``), for

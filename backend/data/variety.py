@@ -1,8 +1,8 @@
-"""Variety of the training rigs beyond what their families draw (training only; evaluation clips
+"""Variety of the training clips beyond what the rig world draws (training only; evaluation clips
 never get it).
 
-A model that saw each family in one rest pose and one bone order ties what it learnt to that
-family. Two things break that tie:
+A model that saw each family in one rest pose, one bone order and a few nouns ties what it learnt
+to that family. Three things break that tie:
 
 - **Re-rested rigs** (:func:`varied_rest`): artists model rigs in many poses. A laptop rests open
   where every procedural chest rests closed, so a model that saw only closed chests learns *open*
@@ -12,36 +12,42 @@ family. Two things break that tie:
   joint's colour, and they bring rigs up to the palette's size: the largest training family has
   28 joints, so colours 28 and up were never trained, and a 33-joint many-legged rig's feet (its
   last joints) came out of the VAE in the wrong colour four times in five.
+- **Generic nouns** (``GENERIC_NOUNS``): a prompt that names the rig "the creature" or "the toy"
+  instead of "the chest". Every training prompt names its family, so the model may learn the
+  motion from the noun; an unseen noun then loses it (the shipped model turns 4 of 10 laptops when
+  asked with a chest's noun and none when asked with the laptop's; docs/quality.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from animax_addon.core.rig import MAX_JOINTS, Rig
 from backend.reconstruction.kinematics import bone_ends, forward_kinematics
 
-from .motions import FPS, MOTIONS, Clip, applicable, play, sample_creature
+from .motions import FPS, GENERIC_NOUNS, MOTIONS, Clip, applicable, play, prompt, sample_creature
 from .rig_world import Creature
 
 EXTRA_BONE_PREFIX = "extra"
 
 
 @dataclass(frozen=True)
-class RigVariety:
-    """Shares of the training rigs that are re-rested (``rest``) and given extra bones
-    (``extra_bones``). At 0 nothing is drawn, so a seed's clips stay what they were."""
+class ClipVariety:
+    """Shares of the training clips whose rig is re-rested (``rest``) or given extra bones
+    (``extra_bones``), and whose prompt names the rig by a generic noun (``generic_nouns``). At 0
+    nothing is drawn, so a seed's clips stay what they were."""
 
     rest: float = 0.0
     extra_bones: float = 0.0
+    generic_nouns: float = 0.0
 
     def __post_init__(self):
-        for name in ("rest", "extra_bones"):
+        for name in ("rest", "extra_bones", "generic_nouns"):
             share = getattr(self, name)
             if not 0.0 <= share <= 1.0:
-                raise ValueError(f"RigVariety.{name} is a share of the clips, from 0 to 1; got {share}")
+                raise ValueError(f"ClipVariety.{name} is a share of the clips, from 0 to 1; got {share}")
 
     def apply(self, creature: Creature, rng, frames: int = 17, fps: int = FPS) -> Creature:
         if self.rest and rng.random() < self.rest:
@@ -51,11 +57,15 @@ class RigVariety:
         return creature
 
 
-def sample_training_clip(rng, frames: int = 17, families=None, motions=None, variety: RigVariety = RigVariety(),
+def sample_training_clip(rng, frames: int = 17, families=None, motions=None, variety: ClipVariety = ClipVariety(),
                          fps: int = FPS) -> Clip:
-    """``motions.sample_clip`` with ``variety`` applied to the creature before it moves."""
+    """``motions.sample_clip`` with ``variety`` applied to the creature before it moves, and to
+    the prompt after."""
     creature = variety.apply(sample_creature(rng, families, motions), rng, frames, fps)
-    return play(creature, rng, frames, motions, fps)
+    clip = play(creature, rng, frames, motions, fps)
+    if variety.generic_nouns and rng.random() < variety.generic_nouns:
+        clip = replace(clip, prompt=prompt(creature, clip.motion, rng, GENERIC_NOUNS))
+    return clip
 
 
 def rest_in_pose(creature: Creature, rotations: np.ndarray) -> Creature:

@@ -30,7 +30,7 @@ from diffusers import AutoencoderKLWan
 
 from backend.data.dataset import Samples, build_samples
 from backend.data.motions import all_prompts
-from backend.data.variety import RigVariety
+from backend.data.variety import ClipVariety
 from backend.model.pipeline_animax import AnimaXPipeline
 from backend.model.presets import (
     DIFFUSERS_WEIGHTS,
@@ -178,14 +178,14 @@ def describe(samples: Samples, source: str) -> dict:
             "motions": sorted(set(samples.motions)), "prompts": len(set(samples.prompts))}
 
 
-def rig_variety(args) -> RigVariety:
+def clip_variety(args) -> ClipVariety:
     try:
-        return RigVariety(rest=args.rest_variety, extra_bones=args.extra_bones)
+        return ClipVariety(rest=args.rest_variety, extra_bones=args.extra_bones, generic_nouns=args.generic_nouns)
     except ValueError as exc:
-        raise SystemExit(f"--rest-variety / --extra-bones: {exc}") from None
+        raise SystemExit(f"--rest-variety / --extra-bones / --generic-nouns: {exc}") from None
 
 
-def tiny_samples(args, vae, transformer, text_cache: TextCache, device, variety: RigVariety) -> Samples:
+def tiny_samples(args, vae, transformer, text_cache: TextCache, device, variety: ClipVariety) -> Samples:
     """``--dataset``'s samples (whose captions must be in the text cache) or procedural clips."""
     if not args.dataset:
         return build_samples(args.samples, args.seed, TINY.size, TINY.num_frames, device=str(device),
@@ -287,10 +287,10 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
     if args.vae_decoder_steps and not args.vae_from:
         raise SystemExit("--vae-decoder-steps fine-tunes the decoder of a kept VAE: give --vae-from too (a new "
                          "VAE trains whole in stage vae, --vae-steps)")
-    variety = rig_variety(args)
-    if args.dataset and variety != RigVariety():
-        raise SystemExit("--rest-variety and --extra-bones vary the procedural rigs; a --dataset brings its own "
-                         "rigs: pass one or the other")
+    variety = clip_variety(args)
+    if args.dataset and variety != ClipVariety():
+        raise SystemExit("--rest-variety, --extra-bones and --generic-nouns vary the procedural clips; a --dataset "
+                         "brings its own rigs and captions: pass one or the other")
     source = (file_key(args.dataset) if args.dataset
               else dict(procedural=args.samples, seed=args.seed, **dataclasses.asdict(variety)))
     trained = (vae_dir / "config.json").is_file()
@@ -435,6 +435,10 @@ def main(argv: list[str] | None = None) -> None:
                       help="share of the procedural rigs given short static extra bones at random places in "
                            "their bone order, up to the palette's 64 joints, so that every joint colour is "
                            "trained and no colour belongs to one family's part (default 0)")
+    tiny.add_argument("--generic-nouns", type=float, default=0.0,
+                      help="share of the procedural prompts that name the rig by a generic noun (\"the "
+                           "creature jumps\") instead of its family's, so that the model reads the motion "
+                           "from the verb (default 0)")
     tiny.add_argument("--text-cache", type=Path, default=DEFAULT_TEXT_CACHE)
     tiny.add_argument("--vae-steps", type=int, default=3000)
     tiny.add_argument("--vae-batch", type=int, default=128,
