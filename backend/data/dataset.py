@@ -76,8 +76,8 @@ def build_samples(count: int, seed: int = 0, size: int = 64, frames: int = 17, f
                   variety: ClipVariety = ClipVariety()) -> Samples:
     """``count`` samples; sample i depends only on (seed, i), so a dataset can be rebuilt exactly.
 
-    ``variety``: how many rigs are re-rested or given extra bones (``backend.data.variety``), for
-    training; the evaluation's clips have none.
+    ``variety``: how many rigs are re-rested or given extra bones, and how many prompts name the
+    rig by a generic noun (``backend.data.variety``), for training; the evaluation's clips have none.
     """
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")

@@ -75,10 +75,11 @@ def text_cache_main(args) -> None:
 
     kept = TextCache(args.out).prompts if Path(args.out).is_file() else []
     captions = [caption for path in args.dataset for caption in Samples.load(path).prompts]
-    prompts = list(dict.fromkeys(kept + all_prompts() + captions))  # ordered, without repeats
+    procedural = all_prompts()
+    prompts = list(dict.fromkeys(kept + procedural + captions))  # ordered, without repeats
     build_text_cache(build_tiny_pipeline(), prompts, args.out)
     print(f"wrote {len(prompts)} prompt embeddings to {args.out} "
-          f"({len(set(captions) - set(all_prompts()))} dataset captions)")
+          f"({len(set(captions) - set(procedural))} dataset captions)")
 
 
 def load_dataset(path: Path, vae, patch_size: int, preset: str) -> Samples:
