@@ -14,7 +14,7 @@ from backend.data.motions import KEYWORDS, MOTIONS, sample_clip
 from backend.data.rig_world import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES
 from backend.data.variety import ClipVariety, sample_training_clip
 from backend.evaluation.classifier import clip_features, predict, sample_clips, train_classifier
-from backend.evaluation.command import DEFAULT_COUNT, EvalError, add_eval_arguments, eval_command
+from backend.evaluation.command import DEFAULT_COUNT, EvalError, add_eval_arguments, eval_command, splits_of
 from backend.evaluation.evaluate import (
     draw_items,
     evaluate,
@@ -211,6 +211,21 @@ def test_2d_placement_counts_joints_near_and_far_from_their_true_projection():
     frames = truth.shape[1]
     assert misplaced == pytest.approx(len(range(0, frames, 2)) / frames / 4)
     assert placed == pytest.approx(len(range(1, frames, 2)) / frames / 4)
+
+
+def test_training_data_split_draws_the_training_sets_own_clips_and_both_means_the_held_out_ones():
+    from backend.data.dataset import build_samples
+
+    seed, count = 4, 3
+    samples = build_samples(count, seed)
+    items = draw_items(count, seed, "training-data")
+    assert [item.prompt for item in items] == list(samples.prompts)
+    for i, item in enumerate(items):
+        assert np.array_equal(item.pose_truth, samples.pose[i]) and np.array_equal(item.rgb_templates, samples.rgb_rest[i])
+    new_proportions = draw_items(count, seed, "heldout-proportions")  # the same families, other clips
+    assert not any(np.array_equal(a.pose_truth, b.pose_truth) for a in items for b in new_proportions)
+    assert splits_of(_parse_eval()) == ["heldout-families", "heldout-proportions"]
+    assert splits_of(_parse_eval("--split", "training-data")) == ["training-data"]
 
 
 def test_unknown_split_is_refused(classifier):

@@ -248,6 +248,27 @@ def test_tiny_trains_on_from_a_kept_transformer(dataset, tmp_path):
                     "--vae-z-dim", "4", "--vae-base-dim", "8", "--vae-steps", "1", "--vae-batch", "2", *base])
 
 
+def test_pooled_text_joins_a_kept_transformer_at_zero_and_then_trains(dataset, tmp_path):
+    base = ["--dataset", str(dataset[0]), *STEPS]
+    first = tmp_path / "first"
+    train.main(["run", "--out", str(first), "--vae-steps", "2", "--vae-batch", "2", *base])
+    kept = load_file(first / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert not any(k.startswith("pooled_text_embedder.") for k in kept)
+    source = ["--vae-from", str(first / "model"), "--transformer-from", str(first / "model"), "--pooled-text"]
+
+    untouched = tmp_path / "untouched"  # no steps: the kept weights, and the new path at its zero output
+    train.main(["run", "--out", str(untouched), *source, *base, "--joint-steps", "0", "--multiview-steps", "0"])
+    saved = load_file(untouched / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(kept[k], saved[k]) for k in kept)
+    assert not saved["pooled_text_embedder.linear_2.weight"].any()
+
+    further = tmp_path / "further"
+    train.main(["run", "--out", str(further), *source, *base])
+    pipeline = load_tiny(further / "model", text_encoder=False)
+    assert pipeline.transformer.config.pooled_text
+    assert pipeline.transformer.pooled_text_embedder.linear_2.weight.abs().sum() > 0  # stage joint trains it
+
+
 def test_tiny_fine_tunes_a_kept_vaes_decoder_alone(dataset, tmp_path):
     """--vae-decoder-steps: the decoder moves, the encoder and the latent statistics stay (the latents a
     transformer learned keep their meaning), and a resumed run reuses the finished stage."""

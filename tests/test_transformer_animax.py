@@ -106,6 +106,33 @@ def test_rays_and_multiview_layers_are_silent_until_trained(model):
     assert not torch.allclose(run(model, plucker=other_rays), run(model))
 
 
+def test_pooled_prompt_starts_silent_then_conditions_every_frame(model):
+    widened = AnimaXTransformer3DModel(**CONFIG, pooled_text=True).eval()
+    missing, unexpected = widened.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("pooled_text_embedder.") for k in missing)
+    assert torch.equal(run(widened), run(model))  # zero-initialised: the same model as without it
+    randomise_(widened.pooled_text_embedder)
+    text = inputs()["encoder_hidden_states"]
+    # only the prompt's mean moves the new path: a prompt of other tokens with the same mean ...
+    shuffled = text[:, torch.randperm(text.shape[1])]
+    model_delta = run(model, encoder_hidden_states=shuffled) - run(model)
+    widened_delta = run(widened, encoder_hidden_states=shuffled) - run(widened)
+    torch.testing.assert_close(widened_delta, model_delta, atol=1e-5, rtol=1e-4)
+    # ... while another mean changes every view and frame beyond what cross-attention does alone
+    other = text + 1.0
+    changed = run(widened, encoder_hidden_states=other) - run(widened) - (run(model, encoder_hidden_states=other)
+                                                                         - run(model))
+    assert (changed.abs().amax(dim=(2, 4, 5)) > 1e-3).all()
+
+
+def test_pooled_prompt_leaves_out_padding_and_pools_a_dropped_prompt_to_zero():
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(2, 3, 16, generator=g)
+    padded = torch.cat([tokens, torch.zeros(2, 4, 16)], dim=1)
+    torch.testing.assert_close(AnimaXTransformer3DModel.pooled_prompt(padded), tokens.mean(1))
+    assert torch.equal(AnimaXTransformer3DModel.pooled_prompt(torch.zeros(2, 7, 16)), torch.zeros(2, 16))
+
+
 def test_save_and_load_round_trip(model, tmp_path):
     for block in model.blocks:
         randomise_(block.attn_mv)

@@ -8,7 +8,7 @@ import json
 from contextlib import nullcontext
 from pathlib import Path
 
-from . import SPLITS
+from . import HELDOUT_SPLITS, SPLITS
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "model" / "weights" / "tiny"
 DEFAULT_COUNT = 12  # clips per split: about 15-30 min for both splits on a 2-core CPU at 20 steps
@@ -58,7 +58,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                                              "instead of the MiniLM encoder, for machines without it")
     parser.add_argument("--processes", type=_at_least(1), default=1,
                         help="processes that reconstruct and score the clips (default 1)")
-    parser.add_argument("--split", choices=[*SPLITS, "both"], default="both")
+    parser.add_argument("--split", choices=[*SPLITS, "both"], default="both",
+                        help="both: the two held-out splits (default); training-data: the first clips the "
+                             "procedural training set of --seed draws, for a model trained without variety")
     parser.add_argument("--out", default="eval_out", help="folder for the results JSON and the GIFs (default eval_out)")
     parser.add_argument("--results", help="name of the results JSON in --out (default results_model.json or "
                                           "results_oracle.json)")
@@ -81,8 +83,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                              "the seed does, on --count clips a split (3 prompts x 2 seeds each)")
 
 
-def _splits(args) -> list[str]:
-    return list(SPLITS) if args.split == "both" else [args.split]
+def splits_of(args) -> list[str]:
+    """The splits ``--split`` names; ``both`` is the two held-out ones."""
+    return list(HELDOUT_SPLITS) if args.split == "both" else [args.split]
 
 
 def _write_report(args, report: dict, default_name: str) -> Path:
@@ -98,7 +101,7 @@ def _prompt_effect(args, make_generator) -> None:
     from .prompt_effect import prompt_effect
 
     report = {"model": str(args.model), "seed": args.seed, "splits": {}}
-    for split in _splits(args):
+    for split in splits_of(args):
         report["splits"][split] = prompt_effect(make_generator, draw_items(args.count, args.seed, split),
                                                 log=lambda line, s=split: print(f"[{s}] {line}", flush=True))
     path = _write_report(args, report, "results_prompt_effect.json")
@@ -179,7 +182,7 @@ def eval_command(args) -> None:
     classifier = train_classifier(args.seed, args.classifier_clips, CLASSIFIER_FAMILIES[args.classifier_families])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    splits = _splits(args)
+    splits = splits_of(args)
     name, kind = about["generator"], about["kind"]
     report = {**{key: about[key] for key in ("generator", "model", "steps", "guidance", "text_guidance",
                                              "sampler", "guidance_end")},

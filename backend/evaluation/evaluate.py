@@ -50,7 +50,8 @@ from . import SPLITS
 from .classifier import predict, train_classifier
 
 SPLIT_SEEDS = {"heldout-families": 1, "heldout-proportions": 2}
-"""Mixed into the seed, so the splits draw other clips than training data, which uses SeedSequence(seed)."""
+"""Mixed into the seed, so the held-out splits draw other clips than training data, which uses
+SeedSequence(seed) as the ``training-data`` split does."""
 
 
 @dataclass
@@ -87,7 +88,8 @@ def draw_item(seed: int, families, size: int = TINY.size, frames: int = TINY.num
 
 
 def draw_items(count: int, seed: int, split: str) -> list[EvalItem]:
-    seeds = np.random.SeedSequence((seed, SPLIT_SEEDS[split])).generate_state(count, dtype=np.uint64)
+    entropy = (seed, SPLIT_SEEDS[split]) if split in SPLIT_SEEDS else seed  # training-data: build_samples' seeds
+    seeds = np.random.SeedSequence(entropy).generate_state(count, dtype=np.uint64)
     return [draw_item(int(s), SPLITS[split]) for s in seeds]
 
 

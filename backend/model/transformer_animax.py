@@ -118,11 +118,17 @@ class AnimaXTransformer3DModel(WanTransformer3DModel):
     Args (beyond [`WanTransformer3DModel`]'s):
         ray_channels (`int`, defaults to 6): channels of the Plücker ray maps concatenated to the
             ``in_channels`` latent channels.
+        pooled_text (`bool`, defaults to False): also add the prompt's mean token embedding, through a
+            zero-initialised MLP, to every frame's timestep embedding, so the prompt modulates each
+            block as a class does in DiT, besides reaching it through cross-attention. Not in Wan or
+            the paper: the tiny preset's cross-attention alone barely follows the prompt
+            (docs/quality.md). Zero-initialised, it starts as the model without it.
     """
 
     _no_split_modules = ["AnimaXTransformerBlock"]
     _repeated_blocks = ["AnimaXTransformerBlock"]
-    _keep_in_fp32_modules = WanTransformer3DModel._keep_in_fp32_modules + ["modality_embedder", "norm_mv"]
+    _keep_in_fp32_modules = WanTransformer3DModel._keep_in_fp32_modules + ["modality_embedder", "pooled_text_embedder",
+                                                                          "norm_mv"]
     _cp_plan = None  # the sequence is split by views and halves; context parallelism is not planned yet
 
     @register_to_config
@@ -142,6 +148,7 @@ class AnimaXTransformer3DModel(WanTransformer3DModel):
         eps: float = 1e-6,
         rope_max_seq_len: int = 1024,
         ray_channels: int = 6,
+        pooled_text: bool = False,
         image_dim: int | None = None,
         added_kv_proj_dim: int | None = None,
         pos_embed_seq_len: int | None = None,
@@ -180,6 +187,11 @@ class AnimaXTransformer3DModel(WanTransformer3DModel):
         self.modality_embedder = TimestepEmbedding(in_channels=freq_dim, time_embed_dim=inner_dim)
         nn.init.zeros_(self.modality_embedder.linear_2.weight)
         nn.init.zeros_(self.modality_embedder.linear_2.bias)
+        self.pooled_text_embedder = None
+        if pooled_text:
+            self.pooled_text_embedder = TimestepEmbedding(in_channels=text_dim, time_embed_dim=inner_dim)
+            nn.init.zeros_(self.pooled_text_embedder.linear_2.weight)
+            nn.init.zeros_(self.pooled_text_embedder.linear_2.bias)
 
     @classmethod
     def from_wan(cls, wan: WanTransformer3DModel, ray_channels: int = 6) -> "AnimaXTransformer3DModel":
@@ -198,8 +210,16 @@ class AnimaXTransformer3DModel(WanTransformer3DModel):
     @staticmethod
     def is_animax_parameter(key: str) -> bool:
         """Whether a state-dict key belongs to what AnimaX adds to Wan (the widened patch
-        embedding, the modality embedding, the multi-view layers)."""
-        return key.startswith(("patch_embedding.", "modality_embedder.")) or ".attn_mv." in key or ".norm_mv." in key
+        embedding, the modality and pooled-prompt embeddings, the multi-view layers)."""
+        return (key.startswith(("patch_embedding.", "modality_embedder.", "pooled_text_embedder."))
+                or ".attn_mv." in key or ".norm_mv." in key)
+
+    @staticmethod
+    def pooled_prompt(encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, text_dim) mean of the prompt's tokens. Padding tokens are zero (as Wan encodes them)
+        and are left out; a dropped prompt (all zero) pools to zero."""
+        used = (encoder_hidden_states.abs().sum(-1, keepdim=True) > 0).to(encoder_hidden_states.dtype)
+        return (encoder_hidden_states * used).sum(1) / used.sum(1).clamp(min=1)
 
     @staticmethod
     def layout(num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,6 +271,9 @@ class AnimaXTransformer3DModel(WanTransformer3DModel):
         m_freq = self.modality_proj(modality).unsqueeze(0).expand(steps.shape[0], -1, -1)
         time_dtype = next(iter(embedder.time_embedder.parameters())).dtype
         temb = embedder.time_embedder(t_freq.to(time_dtype)) + self.modality_embedder(m_freq.to(time_dtype))
+        if self.pooled_text_embedder is not None:
+            pooled = self.pooled_text_embedder(self.pooled_prompt(encoder_hidden_states).to(time_dtype))
+            temb = temb + pooled.repeat_interleave(views, dim=0)[:, None]
         temb = temb.type_as(encoder_hidden_states)
         timestep_proj = embedder.time_proj(embedder.act_fn(temb)).unflatten(2, (6, -1))  # (BV, F, 6, D)
         context = embedder.text_embedder(encoder_hidden_states).repeat_interleave(views, dim=0)

@@ -258,15 +258,22 @@ def trained_part(flag: str, model_dir: Path, part: str) -> Path:
     return path
 
 
-def kept_transformer(model_dir: Path, z_dim: int) -> AnimaXTransformer3DModel:
+def kept_transformer(model_dir: Path, z_dim: int, pooled_text: bool = False) -> AnimaXTransformer3DModel:
     """The trained transformer of a tiny model directory, for ``--transformer-from``: training goes on
-    from it (new stages, new data or switches) instead of from random weights."""
+    from it (new stages, new data or switches) instead of from random weights. ``pooled_text`` adds the
+    pooled-prompt embedding where it has none, at its zero start, so the model starts as the kept one."""
     path = trained_part("--transformer-from", model_dir, "transformer")
     transformer = AnimaXTransformer3DModel.from_pretrained(path, local_files_only=True)
     if transformer.config.out_channels != z_dim:
         raise SystemExit(f"--transformer-from {model_dir}: its transformer denoises latents of "
                          f"{transformer.config.out_channels} channels, the VAE's have {z_dim}; give --vae-from the "
                          "same directory")
+    if pooled_text and not transformer.config.pooled_text:
+        config = {k: v for k, v in transformer.config.items() if not k.startswith("_")}
+        widened = AnimaXTransformer3DModel(**{**config, "pooled_text": True})
+        missing, unexpected = widened.load_state_dict(transformer.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("pooled_text_embedder.") for k in missing), (missing, unexpected)
+        transformer = widened
     return transformer
 
 
@@ -303,9 +310,9 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
         vae = AutoencoderKLWan(**tiny_vae_config(**size)).to(device)
     torch.manual_seed(args.seed)
     if args.transformer_from:
-        transformer = kept_transformer(args.transformer_from, vae.config.z_dim).to(device)
+        transformer = kept_transformer(args.transformer_from, vae.config.z_dim, args.pooled_text).to(device)
     else:
-        transformer = tiny_transformer(vae.config.z_dim).to(device)
+        transformer = tiny_transformer(vae.config.z_dim, args.pooled_text).to(device)
 
     def build() -> Samples:
         began = time.time()
@@ -460,6 +467,10 @@ def main(argv: list[str] | None = None) -> None:
     tiny.add_argument("--transformer-from", type=Path,
                       help="a tiny model directory whose trained transformer the diffusion stages start from "
                            "(instead of random weights; its VAE usually goes to --vae-from)")
+    tiny.add_argument("--pooled-text", action="store_true",
+                      help="give the transformer the pooled-prompt embedding (the prompt's mean token added to "
+                           "every timestep embedding; docs/training.md), also one kept by --transformer-from, "
+                           "where it starts at zero")
     full = run.add_argument_group("full preset")
     full.add_argument("--wan", type=Path, help="local diffusers-format Wan2.1-T2V-1.3B directory")
     full.add_argument("--lora-rank", type=int, default=32, help="rank (and alpha) of the LoRA on the base blocks")
