@@ -122,7 +122,8 @@ class AnimaXTransformer3DModel(WanTransformer3DModel):
             zero-initialised MLP, to every frame's timestep embedding, so the prompt modulates each
             block as a class does in DiT, besides reaching it through cross-attention. Not in Wan or
             the paper: through cross-attention alone the tiny preset gives the prompted motion on
-            only 60% of its own training clips (docs/quality.md). Zero-initialised, it starts as the model without it.
+            only 60% of its own training clips (docs/quality.md). Zero-initialised, it starts as the
+            model without it.
     """
 
     _no_split_modules = ["AnimaXTransformerBlock"]
