@@ -107,9 +107,11 @@ def test_rays_and_multiview_layers_are_silent_until_trained(model):
 
 
 def test_pooled_prompt_starts_silent_then_conditions_every_frame(model):
-    widened = AnimaXTransformer3DModel(**CONFIG, pooled_text=True).eval()
-    missing, unexpected = widened.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected and missing and all(k.startswith("pooled_text_embedder.") for k in missing)
+    widened = model.with_pooled_text().eval()
+    assert widened.config.pooled_text and widened.with_pooled_text() is widened
+    added = set(widened.state_dict()) - set(model.state_dict())
+    assert added and all(k.startswith("pooled_text_embedder.") for k in added)
+    assert all(torch.equal(widened.state_dict()[k], v) for k, v in model.state_dict().items())
     assert torch.equal(run(widened), run(model))  # zero-initialised: the same model as without it
     randomise_(widened.pooled_text_embedder)
     text = inputs()["encoder_hidden_states"]

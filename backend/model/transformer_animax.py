@@ -197,15 +197,26 @@ class AnimaXTransformer3DModel(WanTransformer3DModel):
     @classmethod
     def from_wan(cls, wan: WanTransformer3DModel, ray_channels: int = 6) -> "AnimaXTransformer3DModel":
         """An AnimaX model that starts as ``wan``: Wan's weights, the new parts at their neutral start."""
-        config = {k: v for k, v in wan.config.items() if not k.startswith("_")}
-        model = cls(**config, ray_channels=ray_channels)
         state = wan.state_dict()
-        patch = model.patch_embedding.weight.detach().clone()
-        patch[:, : wan.config.in_channels] = state.pop("patch_embedding.weight")
-        state["patch_embedding.weight"] = patch
+        patch = state["patch_embedding.weight"]  # the ray channels join Wan's latent channels at zero
+        state["patch_embedding.weight"] = torch.cat([patch, patch.new_zeros(patch.shape[0], ray_channels,
+                                                                             *patch.shape[2:])], dim=1)
+        return cls._starting_from(wan, state, ray_channels=ray_channels)
+
+    def with_pooled_text(self) -> "AnimaXTransformer3DModel":
+        """This model with the pooled-prompt embedding added at its zero start (so it computes what
+        this one does); itself if it has one."""
+        return self if self.config.pooled_text else self._starting_from(self, self.state_dict(), pooled_text=True)
+
+    @classmethod
+    def _starting_from(cls, source: WanTransformer3DModel, state: dict, **changes) -> "AnimaXTransformer3DModel":
+        """A model of ``source``'s config with ``changes``, holding ``state``; only parts that AnimaX
+        adds may be missing from it, and they keep their neutral start."""
+        config = {k: v for k, v in source.config.items() if not k.startswith("_")}
+        model = cls(**{**config, **changes})
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or not all(cls.is_animax_parameter(key) for key in missing):
-            raise ValueError(f"Wan weights do not fit: missing {missing}, unexpected {unexpected}")
+            raise ValueError(f"{type(source).__name__} weights do not fit: missing {missing}, unexpected {unexpected}")
         return model
 
     @staticmethod

@@ -268,13 +268,7 @@ def kept_transformer(model_dir: Path, z_dim: int, pooled_text: bool = False) -> 
         raise SystemExit(f"--transformer-from {model_dir}: its transformer denoises latents of "
                          f"{transformer.config.out_channels} channels, the VAE's have {z_dim}; give --vae-from the "
                          "same directory")
-    if pooled_text and not transformer.config.pooled_text:
-        config = {k: v for k, v in transformer.config.items() if not k.startswith("_")}
-        widened = AnimaXTransformer3DModel(**{**config, "pooled_text": True})
-        missing, unexpected = widened.load_state_dict(transformer.state_dict(), strict=False)
-        assert not unexpected and all(k.startswith("pooled_text_embedder.") for k in missing), (missing, unexpected)
-        transformer = widened
-    return transformer
+    return transformer.with_pooled_text() if pooled_text else transformer
 
 
 def run_tiny(args, out: Path, device, precision: str, deadline: float, record: dict, losses: dict) -> bool:
