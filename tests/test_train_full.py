@@ -269,6 +269,31 @@ def test_pooled_text_joins_a_kept_transformer_at_zero_and_then_trains(dataset, t
     assert pipeline.transformer.pooled_text_embedder.linear_2.weight.abs().sum() > 0  # stage joint trains it
 
 
+def test_blocks_deepen_a_kept_transformer_that_then_trains(dataset, tmp_path):
+    base = ["--dataset", str(dataset[0]), *STEPS]
+    first = tmp_path / "first"
+    train.main(["run", "--out", str(first), "--vae-steps", "2", "--vae-batch", "2", *base])
+    kept = load_file(first / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
+    source = ["--vae-from", str(first / "model"), "--transformer-from", str(first / "model")]
+
+    untouched = tmp_path / "untouched"  # no steps: the kept blocks at 0, 1, 3, 4 of 6, the new ones silent
+    train.main(["run", "--out", str(untouched), *source, "--blocks", "6", *base, "--joint-steps", "0",
+                "--multiview-steps", "0"])
+    saved = load_file(untouched / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(v, saved[re.sub(r"^blocks\.(\d)\.", lambda m: f"blocks.{int(m[1]) * 3 // 2}.", k)])
+               for k, v in kept.items())
+    assert not saved["blocks.2.ffn.net.2.weight"].any() and not saved["blocks.5.attn1.to_out.0.weight"].any()
+
+    further = tmp_path / "further"
+    train.main(["run", "--out", str(further), *source, "--blocks", "6", *base])
+    pipeline = load_tiny(further / "model", text_encoder=False)
+    assert len(pipeline.transformer.blocks) == 6
+    assert pipeline.transformer.blocks[2].ffn.net[2].weight.abs().sum() > 0  # stage joint trains the new blocks
+    with pytest.raises(SystemExit, match="has 6 blocks; a kept transformer only gains blocks"):
+        train.main(["run", "--out", str(tmp_path / "shallower"), "--vae-from", str(further / "model"),
+                    "--transformer-from", str(further / "model"), "--blocks", "4", *base])
+
+
 def test_tiny_fine_tunes_a_kept_vaes_decoder_alone(dataset, tmp_path):
     """--vae-decoder-steps: the decoder moves, the encoder and the latent statistics stay (the latents a
     transformer learned keep their meaning), and a resumed run reuses the finished stage."""

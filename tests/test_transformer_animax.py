@@ -127,6 +127,22 @@ def test_pooled_prompt_starts_silent_then_conditions_every_frame(model):
     assert (changed.abs().amax(dim=(2, 4, 5)) > 1e-3).all()
 
 
+def test_deepened_model_starts_as_the_kept_one_with_new_blocks_spread_among_its_own(model):
+    randomise_(model)  # a trained model: every branch, the multi-view layers' included, has weight
+    deep = model.deepened(5).eval()
+    assert deep.config.num_layers == 5 and deep.deepened(5) is deep
+    kept = model.state_dict()
+    for j, i in enumerate((0, 2)):  # 2 kept blocks in 5: at 0 and 2, new ones at 1, 3 and 4
+        block = {k[len(f"blocks.{j}."):]: v for k, v in kept.items() if k.startswith(f"blocks.{j}.")}
+        assert all(torch.equal(deep.blocks[i].state_dict()[k], v) for k, v in block.items())
+    assert all(torch.equal(deep.state_dict()[k], v) for k, v in kept.items() if not k.startswith("blocks."))
+    torch.testing.assert_close(run(deep), run(model))  # the new blocks start as identities
+    randomise_(deep.blocks[3])  # ... and compute once trained
+    assert not torch.allclose(run(deep), run(model), atol=1e-3)
+    with pytest.raises(ValueError, match="deepens to more blocks, not to 1"):
+        model.deepened(1)
+
+
 def test_pooled_prompt_leaves_out_padding_and_pools_a_dropped_prompt_to_zero():
     g = torch.Generator().manual_seed(0)
     tokens = torch.randn(2, 3, 16, generator=g)

@@ -81,9 +81,11 @@ def tiny_vae_config(base_dim: int = 32, z_dim: int = 16, temporal_compression: i
 TINY_VAE = tiny_vae_config()
 
 
-def tiny_transformer(z_dim: int, pooled_text: bool = False) -> AnimaXTransformer3DModel:
-    """A randomly initialised tiny transformer for latents of ``z_dim`` channels."""
-    return AnimaXTransformer3DModel(**TINY_TRANSFORMER, in_channels=z_dim, out_channels=z_dim, pooled_text=pooled_text)
+def tiny_transformer(z_dim: int, pooled_text: bool = False, num_layers: int | None = None) -> AnimaXTransformer3DModel:
+    """A randomly initialised tiny transformer for latents of ``z_dim`` channels (``num_layers``
+    blocks instead of the preset's)."""
+    config = {**TINY_TRANSFORMER, **({"num_layers": num_layers} if num_layers else {})}
+    return AnimaXTransformer3DModel(**config, in_channels=z_dim, out_channels=z_dim, pooled_text=pooled_text)
 
 
 # Wan2.1's flow shift for 480p (its own UniPC config says flow_shift=3.0); both presets sample with it.

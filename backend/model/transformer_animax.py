@@ -20,6 +20,8 @@ and broadcast over its tokens: per-token tables would cost gigabytes at 480x480.
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn as nn
 from diffusers.configuration_utils import register_to_config
@@ -208,14 +210,39 @@ class AnimaXTransformer3DModel(WanTransformer3DModel):
         this one does); itself if it has one."""
         return self if self.config.pooled_text else self._starting_from(self, self.state_dict(), pooled_text=True)
 
+    def deepened(self, num_layers: int) -> "AnimaXTransformer3DModel":
+        """This model with ``num_layers`` blocks: the new blocks are spread evenly among the kept ones
+        and start as identities (the outputs of their residual branches are zero, as the multi-view
+        layers' are), so it computes what this one does; itself if it has that many."""
+        kept = self.config.num_layers
+        if num_layers < kept:
+            raise ValueError(f"a model of {kept} blocks deepens to more blocks, not to {num_layers}")
+        if num_layers == kept:
+            return self
+        place = [j * num_layers // kept for j in range(kept)]  # where kept block j goes
+        state = {}
+        for key, value in self.state_dict().items():
+            block = re.match(r"blocks\.(\d+)\.", key)
+            state[f"blocks.{place[int(block[1])]}.{key[block.end():]}" if block else key] = value
+        new = [i for i in range(num_layers) if i not in place]
+        model = self._starting_from(self, state, lambda key: key.startswith(tuple(f"blocks.{i}." for i in new)),
+                                    num_layers=num_layers)
+        for i in new:
+            block = model.blocks[i]
+            for out in (block.attn1.to_out[0], block.attn2.to_out[0], block.ffn.net[-1]):
+                nn.init.zeros_(out.weight)
+                nn.init.zeros_(out.bias)
+        return model
+
     @classmethod
-    def _starting_from(cls, source: WanTransformer3DModel, state: dict, **changes) -> "AnimaXTransformer3DModel":
+    def _starting_from(cls, source: WanTransformer3DModel, state: dict, new=lambda key: False,
+                       **changes) -> "AnimaXTransformer3DModel":
         """A model of ``source``'s config with ``changes``, holding ``state``; only parts that AnimaX
-        adds may be missing from it, and they keep their neutral start."""
+        adds (or that ``new(key)`` names) may be missing from it, and they keep their initialisation."""
         config = {k: v for k, v in source.config.items() if not k.startswith("_")}
         model = cls(**{**config, **changes})
         missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or not all(cls.is_animax_parameter(key) for key in missing):
+        if unexpected or not all(cls.is_animax_parameter(key) or new(key) for key in missing):
             raise ValueError(f"{type(source).__name__} weights do not fit: missing {missing}, unexpected {unexpected}")
         return model
 

@@ -258,16 +258,22 @@ def trained_part(flag: str, model_dir: Path, part: str) -> Path:
     return path
 
 
-def kept_transformer(model_dir: Path, z_dim: int, pooled_text: bool = False) -> AnimaXTransformer3DModel:
+def kept_transformer(model_dir: Path, z_dim: int, pooled_text: bool = False,
+                     blocks: int | None = None) -> AnimaXTransformer3DModel:
     """The trained transformer of a tiny model directory, for ``--transformer-from``: training goes on
     from it (new stages, new data or switches) instead of from random weights. ``pooled_text`` adds the
-    pooled-prompt embedding where it has none, at its zero start, so the model starts as the kept one."""
+    pooled-prompt embedding where it has none and ``blocks`` deepens it to that many blocks, each new
+    part at its neutral start, so the model starts as the kept one."""
     path = trained_part("--transformer-from", model_dir, "transformer")
     transformer = AnimaXTransformer3DModel.from_pretrained(path, local_files_only=True)
     if transformer.config.out_channels != z_dim:
         raise SystemExit(f"--transformer-from {model_dir}: its transformer denoises latents of "
                          f"{transformer.config.out_channels} channels, the VAE's have {z_dim}; give --vae-from the "
                          "same directory")
+    if blocks is not None and blocks < transformer.config.num_layers:
+        raise SystemExit(f"--blocks {blocks}: the transformer of --transformer-from {model_dir} has "
+                         f"{transformer.config.num_layers} blocks; a kept transformer only gains blocks")
+    transformer = transformer.deepened(blocks or transformer.config.num_layers)
     return transformer.with_pooled_text() if pooled_text else transformer
 
 
@@ -303,10 +309,13 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
         torch.manual_seed(args.seed)
         vae = AutoencoderKLWan(**tiny_vae_config(**size)).to(device)
     torch.manual_seed(args.seed)
+    if args.blocks is not None and args.blocks < 1:
+        raise SystemExit(f"--blocks {args.blocks}: a transformer needs at least one block")
     if args.transformer_from:
-        transformer = kept_transformer(args.transformer_from, vae.config.z_dim, args.pooled_text).to(device)
+        transformer = kept_transformer(args.transformer_from, vae.config.z_dim, args.pooled_text,
+                                       args.blocks).to(device)
     else:
-        transformer = tiny_transformer(vae.config.z_dim, args.pooled_text).to(device)
+        transformer = tiny_transformer(vae.config.z_dim, args.pooled_text, args.blocks).to(device)
 
     def build() -> Samples:
         began = time.time()
@@ -465,6 +474,9 @@ def main(argv: list[str] | None = None) -> None:
                       help="give the transformer the pooled-prompt embedding (the prompt's mean token added to "
                            "every timestep embedding; docs/training.md), also one kept by --transformer-from, "
                            "where it starts at zero")
+    tiny.add_argument("--blocks", type=int,
+                      help="transformer blocks (default: the tiny preset's 4); with --transformer-from, the kept "
+                           "transformer gains blocks spread among its own, each starting as an identity")
     full = run.add_argument_group("full preset")
     full.add_argument("--wan", type=Path, help="local diffusers-format Wan2.1-T2V-1.3B directory")
     full.add_argument("--lora-rank", type=int, default=32, help="rank (and alpha) of the LoRA on the base blocks")
