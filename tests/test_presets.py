@@ -19,6 +19,7 @@ from backend.model.presets import (
     ADAPTER_WEIGHTS,
     TINY,
     TINY_TRANSFORMER,
+    TINY_WEIGHTS,
     WeightsError,
     build_tiny_pipeline,
     load_full,
@@ -133,6 +134,13 @@ def test_tiny_metadata_is_checked(tiny, tmp_path):
     meta.write_text("{")
     with pytest.raises(WeightsError, match=re.escape(f"{meta} is not a readable JSON file")):
         load_tiny(tmp_path)
+
+
+def test_the_shipped_tiny_model_fits_the_20_mb_budget_and_loads_with_its_prompt_guidance():
+    assert sum((TINY_WEIGHTS / name).stat().st_size for name in TINY_FILES) <= 20_000_000  # issue 7's budget
+    pipe = load_tiny(TINY_WEIGHTS, text_encoder=False)
+    assert pipe.config.text_guidance_scale == 2.0  # the guidance docs/quality.md scores it with
+    assert all(p.dtype == torch.float32 for p in pipe.transformer.parameters())
 
 
 # --- full -----------------------------------------------------------------------------------------

@@ -223,42 +223,50 @@ def test_tiny_keeps_a_trained_vae_and_reuses_its_cached_latents(dataset, tmp_pat
                     *base])
 
 
-def test_tiny_trains_on_from_a_kept_transformer(dataset, tmp_path):
+@pytest.fixture(scope="module")
+def kept_model(dataset, tmp_path_factory):
+    """A tiny model trained a few steps, whose transformer (and VAE) the runs below keep."""
+    out = tmp_path_factory.mktemp("kept")
+    train.main(["run", "--out", str(out), "--vae-steps", "2", "--vae-batch", "2", "--dataset", str(dataset[0]), *STEPS])
+    return out / "model"
+
+
+def transformer_weights(model_dir):
+    return load_file(model_dir / "transformer" / "diffusion_pytorch_model.safetensors")
+
+
+def test_tiny_trains_on_from_a_kept_transformer(dataset, kept_model, tmp_path):
     base = ["--dataset", str(dataset[0]), *STEPS]
-    first = tmp_path / "first"
-    train.main(["run", "--out", str(first), "--vae-steps", "2", "--vae-batch", "2", *base])
-    kept = load_file(first / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
-    source = ["--vae-from", str(first / "model"), "--transformer-from", str(first / "model")]
+    kept = transformer_weights(kept_model)
+    source = ["--vae-from", str(kept_model), "--transformer-from", str(kept_model)]
 
     untouched = tmp_path / "untouched"  # no diffusion steps: the model written is the one kept
     train.main(["run", "--out", str(untouched), *source, *base, "--joint-steps", "0", "--multiview-steps", "0"])
-    saved = load_file(untouched / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
+    saved = transformer_weights(untouched / "model")
     assert kept.keys() == saved.keys() and all(torch.equal(kept[k], saved[k]) for k in kept)
 
     further = tmp_path / "further"
     train.main(["run", "--out", str(further), *source, *base])
-    trained = load_file(further / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
+    trained = transformer_weights(further / "model")
     assert any(not torch.equal(kept[k], trained[k]) for k in kept)
     assert json.loads((further / "training.json").read_text())["sessions"][-1]["steps"] == {"joint": 3,
                                                                                            "multiview": 2}
     with pytest.raises(SystemExit, match="transformer.config.json is missing"):
         train.main(["run", "--out", str(tmp_path / "nowhere"), "--transformer-from", str(tmp_path), *base])
     with pytest.raises(SystemExit, match="latents of 16 channels, the VAE's have 4; give --vae-from"):
-        train.main(["run", "--out", str(tmp_path / "other-vae"), "--transformer-from", str(first / "model"),
+        train.main(["run", "--out", str(tmp_path / "other-vae"), "--transformer-from", str(kept_model),
                     "--vae-z-dim", "4", "--vae-base-dim", "8", "--vae-steps", "1", "--vae-batch", "2", *base])
 
 
-def test_pooled_text_joins_a_kept_transformer_at_zero_and_then_trains(dataset, tmp_path):
+def test_pooled_text_joins_a_kept_transformer_at_zero_and_then_trains(dataset, kept_model, tmp_path):
     base = ["--dataset", str(dataset[0]), *STEPS]
-    first = tmp_path / "first"
-    train.main(["run", "--out", str(first), "--vae-steps", "2", "--vae-batch", "2", *base])
-    kept = load_file(first / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
+    kept = transformer_weights(kept_model)
     assert not any(k.startswith("pooled_text_embedder.") for k in kept)
-    source = ["--vae-from", str(first / "model"), "--transformer-from", str(first / "model"), "--pooled-text"]
+    source = ["--vae-from", str(kept_model), "--transformer-from", str(kept_model), "--pooled-text"]
 
     untouched = tmp_path / "untouched"  # no steps: the kept weights, and the new path at its zero output
     train.main(["run", "--out", str(untouched), *source, *base, "--joint-steps", "0", "--multiview-steps", "0"])
-    saved = load_file(untouched / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
+    saved = transformer_weights(untouched / "model")
     assert all(torch.equal(kept[k], saved[k]) for k in kept)
     assert not saved["pooled_text_embedder.linear_2.weight"].any()
 
@@ -269,17 +277,15 @@ def test_pooled_text_joins_a_kept_transformer_at_zero_and_then_trains(dataset, t
     assert pipeline.transformer.pooled_text_embedder.linear_2.weight.abs().sum() > 0  # stage joint trains it
 
 
-def test_blocks_deepen_a_kept_transformer_that_then_trains(dataset, tmp_path):
+def test_blocks_deepen_a_kept_transformer_that_then_trains(dataset, kept_model, tmp_path):
     base = ["--dataset", str(dataset[0]), *STEPS]
-    first = tmp_path / "first"
-    train.main(["run", "--out", str(first), "--vae-steps", "2", "--vae-batch", "2", *base])
-    kept = load_file(first / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
-    source = ["--vae-from", str(first / "model"), "--transformer-from", str(first / "model")]
+    kept = transformer_weights(kept_model)
+    source = ["--vae-from", str(kept_model), "--transformer-from", str(kept_model)]
 
     untouched = tmp_path / "untouched"  # no steps: the kept blocks at 0, 1, 3, 4 of 6, the new ones silent
     train.main(["run", "--out", str(untouched), *source, "--blocks", "6", *base, "--joint-steps", "0",
                 "--multiview-steps", "0"])
-    saved = load_file(untouched / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
+    saved = transformer_weights(untouched / "model")
     assert all(torch.equal(v, saved[re.sub(r"^blocks\.(\d)\.", lambda m: f"blocks.{int(m[1]) * 3 // 2}.", k)])
                for k, v in kept.items())
     assert not saved["blocks.2.ffn.net.2.weight"].any() and not saved["blocks.5.attn1.to_out.0.weight"].any()
