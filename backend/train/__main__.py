@@ -265,7 +265,7 @@ def kept_transformer(model_dir: Path, z_dim: int, pooled_text: bool = False,
     pooled-prompt embedding where it has none and ``blocks`` deepens it to that many blocks, each new
     part at its neutral start, so the model starts as the kept one."""
     path = trained_part("--transformer-from", model_dir, "transformer")
-    transformer = AnimaXTransformer3DModel.from_pretrained(path, local_files_only=True)
+    transformer = AnimaXTransformer3DModel.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
     if transformer.config.out_channels != z_dim:
         raise SystemExit(f"--transformer-from {model_dir}: its transformer denoises latents of "
                          f"{transformer.config.out_channels} channels, the VAE's have {z_dim}; give --vae-from the "
@@ -304,7 +304,7 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
     trained = (vae_dir / "config.json").is_file()
     start = vae_dir if trained else kept_vae  # a finished VAE, or the kept one whose decoder trains next
     if start:
-        vae = AutoencoderKLWan.from_pretrained(start, local_files_only=True).to(device)
+        vae = AutoencoderKLWan.from_pretrained(start, local_files_only=True, torch_dtype=torch.float32).to(device)
     else:
         torch.manual_seed(args.seed)
         vae = AutoencoderKLWan(**tiny_vae_config(**size)).to(device)
