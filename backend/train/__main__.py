@@ -270,10 +270,11 @@ def kept_transformer(model_dir: Path, z_dim: int, pooled_text: bool = False,
         raise SystemExit(f"--transformer-from {model_dir}: its transformer denoises latents of "
                          f"{transformer.config.out_channels} channels, the VAE's have {z_dim}; give --vae-from the "
                          "same directory")
-    if blocks is not None and blocks < transformer.config.num_layers:
+    try:
+        transformer = transformer.deepened(blocks or transformer.config.num_layers)
+    except ValueError as error:  # fewer blocks than it has: say so in the flags' terms
         raise SystemExit(f"--blocks {blocks}: the transformer of --transformer-from {model_dir} has "
-                         f"{transformer.config.num_layers} blocks; a kept transformer only gains blocks")
-    transformer = transformer.deepened(blocks or transformer.config.num_layers)
+                         f"{transformer.config.num_layers} blocks; a kept transformer only gains blocks") from error
     return transformer.with_pooled_text() if pooled_text else transformer
 
 
