@@ -1,11 +1,12 @@
 """Seconds per generation of tiny models on the CPU, side by side in one run.
 
-    .venv/bin/python benchmarks/tiny_generation_cpu.py --model backend/model/weights/tiny --model OTHER_DIR
+    .venv/bin/python benchmarks/tiny_generation_cpu.py --model backend/model/weights/tiny --model OTHER_DIR [--fast]
 
 Each model generates the same held-out clips as the worker would (prompt through the MiniLM text
-encoder, 4 views, 17 frames at 64 px, the model's own prompt guidance, 20 steps), after one
-warm-up generation; the first ``--model`` is the baseline of the ratio column. Prints a Markdown
-table.
+encoder, 4 views, 17 frames at 64 px, the model's own prompt guidance, 20 Euler steps), after one
+warm-up generation; with ``--fast`` each model is timed a second time with the worker's ``--fast``
+sampler (``presets.FAST_SAMPLER``). The first row is the baseline of the ratio column. Prints a
+Markdown table.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from backend.evaluation.evaluate import draw_items, model_generator
-from backend.model.presets import TINY_WEIGHTS, load_tiny
+from backend.model.presets import TINY, TINY_WEIGHTS, load_tiny, use_fast_sampler
 
 
 def main() -> None:
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, action="append", help="tiny model directory (repeat to compare)")
     parser.add_argument("--clips", type=int, default=3, help="timed generations per model")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--fast", action="store_true", help="also time each model with the worker's --fast sampler")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     items = draw_items(args.clips + 1, seed=0, split="heldout-proportions")
@@ -33,22 +35,31 @@ def main() -> None:
     for directory in args.model or [TINY_WEIGHTS]:
         pipeline = load_tiny(directory)
         pipeline.set_progress_bar_config(disable=True)
-        generate = model_generator(pipeline)
-        generate(items[0])  # warm-up: first-call allocations and lazy imports
-        seconds = []
-        for item in items[1:]:
-            began = time.perf_counter()
-            generate(item)
-            seconds.append(time.perf_counter() - began)
-        transformer = pipeline.transformer
-        rows.append((directory, transformer.config.num_layers, sum(p.numel() for p in transformer.parameters()),
-                     pipeline.config.text_guidance_scale, statistics.median(seconds)))
+        rows.append((directory, "20 Euler steps", pipeline, median_seconds(model_generator(pipeline), items)))
+        if args.fast:
+            preset = use_fast_sampler(pipeline, TINY)
+            generate = model_generator(pipeline, steps=preset.num_inference_steps,
+                                       guidance_end=pipeline.config.guidance_end)
+            rows.append((directory, "--fast", pipeline, median_seconds(generate, items)))
     print(f"{args.clips} generations a model, {args.threads} threads\n")
-    print("| model | blocks | transformer parameters | prompt guidance | s / generation (median) | ratio |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for directory, blocks, params, text_guidance, median in rows:
-        print(f"| {directory} | {blocks} | {params / 1e6:.2f} M | {text_guidance:g} | {median:.1f} | "
-              f"{median / rows[0][4]:.2f}x |")
+    print("| model | sampler | blocks | transformer parameters | prompt guidance | s / generation (median) | ratio |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for directory, sampler, pipeline, median in rows:
+        transformer = pipeline.transformer
+        params = sum(p.numel() for p in transformer.parameters())
+        print(f"| {directory} | {sampler} | {transformer.config.num_layers} | {params / 1e6:.2f} M | "
+              f"{pipeline.config.text_guidance_scale:g} | {median:.1f} | {median / rows[0][3]:.2f}x |")
+
+
+def median_seconds(generate, items) -> float:
+    """Median seconds of ``generate`` over ``items[1:]``, after a warm-up on ``items[0]``."""
+    generate(items[0])  # first-call allocations and lazy imports
+    seconds = []
+    for item in items[1:]:
+        began = time.perf_counter()
+        generate(item)
+        seconds.append(time.perf_counter() - began)
+    return statistics.median(seconds)
 
 
 if __name__ == "__main__":
