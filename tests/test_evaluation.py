@@ -228,6 +228,31 @@ def test_training_data_split_draws_the_training_sets_own_clips_and_both_means_th
     assert splits_of(_parse_eval("--split", "training-data")) == ["training-data"]
 
 
+def test_held_out_splits_still_draw_the_clips_earlier_models_were_scored_on():
+    # Every model since session 6 was scored on these clips: adding splits must not change them.
+    scored = json.loads(Path("docs/quality/session13/results_run10_continued_heldout-families.json").read_text())
+    first = [clip["prompt"] for clip in scored["splits"]["heldout-families"]["clips"][:4]]
+    assert [item.prompt for item in draw_items(4, 0, "heldout-families")] == first
+
+
+def test_heldout_rests_split_draws_the_training_families_modelled_in_another_rest():
+    from backend.evaluation.evaluate import draw_item
+
+    seeds = range(6)
+    plain = [draw_item(s, TRAIN_FAMILIES) for s in seeds]
+    rested = [draw_item(s, TRAIN_FAMILIES, variety=ClipVariety(rest=1.0)) for s in seeds]
+    for a, b in zip(plain, rested):  # the same creature, bone for bone, posed otherwise at rest
+        assert a.clip.creature.family == b.clip.creature.family
+        assert a.clip.creature.rig.bone_names == b.clip.creature.rig.bone_names
+    moved = [np.abs(a.clip.creature.rig.joints_rest - b.clip.creature.rig.joints_rest).max() for a, b in zip(plain, rested)]
+    assert sum(m > 1e-3 for m in moved) >= 5
+    items = draw_items(4, 0, "heldout-rests")
+    assert {item.clip.creature.family for item in items} <= set(TRAIN_FAMILIES)
+    assert not any(np.array_equal(a.pose_truth, b.pose_truth)
+                   for a in items for b in draw_items(4, 0, "heldout-proportions"))
+    assert splits_of(_parse_eval("--split", "heldout-rests")) == ["heldout-rests"]
+
+
 def test_unknown_split_is_refused(classifier):
     with pytest.raises(ValueError, match="heldout-families"):
         evaluate(oracle_generator, 1, split="heldout-rigs", classifier=classifier)

@@ -59,8 +59,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processes", type=_at_least(1), default=1,
                         help="processes that reconstruct and score the clips (default 1)")
     parser.add_argument("--split", choices=[*SPLITS, "both"], default="both",
-                        help="both: the two held-out splits (default); training-data: the first clips the "
-                             "procedural training set of --seed draws, for a model trained without variety")
+                        help="both: the two held-out splits, families and proportions (default); "
+                             "heldout-rests: the training families modelled in other rest poses; training-data: "
+                             "the first clips the procedural training set of --seed draws, for a model trained "
+                             "without variety")
     parser.add_argument("--out", default="eval_out", help="folder for the results JSON and the GIFs (default eval_out)")
     parser.add_argument("--results", help="name of the results JSON in --out (default results_model.json or "
                                           "results_oracle.json)")

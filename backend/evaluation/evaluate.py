@@ -41,17 +41,21 @@ from threadpoolctl import threadpool_limits
 
 from animax_addon.core.cameras import CameraRig, make_camera_rig
 from animax_addon.core.pose_maps import disc_radius, render_pose_maps
-from backend.data.motions import Clip, sample_clip
+from backend.data.motions import Clip
 from backend.data.render import appearance, render_rgb
+from backend.data.variety import ClipVariety, sample_training_clip
 from backend.model.presets import TINY
 from backend.reconstruction.reconstruct import GENERATED_SMOOTHING, Reconstruction, reconstruct
 
 from . import SPLITS
 from .classifier import predict, train_classifier
 
-SPLIT_SEEDS = {"heldout-families": 1, "heldout-proportions": 2}
+SPLIT_SEEDS = {"heldout-families": 1, "heldout-proportions": 2, "heldout-rests": 3}
 """Mixed into the seed, so the held-out splits draw other clips than training data, which uses
 SeedSequence(seed) as the ``training-data`` split does."""
+SPLIT_VARIETY = {"heldout-rests": ClipVariety(rest=1.0)}
+"""Splits whose creatures are changed before they move: ``heldout-rests`` re-rests every one in a
+frame of one of its own motions, as artists model rigs in many poses (``variety.varied_rest``)."""
 
 
 @dataclass
@@ -72,10 +76,11 @@ class EvalItem:
 Generator = Callable[[EvalItem], np.ndarray]
 
 
-def draw_item(seed: int, families, size: int = TINY.size, frames: int = TINY.num_frames) -> EvalItem:
+def draw_item(seed: int, families, size: int = TINY.size, frames: int = TINY.num_frames,
+              variety: ClipVariety = ClipVariety()) -> EvalItem:
     """One clip drawn as ``backend.data.dataset`` draws a training sample, with its templates."""
     rng = np.random.default_rng(seed)
-    clip = sample_clip(rng, frames, families)
+    clip = sample_training_clip(rng, frames, families, variety=variety)
     rig = clip.creature.rig
     cameras = make_camera_rig(*rig.bounding_sphere(), size)
     colours, radii = appearance(rig.joints_rest, rig.joint_parents, rng)
@@ -90,7 +95,7 @@ def draw_item(seed: int, families, size: int = TINY.size, frames: int = TINY.num
 def draw_items(count: int, seed: int, split: str) -> list[EvalItem]:
     entropy = (seed, SPLIT_SEEDS[split]) if split in SPLIT_SEEDS else seed  # training-data: build_samples' seeds
     seeds = np.random.SeedSequence(entropy).generate_state(count, dtype=np.uint64)
-    return [draw_item(int(s), SPLITS[split]) for s in seeds]
+    return [draw_item(int(s), SPLITS[split], variety=SPLIT_VARIETY.get(split, ClipVariety())) for s in seeds]
 
 
 def model_generator(pipeline, steps: int = TINY.num_inference_steps, guidance: float = TINY.guidance_scale,
