@@ -16,6 +16,7 @@ from backend.data.variety import ClipVariety, sample_training_clip
 from backend.evaluation.classifier import clip_features, predict, sample_clips, train_classifier
 from backend.evaluation.command import DEFAULT_COUNT, EvalError, add_eval_arguments, eval_command, splits_of
 from backend.evaluation.evaluate import (
+    draw_item,
     draw_items,
     evaluate,
     model_generator,
@@ -28,6 +29,10 @@ from backend.evaluation.evaluate import (
 from backend.evaluation.features import motion_features
 from backend.evaluation.prompt_effect import prompt_effect
 from backend.evaluation.gifs import write_gif
+
+
+SCORED = Path(__file__).resolve().parents[1] / "docs" / "quality" / "session13"
+"""Results files of session 13, with the clips every model since session 6 was scored on."""
 
 
 @pytest.fixture(scope="module")
@@ -228,16 +233,16 @@ def test_training_data_split_draws_the_training_sets_own_clips_and_both_means_th
     assert splits_of(_parse_eval("--split", "training-data")) == ["training-data"]
 
 
-def test_held_out_splits_still_draw_the_clips_earlier_models_were_scored_on():
+@pytest.mark.parametrize("split", ["heldout-families", "heldout-proportions"])
+def test_held_out_splits_still_draw_the_clips_earlier_models_were_scored_on(split):
     # Every model since session 6 was scored on these clips: adding splits must not change them.
-    scored = json.loads(Path("docs/quality/session13/results_run10_continued_heldout-families.json").read_text())
-    first = [clip["prompt"] for clip in scored["splits"]["heldout-families"]["clips"][:4]]
-    assert [item.prompt for item in draw_items(4, 0, "heldout-families")] == first
+    scored = json.loads((SCORED / f"results_run10_continued_{split}.json").read_text())
+    first = [(clip["family"], clip["motion"], clip["prompt"]) for clip in scored["splits"][split]["clips"][:4]]
+    drawn = [(item.clip.creature.family, item.clip.motion, item.prompt) for item in draw_items(4, 0, split)]
+    assert drawn == first
 
 
 def test_heldout_rests_split_draws_the_training_families_modelled_in_another_rest():
-    from backend.evaluation.evaluate import draw_item
-
     seeds = range(6)
     plain = [draw_item(s, TRAIN_FAMILIES) for s in seeds]
     rested = [draw_item(s, TRAIN_FAMILIES, variety=ClipVariety(rest=1.0)) for s in seeds]
