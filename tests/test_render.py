@@ -5,7 +5,7 @@ import pytest
 
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.templates_style import TEMPLATE_BACKGROUND
-from backend.data.dataset import Samples, _draw, build_samples
+from backend.data.dataset import Samples, build_samples, draw_clip
 from backend.data.motions import MOTIONS
 from backend.data.render import render_rgb
 from backend.data.variety import ClipVariety
@@ -51,7 +51,7 @@ def test_batched_dataset_renders_equal_single_renders(tmp_path, variety):
     samples = build_samples(3, seed=5, size=32, frames=5, render_batch=2, variety=variety)
     seeds = np.random.SeedSequence(5).generate_state(3, dtype=np.uint64).tolist()
     for i, seed in enumerate(seeds):
-        item = _draw(seed, 32, 5, None, tuple(MOTIONS), variety)
+        item = draw_clip(seed, 32, 5, None, tuple(MOTIONS), variety)
         rig = item["clip"].creature.rig
         video = render_rgb(item["cameras"], item["clip"].joints, rig.joint_parents, item["colours"], item["radii"])
         np.testing.assert_array_equal(samples.rgb[i], video)

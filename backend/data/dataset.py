@@ -56,8 +56,9 @@ class Samples:
                        data["prompts"].tolist(), data["motions"].tolist(), data["families"].tolist())
 
 
-def _draw(seed: int, size: int, frames: int, families, motions, variety: ClipVariety) -> dict:
-    """One clip with its pose maps and look (runs in a worker process)."""
+def draw_clip(seed: int, size: int, frames: int, families, motions, variety: ClipVariety) -> dict:
+    """One clip with its cameras, pose maps and look: a training sample before its RGB is rendered
+    (runs in a worker process), and a held-out evaluation clip (``evaluation.evaluate.draw_item``)."""
     rng = np.random.default_rng(seed)
     clip = sample_training_clip(rng, frames, families, motions, variety)
     rig = clip.creature.rig
@@ -86,8 +87,8 @@ def build_samples(count: int, seed: int = 0, size: int = 64, frames: int = 17, f
     args = [(s, size, frames, families, motions, variety) for s in seeds]
     if processes > 1:
         with ProcessPoolExecutor(processes) as pool:
-            return _collect(list(pool.map(_draw, *zip(*args), chunksize=16)), device, render_batch)
-    return _collect([_draw(*a) for a in args], device, render_batch)
+            return _collect(list(pool.map(draw_clip, *zip(*args), chunksize=16)), device, render_batch)
+    return _collect([draw_clip(*a) for a in args], device, render_batch)
 
 
 def _render_group(items: list[dict], device: str) -> list[np.ndarray]:

@@ -39,11 +39,12 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from animax_addon.core.cameras import CameraRig, make_camera_rig
-from animax_addon.core.pose_maps import disc_radius, render_pose_maps
+from animax_addon.core.cameras import CameraRig
+from animax_addon.core.pose_maps import disc_radius
 from backend.data.motions import Clip
-from backend.data.render import appearance, render_rgb
-from backend.data.variety import ClipVariety, sample_training_clip
+from backend.data.dataset import draw_clip
+from backend.data.render import render_rgb
+from backend.data.variety import ClipVariety
 from backend.model.presets import TINY
 from backend.reconstruction.reconstruct import GENERATED_SMOOTHING, Reconstruction, reconstruct
 
@@ -79,16 +80,14 @@ Generator = Callable[[EvalItem], np.ndarray]
 def draw_item(seed: int, families, size: int = TINY.size, frames: int = TINY.num_frames,
               variety: ClipVariety = ClipVariety()) -> EvalItem:
     """One clip drawn as ``backend.data.dataset`` draws a training sample, with its templates."""
-    rng = np.random.default_rng(seed)
-    clip = sample_training_clip(rng, frames, families, variety=variety)
+    drawn = draw_clip(seed, size, frames, families, None, variety)
+    clip, cameras = drawn["clip"], drawn["cameras"]
     rig = clip.creature.rig
-    cameras = make_camera_rig(*rig.bounding_sphere(), size)
-    colours, radii = appearance(rig.joints_rest, rig.joint_parents, rng)
     return EvalItem(
         clip=clip, cameras=cameras,
-        rgb_templates=render_rgb(cameras, rig.joints_rest[None], rig.joint_parents, colours, radii)[:, 0],
-        pose_templates=render_pose_maps(cameras, rig.joints_rest[None], rig.joint_parents)[:, 0],
-        pose_truth=render_pose_maps(cameras, clip.joints, rig.joint_parents),
+        rgb_templates=render_rgb(cameras, rig.joints_rest[None], rig.joint_parents, drawn["colours"],
+                                 drawn["radii"])[:, 0],
+        pose_templates=drawn["pose_rest"], pose_truth=drawn["pose"],
     )
 
 
