@@ -251,10 +251,9 @@ def test_heldout_rests_split_draws_the_training_families_modelled_in_another_res
         assert a.clip.creature.rig.bone_names == b.clip.creature.rig.bone_names
     moved = [np.abs(a.clip.creature.rig.joints_rest - b.clip.creature.rig.joints_rest).max() for a, b in zip(plain, rested)]
     assert sum(m > 1e-3 for m in moved) >= 5
-    items = draw_items(4, 0, "heldout-rests")
+    items, proportions = draw_items(4, 0, "heldout-rests"), draw_items(4, 0, "heldout-proportions")
     assert {item.clip.creature.family for item in items} <= set(TRAIN_FAMILIES)
-    assert not any(np.array_equal(a.pose_truth, b.pose_truth)
-                   for a in items for b in draw_items(4, 0, "heldout-proportions"))
+    assert not any(np.array_equal(a.pose_truth, b.pose_truth) for a in items for b in proportions)
     assert splits_of(_parse_eval("--split", "heldout-rests")) == ["heldout-rests"]
 
 
