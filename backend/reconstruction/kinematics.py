@@ -5,7 +5,10 @@ A pose bone's matrix in armature space is ``parent_pose @ rest_offset @ basis`` 
 ``location`` and ``rotation_quaternion`` (w, x, y, z), relative to its rest orientation, roll
 included. Inverse kinematics walks from the roots to the leaves (paper §3.3, after FABRIK's
 root-to-leaf order): each bone turns so that the vectors from its head to the joints it carries
-match the predicted ones; a root also moves.
+match the predicted ones; a root also moves. A joint at its bone's head (a child bone that starts
+where its parent does) gives no direction; a bone whose targets all sit at its head turns with the
+nearest joints further down that do (a body bone with its tentacles), so the rig reads the same
+and no rotation is left undefined.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
-from animax_addon.core.rig import Rig
+from animax_addon.core.rig import MIN_BONE_LENGTH, Rig
 
 _RANK_TOLERANCE = 1e-6  # relative singular value below which a bone's targets are collinear
 
@@ -69,11 +72,35 @@ def joints_from_pose(rig: Rig, pose: np.ndarray) -> np.ndarray:
     return np.where(rig.joint_is_tail[None, :, None], tails[:, rig.joint_bones], heads[:, rig.joint_bones])
 
 
-def _padded_targets(rig: Rig) -> tuple[np.ndarray, np.ndarray]:
+def _fit_targets(rig: Rig) -> list[np.ndarray]:
+    """For each bone, the joints whose directions from its head fix its rotation.
+
+    Its targets (``Rig.bone_targets``) that lie away from its head; where none does, the joints
+    one generation further down, repeated until some do. Those move with the children too, so
+    the fit is a best turn rather than an exact one, but the children then fit their own targets
+    exactly and the joints are unchanged. Never empty: each line of descent ends in a leaf's tail,
+    which lies away from the leaf's head.
+    """
     targets = rig.bone_targets()
+    heads = rig.num_bones  # joints 0..B-1 are the bone heads, in bone order
+
+    def away(bone, joints):
+        return np.linalg.norm(rig.joints_rest[joints] - rig.heads[bone], axis=1) >= MIN_BONE_LENGTH
+
+    chosen = []
+    for bone, own in enumerate(targets):
+        found, frontier = own[away(bone, own)], own
+        while not len(found) and len(frontier):
+            frontier = np.array([t for j in frontier if j < heads for t in targets[j]], dtype=np.int64)
+            found = frontier[away(bone, frontier)]
+        chosen.append(found)
+    return chosen
+
+
+def _padded(targets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     width = max(len(t) for t in targets)
-    index = np.zeros((rig.num_bones, width), dtype=np.int64)
-    mask = np.zeros((rig.num_bones, width), dtype=bool)
+    index = np.zeros((len(targets), width), dtype=np.int64)
+    mask = np.zeros((len(targets), width), dtype=bool)
     for bone, t in enumerate(targets):
         index[bone, : len(t)] = t
         mask[bone, : len(t)] = True
@@ -82,8 +109,9 @@ def _padded_targets(rig: Rig) -> tuple[np.ndarray, np.ndarray]:
 
 def _shortest_arc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Rotation matrices (..., 3, 3) turning directions ``a`` onto ``b`` along the shortest arc."""
-    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    # A zero vector (a target predicted exactly on the bone's head) leaves the bone at rest.
+    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-300)
+    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-300)
     axis = np.cross(a, b)
     cos = np.sum(a * b, axis=-1)
     # Opposite directions: any axis perpendicular to a will do; pick one that is not parallel.
@@ -129,14 +157,14 @@ def inverse_kinematics(
     frames = joints.shape[0]
     weights = np.ones(joints.shape[:2]) if weights is None else np.asarray(weights, np.float64)
     weights = weights + 1e-3  # a joint nobody saw still has its triangulated (constrained) place
-    index, mask = _padded_targets(rig)
+    index, mask = _padded(_fit_targets(rig))
     offsets = rest_offsets(rig)
     # Inverses, not transposes: near -Y Blender's rest matrices are slightly non-orthogonal
     # (a series expansion), and Blender poses with them as they are.
     rest_inv = np.linalg.inv(rig.rest_matrices[:, :3, :3])
     rest_vectors = np.einsum("bij,bkj->bki", rest_inv, rig.joints_rest[index] - rig.heads[:, None])
-    # a leaf's tail is, by Blender's definition, its length along its own Y axis
-    tails = rig.joint_is_tail[index] & mask
+    # a leaf's own tail is, by Blender's definition, its length along its own Y axis
+    tails = rig.joint_is_tail[index] & (rig.joint_bones[index] == np.arange(rig.num_bones)[:, None]) & mask
     rest_vectors[tails] = 0.0
     rest_vectors[tails, 1] = rig.lengths[np.nonzero(tails)[0]]
     pose = np.zeros((frames, rig.num_bones, 4, 4))
