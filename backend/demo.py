@@ -1,7 +1,7 @@
 """``animax demo``: animate a character headless, exactly as the Animate button does.
 
     animax demo [--blend IN.blend --armature NAME] --prompt TEXT --out OUT.blend [--preview OUT.mp4]
-                [--steps N] [--seed S]
+                [--steps N] [--seed S] [--bones DEFORM|SELECTED|COLLECTION --collection NAME]
 
 1. builds the extension zip with ``build.py`` for this platform (without bundled wheels when
    none can be downloaded: pyzmq and Pillow then come from this Python) and installs and enables
@@ -12,12 +12,14 @@
 4. renders a short Workbench preview video of the animated character (mp4), stops the worker.
 
 ``bpy`` reads ``BLENDER_USER_RESOURCES`` when it is imported, so the demo needs a process of its
-own: this module imports bpy only inside ``run_demo``.
+own: this module imports bpy only inside ``installed_extension``, which ``animax motion-bench``
+shares.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import platform
@@ -40,6 +42,10 @@ _HOST_PLATFORMS = {("linux", "x86_64"): "linux-x64", ("win32", "AMD64"): "window
                    ("darwin", "arm64"): "macos-arm64", ("darwin", "x86_64"): "macos-x64"}
 
 
+_BLEND_MAGICS = (b"BLENDER", b"\x1f\x8b", b"\x28\xb5\x2f\xfd")
+"""How a .blend file starts: plain, gzip- or zstd-compressed."""
+
+
 class DemoError(ValueError):
     """The demo cannot go on; the text says what to change."""
 
@@ -52,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preview", type=Path, help="preview video to render (default: OUT with .mp4)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bones", choices=("DEFORM", "COLLECTION", "SELECTED"), default="DEFORM",
+                        help="which bones take part, as in the panel (default: the deform bones, the body "
+                             "chosen automatically on large rigs)")
+    parser.add_argument("--collection", help="the bone collection that takes part (with --bones COLLECTION)")
 
 
 def _build_module():
@@ -98,26 +108,34 @@ def _action_keys(action, obj) -> int:
     return sum(len(curve.keyframe_points) for curve in bag.fcurves)
 
 
-def render_preview(bpy, obj, path: Path) -> int:
-    """Render the scene's frame range with Workbench into an mp4; returns the frame count."""
-    scene = bpy.context.scene
+def add_preview_camera(bpy, obj, size: int = PREVIEW_SIZE):
+    """A three-quarter view of ``obj`` with room for its motion, made the scene's camera."""
     world = np.array(obj.matrix_world)
     points = np.array([p for b in obj.data.bones for p in (b.head_local, b.tail_local)])
     points = points @ world[:3, :3].T + world[:3, 3]
     lo, hi = points.min(axis=0), points.max(axis=0)
     center = (lo + hi) / 2
     radius = float(np.linalg.norm(points - center, axis=1).max()) * 1.3  # room for the motion
-    cameras = make_camera_rig(center, radius, PREVIEW_SIZE, azimuths_deg=(PREVIEW_AZIMUTH_DEG,),
+    cameras = make_camera_rig(center, radius, size, azimuths_deg=(PREVIEW_AZIMUTH_DEG,),
                               elevation_deg=PREVIEW_ELEVATION_DEG)
     data = bpy.data.cameras.new("AnimaX preview")
     data.sensor_fit, data.sensor_width = "AUTO", 36.0
-    data.lens = blender_lens_mm(cameras.focal_px, PREVIEW_SIZE)
+    data.lens = blender_lens_mm(cameras.focal_px, size)
     camera = bpy.data.objects.new("AnimaX preview", data)
-    scene.collection.objects.link(camera)
+    bpy.context.scene.collection.objects.link(camera)
     from mathutils import Matrix
 
     camera.matrix_world = Matrix(cameras.blender_matrices_world()[0].tolist())
-    scene.camera = camera
+    bpy.context.scene.camera = camera
+    return camera
+
+
+def render_preview(bpy, obj, path: Path) -> int:
+    """Render the Action's frame range with Workbench into an mp4; returns the frame count."""
+    scene = bpy.context.scene
+    start, end = (int(round(f)) for f in obj.animation_data.action.frame_range)
+    scene.frame_start, scene.frame_end = start, end  # only in this process: OUT was saved before
+    add_preview_camera(bpy, obj)
     render = scene.render
     render.engine = "BLENDER_WORKBENCH"
     render.resolution_x = render.resolution_y = PREVIEW_SIZE
@@ -133,34 +151,83 @@ def render_preview(bpy, obj, path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     render.filepath = str(path.resolve())
     bpy.ops.render.render(animation=True)
-    return scene.frame_end - scene.frame_start + 1
+    return end - start + 1
+
+
+@contextlib.contextmanager
+def installed_extension():
+    """Build the extension, install and enable it in a temporary Blender user directory, and point
+    it at a local worker run by this Python from this project; yields ``(bpy, sentence)``, the
+    sentence saying what the zip bundles. Disabling it at the end stops the local worker.
+
+    ``bpy`` reads ``BLENDER_USER_RESOURCES`` when it is imported, so this needs a fresh process."""
+    if "bpy" in sys.modules:
+        raise DemoError("Blender must start in a fresh process (bpy was imported already); run the command again")
+    user_dir = tempfile.mkdtemp(prefix="animax-user-")
+    try:
+        zip_path, bundled = build_extension(Path(user_dir) / "dist")
+        os.environ["BLENDER_USER_RESOURCES"] = user_dir  # read when bpy is imported
+        import bpy
+
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo=REPO, enable_on_install=True)
+        module = f"bl_ext.{REPO}.{EXTENSION_ID}"
+        addon = bpy.context.preferences.addons.get(module)
+        if addon is None:
+            raise DemoError(f"the extension {zip_path} installed but did not enable; see the messages above")
+        prefs = addon.preferences
+        prefs.mode, prefs.python, prefs.project = "LOCAL", sys.executable, str(ROOT)
+        try:
+            yield bpy, f"extension {zip_path.name}: {bundled}; installed in a temporary user directory"
+        finally:
+            bpy.ops.preferences.addon_disable(module=module)
+    finally:
+        shutil.rmtree(user_dir, ignore_errors=True)
+
+
+def animate(bpy, obj, prompt: str, **settings) -> float:
+    """Press Animate on ``obj`` with ``prompt`` and the panel's ``settings``; returns the seconds taken."""
+    panel = bpy.context.scene.animax
+    panel.armature, panel.prompt = obj, prompt
+    for name, value in settings.items():
+        setattr(panel, name, value)
+    start = time.perf_counter()
+    try:
+        bpy.ops.animax.animate()
+    except RuntimeError as exc:  # the operator's ERROR report, or its poll's message: the panel's sentence
+        raise DemoError(bpy.context.window_manager.animax_state.error
+                        or str(exc).split("\n")[0].removeprefix("Operator bpy.ops.animax.animate.poll() ")) from None
+    return time.perf_counter() - start
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Refuse bad arguments at once, before Blender starts."""
+    if not args.prompt.strip():
+        raise DemoError("--prompt is empty; say what the character should do, e.g. --prompt \"the fox jumps\"")
+    if args.blend is not None:
+        if not args.blend.is_file():
+            raise DemoError(f"--blend file not found: {args.blend}")
+        with args.blend.open("rb") as file:
+            magic = file.read(7)
+        if not magic.startswith(_BLEND_MAGICS):
+            raise DemoError(f"--blend {args.blend} is not a .blend file; give a file saved by Blender")
+    if args.armature is not None and args.blend is None:
+        raise DemoError("--armature names an armature in --blend; give --blend too")
+    if args.collection and args.bones != "COLLECTION":
+        raise DemoError("--collection needs --bones COLLECTION")
+    if args.bones == "COLLECTION" and not args.collection:
+        raise DemoError("--bones COLLECTION needs --collection NAME")
+    if args.out.suffix != ".blend":
+        raise DemoError(f"--out must be a .blend file, got {args.out}")
+    if args.steps < 1:
+        raise DemoError(f"--steps must be at least 1, got {args.steps}")
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    if "bpy" in sys.modules:
-        raise DemoError("the demo must run in a fresh process (bpy was imported already); run 'animax demo'")
-    if args.blend is not None and not args.blend.is_file():
-        raise DemoError(f"--blend file not found: {args.blend}")
-    if args.armature is not None and args.blend is None:
-        raise DemoError("--armature names an armature in --blend; give --blend too")
-    if args.out.suffix != ".blend":
-        raise DemoError(f"--out must be a .blend file, got {args.out}")
+    _check(args)
     preview = args.preview or args.out.with_suffix(".mp4")
     start = time.perf_counter()
-    user_dir = tempfile.mkdtemp(prefix="animax-demo-user-")
-    zip_path, bundled = build_extension(Path(user_dir) / "dist")
-    os.environ["BLENDER_USER_RESOURCES"] = user_dir  # read when bpy is imported
-    import bpy
-
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo=REPO, enable_on_install=True)
-    module = f"bl_ext.{REPO}.{EXTENSION_ID}"
-    addon = bpy.context.preferences.addons.get(module)
-    if addon is None:
-        raise DemoError(f"the extension {zip_path} installed but did not enable; see the messages above")
-    prefs = addon.preferences
-    prefs.mode, prefs.python, prefs.project = "LOCAL", sys.executable, str(ROOT)
-    try:
+    with installed_extension() as (bpy, bundled):
         if args.blend is not None:
             bpy.ops.wm.open_mainfile(filepath=str(args.blend.resolve()))
             obj = _armature(bpy, args.armature)
@@ -168,28 +235,19 @@ def run_demo(args: argparse.Namespace) -> dict:
             from backend.data.blender_build import build_sample_scene
 
             obj = build_sample_scene(seed=0, family="quadruped")
-        settings = bpy.context.scene.animax
-        settings.armature, settings.prompt, settings.steps, settings.seed = obj, args.prompt, args.steps, args.seed
-        animate_start = time.perf_counter()
-        try:
-            bpy.ops.animax.animate()
-        except RuntimeError as exc:  # the operator's ERROR report: the panel's sentence
-            raise DemoError(bpy.context.window_manager.animax_state.error or str(exc)) from None
-        animate_seconds = time.perf_counter() - animate_start
+        animate_seconds = animate(bpy, obj, args.prompt, steps=args.steps, seed=args.seed, bones=args.bones,
+                                  bone_collection=args.collection or "")
         action = obj.animation_data.action
         args.out.parent.mkdir(parents=True, exist_ok=True)
         bpy.ops.wm.save_as_mainfile(filepath=str(args.out.resolve()))
+        first, last = action.frame_range
         summary = {"action": action.name, "armature": obj.name, "keys": _action_keys(action, obj),
-                   "frames": bpy.context.scene.frame_end - bpy.context.scene.frame_start + 1,
-                   "animate_seconds": animate_seconds}
+                   "frames": int(round(last - first)) + 1, "animate_seconds": animate_seconds}
         render_start = time.perf_counter()  # after saving: the preview's camera and settings stay out of OUT
         render_preview(bpy, obj, preview)
         summary["preview_seconds"] = time.perf_counter() - render_start
-    finally:
-        bpy.ops.preferences.addon_disable(module=module)  # unregister stops the local worker
-        shutil.rmtree(user_dir, ignore_errors=True)
     summary["seconds"] = time.perf_counter() - start
-    print(f"extension {zip_path.name}: {bundled}; installed in a temporary user directory\n"
+    print(f"{bundled}\n"
           f"animated '{summary['armature']}' with \"{args.prompt}\": Action '{summary['action']}', "
           f"{summary['frames']} frames, {summary['keys']} keys, in {animate_seconds:.1f} s "
           f"(worker start included)\n"

@@ -93,16 +93,17 @@ def _capsule(length: float, radius: float) -> tuple[np.ndarray, list[tuple[int, 
     return verts, faces
 
 
-def _skin(rig: Rig, name: str) -> tuple[bpy.types.Mesh, list[np.ndarray]]:
-    """The capsule mesh in armature space and each bone's vertex indices."""
-    size = rig.bounding_sphere()[1]
-    radii = np.clip(RADIUS_PER_LENGTH * rig.lengths, *(np.array(RADIUS_RANGE) * size))
+def _skin_mesh(heads: np.ndarray, lengths: np.ndarray, axes: np.ndarray, size: float,
+               name: str) -> tuple[bpy.types.Mesh, list[np.ndarray]]:
+    """A capsule around each bone (heads (B, 3), lengths (B,), rest axes (B, 3, 3) with Y along the
+    bone) in armature space, and each bone's vertex indices; ``size`` scales the radius limits."""
+    radii = np.clip(RADIUS_PER_LENGTH * lengths, *(np.array(RADIUS_RANGE) * size))
     verts, faces, groups = [], [], []
     offset = 0
-    for b in range(rig.num_bones):
-        local, bone_faces = _capsule(rig.lengths[b], radii[b])
+    for b in range(len(heads)):
+        local, bone_faces = _capsule(lengths[b], radii[b])
         # bone space -> armature space through the rest matrix (Y along the bone, roll included)
-        verts.append(local @ rig.rest_matrices[b, :3, :3].T + rig.heads[b])
+        verts.append(local @ axes[b].T + heads[b])
         faces += [tuple(i + offset for i in f) for f in bone_faces]
         groups.append(np.arange(offset, offset + len(local)))
         offset += len(local)
@@ -113,24 +114,40 @@ def _skin(rig: Rig, name: str) -> tuple[bpy.types.Mesh, list[np.ndarray]]:
     return mesh, groups
 
 
+def add_skin(armature: bpy.types.Object, color: tuple[float, float, float], bone_names: list[str] | None = None,
+             collection=None) -> bpy.types.Object:
+    """A capsule mesh skinned to ``bone_names`` (default: the deform bones) of ``armature``, each
+    capsule weighted fully to its bone (Armature modifier, parented); returns the mesh object."""
+    collection = bpy.context.scene.collection if collection is None else collection
+    bones = armature.data.bones
+    names = [b.name for b in bones if b.use_deform] if bone_names is None else list(bone_names)
+    if not names:
+        raise ValueError(f"'{armature.name}' has no bones to skin")
+    heads = np.array([bones[n].head_local for n in names], dtype=np.float64)
+    tails = np.array([bones[n].tail_local for n in names], dtype=np.float64)
+    axes = np.array([np.array(bones[n].matrix_local)[:3, :3] for n in names])
+    points = np.concatenate([heads, tails])
+    size = float(np.linalg.norm(points - (points.min(axis=0) + points.max(axis=0)) / 2, axis=1).max())
+    mesh, groups = _skin_mesh(heads, np.linalg.norm(tails - heads, axis=1), axes, size, f"{armature.name}_mesh")
+    material = bpy.data.materials.new(f"{armature.name}_skin")
+    material.diffuse_color = (*color, 1.0)
+    mesh.materials.append(material)
+    body = bpy.data.objects.new(f"{armature.name}_mesh", mesh)
+    collection.objects.link(body)
+    body.parent = armature
+    for name, indices in zip(names, groups):
+        body.vertex_groups.new(name=name).add(indices.tolist(), 1.0, "REPLACE")
+    body.modifiers.new("Armature", "ARMATURE").object = armature
+    return body
+
+
 def build_creature(creature: Creature, name: str, collection=None) -> bpy.types.Object:
     """The creature as an armature plus one mesh skinned to it (Armature modifier, parented).
 
     Returns the armature object, at the origin, linked to ``collection`` (default: the scene's).
     """
-    collection = bpy.context.scene.collection if collection is None else collection
-    rig = creature.rig
-    armature = build_armature(rig, name, collection)
-    mesh, groups = _skin(rig, f"{name}_mesh")
-    material = bpy.data.materials.new(f"{name}_{creature.family}")
-    material.diffuse_color = (*FAMILY_COLORS[creature.family], 1.0)
-    mesh.materials.append(material)
-    body = bpy.data.objects.new(f"{name}_mesh", mesh)
-    collection.objects.link(body)
-    body.parent = armature
-    for bone, indices in zip(rig.bones, groups):
-        body.vertex_groups.new(name=bone.name).add(indices.tolist(), 1.0, "REPLACE")
-    body.modifiers.new("Armature", "ARMATURE").object = armature
+    armature = build_armature(creature.rig, name, collection)
+    add_skin(armature, FAMILY_COLORS[creature.family], creature.rig.bone_names, collection)
     return armature
 
 

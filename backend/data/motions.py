@@ -311,7 +311,7 @@ KEYWORDS = {
 """Word stems that every prompt of a motion contains one of (how the tests tell it names it)."""
 
 
-def _phrase(template: str, noun: str, family: str) -> str:
+def phrase(template: str, noun: str, family: str) -> str:
     text = template.format(noun=noun, part=PARTS.get(family, "part"))
     return re.sub(r"\b([Aa])n? (?=(\w))", lambda m: m[1] + ("n " if m[2] in "aeiou" else " "), text)
 
@@ -320,13 +320,13 @@ def prompt(creature: Creature, motion: str, rng, nouns=None) -> str:
     """A prompt for ``motion`` that names the creature by one of ``nouns`` (default: its family's)."""
     nouns = nouns or NOUNS[creature.family]
     template = PROMPTS[motion][int(rng.integers(len(PROMPTS[motion])))]
-    return _phrase(template, nouns[int(rng.integers(len(nouns)))], creature.family)
+    return phrase(template, nouns[int(rng.integers(len(nouns)))], creature.family)
 
 
 def all_prompts(families=tuple(FAMILIES)) -> list[str]:
     """Every prompt ``prompt`` can write for ``families``, with their nouns or generic ones, sorted
     (for precomputed text embeddings)."""
-    return sorted({_phrase(template, noun, family) for family in families for motion in APPLICABLE[family]
+    return sorted({phrase(template, noun, family) for family in families for motion in APPLICABLE[family]
                    for template in PROMPTS[motion] for noun in NOUNS[family] + GENERIC_NOUNS})
 
 

@@ -1,0 +1,363 @@
+"""``animax motion-bench``: motion as an animator sees it, through the real Animate operator.
+
+    animax motion-bench [--rigs NAMES] [--seeds 2] [--steps 20] [--out bench_out/motion]
+
+Headless Blender with the extension installed as ``animax demo`` installs it and a local worker
+with the embedded model. For each rig of ``bench_rigs`` (procedural creatures of every family,
+Rigify metarigs, glTF round trips), each of its motions and each seed, it presses Animate and
+reads the written Action back from Blender frame by frame (the rotations the pose bones carry, the
+joints where Blender puts them), then scores it (``motion_metrics``) against the truth (the
+procedural motion of that label on that rig, keyed by the add-on's own Action writer and read back
+the same way) and against the goals of docs/quality.md. Contact sheets of every Action, rendered
+by Blender, go beside the numbers. Needs ``bpy``; imports it only inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SCENE_FPS = 24.0  # Blender's default scene
+CLIP_SECONDS = 1.0  # the tiny model's whole clip: 17 frames at 16 fps
+SHEET_FRAMES = 5
+SHEET_CELL = 112
+GOALS = {
+    "flips": ("flips (share of bone steps > 45°)", "< 1%", lambda v: v < 0.01),
+    "jitter": ("jitter (angular acceleration / truth's, median)", "<= 2", lambda v: v <= 2.0),
+    "prompt_effect": ("prompt effect / seed effect (mean over rigs)", ">= 2", lambda v: v >= 2.0),
+    "accuracy_procedural": ("action read right, procedural families", ">= 80%", lambda v: v >= 0.8),
+    "accuracy_rigify": ("action read right, Rigify humans and quadrupeds", ">= 60%", lambda v: v >= 0.6),
+    "jump_lift": ("jumps that lift the body >= 8% of its height", "all", lambda v: v >= 1.0),
+    "drift": ("runs that drift > 1 body height without walking", "none", lambda v: v == 0),
+    "seconds": ("seconds per generation (2-core CPU, default sampler)", "<= 60", lambda v: v <= 60.0),
+}
+
+
+class BenchError(ValueError):
+    """The benchmark cannot run as asked; the text says what to change."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rigs", default="all",
+                        help="comma-separated rig names or groups (procedural, rigify, gltf; default: all); "
+                             "e.g. procedural:quadruped,rigify:basic_human")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2: the seed effect needs two)")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20, the panel's)")
+    parser.add_argument("--out", type=Path, default=Path("bench_out/motion"),
+                        help="folder for results.json and the contact sheets (default bench_out/motion)")
+
+
+def select_rigs(spec: str) -> list:
+    from .bench_rigs import bench_rigs
+
+    rigs = bench_rigs()
+    chosen = []
+    for word in (w.strip() for w in spec.split(",") if w.strip()):
+        matches = [r for r in rigs.values() if word in ("all", r.name, r.group)]
+        if not matches:
+            groups = sorted({r.group for r in rigs.values()})
+            raise BenchError(f"--rigs: no rig or group '{word}'; use all, {', '.join(groups)} or one of "
+                             f"{', '.join(rigs)}")
+        chosen += [r for r in matches if r not in chosen]
+    if not chosen:
+        raise BenchError("--rigs is empty; name rigs or groups, or leave it out for all")
+    return chosen
+
+
+# --- reading an Action back from Blender ------------------------------------------------------------
+def read_motion(bpy, obj, rig, frames) -> tuple[np.ndarray, np.ndarray]:
+    """Local rotations (T, B, 4) and world joints (T, J, 3) of ``rig``'s bones as Blender poses
+    ``obj`` at ``frames`` with its active Action."""
+    scene = bpy.context.scene
+    world = np.array(obj.matrix_world, dtype=np.float64)
+    names = rig.bone_names
+    leaves = [names[i] for i in np.flatnonzero(rig.leaves)]
+    rotations, joints = [], []
+    for frame in frames:
+        scene.frame_set(int(frame))
+        bones = obj.pose.bones
+        rotations.append([tuple(bones[n].matrix_basis.to_quaternion()) for n in names])
+        points = np.array([bones[n].head for n in names] + [bones[n].tail for n in leaves], dtype=np.float64)
+        joints.append(points @ world[:3, :3].T + world[:3, 3])
+    return np.array(rotations), np.array(joints)
+
+
+def action_frames(action) -> np.ndarray:
+    first, last = action.frame_range
+    return np.arange(int(round(first)), int(round(last)) + 1)
+
+
+def use_action(obj, action) -> None:
+    obj.animation_data.action = action
+    obj.animation_data.action_slot = action.slots[0]
+
+
+def _addon(name: str):
+    from backend.demo import EXTENSION_ID, REPO
+
+    return importlib.import_module(f"bl_ext.{REPO}.{EXTENSION_ID}.{name}")
+
+
+def key_truth(bpy, obj, bench_rig, motion: str, frames: int, write_action):
+    """The procedural motion ``motion`` of the rig's creature, keyed by ``write_action`` (the
+    add-on's own writer) at the scene's frame rate; returns the Action."""
+    from backend.data.motions import FPS, MOTIONS
+    from backend.reconstruction.kinematics import resample
+
+    creature = bench_rig.creature
+    rotations, locations = MOTIONS[motion](creature, np.random.default_rng(0), frames, FPS)
+    rotations, locations = resample(rotations, locations, FPS, SCENE_FPS)
+    root = int(creature.rig.roots[0])
+    return write_action(obj, f"truth {motion}", creature.rig.bone_names, rotations, creature.rig.bones[root].name,
+                        locations[:, root], frame_start=bpy.context.scene.frame_start)
+
+
+# --- contact sheets --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Blender's renderer prints a line per saved image on the C-level stdout; keep the log readable."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def render_cells(bpy, obj, action, folder: Path) -> list:
+    """Workbench renders of ``action`` on ``obj`` at ``SHEET_FRAMES`` frames spread over its range."""
+    from PIL import Image
+
+    use_action(obj, action)
+    frames = action_frames(action)
+    picks = frames[np.linspace(0, len(frames) - 1, SHEET_FRAMES).round().astype(int)]
+    scene = bpy.context.scene
+    cells = []
+    for frame in picks:
+        scene.frame_set(int(frame))
+        path = folder / f"cell_{frame}.png"
+        scene.render.filepath = str(path)
+        with _quiet_stdout():
+            bpy.ops.render.render(write_still=True)
+        with Image.open(path) as image:
+            cells.append(image.convert("RGB"))
+    return cells
+
+
+def contact_sheet(rows: list[tuple[str, list]], path: Path) -> Path:
+    """One row of frames per labelled Action, the label above its row."""
+    from PIL import Image, ImageDraw
+
+    label_h = 14
+    width = SHEET_FRAMES * SHEET_CELL
+    sheet = Image.new("RGB", (width, len(rows) * (SHEET_CELL + label_h)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, cells) in enumerate(rows):
+        top = r * (SHEET_CELL + label_h)
+        draw.text((4, top + 1), label, fill=(0, 0, 0))
+        for c, cell in enumerate(cells):
+            sheet.paste(cell.resize((SHEET_CELL, SHEET_CELL)), (c * SHEET_CELL, top + label_h))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def _setup_render(bpy, obj) -> None:
+    from backend.demo import add_preview_camera
+
+    add_preview_camera(bpy, obj, SHEET_CELL)
+    render = bpy.context.scene.render
+    render.engine = "BLENDER_WORKBENCH"
+    render.resolution_x = render.resolution_y = SHEET_CELL
+    render.resolution_percentage = 100
+    render.image_settings.file_format = "PNG"
+    scene = bpy.context.scene
+    if scene.world is None:
+        scene.world = bpy.data.worlds.new("AnimaX sheet")
+    scene.world.color = (0.8, 0.8, 0.8)  # a light ground, so dark creatures show
+
+
+# --- one rig ---------------------------------------------------------------------------------------
+def _empty_scene(bpy) -> None:
+    for collection in (bpy.data.objects, bpy.data.meshes, bpy.data.armatures, bpy.data.actions,
+                       bpy.data.materials, bpy.data.cameras, bpy.data.images, bpy.data.worlds):
+        for item in list(collection):
+            collection.remove(item)
+    scene = bpy.context.scene
+    scene.render.fps, scene.render.fps_base = int(SCENE_FPS), 1.0
+    scene.frame_start = 1
+
+
+def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, sheets: Path, log) -> dict:
+    """Every motion and seed of one rig: the scored runs, the truth's scores, the prompt effect."""
+    from backend.demo import DemoError, animate
+
+    from backend.data.motions import FPS as MODEL_FPS
+
+    from .classifier import FRAMES, predict
+    from .motion_metrics import motion_distance, motion_scores, prompt_and_seed_effect, resample_joints
+
+    _empty_scene(bpy)
+    obj = bench_rig.build(bpy)
+    try:
+        rig = _addon("snapshot").rig_from_armature(obj)
+    except ValueError as exc:
+        log(f"{bench_rig.name}: refused: {exc}")
+        return {"rig": bench_rig.name, "group": bench_rig.group, "refused": str(exc)}
+    rest = rig.joints_rest
+    duration = int(round(CLIP_SECONDS * SCENE_FPS)) + 1
+
+    def classify(joints):
+        return predict(classifier, resample_joints(joints, SCENE_FPS, MODEL_FPS)[:FRAMES], rig)
+
+    truths, runs, motions, rows = {}, [], {}, []
+    for motion in bench_rig.motions:
+        if bench_rig.creature is not None:
+            action = key_truth(bpy, obj, bench_rig, motion, FRAMES, _addon("action").write_action)
+            rotations, joints = read_motion(bpy, obj, rig, action_frames(action))
+            truths[motion] = dict(motion_scores(rotations, joints, rest, SCENE_FPS), read_as=classify(joints))
+            truths[motion]["joints"] = joints
+            rows.append((f"truth: {motion}", action))
+        for seed in seeds:
+            text = bench_rig.prompt(motion)
+            try:
+                seconds = animate(bpy, obj, text, seed=seed, steps=steps, duration=duration)
+            except DemoError as exc:
+                log(f"{bench_rig.name}: refused: {exc}")
+                return {"rig": bench_rig.name, "group": bench_rig.group, "refused": str(exc)}
+            action = obj.animation_data.action
+            rotations, joints = read_motion(bpy, obj, rig, action_frames(action))
+            run = dict(motion_scores(rotations, joints, rest, SCENE_FPS), motion=motion, prompt=text, seed=seed,
+                       seconds=seconds, read_as=classify(joints))
+            if motion in truths:
+                truth = truths[motion]
+                run["jitter"] = run["acceleration_deg_s2"] / max(truth["acceleration_deg_s2"], 1e-6)
+                run["range_vs_truth"] = run["range_deg"] / max(truth["range_deg"], 1e-6)
+                run["distance_to_truth"] = motion_distance(joints, truth["joints"], rest)
+            motions[text, seed] = joints
+            runs.append(run)
+            rows.append((f"{text} / seed {seed}: read as {run['read_as']}", action))
+            log(f"{bench_rig.name}: \"{text}\" seed {seed}: read as {run['read_as']}, flips {run['flips']:.1%}, "
+                f"range {run['range_deg']:.0f}°, movement {run['movement']:.2f}, {seconds:.1f} s")
+    _setup_render(bpy, obj)
+    with tempfile.TemporaryDirectory(prefix="animax-sheet-") as folder:
+        sheet = contact_sheet([(label, render_cells(bpy, obj, action, Path(folder))) for label, action in rows],
+                              sheets / f"{bench_rig.name.replace(':', '_')}.png")
+    for truth in truths.values():
+        del truth["joints"]
+    return {"rig": bench_rig.name, "group": bench_rig.group, "family": bench_rig.family, "bones": rig.num_bones,
+            "joints": rig.num_joints, "runs": runs, "truth": truths,
+            "effect": prompt_and_seed_effect(motions, rest), "sheet": str(sheet)}
+
+
+# --- the summary -------------------------------------------------------------------------------------
+def summarise(results: list[dict]) -> dict:
+    """The goals' numbers over all rigs that ran (``GOALS`` keys), plus counts."""
+    ran = [r for r in results if "runs" in r]
+    runs = [run for r in ran for run in r["runs"]]
+    summary = {"rigs": len(results), "refused": [r["rig"] for r in results if "refused" in r], "runs": len(runs)}
+    if not runs:
+        return summary
+    summary["flips"] = float(np.mean([run["flips"] for run in runs]))
+    jitter = [run["jitter"] for run in runs if "jitter" in run]
+    if jitter:
+        summary["jitter"] = float(np.median(jitter))
+    ratios = [r["effect"]["ratio"] for r in ran if r["effect"]["ratio"] is not None]
+    if ratios:
+        summary["prompt_effect"] = float(np.mean(ratios))
+    for key, groups in (("accuracy_procedural", ("procedural",)), ("accuracy_rigify", ("rigify", "gltf"))):
+        scored = [run["read_as"] == run["motion"] for r in ran if r["group"] in groups for run in r["runs"]]
+        if scored:
+            summary[key] = float(np.mean(scored))
+    jumps = [run["lift"] >= 0.08 for run in runs if run["motion"] == "jump"]
+    if jumps:
+        summary["jump_lift"] = float(np.mean(jumps))
+    summary["drift"] = sum(run["drift"] > 1.0 for run in runs if run["motion"] != "walk")
+    # the first Animate of a run starts the worker and loads the model: not a generation's time
+    seconds = [run["seconds"] for run in runs[1:]]
+    if seconds:
+        summary["seconds"] = float(np.median(seconds))
+    return summary
+
+
+def goal_table(summary: dict) -> str:
+    lines = ["| measure | goal | now | met |", "| --- | --- | ---: | --- |"]
+    for key, (what, goal, met) in GOALS.items():
+        if key not in summary:
+            continue
+        value = summary[key]
+        shown = (f"{value:.1%}" if key.startswith(("flips", "accuracy", "jump")) else
+                 f"{value:d}" if isinstance(value, int) else f"{value:.2f}")
+        lines.append(f"| {what} | {goal} | {shown} | {'yes' if met(value) else 'no'} |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from backend.demo import installed_extension
+
+    from .classifier import train_classifier
+
+    if args.seeds < 1:
+        raise BenchError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.steps < 1:
+        raise BenchError(f"--steps must be at least 1, got {args.steps}")
+    rigs = select_rigs(args.rigs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    def log(line: str) -> None:
+        print(f"[{time.perf_counter() - start:6.0f} s] {line}", flush=True)
+
+    log("training the action classifier on ground-truth procedural clips")
+    classifier = train_classifier()
+    results = []
+    with installed_extension() as (bpy, sentence):
+        log(sentence)
+        for bench in rigs:
+            results.append(bench_rig(bpy, bench, list(range(args.seeds)), args.steps, classifier,
+                                     args.out / "sheets", log))
+            report = {"command": " ".join(["animax", "motion-bench", *sys.argv[2:]]), "seeds": args.seeds,
+                      "steps": args.steps, "scene_fps": SCENE_FPS, "summary": summarise(results), "rigs": results}
+            (args.out / "results.json").write_text(json.dumps(report, indent=1, default=_plain))
+    log(f"done: {args.out / 'results.json'}")
+    print(goal_table(report["summary"]))
+    return report
+
+
+def _plain(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="animax motion-bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    from backend.demo import DemoError
+
+    try:
+        run(args)
+    except (BenchError, DemoError) as exc:
+        print(f"animax motion-bench: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""``animax motion-bench``'s Blender side: its rigs, and reading an Action back as Blender plays it."""
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+from animax_addon.action import write_action  # noqa: E402
+from animax_addon.snapshot import rig_from_armature  # noqa: E402
+from backend.data.motions import FPS, MOTIONS  # noqa: E402
+from backend.evaluation import motion_bench  # noqa: E402
+from backend.evaluation.bench_rigs import bench_rigs, build_metarig, gltf_round_trip  # noqa: E402
+from backend.reconstruction.kinematics import forward_kinematics, resample  # noqa: E402
+
+
+def _skinned(obj):
+    meshes = [o for o in bpy.context.scene.objects if o.type == "MESH" and o.parent == obj]
+    return meshes and any(m.type == "ARMATURE" and m.object == obj for m in meshes[0].modifiers)
+
+
+def test_truth_keyed_and_read_back_is_the_procedural_motion():
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.context.scene.render.fps = int(motion_bench.SCENE_FPS)
+    bench = bench_rigs()["procedural:quadruped"]
+    obj = bench.build(bpy)
+    rig = rig_from_armature(obj)
+    action = motion_bench.key_truth(bpy, obj, bench, "walk", 17, write_action)
+    rotations, joints = motion_bench.read_motion(bpy, obj, rig, motion_bench.action_frames(action))
+    # the truth as the bpy-free maths has it, at the scene's frame rate
+    source = bench.creature.rig
+    truth_rot, truth_loc = resample(*MOTIONS["walk"](bench.creature, np.random.default_rng(0), 17, FPS),
+                                    FPS, motion_bench.SCENE_FPS)
+    _, truth_joints = forward_kinematics(source, truth_rot, truth_loc)
+    order = [source.joint_names.index(n) for n in rig.joint_names]
+    assert joints.shape == (25, rig.num_joints, 3)
+    assert np.abs(joints - truth_joints[:, order]).max() < 1e-4
+    assert np.abs(joints - joints[0]).max() > 0.05  # the legs move: the comparison means something
+    bones = [source.bone_index[n] for n in rig.bone_names]
+    dots = np.abs(np.sum(rotations * truth_rot[:, bones], axis=-1))
+    assert dots.min() > 1 - 1e-6
+
+
+@pytest.mark.parametrize("which", ["basic_human", "basic_quadruped"])
+def test_metarig_and_its_gltf_round_trip_are_skinned_rigs_the_add_on_takes(which):
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    metarig = build_metarig(bpy, which)
+    assert _skinned(metarig)
+    bones = rig_from_armature(metarig).num_bones
+    assert bones >= 20  # a body: spine, legs, head, (arms)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    imported = gltf_round_trip(bpy, which)
+    assert imported.name != which or imported.data.name != which  # the importer's own armature
+    assert _skinned(imported)
+    assert rig_from_armature(imported).num_bones == bones
+
+
+def test_unknown_rig_is_refused_with_the_names():
+    with pytest.raises(motion_bench.BenchError, match="no rig or group 'dragon'.*procedural:biped"):
+        motion_bench.select_rigs("procedural,dragon")
+    chosen = motion_bench.select_rigs("rigify:wolf,procedural")
+    assert chosen[0].name == "rigify:wolf" and {r.group for r in chosen[1:]} == {"procedural"}
