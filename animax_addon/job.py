@@ -369,7 +369,10 @@ class AnimateController:
 
     # --- the result ----------------------------------------------------------------------------------------
     def _apply(self) -> None:
-        """One new Action per variation, the frame range, the previews, then one undo step."""
+        """One new Action per variation, the previews, then one undo step.
+
+        The scene's frame range stays the user's: each Action carries its own (``write_action``).
+        """
         import bpy
 
         from .action import write_action
@@ -402,7 +405,6 @@ class AnimateController:
             entry.preview_rgb = images.get("rgb", "")
         settings.result_index = 0
         frames = len(self._results[0][0]["rotations"][: self.duration])
-        scene.frame_end = scene.frame_start + frames - 1
         bpy.ops.ed.undo_push(message=f"AnimaX: {self.prompt}")
         names = ", ".join(f"'{a.name}'" for a, _, _ in written)
         seconds = time.monotonic() - self._started

@@ -72,21 +72,41 @@ def keys(action, obj):
     return out
 
 
+ROTATION = {"XZY": ("rotation_euler", 3), "QUATERNION": ("rotation_quaternion", 4)}
+
+
 def walk_action(obj):
-    """An Action the user made before: one key on the first bone."""
-    bone = obj.pose.bones[0]
-    bone.rotation_mode = "QUATERNION"
-    bone.rotation_quaternion = (0.9, 0.1, 0.0, 0.0)
-    bone.keyframe_insert("rotation_quaternion", frame=1)
+    """An Action the user made before: every bone keyed on frames 1 and 9, in its own rotation
+    mode, an Euler order and quaternions by turns."""
+    rng = np.random.default_rng(1)
+    for b, bone in enumerate(obj.pose.bones):
+        bone.rotation_mode = ("XZY", "QUATERNION")[b % 2]
+        for frame in (1, 9):
+            bone.rotation_euler = rng.uniform(-0.5, 0.5, 3)
+            bone.rotation_quaternion = (1.0, *rng.uniform(-0.2, 0.2, 3))
+            bone.location = rng.uniform(-0.05, 0.05, 3)
+            bone.keyframe_insert(ROTATION[bone.rotation_mode][0], frame=frame)
+            bone.keyframe_insert("location", frame=frame)
     obj.animation_data.action.name = "Walk"
     return obj.animation_data.action
+
+
+def evaluated_pose(obj, frames) -> np.ndarray:
+    """Every pose bone's armature-space matrix at each of ``frames``: (F, B, 4, 4)."""
+    poses = []
+    for frame in frames:
+        bpy.context.scene.frame_set(frame)
+        poses.append([np.array(bone.matrix) for bone in obj.pose.bones])
+    return np.array(poses)
 
 
 @pytest.mark.parametrize("family", ["biped", "quadruped", "chest"])
 def test_animate_writes_a_new_action_and_keeps_the_old_one(family):
     obj = creature(family)
     walk = walk_action(obj)
-    walk_keys = keys(walk, obj)
+    walk_keys, walk_slot = keys(walk, obj), obj.animation_data.action_slot
+    walk_pose = evaluated_pose(obj, (1, 4, 9))
+    modes = [bone.rotation_mode for bone in obj.pose.bones]
     scene = bpy.context.scene
     scene.frame_start, scene.frame_end, scene.frame_current = 5, 100, 7
     scene.render.resolution_x, scene.render.engine = 321, "CYCLES"
@@ -101,7 +121,8 @@ def test_animate_writes_a_new_action_and_keeps_the_old_one(family):
     assert action != walk and action.name.startswith("AnimaX the character jumps")
     deform = [b.name for b in obj.data.bones if b.use_deform]
     got = keys(action, obj)
-    expected = {(f'pose.bones["{b}"].rotation_quaternion', i) for b in deform for i in range(4)}
+    rotation = {b: ROTATION[obj.pose.bones[b].rotation_mode] for b in deform}  # each bone in its own mode
+    expected = {(f'pose.bones["{b}"].{path}', i) for b, (path, count) in rotation.items() for i in range(count)}
     root = next(b.name for b in obj.data.bones if b.parent is None)
     expected |= {(f'pose.bones["{root}"].location', i) for i in range(3)}
     assert set(got) == expected
@@ -110,15 +131,18 @@ def test_animate_writes_a_new_action_and_keeps_the_old_one(family):
     (frames,) = frames
     assert frames[0] == 5 and np.array_equal(np.diff(frames), np.ones(len(frames) - 1))
     assert 1 < len(frames) <= 9
-    assert (scene.frame_start, scene.frame_end) == (5, 5 + len(frames) - 1)
-    quats = np.stack([got[f'pose.bones["{deform[0]}"].rotation_quaternion', i][1] for i in range(4)], axis=1)
+    assert action.use_frame_range and action.frame_range[:] == (frames[0], frames[-1])
+    assert (scene.frame_start, scene.frame_end) == (5, 100)  # the Action has the range, the scene keeps its own
+    assert [bone.rotation_mode for bone in obj.pose.bones] == modes
+    quaternion = next(b for b in deform if rotation[b][0] == "rotation_quaternion")
+    quats = np.stack([got[f'pose.bones["{quaternion}"].rotation_quaternion', i][1] for i in range(4)], axis=1)
     np.testing.assert_allclose(np.linalg.norm(quats, axis=1), 1.0, atol=1e-3)
     # the user's previous Action: untouched and kept in the file
     assert walk.use_fake_user and "Walk" in bpy.data.actions
     assert keys(walk, obj).keys() == walk_keys.keys()
     for key, value in walk_keys.items():
         np.testing.assert_array_equal(keys(walk, obj)[key], value)
-    # the user's scene: only the frame range changed; templates left nothing behind
+    # the user's scene: unchanged; templates left nothing behind
     assert scene.frame_current == 7 and scene.render.resolution_x == 321 and scene.render.engine == "CYCLES"
     assert {o.name for o in scene.objects if o.select_get()} == selected
     assert bpy.context.view_layer.objects.active == active
@@ -128,6 +152,9 @@ def test_animate_writes_a_new_action_and_keeps_the_old_one(family):
     assert [r.action for r in scene.animax.results] == [action]
     preview = bpy.data.images[scene.animax.results[0].preview]
     assert preview.source == "SEQUENCE" and preview["animax_frames"] >= len(frames) - 1
+    # the previous Action plays back as before: its bones kept their modes
+    obj.animation_data.action, obj.animation_data.action_slot = walk, walk_slot
+    np.testing.assert_array_equal(evaluated_pose(obj, (1, 4, 9)), walk_pose)
 
 
 def test_undo_restores_the_previous_state():
@@ -139,9 +166,8 @@ def test_undo_restores_the_previous_state():
     bpy.ops.ed.undo_push(message="before AnimaX")
     bpy.ops.animax.animate()
     assert bpy.data.objects["quadruped"].animation_data.action.name.startswith("AnimaX")
-    assert bpy.context.scene.frame_end != 100
 
-    bpy.ops.ed.undo()  # one step: the Action, the frame range and the variation list go together
+    bpy.ops.ed.undo()  # one step: the Action and the variation list go together
 
     obj = bpy.data.objects["quadruped"]  # undo rebuilt the data: old references are gone
     assert obj.animation_data.action.name == "Walk"
