@@ -23,8 +23,9 @@ def test_demo_writes_an_animated_blend_and_a_preview_video(tmp_path):
     action = obj.animation_data.action
     assert action.name == "AnimaX the fox jumps"
     bag = action_get_channelbag_for_slot(action, obj.animation_data.action_slot)
-    scene = bpy.context.scene
-    frames = scene.frame_end - scene.frame_start + 1
+    first, last = action.frame_range
+    frames = int(last - first) + 1
+    assert (bpy.context.scene.frame_start, bpy.context.scene.frame_end) == (1, 250)  # the scene's range untouched
     deform = [b for b in obj.data.bones if b.use_deform]
     assert len(bag.fcurves) == 4 * len(deform) + 3  # quaternions of every deform bone, the root's location
     assert {len(c.keyframe_points) for c in bag.fcurves} == {frames}
@@ -34,3 +35,23 @@ def test_demo_writes_an_animated_blend_and_a_preview_video(tmp_path):
     clip = bpy.data.movieclips.load(str(tmp_path / "x.mp4"))
     assert clip.frame_duration == frames and tuple(clip.size) == (256, 256)
     bpy.ops.wm.read_homefile(use_empty=True)
+
+
+def _demo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "backend.cli", "demo", *args], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+
+
+def test_bad_demo_arguments_get_one_sentence_before_blender_starts(tmp_path):
+    cases = {
+        ("--prompt", "  ", "--out", str(tmp_path / "a.blend")): "--prompt is empty",
+        ("--blend", str(ROOT / "README.md"), "--prompt", "x", "--out", str(tmp_path / "a.blend")): "is not a .blend file",
+        ("--prompt", "x", "--out", str(tmp_path / "a.txt")): "--out must be a .blend file",
+        ("--prompt", "x", "--out", str(tmp_path / "a.blend"), "--collection", "Body"): "--collection needs --bones",
+    }
+    for args, sentence in cases.items():
+        done = _demo(*args)
+        assert done.returncode == 2, args
+        assert sentence in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "Installed" not in done.stdout  # refused before the extension was built and installed
