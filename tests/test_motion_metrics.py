@@ -5,7 +5,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from backend.evaluation import motion_metrics as mm
-from backend.evaluation.motion_bench import GOALS, goal_table, summarise
+from animax_addon.job import tile_views
+from backend.evaluation.motion_bench import GOALS, goal_table, summarise, untile_views
 
 
 def _about_z(degrees) -> np.ndarray:
@@ -137,3 +138,8 @@ def test_summary_and_goals_from_runs():
     assert "| prompt effect / seed effect (mean over rigs) | >= 2 | 2.00 | yes |" in table
     assert "| flips (share of bone steps > 45°) | < 1% | 1.2% | no |" in table
     assert len(table.splitlines()) == 2 + sum(key in summary for key in GOALS)
+
+
+def test_untiled_previews_are_the_views_again():
+    video = np.random.default_rng(0).integers(0, 255, (4, 3, 8, 8, 3), dtype=np.uint8)
+    assert np.array_equal(untile_views(tile_views(video), 4), video)

@@ -1,6 +1,6 @@
 """``animax motion-bench``: motion as an animator sees it, through the real Animate operator.
 
-    animax motion-bench [--rigs NAMES] [--seeds 2] [--steps 20] [--out bench_out/motion]
+    animax motion-bench [--rigs NAMES] [--seeds 2] [--steps 20] [--out bench_out/motion] [--videos DIR]
 
 Headless Blender with the extension installed as ``animax demo`` installs it and a local worker
 with the embedded model. For each rig of ``bench_rigs`` (procedural creatures of every family,
@@ -54,7 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2: the seed effect needs two)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20, the panel's)")
     parser.add_argument("--out", type=Path, default=Path("bench_out/motion"),
-                        help="folder for results.json and the contact sheets (default bench_out/motion)")
+                        help="folder for results.json, the contact sheets and the generated pose-map videos "
+                             "(default bench_out/motion)")
+    parser.add_argument("--videos", type=Path,
+                        help="score the pose-map videos an earlier run saved in DIR/videos again, without the "
+                             "model: the worker's reconstruction and the add-on's Action writer run as in Animate")
 
 
 def select_rigs(spec: str) -> list:
@@ -120,6 +124,43 @@ def key_truth(bpy, obj, bench_rig, motion: str, frames: int, write_action):
     root = int(creature.rig.roots[0])
     return write_action(obj, f"truth {motion}", creature.rig.bone_names, rotations, creature.rig.bones[root].name,
                         locations[:, root], frame_start=bpy.context.scene.frame_start)
+
+
+def untile_views(grid: np.ndarray, views: int) -> np.ndarray:
+    """(T, rows*H, cols*W, 3) -> (V, T, H, W, 3): the inverse of the add-on's ``job.tile_views``."""
+    cols = math.ceil(math.sqrt(views))
+    rows = math.ceil(views / cols)
+    height, width = grid.shape[1] // rows, grid.shape[2] // cols
+    return np.stack([grid[:, r * height:(r + 1) * height, c * width:(c + 1) * width]
+                     for r, c in (divmod(v, cols) for v in range(views))])
+
+
+def generated_pose_video(bpy, views: int = 4) -> np.ndarray:
+    """(V, T, H, W, 3) pose maps of the last Animate, read from the preview images it loaded."""
+    from PIL import Image
+
+    image = bpy.data.images[bpy.context.scene.animax.results[0].preview]
+    first = Path(bpy.path.abspath(image.filepath))
+    paths = sorted(first.parent.glob(f"*{first.suffix}"))[: image["animax_frames"]]
+    grid = np.stack([np.array(Image.open(path).convert("RGB")) for path in paths])
+    return untile_views(grid, views)
+
+
+def replay(bpy, obj, rig, path: Path, prompt: str):
+    """Key saved pose maps on ``obj`` as Animate would have: the worker's reconstruction at the
+    scene's frame rate, then the add-on's Action writer; returns the Action."""
+    from animax_addon.core.cameras import make_camera_rig
+    from backend.worker.jobs import scene_motion
+
+    if not path.is_file():
+        raise BenchError(f"--videos has no {path}; give the folder of a run of the same rigs, motions and seeds")
+    with np.load(path) as data:
+        pose = data["pose"]
+    cameras = make_camera_rig(*rig.bounding_sphere(), pose.shape[2])
+    _, rotations, root_translation = scene_motion(rig, cameras, pose, SCENE_FPS)
+    return _addon("action").write_action(obj, f"AnimaX {prompt}"[:56], rig.bone_names, rotations,
+                                         rig.bones[rig.roots[0]].name, root_translation,
+                                         frame_start=bpy.context.scene.frame_start)
 
 
 # --- contact sheets --------------------------------------------------------------------------------
@@ -201,7 +242,7 @@ def _empty_scene(bpy) -> None:
     scene.frame_start = 1
 
 
-def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, sheets: Path, log) -> dict:
+def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, videos: Path | None = None) -> dict:
     """Every motion and seed of one rig: the scored runs, the truth's scores, the prompt effect."""
     from backend.demo import DemoError, animate
 
@@ -233,12 +274,19 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, sheets: Path, log) 
             rows.append((f"truth: {motion}", action))
         for seed in seeds:
             text = bench_rig.prompt(motion)
-            try:
-                seconds = animate(bpy, obj, text, seed=seed, steps=steps, duration=duration)
-            except DemoError as exc:
-                log(f"{bench_rig.name}: refused: {exc}")
-                return {"rig": bench_rig.name, "group": bench_rig.group, "refused": str(exc)}
-            action = obj.animation_data.action
+            video_path = Path(bench_rig.name.replace(":", "_")) / f"{motion}_seed{seed}.npz"
+            if videos is not None:
+                seconds = None
+                action = replay(bpy, obj, rig, videos / "videos" / video_path, text)
+            else:
+                try:
+                    seconds = animate(bpy, obj, text, seed=seed, steps=steps, duration=duration)
+                except DemoError as exc:
+                    log(f"{bench_rig.name}: refused: {exc}")
+                    return {"rig": bench_rig.name, "group": bench_rig.group, "refused": str(exc)}
+                action = obj.animation_data.action
+                (out / "videos" / video_path).parent.mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(out / "videos" / video_path, pose=generated_pose_video(bpy))
             rotations, joints = read_motion(bpy, obj, rig, action_frames(action))
             run = dict(motion_scores(rotations, joints, rest, SCENE_FPS), motion=motion, prompt=text, seed=seed,
                        seconds=seconds, read_as=classify(joints))
@@ -251,11 +299,12 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, sheets: Path, log) 
             runs.append(run)
             rows.append((f"{text} / seed {seed}: read as {run['read_as']}", action))
             log(f"{bench_rig.name}: \"{text}\" seed {seed}: read as {run['read_as']}, flips {run['flips']:.1%}, "
-                f"range {run['range_deg']:.0f}°, movement {run['movement']:.2f}, {seconds:.1f} s")
+                f"range {run['range_deg']:.0f}°, movement {run['movement']:.2f}"
+                + ("" if seconds is None else f", {seconds:.1f} s"))
     _setup_render(bpy, obj)
     with tempfile.TemporaryDirectory(prefix="animax-sheet-") as folder:
         sheet = contact_sheet([(label, render_cells(bpy, obj, action, Path(folder))) for label, action in rows],
-                              sheets / f"{bench_rig.name.replace(':', '_')}.png")
+                              out / "sheets" / f"{bench_rig.name.replace(':', '_')}.png")
     for truth in truths.values():
         del truth["joints"]
     return {"rig": bench_rig.name, "group": bench_rig.group, "family": bench_rig.family, "bones": rig.num_bones,
@@ -287,7 +336,7 @@ def summarise(results: list[dict]) -> dict:
         summary["jump_lift"] = float(np.mean(jumps))
     summary["drift"] = sum(run["drift"] > 1.0 for run in runs if run["motion"] != "walk")
     # the first Animate of a run starts the worker and loads the model: not a generation's time
-    seconds = [run["seconds"] for run in runs[1:]]
+    seconds = [run["seconds"] for run in runs[1:] if run["seconds"] is not None]
     if seconds:
         summary["seconds"] = float(np.median(seconds))
     return summary
@@ -314,6 +363,8 @@ def run(args: argparse.Namespace) -> dict:
         raise BenchError(f"--seeds must be at least 1, got {args.seeds}")
     if args.steps < 1:
         raise BenchError(f"--steps must be at least 1, got {args.steps}")
+    if args.videos is not None and not (args.videos / "videos").is_dir():
+        raise BenchError(f"--videos {args.videos} holds no videos/ folder; give the --out folder of an earlier run")
     rigs = select_rigs(args.rigs)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -327,10 +378,11 @@ def run(args: argparse.Namespace) -> dict:
     with installed_extension() as (bpy, sentence):
         log(sentence)
         for bench in rigs:
-            results.append(bench_rig(bpy, bench, list(range(args.seeds)), args.steps, classifier,
-                                     args.out / "sheets", log))
+            results.append(bench_rig(bpy, bench, list(range(args.seeds)), args.steps, classifier, args.out, log,
+                                     args.videos))
             report = {"command": " ".join(["animax", "motion-bench", *sys.argv[2:]]), "seeds": args.seeds,
-                      "steps": args.steps, "scene_fps": SCENE_FPS, "summary": summarise(results), "rigs": results}
+                      "steps": args.steps, "videos": None if args.videos is None else str(args.videos),
+                      "scene_fps": SCENE_FPS, "summary": summarise(results), "rigs": results}
             (args.out / "results.json").write_text(json.dumps(report, indent=1, default=_plain))
     log(f"done: {args.out / 'results.json'}")
     print(goal_table(report["summary"]))

@@ -50,6 +50,15 @@ def _inputs(body: dict, templates: list[np.ndarray]) -> tuple[Rig, CameraRig, np
     return rig, cameras, np.stack(templates)
 
 
+def scene_motion(rig: Rig, cameras: CameraRig, pose_videos: np.ndarray, scene_fps: float):
+    """The generated pose maps as the Action's keys: the reconstruction (on the model's frames),
+    and its rotations (T, B, 4) and root translation (T, 3) at the scene's frame rate, so that keys
+    land on whole scene frames; the per-joint diagnostics stay on the generated frames."""
+    motion = reconstruct(rig, cameras, pose_videos, smoothing=GENERATED_SMOOTHING)
+    rotations, locations = resample(motion.rotations, motion.locations, MODEL_FPS, scene_fps)
+    return motion, rotations, locations[:, motion.root]
+
+
 def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[], bool]) -> Message:
     """Run one SUBMIT to the end; never raises for user input, returns an ERROR message instead."""
     job, body = submit.job, submit.body
@@ -94,18 +103,15 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
 
     progress("reconstruct", 0, 1)
     start = time.perf_counter()
-    motion = reconstruct(rig, cameras, output.pose_videos, smoothing=GENERATED_SMOOTHING)
+    motion, rotations, root_translation = scene_motion(rig, cameras, output.pose_videos, float(options["fps"]))
     seconds["reconstruct"] = time.perf_counter() - start
     progress("reconstruct", 1, 1)
     if cancelled():
         return Message(MessageType.CANCELLED, job)
 
-    # Keys go on the user's timeline: rotations and root motion at the scene's frame rate; the
-    # per-joint diagnostics stay on the generated frames, like the videos.
-    rotations, locations = resample(motion.rotations, motion.locations, MODEL_FPS, float(options["fps"]))
     blobs: list[bytes] = []
     arrays = {}
-    for name, value in (("rotations", rotations), ("root_translation", locations[:, motion.root]),
+    for name, value in (("rotations", rotations), ("root_translation", root_translation),
                         ("joints", motion.joints), ("confidence", motion.confidence),
                         ("reprojection_error", motion.reprojection_error)):
         spec, data = array_blob(np.asarray(value, dtype=np.float32))
