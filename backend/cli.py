@@ -9,12 +9,12 @@
     animax generate    --rig RIG.json --templates DIR --prompt TEXT --out RESULT.npz [--address ...]
 
 A user's mistake (a missing file, a wrong shape, a rig over the joint limit) ends with one
-sentence on stderr and exit status 2, never a traceback.
+sentence on stderr and exit status 2, never a traceback. Commands import what is heavy (SciPy,
+scikit-learn, torch) inside their own function, so that help and argument errors answer at once.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import zipfile
@@ -28,6 +28,7 @@ from animax_addon.core.protocol import MessageType, ProtocolError, blob_png
 from animax_addon.core.pose_maps import render_pose_maps
 from animax_addon.core.rig import Rig, RigError
 
+from .arguments import ArgumentParser, number, output_file, output_folder, zmq_address
 from .data.assets import DatasetError, add_dataset_arguments, dataset_command
 from .demo import DemoError, run_demo
 from .model import MODEL_FPS
@@ -38,8 +39,6 @@ from .reconstruction.pose_map_folder import (
     read_pose_map_folder,
     write_pose_map_folder,
 )
-from .reconstruction.reconstruct import reconstruct
-
 
 
 class UsageError(ValueError):
@@ -53,6 +52,8 @@ PING_TIMEOUT_S = 4.0  # ping answers "no" within ~5 s
 
 def load_motion(path: Path, rig: Rig) -> np.ndarray:
     """``joints`` (T, J, 3) from a motion file, checked against the rig."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; --motion takes an .npz file with a 'joints' array")
     if not path.is_file():
         raise UsageError(f"motion file not found: {path}")
     try:
@@ -108,10 +109,10 @@ def save_result(path: Path, result, fps: float) -> None:
 
 
 def reconstruct_command(args) -> None:
-    if args.smooth < 0:
-        raise UsageError(f"--smooth must be >= 0, got {args.smooth}")
     rig = Rig.load(args.rig)
     cameras, images = read_pose_map_folder(args.pose_maps)
+    from .reconstruction.reconstruct import reconstruct  # SciPy and scikit-learn: ~1.5 s to import
+
     result = reconstruct(rig, cameras, images, smoothing=args.smooth)
     save_result(Path(args.out), result, MODEL_FPS)
     print(
@@ -151,6 +152,9 @@ TEMPLATE_NAMES = [f"view_{view}.png" for view in range(4)]
 
 def read_templates(folder: Path) -> np.ndarray:
     """The 4 RGB template renders ``view_0.png`` .. ``view_3.png`` (square, one size): (4, S, S, 3)."""
+    if not folder.is_dir():
+        raise UsageError(f"template folder not found: {folder}; --templates needs a folder with "
+                         f"{', '.join(TEMPLATE_NAMES)}")
     images = []
     for name in TEMPLATE_NAMES:
         path = folder / name
@@ -167,6 +171,8 @@ def read_templates(folder: Path) -> np.ndarray:
 
 
 def generate_command(args) -> None:
+    if not args.prompt.strip():
+        raise UsageError("--prompt is blank; describe the motion, e.g. --prompt 'the fox jumps forward'")
     rig = Rig.load(args.rig)
     templates = read_templates(Path(args.templates))
     cameras = rig_cameras(rig, templates.shape[1])
@@ -201,22 +207,23 @@ def generate_command(args) -> None:
     print(f"generated {len(arrays['rotations'])} frames x {rig.num_bones} bones; wrote {out}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="animax", description="AnimaX: text to 3D animation.")
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="animax", description="AnimaX: text to 3D animation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pose-maps", help="draw 4-view pose-map videos of a joint motion")
     p.add_argument("--rig", required=True, help="rig file (JSON, see docs/formats.md)")
     p.add_argument("--motion", required=True, help=".npz with 'joints' (T, J, 3)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, type=output_folder, help="output folder")
     p.add_argument("--size", type=int, default=480, help="image size in pixels (default 480)")
     p.set_defaults(run=pose_maps_command)
 
     p = sub.add_parser("reconstruct", help="bone rotations from a pose-map folder")
     p.add_argument("--rig", required=True)
     p.add_argument("--pose-maps", required=True, help="folder with cameras.json and view_*/")
-    p.add_argument("--out", required=True, help="result .npz")
-    p.add_argument("--smooth", type=float, default=0.0, help="temporal smoothing weight (default 0)")
+    p.add_argument("--out", required=True, type=output_file, help="result .npz")
+    p.add_argument("--smooth", type=number(float, minimum=0), default=0.0,
+                   help="temporal smoothing weight (default 0)")
     p.set_defaults(run=reconstruct_command)
 
     p = sub.add_parser("demo", help="animate a character from a prompt in headless Blender, as the Animate "
@@ -237,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--client-key", help="CurveZMQ: your secret key file (NAME.key_secret)")
 
     p = sub.add_parser("ping", help="ask a worker or broker for its version and preset")
-    p.add_argument("address", help=f"e.g. {DEFAULT_ADDRESS}")
+    p.add_argument("address", type=zmq_address, help=f"tcp://HOST:PORT, e.g. {DEFAULT_ADDRESS}")
     add_keys(p)
     p.set_defaults(run=ping_command)
 
@@ -245,22 +252,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rig", required=True, help="rig file (JSON, see docs/formats.md)")
     p.add_argument("--templates", required=True, help="folder with view_0.png .. view_3.png (RGB renders)")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--out", required=True, help="result .npz (docs/formats.md)")
-    p.add_argument("--address", default=DEFAULT_ADDRESS, help=f"worker or broker (default {DEFAULT_ADDRESS})")
+    p.add_argument("--out", required=True, type=output_file, help="result .npz (docs/formats.md)")
+    p.add_argument("--address", type=zmq_address, default=DEFAULT_ADDRESS,
+                   help=f"worker or broker (default {DEFAULT_ADDRESS})")
     add_keys(p)
-    p.add_argument("--steps", type=int, help="denoising steps (default: the worker's preset)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--frames", type=int, help="video frames, 1 + 4k (default: the worker's preset)")
-    p.add_argument("--fps", type=float, help="frame rate of the result (default: the model's 16)")
-    p.add_argument("--guidance", type=float, help="image guidance scale (default: the worker's preset)")
+    p.add_argument("--steps", type=number(minimum=1), help="denoising steps (default: the worker's preset)")
+    p.add_argument("--seed", type=number(minimum=0), default=0)
+    p.add_argument("--frames", type=number(minimum=1), help="video frames, 1 + 4k (default: the worker's preset)")
+    p.add_argument("--fps", type=number(float, above=0), help="frame rate of the result (default: the model's 16)")
+    p.add_argument("--guidance", type=number(float, minimum=1),
+                   help="image guidance scale, 1 turns it off (default: the worker's preset)")
     p.add_argument("--rgb", action="store_true", help="also return the generated RGB videos")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the worker (default 10)")
+    p.add_argument("--timeout", type=number(float, above=0), default=10.0,
+                   help="seconds to wait for the worker (default 10)")
     p.set_defaults(run=generate_command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a mistake argparse found: its status, like any other
+        return exc.code
     start = time.perf_counter()
     try:
         args.run(args)
@@ -270,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # e.g. an output folder that cannot be written
         print(f"animax {args.command}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"animax {args.command}: interrupted", file=sys.stderr)
+        return 130
     print(f"done in {time.perf_counter() - start:.2f} s", file=sys.stderr)
     return 0
 

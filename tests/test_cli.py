@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from animax_addon.core.rig import Rig
-from backend.cli import main
+from backend.arguments import zmq_address
+from backend.cli import build_parser, main
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RIG = EXAMPLES / "fox.rig.json"
@@ -21,6 +22,13 @@ def run(capsys, *args):
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def run_script(name, *args, cwd=None):
+    """A console script of this environment as the user runs it: (exit status, stdout, stderr)."""
+    done = subprocess.run([Path(sys.executable).with_name(name), *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+    return done.returncode, done.stdout, done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -141,4 +149,110 @@ def test_bad_rigs_and_sizes(short_motion, tmp_path, capsys):
     code, _, err = run(capsys, "pose-maps", "--rig", RIG, "--motion", short_motion, "--out", tmp_path / "o", "--size", "8")
     assert code == 2 and "--size must be at least 16" in err
     code, _, err = run(capsys, "reconstruct", "--rig", RIG, "--pose-maps", tmp_path, "--out", tmp_path / "r.npz", "--smooth", "-1")
-    assert code == 2 and "--smooth must be >= 0" in err
+    assert code == 2 and "argument --smooth: must be at least 0" in err
+
+
+def test_importing_the_cli_loads_no_heavy_library():
+    """`animax --help` and argument errors answer at once: SciPy, scikit-learn and torch load in the commands."""
+    loaded = subprocess.run([sys.executable, "-c", "import sys, backend.cli; "
+                             "print(' '.join(m for m in ('torch', 'sklearn', 'scipy') if m in sys.modules))"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == ""
+
+
+@pytest.fixture(scope="module")
+def junk(tmp_path_factory):
+    """A folder of things that are not what the commands want."""
+    folder = tmp_path_factory.mktemp("junk")
+    (folder / "folder").mkdir()
+    (folder / "text.txt").write_text("hello")
+    (folder / "broken.json").write_text('{"bones": [')
+    shutil.copy(RIG, folder / "rig.json")
+    shutil.copy(MOTION, folder / "motion.npz")
+    return folder
+
+
+MAPS = ("pose-maps", "--rig", "rig.json", "--motion", "motion.npz", "--out", "out")
+RECONSTRUCT = ("reconstruct", "--rig", "rig.json", "--pose-maps", "folder", "--out", "r.npz")
+GENERATE = ("generate", "--rig", "rig.json", "--templates", "folder", "--prompt", "a jump", "--out", "g.npz")
+BAD_INPUTS = {
+    "no command": ((), "the following arguments are required: command"),
+    "unknown command": (("bogus",), "invalid choice: 'bogus'"),
+    "address without a port": (("ping", "localhost"), "expected tcp://HOST:PORT"),
+    "port out of range": (("ping", "tcp://127.0.0.1:99999"), "a port from 1 to 65535"),
+    "missing argument": (("pose-maps", "--rig", "rig.json"), "the following arguments are required: --motion, --out"),
+    "rig is a folder": (("pose-maps", "--rig", "folder", *MAPS[3:]), "rig file"),
+    "rig is broken JSON": (("pose-maps", "--rig", "broken.json", *MAPS[3:]), "not valid JSON"),
+    "motion is a folder": ((*MAPS[:3], "--motion", "folder", "--out", "out"),
+                           "folder is a folder; --motion takes an .npz"),
+    "motion is JSON": ((*MAPS[:3], "--motion", "rig.json", "--out", "out"), "not a readable .npz"),
+    "output folder is a file": ((*MAPS[:5], "--out", "text.txt"), "text.txt is a file, not a folder"),
+    "output under a file": ((*MAPS[:5], "--out", "text.txt/maps"), "text.txt is a file, not a folder"),
+    "negative size": ((*MAPS, "--size", "-5"), "--size must be at least 16"),
+    "size not a number": ((*MAPS, "--size", "big"), "argument --size: invalid int value: 'big'"),
+    "smoothing not a number": ((*RECONSTRUCT, "--smooth", "nan"), "argument --smooth: expected a finite number"),
+    "pose maps are a file": (("reconstruct", "--rig", "rig.json", "--pose-maps", "text.txt", "--out", "r.npz"),
+                             "pose-map folder not found: text.txt"),
+    "result is a folder": ((*RECONSTRUCT[:5], "--out", "folder"), "argument --out: folder is a folder"),
+    "zero steps": ((*GENERATE, "--steps", "0"), "argument --steps: must be at least 1, got 0"),
+    "zero frames": ((*GENERATE, "--frames", "0"), "argument --frames: must be at least 1, got 0"),
+    "negative fps": ((*GENERATE, "--fps", "-24"), "argument --fps: must be more than 0"),
+    "blank prompt": ((*GENERATE[:6], " ", "--out", "g.npz"), "--prompt is blank"),
+    "templates are a file": ((*GENERATE[:3], "--templates", "text.txt", *GENERATE[5:]), "template folder not found"),
+    "worker address": ((*GENERATE, "--address", "worker"), "argument --address: expected tcp://HOST:PORT"),
+    "assets are a file": (("dataset", "text.txt", "--out", "ds"), "text.txt is a file; give the folder"),
+    "zero dataset frames": (("dataset", "folder", "--out", "ds", "--frames", "0"), "--frames must be 1 + 4k"),
+    "no assets": (("dataset", "folder", "--out", "ds"), "holds no .blend"),
+    "missing model": (("eval", "--model", "missing"), "missing is not a folder; --model takes a tiny model directory"),
+    "missing saved videos": (("eval", "--videos", "missing"), "--videos folder not found: missing"),
+    "zero clips": (("eval", "--count", "0"), "argument --count: must be at least 1, got 0"),
+    "guided share over 1": (("eval", "--guidance-end", "2"), "argument --guidance-end: must be at most 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_sentence(case, junk):
+    args, message = BAD_INPUTS[case]
+    code, out, err = run_script("animax", *args, cwd=junk)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert message in err
+    assert not (junk / "out").exists() and not (junk / "ds").exists()
+
+
+def test_a_bare_host_and_port_means_tcp():
+    assert build_parser().parse_args(["ping", "127.0.0.1:5555"]).address == "tcp://127.0.0.1:5555"
+    assert zmq_address(" tcp://localhost:1 ") == "tcp://localhost:1"
+    assert zmq_address("ipc:///tmp/animax.sock") == "ipc:///tmp/animax.sock"
+
+
+@pytest.fixture(scope="module")
+def worker_scripts():
+    from backend.worker import broker, serve, server
+
+    return {"animax-worker": server.main, "animax-broker": broker.main, "animax-serve": serve.main}
+
+
+BAD_WORKER_INPUTS = [
+    ("animax-worker", ("--address", "tcp://127.0.0.1:99999"), "a port from 1 to 65535"),
+    ("animax-worker", ("--queue-size", "0"), "argument --queue-size: must be at least 1"),
+    ("animax-worker", ("--broker", "broker"), "argument --broker: expected tcp://HOST:PORT"),
+    ("animax-worker", ("--model", "full", "--wan", "missing", "--adapter", "missing"), "--wan folder not found"),
+    ("animax-worker", ("--curve-secret", "missing.key_secret", "--allow", "{tmp}", "--address", "tcp://0.0.0.0:5555"),
+     "cannot read the CurveZMQ key file missing.key_secret"),
+    ("animax-worker", ("keygen", "{tmp}/text.txt"), "text.txt is a file, not a folder"),
+    ("animax-broker", ("--queue-size", "-1"), "argument --queue-size: must be at least 1"),
+    ("animax-broker", ("--workers", "tcp://127.0.0.1:0"), "a port from 1 to 65535"),
+    ("animax-serve", ("--gpus", "cpu:1", "--address", "tcp://0.0.0.0:5555"), "refusing to serve plain TCP"),
+    ("animax-serve", ("--gpus", "cpu:1", "--curve-secret", "missing"), "CurveZMQ needs both"),
+    ("animax-serve", ("--gpus", "cpu:1", "--model", "full", "--wan", "{tmp}", "--adapter", "missing"),
+     "--adapter folder not found"),
+]
+
+
+@pytest.mark.parametrize("script, args, message", BAD_WORKER_INPUTS)
+def test_worker_scripts_refuse_bad_arguments_in_one_line(script, args, message, worker_scripts, tmp_path, capsys):
+    (tmp_path / "text.txt").write_text("hello")
+    with pytest.raises(SystemExit) as exit:
+        worker_scripts[script]([arg.format(tmp=tmp_path) for arg in args])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err, err

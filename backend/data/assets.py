@@ -37,6 +37,7 @@ import numpy as np
 
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.pose_maps import render_pose_maps
+from backend.arguments import output_folder
 from backend.model import MODEL_FPS
 
 ASSET_SUFFIXES = (".blend", ".glb", ".gltf", ".fbx")
@@ -52,7 +53,7 @@ class DatasetError(ValueError):
 
 def add_dataset_arguments(parser) -> None:
     parser.add_argument("assets", type=Path, help="folder of .blend / .glb / .gltf / .fbx files with Actions")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (samples.npz, index.json, ...)")
+    parser.add_argument("--out", type=output_folder, required=True, help="output folder (samples.npz, index.json, ...)")
     parser.add_argument("--frames", type=int, default=17, help="frames per clip, 1 + 4k (default 17: tiny; full: 81)")
     parser.add_argument("--stride", type=int, default=8, help="samples between clip starts (default 8)")
     parser.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
@@ -253,6 +254,8 @@ def _validate(args) -> None:
         raise DatasetError(f"--size must be at least 16 pixels, got {args.size}")
     if args.min_motion < 0:
         raise DatasetError(f"--min-motion must be >= 0, got {args.min_motion}")
+    if Path(args.assets).is_file():
+        raise DatasetError(f"{args.assets} is a file; give the folder that holds the assets")
     if not Path(args.assets).is_dir():
         raise DatasetError(f"asset folder not found: {args.assets}")
 
@@ -260,16 +263,16 @@ def _validate(args) -> None:
 def build_dataset(args) -> Report:
     """Build the dataset described by ``args`` (see ``add_dataset_arguments``) into ``args.out``."""
     _validate(args)
+    assets, others = find_assets(Path(args.assets))
+    if not assets:
+        raise DatasetError(f"{args.assets} holds no {', '.join(ASSET_SUFFIXES)} files")
     try:
-        import bpy
+        import bpy  # seconds to import: after the checks above
     except ImportError:
         raise DatasetError("the dataset builder runs Blender: install its Python module "
                            "(pip install bpy==5.0.1, Python 3.11)") from None
     from .dataset import Samples
 
-    assets, others = find_assets(Path(args.assets))
-    if not assets:
-        raise DatasetError(f"{args.assets} holds no {', '.join(ASSET_SUFFIXES)} files")
     report = Report(ignored=[str(p.relative_to(args.assets)) for p in others])
     collected: list[dict] = []
     for i, asset in enumerate(assets, 1):

@@ -8,6 +8,8 @@ import json
 from contextlib import nullcontext
 from pathlib import Path
 
+from backend.arguments import number, output_folder
+
 from . import HELDOUT_SPLITS, SPLITS
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "model" / "weights" / "tiny"
@@ -31,51 +33,44 @@ class EvalError(ValueError):
     """The model to score cannot be used; the text says which file and why."""
 
 
-def _at_least(low: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-    return parse
-
-
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="tiny model directory (default: the shipped one)")
-    parser.add_argument("--count", type=_at_least(1), default=DEFAULT_COUNT,
+    parser.add_argument("--count", type=number(minimum=1), default=DEFAULT_COUNT,
                         help=f"clips per split (default {DEFAULT_COUNT})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the clips, the classifier and the sampler")
-    parser.add_argument("--steps", type=_at_least(1), help="denoising steps (default: the tiny preset's 20)")
-    parser.add_argument("--guidance", type=float, help="image guidance scale (default: the tiny preset's 3.0)")
-    parser.add_argument("--text-guidance", type=float,
+    parser.add_argument("--steps", type=number(minimum=1), help="denoising steps (default: the tiny preset's 20)")
+    parser.add_argument("--guidance", type=number(float, minimum=1),
+                        help="image guidance scale, 1 turns it off (default: the tiny preset's 3.0)")
+    parser.add_argument("--text-guidance", type=number(float, minimum=1),
                         help="guidance on the prompt; 1 turns it off (default: the model's own, in its animax.json)")
-    parser.add_argument("--guidance-end", type=float, default=1.0,
+    parser.add_argument("--guidance-end", type=number(float, above=0, maximum=1), default=1.0,
                         help="share of the steps, from the first, that are guided (default 1: all)")
     parser.add_argument("--sampler", choices=("euler", "unipc"), default="euler",
                         help="the scheduler: euler (the preset's) or unipc (Wan's multistep solver)")
     parser.add_argument("--device", default="cpu", help="where the model runs, e.g. cuda (default cpu)")
     parser.add_argument("--text-cache", help="precomputed prompt embeddings (python -m backend.train text-cache) "
                                              "instead of the MiniLM encoder, for machines without it")
-    parser.add_argument("--processes", type=_at_least(1), default=1,
+    parser.add_argument("--processes", type=number(minimum=1), default=1,
                         help="processes that reconstruct and score the clips (default 1)")
     parser.add_argument("--split", choices=[*SPLITS, "both"], default="both",
                         help="both: the two held-out splits, families and proportions (default); "
                              "heldout-rests: the training families modelled in other rest poses; training-data: "
                              "the first clips the procedural training set of --seed draws, for a model trained "
                              "without variety")
-    parser.add_argument("--out", default="eval_out", help="folder for the results JSON and the GIFs (default eval_out)")
+    parser.add_argument("--out", type=output_folder, default="eval_out",
+                        help="folder for the results JSON and the GIFs (default eval_out)")
     parser.add_argument("--results", help="name of the results JSON in --out (default results_model.json or "
                                           "results_oracle.json)")
-    parser.add_argument("--gifs", type=_at_least(0), default=3, help="GIFs per split (default 3)")
+    parser.add_argument("--gifs", type=number(minimum=0), default=3, help="GIFs per split (default 3)")
     parser.add_argument("--oracle", nargs="?", const="truth", choices=("truth", "vae"),
                         help="score the ground-truth pose maps instead of a model (the reconstruction's ceiling); "
                              "`--oracle vae`: after a round trip through the --model's VAE (the VAE's ceiling)")
-    parser.add_argument("--classifier-clips", type=_at_least(50), default=2000,
+    parser.add_argument("--classifier-clips", type=number(minimum=50), default=2000,
                         help="ground-truth clips the action classifier learns from (default 2000)")
     parser.add_argument("--classifier-families", choices=("all", "training"), default="all",
                         help="families of those clips: all (default; the held-out ones too: the classifier "
                              "measures, the model never sees them) or the training families alone")
-    parser.add_argument("--save-videos", metavar="DIR",
+    parser.add_argument("--save-videos", metavar="DIR", type=output_folder,
                         help="keep each clip's generated pose-map videos in DIR, to score them again with --videos")
     parser.add_argument("--videos", metavar="DIR",
                         help="score the videos that --save-videos kept in DIR instead of generating (no model runs; "
@@ -114,7 +109,8 @@ def _prompt_effect(args, make_generator) -> None:
     print(f"wrote {path}")
 
 
-def _check_combination(args) -> None:
+def _check_arguments(args) -> None:
+    """Refuse at once what would fail only after the model and the classifier have loaded (a minute)."""
     if args.prompt_effect and args.oracle:
         raise EvalError("--prompt-effect measures a model: the oracle's pose maps do not depend on the prompt")
     if args.videos and (args.oracle or args.prompt_effect or args.save_videos):
@@ -122,6 +118,14 @@ def _check_combination(args) -> None:
                         "--save-videos")
     if args.save_videos and args.prompt_effect:
         raise EvalError("--save-videos keeps the videos of the clips it scores; --prompt-effect scores none")
+    if args.videos and not Path(args.videos).is_dir():
+        raise EvalError(f"--videos folder not found: {args.videos}; give the folder that --save-videos wrote")
+    if not args.videos and args.oracle != "truth" and not Path(args.model).is_dir():
+        raise EvalError(f"{args.model} is not a folder; --model takes a tiny model directory such as "
+                        f"{DEFAULT_MODEL}")
+    if args.text_cache and not Path(args.text_cache).is_file():
+        raise EvalError(f"--text-cache file not found: {args.text_cache}; make one with "
+                        "`python -m backend.train text-cache`")
 
 
 def _generator(args):
@@ -168,11 +172,11 @@ def _generator(args):
 
 
 def eval_command(args) -> None:
+    _check_arguments(args)
     from .classifier import CLASSIFIER_FAMILIES, train_classifier
     from .evaluate import SavedVideosMissing, evaluate, saving_generator, scoring_pool
     from .gifs import write_gif
 
-    _check_combination(args)
     generate, about = _generator(args)
     if args.prompt_effect:
         _prompt_effect(args, generate)

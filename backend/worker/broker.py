@@ -17,7 +17,6 @@ jobs cancelled on their workers. One thread owns both sockets; nothing is shared
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 import signal
@@ -31,6 +30,7 @@ from animax_addon.core.client import DEFAULT_ADDRESS
 from animax_addon.core.protocol import (
     PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, error_message,
 )
+from backend.arguments import ArgumentParser, curve_files_problem, number, zmq_address
 
 from .fair_queue import CANCELLED, DONE, FAILED, QUEUED, RUNNING, FairQueue, admit
 from .security import check_address, curve_server
@@ -307,16 +307,18 @@ class Broker:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="animax-broker",
-                                     description="One address in front of several AnimaX workers (one per GPU).")
-    parser.add_argument("--address", default=DEFAULT_ADDRESS,
+    parser = ArgumentParser(prog="animax-broker",
+                            description="One address in front of several AnimaX workers (one per GPU).")
+    parser.add_argument("--address", type=zmq_address, default=DEFAULT_ADDRESS,
                         help="address for clients; off loopback only with --curve-secret and --allow")
-    parser.add_argument("--workers", default=DEFAULT_BACKEND,
+    parser.add_argument("--workers", type=zmq_address, default=DEFAULT_BACKEND,
                         help="address the workers connect to (animax-worker --broker ADDRESS); loopback or ipc")
-    parser.add_argument("--queue-size", type=int, default=8)
+    parser.add_argument("--queue-size", type=number(minimum=1), default=8)
     parser.add_argument("--curve-secret", help="the broker's NAME.key_secret (animax-worker keygen): turns on CurveZMQ")
     parser.add_argument("--allow", help="folder of the client public keys (*.key) allowed to connect")
     args = parser.parse_args(argv)
+    if problem := curve_files_problem(args.curve_secret, args.allow):
+        parser.error(problem)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         broker = Broker(args.address, args.workers, queue_size=args.queue_size, curve_secret=args.curve_secret,

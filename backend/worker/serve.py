@@ -17,12 +17,15 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from animax_addon.core.client import DEFAULT_ADDRESS
 
+from backend.arguments import ArgumentParser, curve_files_problem, number, zmq_address
 from backend.multi_gpu import MULTICAST_OFF
 
 from .broker import DEFAULT_BACKEND
+from .security import check_address
 
 log = logging.getLogger("animax.serve")
 RESTART_PAUSE_S = 2.0
@@ -102,7 +105,7 @@ class Supervisor:
         self._stop.set()
 
 
-def commands(args) -> tuple[list[str], list[tuple[list[str], dict[str, str]]]]:
+def commands(args: argparse.Namespace) -> tuple[list[str], list[tuple[list[str], dict[str, str]]]]:
     """The broker's command line and each worker's command line and environment."""
     broker = [sys.executable, "-m", "backend.worker.broker", "--address", args.address, "--workers", args.workers,
               "--queue-size", str(args.queue_size)]
@@ -115,11 +118,12 @@ def commands(args) -> tuple[list[str], list[tuple[list[str], dict[str, str]]]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="animax-serve", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="animax-serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpus", default="all", help="'all', GPU numbers like 0,1, or cpu:N (default all)")
-    parser.add_argument("--address", default=DEFAULT_ADDRESS, help="the one address clients use")
-    parser.add_argument("--workers", default=DEFAULT_BACKEND, help="where workers meet the broker (loopback/ipc)")
-    parser.add_argument("--queue-size", type=int, default=16)
+    parser.add_argument("--address", type=zmq_address, default=DEFAULT_ADDRESS, help="the one address clients use")
+    parser.add_argument("--workers", type=zmq_address, default=DEFAULT_BACKEND,
+                        help="where workers meet the broker (loopback/ipc)")
+    parser.add_argument("--queue-size", type=number(minimum=1), default=16)
     parser.add_argument("--model", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--wan", help="full: the local Wan2.1-T2V-1.3B directory")
     parser.add_argument("--adapter", help="full: the AnimaX adapter directory")
@@ -128,8 +132,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.model == "full" and not (args.wan and args.adapter):
         parser.error("--model full needs --wan DIR and --adapter DIR")
-    if bool(args.curve_secret) != bool(args.allow):
-        parser.error("--curve-secret and --allow go together")
+    for option, folder in (("--wan", args.wan), ("--adapter", args.adapter)):
+        if args.model == "full" and not Path(folder).is_dir():
+            parser.error(f"{option} folder not found: {folder}")
+    if problem := curve_files_problem(args.curve_secret, args.allow):
+        parser.error(problem)
+    try:  # the broker would refuse them too, but as a child process restarted in a loop
+        check_address(args.address, curve=args.curve_secret is not None)
+        check_address(args.workers)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         broker, workers = commands(args)

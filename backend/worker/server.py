@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import zmq
@@ -37,6 +38,7 @@ from animax_addon.core.client import DEFAULT_ADDRESS
 from animax_addon.core.protocol import (
     PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, error_message,
 )
+from backend.arguments import ArgumentParser, curve_files_problem, number, output_folder, zmq_address
 from backend.model import MODEL_FPS, presets
 from backend.model.presets import TINY, Preset
 
@@ -352,11 +354,13 @@ def load_pipeline(args: argparse.Namespace):
 
 
 def keygen_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="animax-worker keygen",
-                                     description="Write a CurveZMQ key pair: NAME.key (public) and NAME.key_secret.")
-    parser.add_argument("directory")
+    parser = ArgumentParser(prog="animax-worker keygen",
+                            description="Write a CurveZMQ key pair: NAME.key (public) and NAME.key_secret.")
+    parser.add_argument("directory", type=output_folder)
     parser.add_argument("--name", default="worker", help="file name stem (default worker)")
     args = parser.parse_args(argv)
+    if not args.name or Path(args.name).name != args.name:
+        parser.error(f"--name is a file name stem without folders, got {args.name!r}")
     public, secret = keygen(args.directory, args.name)
     print(f"wrote {public} (public: give it to the other side) and {secret} (secret: keep it here)")
 
@@ -365,13 +369,13 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["keygen"]:
         return keygen_main(argv[1:])
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="animax-worker", description="Run the AnimaX generation worker ('animax-worker keygen DIR' writes "
                                           "CurveZMQ keys).")
-    parser.add_argument("--address", default=DEFAULT_ADDRESS,
+    parser.add_argument("--address", type=zmq_address, default=DEFAULT_ADDRESS,
                         help="ZeroMQ address to bind; off loopback only with --curve-secret and --allow")
-    parser.add_argument("--broker", help="connect to this broker's worker address (tcp://HOST:PORT) instead "
-                                         "of binding --address")
+    parser.add_argument("--broker", type=zmq_address,
+                        help="connect to this broker's worker address (tcp://HOST:PORT) instead of binding --address")
     parser.add_argument("--model", choices=["tiny", "full"], default="tiny",
                         help="tiny (default, runs on a CPU) or full (Wan2.1-T2V-1.3B + AnimaX adapter)")
     parser.add_argument("--wan", help="--model full: the diffusers-format Wan2.1-T2V-1.3B directory")
@@ -382,13 +386,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--view-parallel", type=int, default=1, metavar="N",
                         help="split each job's 4 views over N GPUs (1, 2 or 4; one process a GPU): a shorter wait "
                              "for one job. For more jobs an hour, run one worker a GPU instead (animax-serve)")
-    parser.add_argument("--queue-size", type=int, default=8)
+    parser.add_argument("--queue-size", type=number(minimum=1), default=8)
     parser.add_argument("--curve-secret", help="this worker's NAME.key_secret (from keygen): turns on CurveZMQ")
     parser.add_argument("--allow", help="folder of the client public keys (*.key) allowed to connect")
     parser.add_argument("--name", default="animax-worker", help="the name clients see in welcome")
     args = parser.parse_args(argv)
     if args.model == "full" and not (args.wan and args.adapter):
         parser.error("--model full needs --wan DIR (Wan2.1-T2V-1.3B, diffusers format) and --adapter DIR")
+    for option, folder in (("--wan", args.wan), ("--adapter", args.adapter)):
+        if args.model == "full" and not Path(folder).is_dir():
+            parser.error(f"{option} folder not found: {folder}")
     views = len(AZIMUTHS_DEG)
     splits = [n for n in range(1, views + 1) if views % n == 0]
     if args.view_parallel not in splits:
@@ -398,8 +405,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--view-parallel {args.view_parallel} needs {args.view_parallel} GPUs, "
                      f"{torch.cuda.device_count()} are visible")
     if args.broker is None:
-        if (args.curve_secret is None) != (args.allow is None):
-            parser.error("CurveZMQ needs both --curve-secret FILE and --allow DIR")
+        if problem := curve_files_problem(args.curve_secret, args.allow):
+            parser.error(problem)
         try:
             check_address(args.address, curve=args.curve_secret is not None)
         except ValueError as exc:
@@ -413,7 +420,10 @@ def main(argv: list[str] | None = None) -> None:
         from .view_parallel_worker import serve_view_parallel  # it imports this module
 
         return serve_view_parallel(args, **options)
-    pipeline, preset = load_pipeline(args)
+    try:
+        pipeline, preset = load_pipeline(args)
+    except presets.WeightsError as exc:
+        parser.error(str(exc))
     serve(args.address, pipeline, preset=preset, **options)
 
 
