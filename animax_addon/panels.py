@@ -4,6 +4,7 @@
 import bpy
 
 from .operators import target_armature
+from .snapshot import choice_summary
 
 
 class VIEW3D_PT_animax(bpy.types.Panel):
@@ -32,7 +33,9 @@ class VIEW3D_PT_animax(bpy.types.Panel):
         box.prop(settings, "steps")
         box.prop(settings, "guidance")
         box.prop(settings, "bones")
-        if settings.bones == "COLLECTION":
+        if settings.bones == "DEFORM":
+            _default_choice(box, target_armature(context), context)
+        elif settings.bones == "COLLECTION":
             obj = target_armature(context)
             if obj is not None:
                 box.prop_search(settings, "bone_collection", obj.data, "collections_all", text="Collection")
@@ -70,6 +73,17 @@ class VIEW3D_PT_animax(bpy.types.Panel):
                 if entry.preview_rgb:
                     op = row.operator("animax.preview", text="", icon="SHADING_RENDERED")
                     op.index, op.rgb = i, True
+
+
+def _default_choice(layout, obj, context) -> None:
+    """Which bones the default choice leaves at rest, where it leaves any."""
+    if obj is None or obj.mode == "EDIT":  # edit bones reach obj.data.bones only on leaving Edit Mode
+        return
+    summary, refused = choice_summary(obj)
+    if summary:
+        column = layout.column(align=True)
+        column.alert = refused
+        _wrapped(column, summary, context)
 
 
 def _wrapped(layout, text: str, context) -> None:

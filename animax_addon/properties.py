@@ -13,7 +13,8 @@ from bpy.props import (
 from .snapshot import BONE_OPTIONS
 
 _BONE_ITEMS = {
-    "DEFORM": ("Deform bones", "Every bone that deforms the mesh"),
+    "DEFORM": ("Deform bones", "Every bone that deforms the mesh; past what AnimaX tells apart, the body "
+                               "(face, finger, twist and mechanism bones keep their rest)"),
     "COLLECTION": ("Bone collection", "The bones of one bone collection"),
     "SELECTED": ("Selected bones", "The bones selected in Pose Mode"),
 }

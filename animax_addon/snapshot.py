@@ -3,6 +3,8 @@
 World space (the object's transform applied) so that the cameras, the worker's results and the
 user's scene share one frame. Only rigid transforms with a uniform positive scale keep bone
 rotations meaningful, so other object transforms are refused with a sentence saying what to do.
+By default the deform bones take part, and past what AnimaX tells apart the body that
+``core.skeleton`` chooses; a bone collection or the selected bones are taken exactly as given.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import mathutils
 import numpy as np
 
 from .core.rig import MAX_JOINTS, Bone, Rig, RigError
+from .core.skeleton import MotionSkeleton, SkeletonError, choose_bones
 
 BONE_OPTIONS = ("DEFORM", "COLLECTION", "SELECTED")
 
 _NARROWER = {
-    "DEFORM": "choose 'Selected bones' or a bone collection with fewer bones",
     "COLLECTION": "choose a smaller bone collection or 'Selected bones'",
     "SELECTED": "select fewer bones",
 }
@@ -33,6 +35,53 @@ def _is_selected(obj, bone) -> bool:
     return pose_bone.select if hasattr(pose_bone, "select") else bone.select
 
 
+def _ends_and_flags(bones) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    heads, tails = np.empty(3 * len(bones), np.float32), np.empty(3 * len(bones), np.float32)
+    deform = np.empty(len(bones), dtype=bool)
+    bones.foreach_get("head_local", heads)
+    bones.foreach_get("tail_local", tails)
+    bones.foreach_get("use_deform", deform)
+    return heads.reshape(-1, 3), tails.reshape(-1, 3), deform
+
+
+def default_choice(obj) -> MotionSkeleton:
+    """The 'Deform bones' choice: the deform bones, and past ``MAX_JOINTS`` the body alone."""
+    bones = obj.data.bones
+    names = bones.keys()
+    index = {name: i for i, name in enumerate(names)}
+    parents = [index[b.parent.name] if b.parent else -1 for b in bones]
+    try:
+        return choose_bones(names, parents, *_ends_and_flags(bones), max_joints=MAX_JOINTS)
+    except SkeletonError as exc:
+        raise SnapshotError(
+            f"'{obj.name}' cannot be animated as a whole: {exc}; choose 'Selected bones' or a bone "
+            "collection with the bones to animate"
+        ) from None
+
+
+_summaries: dict[str, tuple[bytes, str | None, bool]] = {}
+
+
+def choice_summary(obj) -> tuple[str | None, bool]:
+    """The panel's line about the default choice (None where every deform bone takes part), and
+    whether it is a refusal.
+
+    The panel draws it on every redraw, so it is kept per armature and made again only when a
+    bone's name, ends or deform flag changed: reading the parents would cost more than the rest.
+    A bone re-parented without moving keeps the old line until then; Animate always chooses afresh.
+    """
+    bones = obj.data.bones
+    key = b"".join([repr(bones.keys()).encode(), *(a.tobytes() for a in _ends_and_flags(bones))])
+    cached = _summaries.get(obj.name_full)
+    if cached is None or cached[0] != key:
+        try:
+            cached = (key, default_choice(obj).summary(), False)
+        except SnapshotError as exc:
+            cached = (key, str(exc), True)
+        _summaries[obj.name_full] = cached
+    return cached[1], cached[2]
+
+
 def participating_bones(obj, bones: str = "DEFORM", collection: str = "") -> list[str]:
     """Names of the bones that take part, in the armature's bone order."""
     if obj is None or obj.type != "ARMATURE":
@@ -41,12 +90,11 @@ def participating_bones(obj, bones: str = "DEFORM", collection: str = "") -> lis
     if obj.mode == "EDIT":
         raise SnapshotError(f"'{obj.name}' is in Edit Mode; switch to Object or Pose Mode first")
     armature = obj.data
+    if not armature.bones:
+        raise SnapshotError(f"'{obj.name}' has no bones; add bones in Edit Mode or pick another armature")
     if bones == "DEFORM":
-        names = [b.name for b in armature.bones if b.use_deform]
-        if not names:
-            raise SnapshotError(
-                f"'{obj.name}' has no deform bones; choose 'Selected bones' or a bone collection"
-            )
+        chosen = default_choice(obj).chosen
+        names = [name for name, taking_part in zip(armature.bones.keys(), chosen) if taking_part]
     elif bones == "COLLECTION":
         found = armature.collections_all.get(collection)
         if found is None:
@@ -119,7 +167,7 @@ def rig_from_armature(obj, bones: str = "DEFORM", collection: str = "") -> Rig:
         rig = Rig(snapshot, max_joints=None)
     except RigError as exc:
         raise SnapshotError(f"'{obj.name}' cannot be animated: {exc}") from None
-    if rig.num_joints > MAX_JOINTS:
+    if rig.num_joints > MAX_JOINTS:  # only a collection or a selection: the default choice fits
         raise SnapshotError(
             f"'{obj.name}' has {rig.num_joints} joints with these bones ({rig.num_bones} bones plus "
             f"{int(rig.leaves.sum())} leaf tails) but AnimaX tells at most {MAX_JOINTS} apart; "

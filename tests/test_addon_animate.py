@@ -205,7 +205,9 @@ def test_rig_over_the_joint_limit_is_refused_with_the_count():
     bones = [Bone(f"b{i}", f"b{i - 1}" if i else None, (0, 0, 0.1 * i), (0, 0, 0.1 * (i + 1)))
              for i in range(MAX_JOINTS)]  # a chain: MAX_JOINTS heads plus the last tail
     obj = build_armature(Rig(bones, max_joints=None), "long")
-    configure(obj)
+    for pose_bone in obj.pose.bones:  # the default choice would sample the chain; a selection is kept as is
+        pose_bone.select = True
+    configure(obj, bones="SELECTED")
     with pytest.raises(RuntimeError, match=f"{MAX_JOINTS + 1} joints"):
         bpy.ops.animax.animate()
     assert str(MAX_JOINTS + 1) in bpy.context.window_manager.animax_state.error

@@ -6,7 +6,9 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from animax_addon.core.rig import Rig  # noqa: E402
-from animax_addon.snapshot import SnapshotError, participating_bones, rig_from_armature  # noqa: E402
+from animax_addon.snapshot import (  # noqa: E402
+    SnapshotError, choice_summary, participating_bones, rig_from_armature,
+)
 from backend.data.blender_build import build_armature, build_creature  # noqa: E402
 from backend.data.rig_world import FAMILIES  # noqa: E402
 
@@ -111,11 +113,13 @@ def test_errors_say_what_to_do():
         pose_bone.select = False
     assert "no bones of 'quadruped' are selected; select bones in Pose Mode" in _errors(obj, bones="SELECTED")
     assert "unknown bones option 'ALL'" in _errors(obj, bones="ALL")
-    for bone in obj.data.bones:
+    for bone in obj.data.bones:  # no deform bones: the default choice takes from all bones
         bone.use_deform = False
-    assert _errors(obj) == "'quadruped' has no deform bones; choose 'Selected bones' or a bone collection"
+    assert rig_from_armature(obj).bone_names == obj.data.bones.keys()
     for bone in obj.data.bones:
         bone.use_deform = True
+    bare = bpy.data.objects.new("Bare", bpy.data.armatures.new("Bare"))
+    assert _errors(bare) == "'Bare' has no bones; add bones in Edit Mode or pick another armature"
 
     obj.scale = (2.0, 2.0, 2.5)
     bpy.context.view_layer.update()
@@ -131,17 +135,30 @@ def test_errors_say_what_to_do():
     bpy.ops.object.mode_set(mode="OBJECT")
 
 
-def test_too_many_joints_names_the_count_and_the_option_to_narrow():
+def test_too_many_joints_are_sampled_by_default_and_refused_for_a_collection_or_selection():
     bones = [{"name": f"b{i}", "parent": f"b{i - 1}" if i else None,
               "head": [0, 0, i * 0.1], "tail": [0, 0, (i + 1) * 0.1]} for i in range(70)]
     obj = build_armature(Rig.from_dict({"bones": bones}, max_joints=None), "Long")
-    message = _errors(obj)
-    assert "'Long' has 71 joints with these bones (70 bones plus 1 leaf tails)" in message
-    assert "at most 64" in message and "choose 'Selected bones' or a bone collection" in message
+    rig = rig_from_armature(obj)  # the default: the chain sampled, its ends kept
+    assert rig.num_joints == 64 and rig.bone_names[0] == "b0" and rig.bone_names[-1] == "b69"
     group = obj.data.collections.new("Many")
     for bone in obj.data.bones:
         group.assign(bone)
-    assert "choose a smaller bone collection" in _errors(obj, bones="COLLECTION", collection="Many")
+    message = _errors(obj, bones="COLLECTION", collection="Many")  # the user's choice is kept exactly
+    assert "'Long' has 71 joints with these bones (70 bones plus 1 leaf tails)" in message
+    assert "at most 64" in message and message.endswith("choose a smaller bone collection or 'Selected bones'")
     for pose_bone in obj.pose.bones:
         pose_bone.select = True
     assert _errors(obj, bones="SELECTED").endswith("select fewer bones")
+
+
+def test_default_choice_refused_only_where_nothing_fits_says_what_to_do():
+    bones = [{"name": "root", "parent": None, "head": [0, 0, 0], "tail": [0, 0, 1]}]
+    bones += [{"name": f"spike{i}", "parent": "root", "head": [0, 0, 1], "tail": [np.cos(i), np.sin(i), 2]}
+              for i in range(40)]  # 40 leaves from one bone: no chain to sample
+    obj = build_armature(Rig.from_dict({"bones": bones}, max_joints=None), "Urchin")
+    assert _errors(obj) == (
+        "'Urchin' cannot be animated as a whole: even its body alone (long chains cut to their ends) has 81 "
+        "joints, more than the 64 AnimaX tells apart; choose 'Selected bones' or a bone collection with the "
+        "bones to animate")
+    assert choice_summary(obj) == (_errors(obj), True)  # the panel shows the refusal before Animate
