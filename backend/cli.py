@@ -4,6 +4,7 @@
     animax reconstruct --rig RIG.json --pose-maps DIR --out RESULT.npz [--smooth W]
     animax demo        [--blend IN.blend --armature NAME] --prompt TEXT --out OUT.blend [--preview OUT.mp4]
     animax dataset     ASSETS_DIR --out DIR [--frames 17] [--stride 8] [--size 64] [--min-motion 0.05]
+    animax motion-bench [--rigs NAMES] [--seeds 2] [--out DIR] [--requests | --videos DIR]
     animax eval        [--count 12] [--split both|heldout-families|heldout-proportions|heldout-rests|training-data] [--oracle] [--out DIR]
     animax ping        ADDRESS [--server-key FILE --client-key FILE]
     animax generate    --rig RIG.json --templates DIR --prompt TEXT --out RESULT.npz [--address ...]
@@ -33,6 +34,9 @@ from .data.assets import DatasetError, add_dataset_arguments, dataset_command
 from .demo import DemoError, run_demo
 from .model import MODEL_FPS
 from .evaluation.command import EvalError, add_eval_arguments, eval_command
+from .evaluation.motion_bench import BenchError
+from .evaluation.motion_bench import add_arguments as add_bench_arguments
+from .evaluation.motion_bench import run as run_bench
 from .demo import add_arguments as add_demo_arguments
 from .reconstruction.pose_map_folder import (
     PoseMapFolderError,
@@ -46,7 +50,7 @@ class UsageError(ValueError):
 
 
 _USER_ERRORS = (UsageError, RigError, CameraError, PoseMapFolderError, WorkerUnavailable, ProtocolError, DemoError,
-                DatasetError, EvalError)
+                DatasetError, EvalError, BenchError)
 PING_TIMEOUT_S = 4.0  # ping answers "no" within ~5 s
 
 
@@ -238,6 +242,11 @@ def build_parser() -> ArgumentParser:
     p = sub.add_parser("eval", help="score the model on held-out rigs and prompts (docs/quality.md)")
     add_eval_arguments(p)
     p.set_defaults(run=eval_command)
+
+    p = sub.add_parser("motion-bench", help="animate procedural, Rigify and glTF rigs through the Animate button in "
+                                            "headless Blender and score the Actions (docs/quality.md)")
+    add_bench_arguments(p)
+    p.set_defaults(run=run_bench)
 
     def add_keys(p):
         p.add_argument("--server-key", help="CurveZMQ: the server's public key file (NAME.key)")

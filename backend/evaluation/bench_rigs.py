@@ -71,7 +71,7 @@ def build_metarig(bpy, which: str):
 
     from backend.data.blender_build import add_skin
 
-    addon_utils.enable("rigify", default_set=False)
+    addon_utils.enable("rigify", default_set=True)  # registers its preferences, which its register() reads
     import importlib
 
     module = importlib.import_module(f"rigify.metarigs.{RIGIFY_METARIGS[which][0]}")

@@ -42,23 +42,35 @@ GOALS = {
     "seconds": ("seconds per generation (2-core CPU, default sampler)", "<= 60", lambda v: v <= 60.0),
 }
 
+REFERENCES = {
+    "accuracy_truth": "action read right, the true motions keyed and read back (the classifier's ceiling)",
+    "accuracy_still": "a still rig read as the prompted action (the classifier's chance level)",
+}
+
 
 class BenchError(ValueError):
     """The benchmark cannot run as asked; the text says what to change."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from backend.arguments import number, output_folder
+
     parser.add_argument("--rigs", default="all",
                         help="comma-separated rig names or groups (procedural, rigify, gltf; default: all); "
                              "e.g. procedural:quadruped,rigify:basic_human")
-    parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2: the seed effect needs two)")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20, the panel's)")
-    parser.add_argument("--out", type=Path, default=Path("bench_out/motion"),
+    parser.add_argument("--seeds", type=number(minimum=1), default=2,
+                        help="seeds per prompt (default 2: the seed effect needs two)")
+    parser.add_argument("--steps", type=number(minimum=1), default=20, help="denoising steps (default 20, the panel's)")
+    parser.add_argument("--out", type=output_folder, default=Path("bench_out/motion"),
                         help="folder for results.json, the contact sheets and the generated pose-map videos "
                              "(default bench_out/motion)")
     parser.add_argument("--videos", type=Path,
                         help="score the pose-map videos an earlier run saved in DIR/videos again, without the "
                              "model: the worker's reconstruction and the add-on's Action writer run as in Animate")
+    parser.add_argument("--requests", action="store_true",
+                        help="only write what Animate would send the worker for every rig, prompt and seed to "
+                             "OUT/requests, for 'python -m backend.evaluation.bench_generate OUT' on a machine "
+                             "without Blender (a GPU); then score its videos with --videos OUT")
 
 
 def select_rigs(spec: str) -> list:
@@ -154,6 +166,10 @@ def replay(bpy, obj, rig, path: Path, prompt: str):
 
     if not path.is_file():
         raise BenchError(f"--videos has no {path}; give the folder of a run of the same rigs, motions and seeds")
+    made_for = path.with_name("rig.json")
+    if made_for.is_file() and json.loads(made_for.read_text()) != json.loads(json.dumps(rig.to_dict())):
+        raise BenchError(f"the videos in {path.parent} were made for another rig snapshot than Blender takes of "
+                         f"'{obj.name}' now (bone choice or rest changed); generate them again")
     with np.load(path) as data:
         pose = data["pose"]
     cameras = make_camera_rig(*rig.bounding_sphere(), pose.shape[2])
@@ -161,6 +177,40 @@ def replay(bpy, obj, rig, path: Path, prompt: str):
     return _addon("action").write_action(obj, f"AnimaX {prompt}"[:56], rig.bone_names, rotations,
                                          rig.bones[rig.roots[0]].name, root_translation,
                                          frame_start=bpy.context.scene.frame_start)
+
+
+def _folder(bench_rig) -> str:
+    return bench_rig.name.replace(":", "_")
+
+
+def video_name(motion: str, seed: int) -> str:
+    return f"{motion}_seed{seed}.npz"
+
+
+def write_request(bpy, obj, rig, bench_rig, seeds, steps: int, duration: int, folder: Path) -> None:
+    """What Animate sends the worker for each prompt and seed of this rig, in ``folder``: rig.json,
+    cameras.json, the template renders (template_V.png) and jobs.json (prompt, seed, options)."""
+    from PIL import Image
+
+    from animax_addon.core.cameras import make_camera_rig
+    from backend.model import MODEL_FPS
+    from backend.model.presets import TINY
+
+    job = _addon("job")
+    panel = bpy.context.scene.animax
+    cameras = make_camera_rig(*rig.bounding_sphere(), TINY.size)
+    templates = _addon("templates").render_templates(obj, cameras, TINY.size)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rig.json").write_text(json.dumps(rig.to_dict()))
+    (folder / "cameras.json").write_text(json.dumps(cameras.to_dict()))
+    for v, image in enumerate(templates):
+        Image.fromarray(image).save(folder / f"template_{v}.png")
+    frames = job.model_frames(duration, SCENE_FPS, MODEL_FPS, TINY.num_frames)
+    jobs = [{"video": video_name(motion, seed), "prompt": bench_rig.prompt(motion),
+             "options": {"steps": steps, "guidance": panel.guidance, "frames": frames, "fps": SCENE_FPS,
+                         "outputs": ["pose"], "seed": seed}}
+            for motion in bench_rig.motions for seed in seeds]
+    (folder / "jobs.json").write_text(json.dumps(jobs, indent=1))
 
 
 # --- contact sheets --------------------------------------------------------------------------------
@@ -242,7 +292,8 @@ def _empty_scene(bpy) -> None:
     scene.frame_start = 1
 
 
-def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, videos: Path | None = None) -> dict:
+def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, videos: Path | None = None,
+              requests: bool = False) -> dict:
     """Every motion and seed of one rig: the scored runs, the truth's scores, the prompt effect."""
     from backend.demo import DemoError, animate
 
@@ -260,11 +311,17 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
         return {"rig": bench_rig.name, "group": bench_rig.group, "refused": str(exc)}
     rest = rig.joints_rest
     duration = int(round(CLIP_SECONDS * SCENE_FPS)) + 1
+    if requests:
+        write_request(bpy, obj, rig, bench_rig, seeds, steps, duration, out / "requests" / _folder(bench_rig))
+        log(f"{bench_rig.name}: request written ({len(bench_rig.motions) * len(seeds)} generations)")
+        return {"rig": bench_rig.name, "group": bench_rig.group, "request": True}
 
     def classify(joints):
         return predict(classifier, resample_joints(joints, SCENE_FPS, MODEL_FPS)[:FRAMES], rig)
 
     truths, runs, motions, rows = {}, [], {}, []
+    # A still rig read as each prompted motion: the classifier's chance level on this rig's shape.
+    still = classify(np.repeat(rest[None], duration, axis=0))
     for motion in bench_rig.motions:
         if bench_rig.creature is not None:
             action = key_truth(bpy, obj, bench_rig, motion, FRAMES, _addon("action").write_action)
@@ -274,7 +331,7 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
             rows.append((f"truth: {motion}", action))
         for seed in seeds:
             text = bench_rig.prompt(motion)
-            video_path = Path(bench_rig.name.replace(":", "_")) / f"{motion}_seed{seed}.npz"
+            video_path = Path(_folder(bench_rig)) / video_name(motion, seed)
             if videos is not None:
                 seconds = None
                 action = replay(bpy, obj, rig, videos / "videos" / video_path, text)
@@ -287,9 +344,10 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
                 action = obj.animation_data.action
                 (out / "videos" / video_path).parent.mkdir(parents=True, exist_ok=True)
                 np.savez_compressed(out / "videos" / video_path, pose=generated_pose_video(bpy))
+                (out / "videos" / video_path).with_name("rig.json").write_text(json.dumps(rig.to_dict()))
             rotations, joints = read_motion(bpy, obj, rig, action_frames(action))
             run = dict(motion_scores(rotations, joints, rest, SCENE_FPS), motion=motion, prompt=text, seed=seed,
-                       seconds=seconds, read_as=classify(joints))
+                       seconds=seconds, read_as=classify(joints), still_read_as=still)
             if motion in truths:
                 truth = truths[motion]
                 run["jitter"] = run["acceleration_deg_s2"] / max(truth["acceleration_deg_s2"], 1e-6)
@@ -304,7 +362,7 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
     _setup_render(bpy, obj)
     with tempfile.TemporaryDirectory(prefix="animax-sheet-") as folder:
         sheet = contact_sheet([(label, render_cells(bpy, obj, action, Path(folder))) for label, action in rows],
-                              out / "sheets" / f"{bench_rig.name.replace(':', '_')}.png")
+                              out / "sheets" / f"{_folder(bench_rig)}.png")
     for truth in truths.values():
         del truth["joints"]
     return {"rig": bench_rig.name, "group": bench_rig.group, "family": bench_rig.family, "bones": rig.num_bones,
@@ -331,6 +389,12 @@ def summarise(results: list[dict]) -> dict:
         scored = [run["read_as"] == run["motion"] for r in ran if r["group"] in groups for run in r["runs"]]
         if scored:
             summary[key] = float(np.mean(scored))
+    scored = [run["still_read_as"] == run["motion"] for run in runs if "still_read_as" in run]
+    if scored:
+        summary["accuracy_still"] = float(np.mean(scored))  # chance: a rig that does not move
+    truths = [truth["read_as"] == motion for r in ran for motion, truth in r.get("truth", {}).items()]
+    if truths:
+        summary["accuracy_truth"] = float(np.mean(truths))  # the ceiling: the true motions, read back
     jumps = [run["lift"] >= 0.08 for run in runs if run["motion"] == "jump"]
     if jumps:
         summary["jump_lift"] = float(np.mean(jumps))
@@ -351,6 +415,9 @@ def goal_table(summary: dict) -> str:
         shown = (f"{value:.1%}" if key.startswith(("flips", "accuracy", "jump")) else
                  f"{value:d}" if isinstance(value, int) else f"{value:.2f}")
         lines.append(f"| {what} | {goal} | {shown} | {'yes' if met(value) else 'no'} |")
+    for key, what in REFERENCES.items():
+        if key in summary:
+            lines.append(f"| {what} | | {summary[key]:.1%} | |")
     return "\n".join(lines)
 
 
@@ -359,10 +426,8 @@ def run(args: argparse.Namespace) -> dict:
 
     from .classifier import train_classifier
 
-    if args.seeds < 1:
-        raise BenchError(f"--seeds must be at least 1, got {args.seeds}")
-    if args.steps < 1:
-        raise BenchError(f"--steps must be at least 1, got {args.steps}")
+    if args.requests and args.videos is not None:
+        raise BenchError("--requests writes what the model needs and --videos scores what it made: give one")
     if args.videos is not None and not (args.videos / "videos").is_dir():
         raise BenchError(f"--videos {args.videos} holds no videos/ folder; give the --out folder of an earlier run")
     rigs = select_rigs(args.rigs)
@@ -372,14 +437,16 @@ def run(args: argparse.Namespace) -> dict:
     def log(line: str) -> None:
         print(f"[{time.perf_counter() - start:6.0f} s] {line}", flush=True)
 
-    log("training the action classifier on ground-truth procedural clips")
-    classifier = train_classifier()
+    classifier = None
+    if not args.requests:
+        log("training the action classifier on ground-truth procedural clips")
+        classifier = train_classifier()
     results = []
     with installed_extension() as (bpy, sentence):
         log(sentence)
         for bench in rigs:
             results.append(bench_rig(bpy, bench, list(range(args.seeds)), args.steps, classifier, args.out, log,
-                                     args.videos))
+                                     args.videos, args.requests))
             report = {"command": " ".join(["animax", "motion-bench", *sys.argv[2:]]), "seeds": args.seeds,
                       "steps": args.steps, "videos": None if args.videos is None else str(args.videos),
                       "scene_fps": SCENE_FPS, "summary": summarise(results), "rigs": results}
@@ -397,19 +464,3 @@ def _plain(value):
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="animax motion-bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    from backend.demo import DemoError
-
-    try:
-        run(args)
-    except (BenchError, DemoError) as exc:
-        print(f"animax motion-bench: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
