@@ -116,7 +116,8 @@ def rotation_keys(rotations: np.ndarray, modes: list[str]) -> list[tuple[str, np
 
 
 def _curves(channelbag, bone: str, prop: str, values: np.ndarray, frames: np.ndarray, keep: np.ndarray):
-    path = f'pose.bones["{bpy.utils.escape_identifier(bone)}"].{prop}'
+    # a custom property ('["IK_FK"]') is subscripted, a built-in one an attribute
+    path = f'pose.bones["{bpy.utils.escape_identifier(bone)}"]{"" if prop.startswith("[") else "."}{prop}'
     count = int(keep.sum())
     for index in range(values.shape[1]):
         curve = channelbag.fcurves.new(path, index=index, group_name=bone)
@@ -160,7 +161,20 @@ def write_action(
     if missing:
         raise ValueError(f"'{obj.name}' has no bones {missing}; was the armature edited during the run?")
     scale = np.linalg.norm(np.array(obj.matrix_world)[:3, :3], axis=0).mean()
-    locations = root_translation / scale
+    modes = [obj.pose.bones[bone].rotation_mode for bone in bone_names]
+    channels = [(bone, prop, values) for bone, (prop, values) in zip(bone_names, rotation_keys(rotations, modes))]
+    channels.append((root_bone, "location", root_translation / scale))
+    return write_channels(obj, name, channels, frame_start, thin_tolerance)
+
+
+def write_channels(obj, name: str, channels: list, frame_start: int = 1, thin_tolerance: float = 0.0):
+    """A new Action on ``obj`` keying ``channels`` from ``frame_start``; returns it (see ``write_action``).
+
+    ``channels``: (pose bone, property, (T, C) values) triples, the values already in the
+    property's own convention (e.g. from ``rotation_keys``); the property may be a custom one,
+    written ``'["name"]'``. The previous Action gets a fake user.
+    """
+    frames = len(channels[0][2])
     keys = frame_start + np.arange(frames, dtype=np.float64)
 
     action = bpy.data.actions.new(name)  # Blender appends .001 etc. rather than reuse a name
@@ -169,10 +183,8 @@ def write_action(
     slot = action.slots.new(id_type="OBJECT", name=obj.name)
     strip = action.layers.new("AnimaX").strips.new(type="KEYFRAME")
     channelbag = strip.channelbags.new(slot)
-    modes = [obj.pose.bones[bone].rotation_mode for bone in bone_names]
-    for bone, (prop, values) in zip(bone_names, rotation_keys(rotations, modes)):
+    for bone, prop, values in channels:
         _curves(channelbag, bone, prop, values, keys, keep_keys(values, thin_tolerance))
-    _curves(channelbag, root_bone, "location", locations, keys, keep_keys(locations, thin_tolerance))
 
     animation = obj.animation_data or obj.animation_data_create()
     if animation.action is not None:

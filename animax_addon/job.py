@@ -372,10 +372,13 @@ class AnimateController:
         """One new Action per variation, the previews, then one undo step.
 
         The scene's frame range stays the user's: each Action carries its own (``write_action``).
+        Where constraints drive the snapshot's bones (a generated rig), the motion is baked onto
+        the rig's controls instead (``bake``), and the message says which.
         """
         import bpy
 
         from .action import write_action
+        from .bake import bake_to_controls, driven_bones
 
         scene = bpy.data.scenes[self.scene_name]
         obj = bpy.data.objects.get(self.object_name)
@@ -385,14 +388,20 @@ class AnimateController:
         settings = scene.animax
         root_bone = self.rig.bones[self.rig.roots[0]].name
         name = f"AnimaX {self.prompt}"[:56]
-        written = []
+        written, controls = [], []
         for i in sorted(self._results):
             arrays, diagnostics, previews = self._results[i]
-            rotations = arrays["rotations"][: self.duration]
-            action = write_action(obj, name if len(self.seeds) == 1 else f"{name} #{i + 1}",
-                                  diagnostics["bone_names"], rotations, root_bone,
-                                  arrays["root_translation"][: self.duration], frame_start=scene.frame_start,
-                                  thin_tolerance=self.thin_tolerance)
+            bone_names = diagnostics["bone_names"]
+            motion = (bone_names, arrays["rotations"][: self.duration], root_bone,
+                      arrays["root_translation"][: self.duration])
+            action_name = name if len(self.seeds) == 1 else f"{name} #{i + 1}"
+            action = None
+            if driven_bones(obj, bone_names):
+                action, controls = bake_to_controls(obj, action_name, self.rig, *motion,
+                                                    frame_start=scene.frame_start, thin_tolerance=self.thin_tolerance)
+            if action is None:
+                action = write_action(obj, action_name, *motion, frame_start=scene.frame_start,
+                                      thin_tolerance=self.thin_tolerance)
             written.append((action, self.seeds[i], self._load_previews(action.name, previews)))
         first = written[0][0]
         if len(written) > 1:
@@ -408,8 +417,9 @@ class AnimateController:
         bpy.ops.ed.undo_push(message=f"AnimaX: {self.prompt}")
         names = ", ".join(f"'{a.name}'" for a, _, _ in written)
         seconds = time.monotonic() - self._started
-        self._end("FINISHED", f"AnimaX wrote {names}: {frames} frames, "
-                              f"{len(self._results[0][1]['bone_names'])} bones, in {seconds:.1f} s"
+        keyed = (f"keyed {len(controls)} controls of '{obj.name}'" if controls
+                 else f"{len(self._results[0][1]['bone_names'])} bones")
+        self._end("FINISHED", f"AnimaX wrote {names}: {frames} frames, {keyed}, in {seconds:.1f} s"
                   + "".join(f". {w}" for w in self.warnings))
 
     def _load_previews(self, action_name: str, previews: dict) -> dict[str, str]:
