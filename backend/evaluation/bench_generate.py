@@ -5,7 +5,7 @@
 Reads OUT/requests/<rig>/ (rig.json, cameras.json, template_V.png, jobs.json) and runs each job
 through the worker's own ``run_job`` with the embedded model, as a worker serving Animate would;
 writes OUT/videos/<rig>/<motion>_seed<S>.npz (the pose maps it returned) and OUT/generate.json
-(seconds per job). ``animax motion-bench --videos OUT`` then keys and scores them in Blender.
+(seconds per job and stage). ``animax motion-bench --videos OUT`` then keys and scores them in Blender.
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(folder / "rig.json", target.with_name("rig.json"))  # what the videos were made for
             np.savez_compressed(target, pose=pose_videos(result))
             key = f"{folder.name}/{job['video']}"
-            seconds[key] = time.perf_counter() - start
-            print(f"{key}: {seconds[key]:.1f} s", flush=True)
+            seconds[key] = dict(result.body["diagnostics"]["seconds"], total=time.perf_counter() - start)
+            print(f"{key}: " + ", ".join(f"{stage} {t:.1f} s" for stage, t in seconds[key].items()), flush=True)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
     name = "generate.json" if count == 1 else f"generate_{index}of{count}.json"
     (args.out / name).write_text(json.dumps({"device": device, "seconds": seconds}, indent=1))

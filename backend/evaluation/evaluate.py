@@ -46,7 +46,7 @@ from backend.data.dataset import draw_clip
 from backend.data.render import render_rgb
 from backend.data.variety import ClipVariety
 from backend.model.presets import TINY
-from backend.reconstruction.reconstruct import GENERATED_SMOOTHING, Reconstruction, reconstruct
+from backend.reconstruction.reconstruct import GENERATED, Reconstruction, reconstruct
 
 from . import SPLITS
 from .classifier import predict, train_classifier
@@ -259,7 +259,7 @@ class SplitResult:
 
 def reconstruct_and_score(item: EvalItem, videos: np.ndarray, classifier) -> tuple[Reconstruction, dict]:
     # Reconstructed as the worker reconstructs generated videos, so the numbers are what a user gets.
-    result = reconstruct(item.clip.creature.rig, item.cameras, videos, smoothing=GENERATED_SMOOTHING)
+    result = reconstruct(item.clip.creature.rig, item.cameras, videos, **GENERATED)
     return result, score(item, result, classifier)
 
 

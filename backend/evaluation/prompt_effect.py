@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from backend.data.motions import applicable, prompt
-from backend.reconstruction.reconstruct import GENERATED_SMOOTHING, reconstruct
+from backend.reconstruction.reconstruct import GENERATED, reconstruct
 
 from .evaluate import EvalItem, Generator
 
@@ -49,7 +49,7 @@ def prompt_effect(make_generator: Callable[[int], Generator], items: list[EvalIt
         motions = {}
         for text, seed in itertools.product(prompts, SEEDS):
             videos = generators[seed](replace(item, clip=replace(item.clip, prompt=text)))
-            result = reconstruct(creature.rig, item.cameras, videos, smoothing=GENERATED_SMOOTHING)
+            result = reconstruct(creature.rig, item.cameras, videos, **GENERATED)
             motions[text, seed] = result.joints / radius
         across_prompts = _spread(motions, [((a, s), (b, s)) for a, b in itertools.combinations(prompts, 2)
                                            for s in SEEDS])

@@ -14,6 +14,7 @@ and no rotation is left undefined.
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d, median_filter
 from scipy.spatial.transform import Rotation, Slerp
 
 from animax_addon.core.rig import MIN_BONE_LENGTH, Rig
@@ -123,12 +124,24 @@ def _shortest_arc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _quaternion_matrices(quat)
 
 
-def _fit_rotations(rest: np.ndarray, posed: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-300)
+
+
+def _fit_rotations(rest: np.ndarray, posed: np.ndarray, weights: np.ndarray, prior: float = 0.0) -> np.ndarray:
     """Weighted rotations (..., 3, 3) about the origin taking ``rest`` (..., K, 3) to ``posed``.
 
     Kabsch where the targets span a plane or more; the shortest arc to the farthest target
-    where they are collinear (a single child leaves the twist free: keep it zero).
+    where they are collinear (a single child leaves the twist free: keep it zero). ``prior``: each
+    target is also taken as seen at its rest, with weight ``prior * (1 - weight)``, so a bone
+    whose targets were hardly seen (weights near 0) keeps its rest while one whose targets were
+    seen with full confidence (weights 1) turns exactly as they say.
     """
+    if prior > 0:
+        rest = np.concatenate([rest, rest], axis=-2)
+        posed = np.concatenate([posed, rest[..., : posed.shape[-2], :]], axis=-2)
+        doubt = np.where(weights > 0, prior * np.clip(1.0 - weights, 0.0, None), 0.0)
+        weights = np.concatenate([weights, doubt], axis=-1)
     cov = np.einsum("...k,...ka,...kb->...ab", weights, rest, posed)
     u, s, vt = np.linalg.svd(cov)
     d = np.sign(np.linalg.det(vt.swapaxes(-1, -2) @ u.swapaxes(-1, -2)))
@@ -137,20 +150,25 @@ def _fit_rotations(rest: np.ndarray, posed: np.ndarray, weights: np.ndarray) -> 
     fix[..., 2] = d
     kabsch = vt.swapaxes(-1, -2) @ (fix[..., None] * u.swapaxes(-1, -2))
     far = np.argmax(np.linalg.norm(rest, axis=-1) * (weights > 0), axis=-1)[..., None, None]
-    arc = _shortest_arc(
-        np.take_along_axis(rest, far, axis=-2)[..., 0, :],
-        np.take_along_axis(posed, far, axis=-2)[..., 0, :],
-    )
+    far_rest = np.take_along_axis(rest, far, axis=-2)[..., 0, :]
+    far_posed = np.take_along_axis(posed, far, axis=-2)[..., 0, :]
+    if prior > 0:  # the arc to the weighted mean of where the target was seen and where it rests
+        count = posed.shape[-2] // 2
+        w_seen = np.take_along_axis(weights, far[..., 0] % count, axis=-1)
+        far_posed = w_seen * _unit(far_posed) + prior * np.clip(1.0 - w_seen, 0.0, None) * _unit(far_rest)
+    arc = _shortest_arc(far_rest, far_posed)
     planar = s[..., 1] > _RANK_TOLERANCE * np.maximum(s[..., 0], 1e-300)
     return np.where(planar[..., None, None], kabsch, arc)
 
 
 def inverse_kinematics(
-    rig: Rig, joints: np.ndarray, weights: np.ndarray | None = None
+    rig: Rig, joints: np.ndarray, weights: np.ndarray | None = None, rest_prior: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pose-bone rotations (T, B, 4; w, x, y, z) and locations (T, B, 3) that pose ``joints``.
 
-    ``joints``: (T, J, 3) in armature space; ``weights``: optional (T, J) confidences. Only root
+    ``joints``: (T, J, 3) in armature space; ``weights``: optional (T, J) confidences in [0, 1].
+    ``rest_prior``: how strongly a bone keeps its rest against its parent where its targets were
+    seen with little confidence (0: not at all; the joints are then reproduced exactly). Only root
     bones get a location. Quaternions keep one hemisphere over time, so keys interpolate well.
     """
     joints = np.asarray(joints, dtype=np.float64)
@@ -191,7 +209,7 @@ def inverse_kinematics(
             joints[:, targets] - joints[:, level][:, :, None],
         )
         w = weights[:, targets] * mask[level]
-        rot = _fit_rotations(np.broadcast_to(rest_vec, posed_vec.shape), posed_vec, w)
+        rot = _fit_rotations(np.broadcast_to(rest_vec, posed_vec.shape), posed_vec, w, rest_prior)
         rotations[:, level] = rot
         basis = np.zeros(rot.shape[:-2] + (4, 4))
         basis[..., :3, :3] = rot
@@ -200,6 +218,18 @@ def inverse_kinematics(
 
     quats = Rotation.from_matrix(rotations.reshape(-1, 3, 3)).as_quat(scalar_first=True)
     return _continuous(quats.reshape(frames, rig.num_bones, 4)), locations
+
+
+def smooth_rotations(quats: np.ndarray, sigma: float) -> np.ndarray:
+    """Quaternions (T, B, 4) low-passed over time: a Gaussian of ``sigma`` frames on the
+    hemisphere-continuous components, renormalised. A median over three frames first, so that a
+    one-frame swap of two joints' colours leaves no spike for the Gaussian to spread."""
+    if sigma <= 0 or len(quats) < 3:
+        return quats
+    quats = _continuous(np.array(quats, dtype=np.float64))
+    quats = median_filter(quats, size=(3, 1, 1), mode="nearest")
+    quats = gaussian_filter1d(quats, sigma, axis=0, mode="nearest")
+    return _continuous(quats / np.maximum(np.linalg.norm(quats, axis=-1, keepdims=True), 1e-12))
 
 
 def _continuous(quats: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from animax_addon.core.protocol import (
 from animax_addon.core.rig import Rig, RigError
 from backend.model import MODEL_FPS
 from backend.reconstruction.kinematics import resample
-from backend.reconstruction.reconstruct import GENERATED_SMOOTHING, reconstruct
+from backend.reconstruction.reconstruct import GENERATED, reconstruct
 
 Progress = Callable[[str, int, int], None]
 
@@ -54,7 +54,7 @@ def scene_motion(rig: Rig, cameras: CameraRig, pose_videos: np.ndarray, scene_fp
     """The generated pose maps as the Action's keys: the reconstruction (on the model's frames),
     and its rotations (T, B, 4) and root translation (T, 3) at the scene's frame rate, so that keys
     land on whole scene frames; the per-joint diagnostics stay on the generated frames."""
-    motion = reconstruct(rig, cameras, pose_videos, smoothing=GENERATED_SMOOTHING)
+    motion = reconstruct(rig, cameras, pose_videos, **GENERATED)
     rotations, locations = resample(motion.rotations, motion.locations, MODEL_FPS, scene_fps)
     return motion, rotations, locations[:, motion.root]
 
