@@ -1,6 +1,7 @@
 """``animax motion-bench``: motion as an animator sees it, through the real Animate operator.
 
-    animax motion-bench [--rigs NAMES] [--seeds 2] [--steps 20] [--out bench_out/motion] [--videos DIR]
+    animax motion-bench [--rigs NAMES] [--seeds 2] [--steps 20] [--out bench_out/motion]
+                        [--requests | --videos DIR]
 
 Headless Blender with the extension installed as ``animax demo`` installs it and a local worker
 with the embedded model. For each rig of ``bench_rigs`` (procedural creatures of every family,
@@ -9,7 +10,9 @@ reads the written Action back from Blender frame by frame (the rotations the pos
 joints where Blender puts them), then scores it (``motion_metrics``) against the truth (the
 procedural motion of that label on that rig, keyed by the add-on's own Action writer and read back
 the same way) and against the goals of docs/quality.md. Contact sheets of every Action, rendered
-by Blender, go beside the numbers. Needs ``bpy``; imports it only inside ``run``.
+by Blender, go beside the numbers. Every generated pose-map video is kept, so that ``--videos``
+scores them again without the model; ``--requests`` writes what Animate would send instead, for
+``bench_generate`` on a machine without Blender. Needs ``bpy``; imports it only inside ``run``.
 """
 
 from __future__ import annotations
