@@ -10,7 +10,8 @@ from PIL import Image
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.protocol import MessageType
 from backend.data.rig_world import FAMILIES
-from backend.evaluation.bench_generate import pose_videos, submit_message
+from animax_addon.core.client import result_arrays
+from backend.evaluation.bench_generate import submit_message
 from backend.worker.jobs import run_job
 
 
@@ -40,7 +41,7 @@ def test_request_round_trips_through_the_worker_job(tmp_path):
     pipeline = KnownVideos(videos)
     result = run_job(pipeline, submit_message(tmp_path, job), lambda *_: None, lambda: False)
     assert result.type == MessageType.RESULT, result.body
-    assert np.array_equal(pose_videos(result), videos)
+    assert np.array_equal(result_arrays(result)["pose_video"], videos)
     (call,) = pipeline.calls
     assert call["prompt"] == "the lamp nods" and call["num_inference_steps"] == 3 and call["num_frames"] == 5
     assert np.array_equal(call["rgb_templates"], templates)

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from backend.evaluation import motion_metrics as mm
 from animax_addon.job import tile_views
+from backend.evaluation import motion_metrics as mm
 from backend.evaluation.motion_bench import GOALS, goal_table, summarise, untile_views
+from backend.reconstruction.kinematics import resample_positions
 
 
 def _about_z(degrees) -> np.ndarray:
@@ -106,9 +107,9 @@ def test_prompt_effect_tells_a_prompt_follower_from_a_seed_follower():
     assert mm.prompt_and_seed_effect(ignorer, rest)["ratio"] < 0.2
 
 
-def test_resample_joints_keeps_the_duration():
+def test_resampled_joints_keep_the_duration():
     joints = np.linspace(0, 1, 25)[:, None, None] * np.ones((1, 2, 3))  # 1 s at 24 fps, linear
-    at_16 = mm.resample_joints(joints, 24.0, 16.0)
+    at_16 = resample_positions(joints, 24.0, 16.0)
     assert at_16.shape == (17, 2, 3)
     assert at_16[:, 0, 0] == pytest.approx(np.linspace(0, 1, 17))
 

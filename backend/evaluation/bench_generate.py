@@ -33,15 +33,6 @@ def submit_message(folder: Path, job: dict):
     return Message(MessageType.SUBMIT, job["video"], body, tuple(png_blob(t) for t in templates))
 
 
-def pose_videos(result) -> np.ndarray:
-    """(V, T, H, W, 3) pose maps of a RESULT message (its frames are view-major)."""
-    from animax_addon.core.protocol import blob_png
-
-    frames = [blob_png(result.blobs[i]) for i in result.body["videos"]["pose"]]
-    views = result.body["diagnostics"]["views"]
-    return np.stack(frames).reshape((views, len(frames) // views) + frames[0].shape)
-
-
 def _shard(text: str) -> tuple[int, int]:
     try:
         index, count = (int(part) for part in text.split("/"))
@@ -84,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
+    from animax_addon.core.client import result_arrays
     from animax_addon.core.protocol import MessageType
     from backend.model import presets
     from backend.worker.jobs import run_job
@@ -103,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             target = args.out / "videos" / folder.name / job["video"]
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(folder / "rig.json", target.with_name("rig.json"))  # what the videos were made for
-            np.savez_compressed(target, pose=pose_videos(result))
+            np.savez_compressed(target, pose=result_arrays(result)["pose_video"])
             key = f"{folder.name}/{job['video']}"
             seconds[key] = dict(result.body["diagnostics"]["seconds"], total=time.perf_counter() - start)
             print(f"{key}: " + ", ".join(f"{stage} {t:.1f} s" for stage, t in seconds[key].items()), flush=True)

@@ -118,11 +118,6 @@ def action_frames(action) -> np.ndarray:
     return np.arange(int(round(first)), int(round(last)) + 1)
 
 
-def use_action(obj, action) -> None:
-    obj.animation_data.action = action
-    obj.animation_data.action_slot = action.slots[0]
-
-
 def _addon(name: str):
     from backend.demo import EXTENSION_ID, REPO
 
@@ -237,7 +232,7 @@ def render_cells(bpy, obj, action, folder: Path) -> list:
     """Workbench renders of ``action`` on ``obj`` at ``SHEET_FRAMES`` frames spread over its range."""
     from PIL import Image
 
-    use_action(obj, action)
+    _addon("job").use_action(obj, action)
     frames = action_frames(action)
     picks = frames[np.linspace(0, len(frames) - 1, SHEET_FRAMES).round().astype(int)]
     scene = bpy.context.scene
@@ -301,11 +296,11 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
               requests: bool = False) -> dict:
     """Every motion and seed of one rig: the scored runs, the truth's scores, the prompt effect."""
     from backend.demo import DemoError, animate
-
-    from backend.data.motions import FPS as MODEL_FPS
+    from backend.model import MODEL_FPS
+    from backend.reconstruction.kinematics import resample_positions
 
     from .classifier import FRAMES, predict
-    from .motion_metrics import motion_distance, motion_scores, prompt_and_seed_effect, resample_joints
+    from .motion_metrics import motion_distance, motion_scores, prompt_and_seed_effect
 
     _empty_scene(bpy)
     obj = bench_rig.build(bpy)
@@ -322,7 +317,7 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
         return {"rig": bench_rig.name, "group": bench_rig.group, "request": True}
 
     def classify(joints):
-        return predict(classifier, resample_joints(joints, SCENE_FPS, MODEL_FPS)[:FRAMES], rig)
+        return predict(classifier, resample_positions(joints, SCENE_FPS, MODEL_FPS)[:FRAMES], rig)
 
     truths, runs, motions, rows = {}, [], {}, []
     # A still rig read as each prompted motion: the classifier's chance level on this rig's shape.

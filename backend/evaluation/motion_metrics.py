@@ -135,18 +135,6 @@ def prompt_and_seed_effect(motions: dict[tuple[str, int], np.ndarray], joints_re
     return {"across_prompts": prompt_spread, "across_seeds": seed_spread, "ratio": ratio}
 
 
-def resample_joints(joints: np.ndarray, source_fps: float, target_fps: float) -> np.ndarray:
-    """Joints (T, J, 3) at ``target_fps`` over the same duration, linearly interpolated."""
-    joints = np.asarray(joints, dtype=np.float64)
-    frames = len(joints)
-    times = np.arange(frames) / source_fps
-    count = int(np.floor((frames - 1) * target_fps / source_fps + 1e-9)) + 1
-    new_times = np.arange(count) / target_fps
-    flat = joints.reshape(frames, -1)
-    return np.stack([np.interp(new_times, times, flat[:, i]) for i in range(flat.shape[1])], axis=1).reshape(
-        (count,) + joints.shape[1:])
-
-
 def motion_scores(rotations: np.ndarray, joints: np.ndarray, joints_rest: np.ndarray, fps: float) -> dict:
     """Every per-motion number of the benchmark for one Action."""
     return {

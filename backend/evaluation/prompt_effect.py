@@ -23,12 +23,9 @@ from backend.data.motions import applicable, prompt
 from backend.reconstruction.reconstruct import GENERATED, reconstruct
 
 from .evaluate import EvalItem, Generator
+from .motion_metrics import prompt_and_seed_effect
 
 SEEDS = (0, 1)
-
-
-def _spread(motions: dict, pairs) -> float:
-    return float(np.mean([np.nanmean(np.linalg.norm(motions[a] - motions[b], axis=-1)) for a, b in pairs]))
 
 
 def prompt_effect(make_generator: Callable[[int], Generator], items: list[EvalItem], prompts_per_clip: int = 3,
@@ -45,15 +42,12 @@ def prompt_effect(make_generator: Callable[[int], Generator], items: list[EvalIt
         others = [m for m in applicable(creature) if m != item.clip.motion]
         picked = rng.choice(others, min(prompts_per_clip - 1, len(others)), replace=False)
         prompts = [item.clip.prompt] + [prompt(creature, str(m), rng) for m in picked]
-        radius = creature.rig.bounding_sphere()[1]
         motions = {}
         for text, seed in itertools.product(prompts, SEEDS):
             videos = generators[seed](replace(item, clip=replace(item.clip, prompt=text)))
-            result = reconstruct(creature.rig, item.cameras, videos, **GENERATED)
-            motions[text, seed] = result.joints / radius
-        across_prompts = _spread(motions, [((a, s), (b, s)) for a, b in itertools.combinations(prompts, 2)
-                                           for s in SEEDS])
-        across_seeds = _spread(motions, [((p, SEEDS[0]), (p, SEEDS[1])) for p in prompts])
+            motions[text, seed] = reconstruct(creature.rig, item.cameras, videos, **GENERATED).joints
+        effect = prompt_and_seed_effect(motions, creature.rig.joints_rest)
+        across_prompts, across_seeds = effect["across_prompts"], effect["across_seeds"]
         rows.append({"family": creature.family, "prompts": prompts, "across_prompts": across_prompts,
                      "across_seeds": across_seeds})
         if log:

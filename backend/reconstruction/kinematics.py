@@ -261,6 +261,17 @@ def resample(
     for bone in range(bones):
         slerp = Slerp(times, Rotation.from_quat(rotations[:, bone], scalar_first=True))
         out_rot[:, bone] = slerp(new_times).as_quat(scalar_first=True)
-    flat = locations.reshape(frames, -1)
-    out_loc = np.stack([np.interp(new_times, times, flat[:, i]) for i in range(flat.shape[1])], axis=1)
-    return _continuous(out_rot), out_loc.reshape((count,) + locations.shape[1:])
+    return _continuous(out_rot), resample_positions(locations, source_fps, target_fps)
+
+
+def resample_positions(values: np.ndarray, source_fps: float, target_fps: float) -> np.ndarray:
+    """Positions (T, ...) at ``target_fps`` over the same duration as ``resample`` maps a motion,
+    linearly interpolated."""
+    values = np.asarray(values, dtype=np.float64)
+    frames = len(values)
+    times = np.arange(frames) / source_fps
+    count = int(np.floor((frames - 1) * target_fps / source_fps + 1e-9)) + 1
+    new_times = np.arange(count) / target_fps
+    flat = values.reshape(frames, -1)
+    out = np.stack([np.interp(new_times, times, flat[:, i]) for i in range(flat.shape[1])], axis=1)
+    return out.reshape((count,) + values.shape[1:])
