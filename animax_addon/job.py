@@ -55,7 +55,6 @@ class JobSpec:
 
     address: str
     prompt: str
-    rig: dict
     seeds: list[int]
     preview_dir: str
     client_options: dict = field(default_factory=dict)
@@ -79,8 +78,8 @@ class WorkerThread(threading.Thread):
         self._cancel = threading.Event()
 
     # --- main thread ---------------------------------------------------------------------------------
-    def send_inputs(self, cameras: dict, templates: np.ndarray, options: dict) -> None:
-        self._payload.put((cameras, templates, options))
+    def send_inputs(self, rig: dict, cameras: dict, templates: np.ndarray, options: dict) -> None:
+        self._payload.put((rig, cameras, templates, options))
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -114,9 +113,9 @@ class WorkerThread(threading.Thread):
         if inputs is None or self._cancel.is_set():
             self.events.put(("cancelled", None))
             return
-        cameras, templates, options = inputs
+        rig, cameras, templates, options = inputs
         for i, seed in enumerate(self.spec.seeds):
-            if not self._variation(client, i, cameras, templates, dict(options, seed=seed)):
+            if not self._variation(client, i, rig, cameras, templates, dict(options, seed=seed)):
                 return
         self.events.put(("done", None))
 
@@ -133,8 +132,9 @@ class WorkerThread(threading.Thread):
         self.events.put(("cancelled", None))
         return None
 
-    def _variation(self, client: Client, i: int, cameras: dict, templates: np.ndarray, options: dict) -> bool:
-        job = client.submit(self.spec.prompt, self.spec.rig, cameras, templates, options)
+    def _variation(self, client: Client, i: int, rig: dict, cameras: dict, templates: np.ndarray,
+                   options: dict) -> bool:
+        job = client.submit(self.spec.prompt, rig, cameras, templates, options)
         cancel_sent = False
         for message in client.events(job):
             # Checked per message: progress comes every denoising step, so a cancel waits at most one.
@@ -265,7 +265,7 @@ class AnimateController:
         else:
             self.address = connection.address
         preview_dir = tempfile.mkdtemp(prefix="animax-preview-", dir=bpy.app.tempdir or None)
-        spec = JobSpec(self.address, self.prompt, self.rig.to_dict(), self.seeds, preview_dir,
+        spec = JobSpec(self.address, self.prompt, self.seeds, preview_dir,
                        client_options=_client_keys(connection), local=local,
                        startup_timeout_s=connection.startup_timeout_s if local else 0.0)
         self.thread = WorkerThread(spec)
@@ -310,6 +310,13 @@ class AnimateController:
         obj = bpy.data.objects.get(self.object_name)
         if obj is None:
             raise AnimateError(f"The armature '{self.object_name}' was deleted or renamed; animate it again")
+        if self.rig.num_joints > preset["joints"]:  # a model that tells fewer joints apart than the default
+            from .snapshot import rig_from_armature
+
+            try:
+                self.rig = rig_from_armature(obj, self.bones, self.bone_collection, preset["joints"])
+            except ValueError as exc:
+                raise AnimateError(str(exc)) from None
         scene_fps = scene.render.fps / scene.render.fps_base
         frames = model_frames(self.duration, scene_fps, preset["fps"], preset["frames"])
         covered = 1 + round((frames - 1) / preset["fps"] * scene_fps)
@@ -325,7 +332,7 @@ class AnimateController:
             raise AnimateError(str(exc)) from None
         options = {"steps": self.steps, "guidance": self.guidance, "frames": frames, "fps": scene_fps,
                    "outputs": ["pose", "rgb"] if self.decode_rgb else ["pose"]}
-        self.thread.send_inputs(cameras.to_dict(), templates, options)
+        self.thread.send_inputs(self.rig.to_dict(), cameras.to_dict(), templates, options)
         self._show("Sending the job")
 
     def _on_accepted(self, data) -> None:

@@ -13,7 +13,7 @@ import bpy
 import mathutils
 import numpy as np
 
-from .core.rig import MAX_JOINTS, Bone, Rig, RigError
+from .core.rig import BODY_JOINTS, Bone, Rig, RigError
 from .core.skeleton import MotionSkeleton, SkeletonError, choose_bones
 
 BONE_OPTIONS = ("DEFORM", "COLLECTION", "SELECTED")
@@ -44,14 +44,14 @@ def _ends_and_flags(bones) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return heads.reshape(-1, 3), tails.reshape(-1, 3), deform
 
 
-def default_choice(obj) -> MotionSkeleton:
-    """The 'Deform bones' choice: the deform bones, and past ``MAX_JOINTS`` the body alone."""
+def default_choice(obj, max_joints: int = BODY_JOINTS) -> MotionSkeleton:
+    """The 'Deform bones' choice: the deform bones, and past ``max_joints`` the body alone."""
     bones = obj.data.bones
     names = bones.keys()
     index = {name: i for i, name in enumerate(names)}
     parents = [index[b.parent.name] if b.parent else -1 for b in bones]
     try:
-        return choose_bones(names, parents, *_ends_and_flags(bones), max_joints=MAX_JOINTS)
+        return choose_bones(names, parents, *_ends_and_flags(bones), max_joints=max_joints)
     except SkeletonError as exc:
         raise SnapshotError(
             f"'{obj.name}' cannot be animated as a whole: {exc}; choose 'Selected bones' or a bone "
@@ -82,7 +82,7 @@ def choice_summary(obj) -> tuple[str | None, bool]:
     return cached[1], cached[2]
 
 
-def participating_bones(obj, bones: str = "DEFORM", collection: str = "") -> list[str]:
+def participating_bones(obj, bones: str = "DEFORM", collection: str = "", max_joints: int = BODY_JOINTS) -> list[str]:
     """Names of the bones that take part, in the armature's bone order."""
     if obj is None or obj.type != "ARMATURE":
         what = "nothing" if obj is None else f"'{obj.name}' ({obj.type.lower()})"
@@ -93,7 +93,7 @@ def participating_bones(obj, bones: str = "DEFORM", collection: str = "") -> lis
     if not armature.bones:
         raise SnapshotError(f"'{obj.name}' has no bones; add bones in Edit Mode or pick another armature")
     if bones == "DEFORM":
-        chosen = default_choice(obj).chosen
+        chosen = default_choice(obj, max_joints).chosen
         names = [name for name, taking_part in zip(armature.bones.keys(), chosen) if taking_part]
     elif bones == "COLLECTION":
         found = armature.collections_all.get(collection)
@@ -135,9 +135,10 @@ def _uniform_scale(obj) -> float:
     return scale
 
 
-def rig_from_armature(obj, bones: str = "DEFORM", collection: str = "") -> Rig:
-    """The rig snapshot of ``obj``'s rest pose in world space (see module doc)."""
-    names = participating_bones(obj, bones, collection)
+def rig_from_armature(obj, bones: str = "DEFORM", collection: str = "", max_joints: int = BODY_JOINTS) -> Rig:
+    """The rig snapshot of ``obj``'s rest pose in world space (see module doc); ``max_joints``: the
+    most joints the model tells apart."""
+    names = participating_bones(obj, bones, collection, max_joints)
     scale = _uniform_scale(obj)
     world = np.array(obj.matrix_world, dtype=np.float64)
     rotation = world[:3, :3] / scale
@@ -167,10 +168,10 @@ def rig_from_armature(obj, bones: str = "DEFORM", collection: str = "") -> Rig:
         rig = Rig(snapshot, max_joints=None)
     except RigError as exc:
         raise SnapshotError(f"'{obj.name}' cannot be animated: {exc}") from None
-    if rig.num_joints > MAX_JOINTS:  # only a collection or a selection: the default choice fits
+    if rig.num_joints > max_joints:  # only a collection or a selection: the default choice fits
         raise SnapshotError(
             f"'{obj.name}' has {rig.num_joints} joints with these bones ({rig.num_bones} bones plus "
-            f"{int(rig.leaves.sum())} leaf tails) but AnimaX tells at most {MAX_JOINTS} apart; "
+            f"{int(rig.leaves.sum())} leaf tails) but the model tells at most {max_joints} apart; "
             f"{_NARROWER[bones]}"
         )
     return rig

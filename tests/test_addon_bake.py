@@ -16,6 +16,7 @@ from bpy_extras.anim_utils import action_get_channelbag_for_slot  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
 
 from animax_addon.bake import bake_to_controls, driven_bones  # noqa: E402
+from animax_addon.core.rig import MAX_JOINTS  # noqa: E402
 from animax_addon.job import use_action  # noqa: E402
 from animax_addon.snapshot import rig_from_armature  # noqa: E402
 from backend.reconstruction.kinematics import forward_kinematics  # noqa: E402
@@ -77,7 +78,7 @@ def baked():
         earlier_poses.append(_pose(obj))
     bpy.context.scene.frame_set(1)
 
-    rig = rig_from_armature(obj)
+    rig = rig_from_armature(obj, max_joints=MAX_JOINTS)  # every DEF bone: the bake, not the body choice
     rng = np.random.default_rng(3)
     rotations = np.tile([1.0, 0.0, 0.0, 0.0], (FRAMES, rig.num_bones, 1))
     t = np.arange(FRAMES) / FRAMES

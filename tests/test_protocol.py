@@ -48,7 +48,7 @@ def result() -> Message:
                    (joints_bytes, ids_bytes, png_blob(IMAGES[0]), png_blob(IMAGES[2])))
 
 
-PRESET = {"name": "tiny", "size": 64, "frames": 17, "steps": 20, "guidance": 3.0, "fps": 16}
+PRESET = {"name": "tiny", "size": 64, "frames": 17, "steps": 20, "guidance": 3.0, "fps": 16, "joints": 28}
 VALID = [
     Message(MessageType.HELLO, None, {"client": "blender-addon", "version": "0.1.0"}),
     Message(MessageType.WELCOME, None, {"worker": "gpu-1", "version": "0.1.0", "protocol": 1, "model": "tiny",
@@ -287,6 +287,8 @@ def test_submit_frames_accepts_one_plus_4k():
      "preset.frames"),
     ("ready", {"worker": "w", "version": "1", "protocol": 1, "model": "m", "preset": dict(PRESET, fps=0)},
      "preset.fps"),
+    ("welcome", {"worker": "w", "version": "1", "protocol": 1, "model": "m", "preset": dict(PRESET, joints=65)},
+     "preset.joints"),
     ("ready", {"worker": "w", "version": "1", "protocol": 1, "model": "m", "preset": dict(PRESET, seed=1)},
      "preset.seed"),
     ("accepted", {"position": -1}, "position"),

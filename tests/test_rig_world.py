@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from animax_addon.core.rig import MAX_JOINTS, Rig
+from animax_addon.core.rig import BODY_JOINTS, MAX_JOINTS, Rig
 from backend.data.motions import (APPLICABLE, GENERIC_NOUNS, KEYWORDS, MOTIONS, NOUNS, all_prompts, applicable, prompt,
                                   sample_clip)
 from backend.data.rig_world import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES, Creature
@@ -203,3 +203,10 @@ def test_generic_nouns_rename_the_rig_and_keep_the_clip():
         assert generic != family, varied.prompt
         renamed += generic
     assert 15 <= renamed <= 45, renamed  # about half of 60
+
+
+def test_the_default_joint_budget_is_what_training_covers():
+    """``BODY_JOINTS`` is the most joints of any training rig: no joint of a rig chosen within it
+    takes a palette colour that training never drew, and the training rigs are animated whole."""
+    most = max(FAMILIES[f](np.random.default_rng(seed)).rig.num_joints for f in TRAIN_FAMILIES for seed in range(200))
+    assert most == BODY_JOINTS

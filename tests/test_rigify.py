@@ -1,6 +1,6 @@
 """The default bone choice on every Rigify metarig that ships with Blender, built with bpy here.
 
-Rigify's metarigs have 29 to 190 deform bones; AnimaX tells at most ``MAX_JOINTS`` joints apart,
+Rigify's metarigs have 29 to 190 deform bones; AnimaX's models tell at most ``BODY_JOINTS`` joints apart,
 so for the large ones the snapshot takes the body alone (``core.skeleton``). Bones left out keep
 their rest pose, which is exact for the chosen joints: forward kinematics of the snapshot puts
 them where Blender does.
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from animax_addon.core.rig import MAX_JOINTS
+from animax_addon.core.rig import BODY_JOINTS
 from animax_addon.panels import _default_choice
 from animax_addon.snapshot import default_choice, rig_from_armature
 from backend.reconstruction.kinematics import forward_kinematics
@@ -34,32 +34,31 @@ def _sided(*names):
 METARIGS = {
     "Basic.basic_human": (
         ["spine", "spine.003", "spine.004", "spine.006", *_sided("upper_arm", "forearm", "hand", "thigh", "shin",
-                                                                   "foot")], []),
+                                                                   "foot", "toe")],
+        _sided("breast", "pelvis", "heel.02")),
     "Basic.basic_quadruped": (
-        ["spine", "spine.004", "spine.008", "spine.011", *_sided("front_thigh", "front_shin", "front_foot", "thigh",
-                                                                   "shin", "foot")], []),
+        ["spine", "spine.004", "spine.008", "spine.011", *_sided("front_thigh", "front_shin", "thigh", "shin", "foot")],
+        _sided("breast", "pelvis")),
     "human": (
         ["spine", "spine.001", "spine.003", "spine.004", "spine.006", *_sided("shoulder", "upper_arm", "forearm",
                                                                                 "hand", "thigh", "shin", "foot")],
         ["face", "jaw", "nose", "tongue", *_sided("eye", "ear", "lid.T", "f_index.01", "thumb.01", "palm.01",
-                                                  "f_pinky.03")]),
+                                                  "f_pinky.03", "breast", "heel.02")]),
     "Animals.bird": (
-        ["spine", "spine.003", "spine.006", "neck.001", "head", *_sided("Wing", "Wing.002", "thigh", "shin", "foot")],
+        ["spine", "spine.003", "spine.006", "head", *_sided("Wing", "Wing.002", "thigh", "shin")],
         ["beak.001.T", *_sided("eye", "t_index.001", "t_thumb.002", "tongue.001")]),
     "Animals.cat": (
-        ["spine", "spine.003", "spine.006", "tail.001", "tail.004", *_sided("upper_arm", "forearm", "hand", "thigh",
-                                                                           "shin", "foot")],
+        ["spine", "spine.003", "tail.004", *_sided("upper_arm", "forearm", "thigh", "shin", "foot")],
         ["face", "jaw", *_sided("eye", "ear", "f_index.001", "r_ring.002")]),
     "Animals.horse": (
-        ["spine.001", "spine.006", "neck.001", "neck.004", "head", "tail.005",
-         *_sided("upper_arm", "forearm", "forefoot", "f_hoof", "thigh", "lower_leg", "hind_foot", "r_hoof")],
-        ["jaw", "mane_base.01", "mane_top.06", *_sided("eye", "ear")]),
+        ["spine.001", "skull", "tail.005",
+         *_sided("upper_arm", "forearm", "f_hoof", "thigh", "lower_leg", "hind_foot", "r_hoof")],
+        ["jaw", "mane_base.01", "mane_top.06", *_sided("eye", "ear", "skull")]),
     "Animals.shark": (
-        ["spine", "spine.003", "spine.007", "jaw", *_sided("side_fin", "side_fin"), "top_fin"], []),
+        ["spine", "spine.003", "spine.007", *_sided("side_fin"), "top_fin"], ["jaw", *_sided("eye")]),
     "Animals.wolf": (
-        ["spine", "spine.004", "spine.008", "spine.011", *_sided("front_thigh", "front_shin", "front_foot", "thigh",
-                                                                   "shin", "foot")],
-        ["face", "jaw", *_sided("eye", "ear", "f_index.01", "r_pinky.03")]),
+        ["spine", "spine.004", "spine.008", "spine.011", *_sided("front_thigh", "front_shin", "thigh", "shin", "foot")],
+        ["face", "jaw", *_sided("eye", "ear", "f_index.01", "r_pinky.03", "breast")]),
 }
 
 
@@ -101,7 +100,7 @@ def test_default_choice_is_the_body_and_fits(name):
     body, left_out = METARIGS[name]
     deform = [b.name for b in obj.data.bones if b.use_deform]
     rig = rig_from_armature(obj)  # the panel's default: no refusal
-    assert rig.num_joints <= MAX_JOINTS
+    assert rig.num_joints <= BODY_JOINTS
     assert set(body) <= set(rig.bone_names) <= set(deform)
     assert not set(left_out) & set(rig.bone_names)
     summary = default_choice(obj).summary()
@@ -113,7 +112,7 @@ def test_default_choice_is_the_body_and_fits(name):
 
 def test_human_metarig_leaves_face_and_fingers_at_rest_and_says_so():
     obj = metarig("human")
-    assert default_choice(obj).summary() == "Body: 29 of 159 deform bones; face and finger bones keep their rest"
+    assert default_choice(obj).summary() == "Body: 23 of 159 deform bones; face, finger and side-leaf bones keep their rest"
     rig = rig_from_armature(obj)
     parents = {b.name: b.parent for b in rig.bones}
     assert parents["hand.L"] == "forearm.L" and parents["spine.004"] == "spine.003"
@@ -146,8 +145,8 @@ def test_pose_of_the_chosen_bones_lands_where_forward_kinematics_says(name):
     rig = rig_from_armature(obj)
     if name == "human with a 40-bone tail":
         tail = [n for n in rig.bone_names if n.startswith("tail.")]
-        assert rig.num_joints == MAX_JOINTS and 2 < len(tail) < 40 and {"tail.000", "tail.039"} <= set(tail)
-        assert tail[1] != "tail.001" and rig.bones[rig.bone_index[tail[1]]].parent == "tail.000"
+        assert rig.num_joints <= BODY_JOINTS and tail[-1] == "tail.039" and len(tail) < 40
+        assert rig.bones[rig.bone_index["tail.039"]].parent in rig.bone_names  # gaps bridged
     rng = np.random.default_rng(7)
     rotations = Rotation.from_rotvec(rng.normal(0, 0.5, (rig.num_bones, 3))).as_quat(scalar_first=True)
     locations = np.zeros((rig.num_bones, 3))
@@ -198,4 +197,4 @@ def test_panel_shows_the_choice_and_draws_from_the_cache():
                 b.use_deform = False
     layout = Layout()
     _default_choice(layout, obj, context)
-    assert " ".join(layout.labels) == "Body: 29 of 67 deform bones; finger bones keep their rest"
+    assert " ".join(layout.labels) == "Body: 23 of 67 deform bones; finger and side-leaf bones keep their rest"

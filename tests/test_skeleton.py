@@ -176,15 +176,31 @@ def test_a_long_chain_is_sampled_evenly_and_keeps_its_ends():
     assert choice.summary() == "Body: 63 of 100 deform bones; some bones of long chains keep their rest"
 
 
-def test_the_longest_chains_give_up_bones_first():
-    rows = _chain("spine", None, [0, 0, 0], [0, 0, 1], 3)
-    rows += _chain("tail", "spine.000", [0, 0, 0], [0, -1, 0], 40)
-    rows += _chain("leg", "spine.000", [0, 0, 0], [0, 1, 0], 30)
-    names, parents, heads, tails, deform = _rig(rows)  # 73 bones + 3 leaf tails: 12 too many
-    choice = choose_bones(names, parents, heads, tails, deform)
-    counts = {p: sum(c for n, c in zip(names, choice.chosen) if n.startswith(p)) for p in ("spine", "tail", "leg")}
-    assert counts == {"spine": 3, "tail": 29, "leg": 29}  # 11 from the tail before the first from the leg
-    assert choice.num_joints == _joints_of_snapshot(names, parents, heads, tails, choice.chosen) == 64
+def test_the_midline_gives_up_bones_before_the_limbs():
+    rows = _chain("spine", None, [0, 0, 1], [0, 0, 1], 3)
+    rows += _chain("tail", "spine.000", [0, 0, 1], [0, 1, 0], 30)  # straight, on the plane of symmetry
+    for side, x in (("L", 0.2), ("R", -0.2)):  # legs off the plane, with a bent knee
+        rows += [(f"thigh.{side}", "spine.000", [x, 0, 1], [x, -0.1, 0.5]),
+                 (f"shin.{side}", f"thigh.{side}", [x, -0.1, 0.5], [x, 0, 0.05]),
+                 (f"foot.{side}", f"shin.{side}", [x, 0, 0.05], [x, -0.15, 0])]
+    names, parents, heads, tails, deform = _rig(rows)  # 39 bones + 4 leaf tails: 13 too many for 30
+    choice = choose_bones(names, parents, heads, tails, deform, max_joints=30)
+    chosen = {n for n, c in zip(names, choice.chosen) if c}
+    assert {"thigh.L", "shin.L", "foot.L", "thigh.R", "shin.R", "foot.R", "tail.029"} <= chosen
+    assert choice.num_joints == _joints_of_snapshot(names, parents, heads, tails, choice.chosen) == 30
+    kept = [int(n.split(".")[1]) for n in names if n.startswith("tail") and n in chosen]
+    assert set(np.diff(kept)) <= {1, 2}  # no run of the tail lost
+
+
+def test_a_bent_joint_stays_where_straight_bones_go():
+    points = [[0.3, 0, 1.0], [0.3, 0, 0.85], [0.3, 0, 0.7], [0.3, 0, 0.55],  # a straight thigh in three bones,
+              [0.3, -0.2, 0.4], [0.3, -0.2, 0.25], [0.3, -0.2, 0.1]]  # bent at points 3 and 4, a straight shin
+    rows = [("hips", None, [0, 0, 1.0], [0, 0, 1.2])]
+    rows += [(f"leg.{i}", "hips" if i == 0 else f"leg.{i - 1}", points[i], points[i + 1]) for i in range(6)]
+    names, parents, heads, tails, deform = _rig(rows)  # 7 bones + 1 leaf tail
+    choice = choose_bones(names, parents, heads, tails, deform, max_joints=6)
+    chosen = [n for n, c in zip(names, choice.chosen) if c]
+    assert chosen == ["hips", "leg.0", "leg.3", "leg.4", "leg.5"]  # the straight thigh gives up its inner heads
 
 
 def test_a_group_that_is_the_whole_rig_is_sampled_instead_of_left_out():

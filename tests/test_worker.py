@@ -2,6 +2,7 @@
 
 import json
 import threading
+from dataclasses import replace
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,7 +13,7 @@ import zmq
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.client import Client, WorkerUnavailable, result_arrays
 from animax_addon.core.protocol import MessageType, decode
-from backend.model.presets import build_tiny_pipeline
+from backend.model.presets import TINY, build_tiny_pipeline
 from backend.worker.server import Worker, check_address
 
 SIZE, FRAMES = 32, 5
@@ -108,6 +109,15 @@ def test_bad_user_input_is_bad_field(worker):
         job = client.submit("walk", RIG, CAMERAS, small, options())
         error = until(client, job, MessageType.ERROR)[-1]
         assert error.body["code"] == "bad_field" and "16x16" in error.body["message"]
+
+
+def test_rig_past_the_models_joints_is_refused_with_the_limit(make_worker):
+    worker = make_worker(preset=replace(TINY, max_joints=3))  # RIG has 5 joints: 3 heads, 2 leaf tails
+    with Client(worker.address) as client:
+        assert client.hello()["preset"]["joints"] == 3
+        error = until(client, submit(client), MessageType.ERROR)[-1]
+    assert error.body["code"] == "bad_field"
+    assert "has 5 joints" in error.body["message"] and "at most 3 apart" in error.body["message"]
 
 
 def test_cancel_running_and_unknown(worker):

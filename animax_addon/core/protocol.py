@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .rig import MAX_JOINTS
+
 PROTOCOL_VERSION = 1
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -42,8 +44,9 @@ MAX_STEPS = 200
 MAX_VIDEO_FRAMES = 161
 OUTPUTS = ("pose", "rgb")
 # The loaded model's generation defaults, sent in welcome (and ready): per-view image size,
-# frames, denoising steps, image-guidance scale and the frame rate the model generates at.
-PRESET_KEYS = ("name", "size", "frames", "steps", "guidance", "fps")
+# frames, denoising steps, image-guidance scale, the frame rate the model generates at and the
+# most joints it tells apart.
+PRESET_KEYS = ("name", "size", "frames", "steps", "guidance", "fps", "joints")
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -300,6 +303,7 @@ def _check_welcome(body: dict, refs: _Blobs) -> None:
     _int(preset["steps"], "preset.steps", 1, MAX_STEPS)
     _number(preset["guidance"], "preset.guidance", 1.0)
     _number(preset["fps"], "preset.fps", 0.0, exclusive=True)
+    _int(preset["joints"], "preset.joints", 1, MAX_JOINTS)
 
 
 def _check_submit(body: dict, refs: _Blobs) -> None:

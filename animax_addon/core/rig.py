@@ -18,6 +18,13 @@ import numpy as np
 MAX_JOINTS = 64
 """Palette size: the number of distinct joint colours a pose map can carry."""
 
+BODY_JOINTS = 28
+"""The joints a model tells apart by default: the most of any rig it is trained on (the procedural
+quadrupeds'), so that no joint takes a palette colour training never drew. A rig past it is
+animated through its body (``core.skeleton``); a worker's welcome may announce another limit.
+A lower budget lifts what the tiny VAE keeps of Rigify's metarigs (``benchmarks/joint_budget.py``)
+but thins the procedural rigs the model reads best (docs/quality.md)."""
+
 MIN_BONE_LENGTH = 1e-6
 """Blender itself deletes bones shorter than this; a bone needs a direction to have a rotation."""
 
@@ -191,7 +198,7 @@ class Rig:
         if max_joints is not None and self.num_joints > max_joints:
             raise RigError(
                 f"the rig has {self.num_joints} joints ({n_bones} bones plus {len(leaf_ids)} leaf "
-                f"tails) but pose maps can tell at most {max_joints} apart; animate fewer bones "
+                f"tails) but the model tells at most {max_joints} apart; animate fewer bones "
                 "(a bone collection or a selection)"
             )
         self.rest_matrices = bone_rest_matrices(self.heads, self.tails, self.rolls)

@@ -11,8 +11,14 @@ whole groups of bones are left out in this order, each only while the rest is st
 5. hair and cloth bones (hair, mane, ponytail, skirt, cape, jiggle bones, VRoid's ``J_Sec_``):
    physics usually moves them, and their many leaves would take a joint each;
 6. very short bones (shorter than ``SHORT_FRACTION`` of the rig's size);
-7. then long chains are sampled: each keeps its first and last bones and evenly spaced ones
-   between, the longest chains giving up bones first.
+7. side leaves: a leaf bone beside a sibling that goes on (Rigify's breast and pelvis bones beside
+   the spine and thighs), or, where all of a bone's children are leaves, one that does not start
+   at its parent's tail (the heel beside the toe, the cheeks of a skull). Each leaf costs two
+   joints (its head and tail) and shows little of the body's motion;
+8. then long chains are thinned: roots, branching bones and leaves stay; bones on the body's plane of
+   symmetry (spine, neck, tail) go before those of paired limbs (which go in mirrored pairs), and
+   among them, those whose heads the chain would miss least (a bent knee stays; straight chains
+   thin out evenly).
 
 A group is kept whole where leaving it out would leave fewer than two bones. Bones left out keep
 their rest pose; the chosen ones stay exact because a chosen bone's parent in the snapshot is its
@@ -33,7 +39,16 @@ from .rig import MAX_JOINTS, tree_depths
 SHORT_FRACTION = 0.02
 """A bone shorter than this fraction of the rig's largest extent counts as very short."""
 
-LEFT_OUT = ("mechanism", "twist", "face", "finger", "hair/cloth", "very short", "chain")
+SPAN_WEIGHT = 0.05
+"""Chain sampling: how much a dropped bone's span counts beside how far its head is off that span."""
+
+MIDLINE_FRACTION = 0.03
+"""A head within this fraction of the rig's size from its plane of symmetry is on the midline."""
+
+CONNECTED_FRACTION = 0.01
+"""A child starts at its parent's tail when the gap is under this fraction of the parent's length."""
+
+LEFT_OUT = ("mechanism", "twist", "face", "finger", "hair/cloth", "very short", "side-leaf", "chain")
 """Why a bone was left out, in the order the groups are tried; ``MotionSkeleton.reasons`` indexes it."""
 
 _WORDS = (
@@ -116,10 +131,12 @@ def choose_bones(names, parents, heads, tails, deform, max_joints: int = MAX_JOI
     lengths = np.linalg.norm(tails - heads, axis=1)
     ends = np.concatenate([heads[candidates], tails[candidates]])
     size = float((ends.max(axis=0) - ends.min(axis=0)).max()) if len(ends) else 0.0
-    groups = [named == i for i in range(len(_WORDS))] + [lengths < SHORT_FRACTION * size]
+    groups = [named == i for i in range(len(_WORDS))] + [lengths < SHORT_FRACTION * size, None]
     for reason, group in enumerate(groups):
         if _count_joints(chosen, ancestors) <= max_joints:
             break
+        if group is None:  # side leaves depend on what is still chosen
+            group = _side_leaves(chosen, ancestors, depth, heads, tails)
         if (chosen & ~group).sum() < 2:
             continue  # leaving this group out would leave no skeleton to animate
         reasons[chosen & group] = reason
@@ -127,11 +144,11 @@ def choose_bones(names, parents, heads, tails, deform, max_joints: int = MAX_JOI
 
     excess = _count_joints(chosen, ancestors) - max_joints
     if excess > 0:
-        kept = _sample_chains(chosen, ancestors, depth, excess)
+        kept = _thin_chains(chosen, ancestors, depth, heads, tails, excess, ends)
         if kept is None:
             smallest = _count_joints(chosen & _chain_ends(chosen, ancestors, depth), ancestors)
             raise SkeletonError(
-                f"even its body alone (long chains cut to their ends) has {smallest} joints, more than "
+                f"even its body alone (roots, branching bones and leaves) has {smallest} joints, more than "
                 f"the {max_joints} AnimaX tells apart"
             )
         reasons[chosen & ~kept] = LEFT_OUT.index("chain")
@@ -158,55 +175,79 @@ def _count_joints(chosen: np.ndarray, ancestors: np.ndarray) -> int:
     return int(chosen.sum() + (chosen & ~has_descendant).sum())
 
 
-def _chains(chosen: np.ndarray, ancestors: np.ndarray, depth: np.ndarray):
-    """Each chosen bone's chain (the index of its first bone) and its position along it.
-
-    A chain is a run of chosen bones each of which has exactly one chosen child; it ends at a
-    leaf or a branching bone, and the next chains start at the branching bone's children.
-    """
+def _nearest_chosen_parent(chosen: np.ndarray, ancestors: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """Each bone's parent in the snapshot: its nearest (deepest) chosen ancestor, -1 for none."""
     chosen_above = ancestors & chosen[None, :]
-    levels = chosen_above.sum(axis=1)  # depth among the chosen bones only
-    # the snapshot's parent: the nearest (deepest) chosen ancestor
-    parent = np.where(chosen_above.any(axis=1), np.where(chosen_above, depth[None, :], -1).argmax(axis=1), -1)
+    return np.where(chosen_above.any(axis=1), np.where(chosen_above, depth[None, :], -1).argmax(axis=1), -1)
+
+
+def _side_leaves(chosen, ancestors, depth, heads, tails) -> np.ndarray:
+    """Chosen leaf bones beside a sibling that goes on (see module doc, group 7)."""
+    parent = _nearest_chosen_parent(chosen, ancestors, depth)
+    leaf = chosen & ~ancestors[chosen].any(axis=0)
+    has = parent >= 0
+    gap = np.full(len(chosen), np.inf)
+    gap[has] = np.linalg.norm(heads[has] - tails[parent[has]], axis=1)
+    reach = np.linalg.norm(tails - heads, axis=1)
+    connected = has & (gap <= CONNECTED_FRACTION * reach[np.maximum(parent, 0)])
+    side = np.zeros(len(chosen), dtype=bool)
+    for p in np.unique(parent[chosen & has]):
+        children = np.flatnonzero(chosen & (parent == p))
+        leaves = children[leaf[children]]
+        if len(leaves) < len(children):  # a sibling goes on: every leaf beside it is a side leaf
+            side[leaves] = True
+        else:  # all leaves: those that do not continue the parent (all, where none does)
+            side[leaves[~connected[leaves]]] = True
+    return side
+
+
+def _interior(chosen: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """Chosen bones that can go without changing a leaf or a branch: a chosen parent and one chosen child."""
     children = np.bincount(parent[chosen & (parent >= 0)], minlength=len(chosen))
-    starts = chosen & ((parent < 0) | (children[np.maximum(parent, 0)] != 1))
-    at_or_above = (ancestors | np.eye(len(chosen), dtype=bool)) & starts[None, :]
-    first = np.where(at_or_above, depth[None, :], -1).argmax(axis=1)
-    return first, levels - levels[first]
+    return chosen & (parent >= 0) & (children == 1)
 
 
 def _chain_ends(chosen: np.ndarray, ancestors: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    first, position = _chains(chosen, ancestors, depth)
-    length = np.bincount(first[chosen], minlength=len(chosen))
-    return chosen & ((position == 0) | (position == length[first] - 1))
+    """Chosen bones that chain thinning keeps: roots, branching bones and leaves."""
+    return chosen & ~_interior(chosen, _nearest_chosen_parent(chosen, ancestors, depth))
 
 
-def _sample_chains(chosen, ancestors, depth, excess: int) -> np.ndarray | None:
-    """The chosen bones less ``excess`` bones from within chains; None if chains are too short.
+def _thin_chains(chosen, ancestors, depth, heads, tails, excess: int, ends: np.ndarray) -> np.ndarray | None:
+    """The chosen bones less ``excess`` (or, for a mirrored pair, one more) bones from within chains;
+    None if chains are too short.
 
-    Each bone dropped from within a chain removes exactly one joint (a head) and changes no leaf.
-    Chains longer than a cap keep ``cap`` bones, the cap the largest that drops enough; where that
-    drops more than needed, the longest of the cut chains keep one bone more.
+    Each bone dropped from within a chain removes exactly one joint (its head) and changes no leaf.
+    Bones go one at a time (see module doc, group 8): a bone of a paired limb (its head off the
+    plane of symmetry x = centre of ``ends``, the candidates' heads and tails) only once no bone
+    on the plane is left to drop, and together with its mirror image, so that left and right stay
+    alike; first the one whose head the chain misses least: its distance from the line between
+    the joints before and after it, plus a little of that line's length.
     """
-    first, position = _chains(chosen, ancestors, depth)
-    length = np.bincount(first[chosen], minlength=len(chosen))
-    firsts = np.flatnonzero(length)
-    lengths = length[firsts]
-    caps = np.arange(2, lengths.max() + 1)
-    dropped = np.maximum(lengths[None, :] - caps[:, None], 0).sum(axis=1)
-    if not len(caps) or dropped[0] < excess:
-        return None
-    fits = dropped >= excess
-    cap = caps[fits].max()
-    keep = np.minimum(lengths, cap)
-    cut = np.flatnonzero(lengths > cap)
-    keep[cut[np.argsort(-lengths[cut], kind="stable")[: dropped[fits][-1] - excess]]] += 1
-    keep_of = np.zeros(len(chosen), dtype=np.int64)
-    keep_of[firsts] = keep
-    n, k = length[first].astype(np.float64), keep_of[first]
-    sampled = n > k
-    # evenly spaced positions round(j * step), j = 0..k-1: position p is one of them exactly
-    # when rounding p back to its nearest j lands on p again
-    step = np.where(sampled, (n - 1) / np.maximum(k - 1, 1), 1.0)
-    on_grid = np.rint(np.rint(position / step) * step) == position
-    return chosen & (~sampled | on_grid)
+    size = float(np.ptp(ends, axis=0).max())
+    centre = 0.5 * (ends[:, 0].min() + ends[:, 0].max())
+    limb = np.abs(heads[:, 0] - centre) > MIDLINE_FRACTION * size
+    flip = np.array([-1.0, 1.0, 1.0])
+    mirrored = np.concatenate([heads, tails], axis=1) * np.tile(flip, 2) + np.tile([2 * centre, 0, 0], 2)
+    gaps = np.linalg.norm(mirrored[:, None] - np.concatenate([heads, tails], axis=1)[None], axis=2)
+    mirror = np.where(limb & (gaps.min(axis=1) < MIDLINE_FRACTION * size), gaps.argmin(axis=1), -1)
+    kept = chosen.copy()
+    while excess > 0:
+        parent = _nearest_chosen_parent(kept, ancestors, depth)
+        droppable = _interior(kept, parent)
+        inner = np.flatnonzero(droppable)
+        if not len(inner):
+            return None
+        child = np.array([np.flatnonzero(kept & (parent == i))[0] for i in inner])
+        before, at, after = heads[parent[inner]], heads[inner], heads[child]
+        span = after - before
+        length = np.linalg.norm(span, axis=1)
+        along = np.clip(np.einsum("ij,ij->i", at - before, span) / np.maximum(length, 1e-12) ** 2, 0.0, 1.0)
+        miss = np.linalg.norm(before + along[:, None] * span - at, axis=1)
+        bone = inner[np.argmin(miss + SPAN_WEIGHT * length + size * limb[inner])]
+        kept[bone] = False
+        excess -= 1
+        twin = mirror[bone]
+        if twin >= 0 and twin != bone and droppable[twin]:  # at worst one joint under the budget
+            kept[twin] = False
+            excess -= 1
+    return kept

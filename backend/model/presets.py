@@ -38,6 +38,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer, UMT5EncoderModel
 
+from animax_addon.core.rig import BODY_JOINTS
+
 from .pipeline_animax import AnimaXPipeline
 from .transformer_animax import AnimaXTransformer3DModel
 
@@ -56,6 +58,7 @@ class Preset:
     num_inference_steps: int
     guidance_scale: float
     max_sequence_length: int
+    max_joints: int = BODY_JOINTS  # the most joints it tells apart (animax_addon.core.rig)
 
 
 TINY = Preset("tiny", size=64, num_frames=17, num_inference_steps=20, guidance_scale=3.0, max_sequence_length=32)

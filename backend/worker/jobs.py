@@ -17,7 +17,7 @@ from animax_addon.core.pose_maps import render_pose_maps
 from animax_addon.core.protocol import (
     ErrorCode, Message, MessageType, ProtocolError, array_blob, blob_png, error_message, png_blob,
 )
-from animax_addon.core.rig import Rig, RigError
+from animax_addon.core.rig import BODY_JOINTS, Rig, RigError
 from backend.model import MODEL_FPS
 from backend.reconstruction.kinematics import resample
 from backend.reconstruction.reconstruct import GENERATED, reconstruct
@@ -29,10 +29,10 @@ class JobInputError(ValueError):
     """The user's rig, cameras or templates cannot be used; the text is a sentence for them."""
 
 
-def _inputs(body: dict, templates: list[np.ndarray]) -> tuple[Rig, CameraRig, np.ndarray]:
+def _inputs(body: dict, templates: list[np.ndarray], max_joints: int) -> tuple[Rig, CameraRig, np.ndarray]:
     """The rig, cameras and RGB templates (V, H, W, 3) of a SUBMIT, checked against each other."""
     try:
-        rig = Rig.from_dict(body["rig"])
+        rig = Rig.from_dict(body["rig"], max_joints=max_joints)
     except RigError as exc:
         raise JobInputError(f"The rig cannot be used: {exc}.") from exc
     try:
@@ -59,14 +59,16 @@ def scene_motion(rig: Rig, cameras: CameraRig, pose_videos: np.ndarray, scene_fp
     return motion, rotations, locations[:, motion.root]
 
 
-def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[], bool]) -> Message:
-    """Run one SUBMIT to the end; never raises for user input, returns an ERROR message instead."""
+def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[], bool],
+            max_joints: int = BODY_JOINTS) -> Message:
+    """Run one SUBMIT to the end; never raises for user input, returns an ERROR message instead.
+    ``max_joints``: the most joints the model tells apart (its preset's)."""
     job, body = submit.job, submit.body
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     try:
         templates = [blob_png(submit.blobs[i]) for i in body["templates"]]
-        rig, cameras, rgb_templates = _inputs(body, templates)
+        rig, cameras, rgb_templates = _inputs(body, templates, max_joints)
         pose_templates = render_pose_maps(cameras, rig.joints_rest[None], rig.joint_parents)[:, 0]
     except ProtocolError as exc:
         return error_message(exc.code, exc.sentence, job)

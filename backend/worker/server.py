@@ -56,7 +56,8 @@ FINAL_LINGER_MS = 1000  # how long closing waits for replies still queued in the
 def preset_body(preset: Preset) -> dict:
     """The welcome/ready ``preset`` field: the model's generation defaults."""
     return {"name": preset.name, "size": preset.size, "frames": preset.num_frames,
-            "steps": preset.num_inference_steps, "guidance": preset.guidance_scale, "fps": MODEL_FPS}
+            "steps": preset.num_inference_steps, "guidance": preset.guidance_scale, "fps": MODEL_FPS,
+            "joints": preset.max_joints}
 
 
 @dataclass(eq=False)
@@ -321,7 +322,7 @@ class Worker:
                                                {"stage": stage, "step": step, "total": total, "eta_s": eta}))
 
                 try:
-                    reply = run_job(self.pipeline, job.message, progress, job.cancel.is_set)
+                    reply = run_job(self.pipeline, job.message, progress, job.cancel.is_set, self.preset.max_joints)
                 except Exception:  # noqa: BLE001 - a bug must not kill the worker
                     log.exception("job %s failed", job.id)
                     reply = error_message(ErrorCode.INTERNAL, ErrorCode.INTERNAL.sentence, job.id)
