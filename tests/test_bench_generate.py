@@ -11,7 +11,8 @@ from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.protocol import MessageType
 from backend.data.rig_world import FAMILIES
 from animax_addon.core.client import result_arrays
-from backend.evaluation.bench_generate import submit_message
+from backend.evaluation.bench_generate import main, submit_message
+from backend.model.presets import build_tiny_pipeline, save_tiny
 from backend.worker.jobs import run_job
 
 
@@ -45,3 +46,24 @@ def test_request_round_trips_through_the_worker_job(tmp_path):
     (call,) = pipeline.calls
     assert call["prompt"] == "the lamp nods" and call["num_inference_steps"] == 3 and call["num_frames"] == 5
     assert np.array_equal(call["rgb_templates"], templates)
+
+
+def test_model_option_generates_with_that_model(tmp_path):
+    """``--model DIR`` runs the requests through the tiny model in DIR (a training run's) and says so."""
+    rig = FAMILIES["lamp"](np.random.default_rng(0)).rig
+    cameras = make_camera_rig(*rig.bounding_sphere(), 32)
+    folder = tmp_path / "out" / "requests" / "procedural_lamp"
+    folder.mkdir(parents=True)
+    (folder / "rig.json").write_text(json.dumps(rig.to_dict()))
+    (folder / "cameras.json").write_text(json.dumps(cameras.to_dict()))
+    for v in range(4):
+        Image.fromarray(np.full((32, 32, 3), 128, dtype=np.uint8)).save(folder / f"template_{v}.png")
+    job = {"video": "nod_seed0.npz", "prompt": "the lamp nods",
+           "options": {"steps": 1, "guidance": 3.0, "frames": 1, "fps": 24.0, "outputs": ["pose"], "seed": 0}}
+    (folder / "jobs.json").write_text(json.dumps([job]))
+    save_tiny(build_tiny_pipeline(), tmp_path / "model")
+    assert main([str(tmp_path / "out"), "--model", str(tmp_path / "model"), "--device", "cpu"]) == 0
+    record = json.loads((tmp_path / "out" / "generate.json").read_text())
+    assert record["model"] == str(tmp_path / "model") and list(record["seconds"]) == ["procedural_lamp/nod_seed0.npz"]
+    pose = np.load(tmp_path / "out" / "videos" / "procedural_lamp" / "nod_seed0.npz")["pose"]
+    assert pose.shape == (4, 1, 32, 32, 3)

@@ -1,9 +1,10 @@
 """Generate the pose-map videos of ``animax motion-bench --requests`` on a machine without Blender.
 
-    python -m backend.evaluation.bench_generate OUT [--device cuda] [--text-cache FILE] [--shard I/N]
+    python -m backend.evaluation.bench_generate OUT [--model DIR] [--device cuda] [--text-cache FILE] [--shard I/N]
 
 Reads OUT/requests/<rig>/ (rig.json, cameras.json, template_V.png, jobs.json) and runs each job
-through the worker's own ``run_job`` with the embedded model, as a worker serving Animate would;
+through the worker's own ``run_job`` with the embedded model (or the tiny model in ``--model``,
+e.g. a training run's), as a worker serving Animate would;
 writes OUT/videos/<rig>/<motion>_seed<S>.npz (the pose maps it returned) and OUT/generate.json
 (seconds per job and stage). ``animax motion-bench --videos OUT`` then keys and scores them in Blender.
 """
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend.evaluation.bench_generate",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="the --out folder of 'animax motion-bench --requests'")
+    parser.add_argument("--model", type=Path, help="a tiny model directory to score instead of the embedded one")
     parser.add_argument("--device", default="cuda", help="torch device (default cuda)")
     parser.add_argument("--text-cache", type=Path,
                         help="prompt embeddings precomputed with the tiny preset's text encoder "
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     from backend.model import presets
     from backend.worker.jobs import run_job
 
-    pipeline = presets.load_tiny(presets.TINY_WEIGHTS, text_encoder=args.text_cache is None).to(args.device)
+    model = args.model or presets.TINY_WEIGHTS
+    pipeline = presets.load_tiny(model, text_encoder=args.text_cache is None).to(args.device)
     pipeline.set_progress_bar_config(disable=True)
     generate = pipeline if args.text_cache is None else _CachedPrompts(pipeline, args.text_cache)
     seconds = {}
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{key}: " + ", ".join(f"{stage} {t:.1f} s" for stage, t in seconds[key].items()), flush=True)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
     name = "generate.json" if count == 1 else f"generate_{index}of{count}.json"
-    (args.out / name).write_text(json.dumps({"device": device, "seconds": seconds}, indent=1))
+    (args.out / name).write_text(json.dumps({"device": device, "model": str(model), "seconds": seconds}, indent=1))
     return 0
 
 
