@@ -300,7 +300,7 @@ class AnimateController:
         import bpy
 
         from .core.cameras import make_camera_rig
-        from .templates import render_templates
+        from .templates import framing_sphere, render_templates
 
         preset = welcome.get("preset")
         if not isinstance(preset, dict):
@@ -325,7 +325,7 @@ class AnimateController:
                                  f"{preset['fps']:g} fps, so the Action has {covered} of the {self.duration} "
                                  "frames asked for")
         self._show(f"Rendering {_EXPECTED_VIEWS} templates")
-        cameras = make_camera_rig(*self.rig.bounding_sphere(), preset["size"])
+        cameras = make_camera_rig(*framing_sphere(obj, self.rig), preset["size"])
         try:
             templates = render_templates(obj, cameras, preset["size"])
         except ValueError as exc:

@@ -44,6 +44,55 @@ def deformed_meshes(obj) -> list:
     return [o for o in bpy.data.objects if o.type == "MESH" and not o.hide_render and follows(o)]
 
 
+FRAMING_EXCESS = 1.25
+"""How much larger than the rest mesh's sphere the joints' sphere may be before the mesh frames the
+cameras instead (see ``framing_sphere``)."""
+
+
+def rest_mesh_sphere(obj) -> tuple[np.ndarray, float] | None:
+    """Centre and radius (world space) of a sphere around the vertices of the meshes ``obj``
+    deforms, in its rest pose and with their modifiers applied; None where it deforms none."""
+    meshes = deformed_meshes(obj)
+    if not meshes:
+        return None
+    pose_position = obj.data.pose_position
+    points = []
+    try:
+        obj.data.pose_position = "REST"
+        bpy.context.view_layer.update()
+        depsgraph = bpy.context.evaluated_depsgraph_get()
+        for mesh_obj in meshes:
+            evaluated = mesh_obj.evaluated_get(depsgraph)
+            mesh = evaluated.to_mesh()
+            try:
+                local = np.empty(3 * len(mesh.vertices), dtype=np.float64)
+                mesh.vertices.foreach_get("co", local)
+                world = np.array(evaluated.matrix_world, dtype=np.float64)
+                points.append(local.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3])
+            finally:
+                evaluated.to_mesh_clear()
+    finally:
+        obj.data.pose_position = pose_position
+        bpy.context.view_layer.update()
+    points = np.concatenate(points)
+    if not len(points):
+        return None
+    center = (points.min(axis=0) + points.max(axis=0)) / 2
+    return center, float(np.linalg.norm(points - center, axis=1).max())
+
+
+def framing_sphere(obj, rig) -> tuple[np.ndarray, float]:
+    """The sphere the cameras frame (``core.cameras.make_camera_rig``): the rest joints', as in
+    training, unless the bones reach far past the mesh (a glTF import whose leaf tails sit metres
+    from the character), where the joints' sphere would leave the mesh a few pixels wide; then
+    the rest mesh's."""
+    joints = rig.bounding_sphere()
+    mesh = rest_mesh_sphere(obj)
+    if mesh is not None and joints[1] > FRAMING_EXCESS * mesh[1]:
+        return mesh
+    return joints
+
+
 def _srgb_to_linear(value: int) -> float:
     c = value / 255
     return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4

@@ -48,7 +48,7 @@ def main() -> None:
                 except ValueError:
                     cells.append(None)
                     continue
-                cameras = make_camera_rig(*rig.bounding_sphere(), TINY.size)
+                cameras = make_camera_rig(*_addon("templates").framing_sphere(obj, rig), TINY.size)
                 truth = render_pose_maps(cameras, np.repeat(rig.joints_rest[None], 9, axis=0), rig.joint_parents)
                 with torch.no_grad():
                     decoded = pipeline.decode(pipeline.encode_videos(truth, pipeline.device))

@@ -106,3 +106,27 @@ def test_an_armature_without_a_skinned_mesh_is_refused(fox):
     bpy.data.objects.remove(obj.children[0])
     with pytest.raises(templates.TemplateError, match="deforms no visible mesh, .*; skin a mesh to it"):
         templates.render_templates(obj, cameras, SIZE)
+
+
+def test_cameras_frame_the_mesh_where_bones_reach_far_past_it(fox):
+    obj, rig, _ = fox
+    center, radius = templates.framing_sphere(obj, rig)  # a skin that hugs its bones: the joints frame it
+    assert np.array_equal(center, rig.bounding_sphere()[0]) and radius == rig.bounding_sphere()[1]
+    mesh_center, mesh_radius = templates.rest_mesh_sphere(obj)
+    # a glTF import's leaf bone: its tail 20 radii above the character, no vertex on it
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.object.mode_set(mode="EDIT")
+    antenna = obj.data.edit_bones.new("antenna")
+    antenna.parent = obj.data.edit_bones[rig.bones[rig.roots[0]].name]
+    antenna.head, antenna.tail = (0.0, 0.0, 1.0), (0.0, 0.0, 1.0 + 20 * mesh_radius / 1.5)
+    bpy.ops.object.mode_set(mode="OBJECT")
+    pose_position = obj.data.pose_position
+    obj.pose.bones[rig.bone_names[0]].rotation_mode = "XYZ"
+    obj.pose.bones[rig.bone_names[0]].rotation_euler = (0.3, 0.0, 0.0)  # posed: framing takes the rest
+    bpy.context.view_layer.update()
+    long = rig_from_armature(obj)
+    assert "antenna" in long.bone_names and long.bounding_sphere()[1] > 5 * mesh_radius
+    center, radius = templates.framing_sphere(obj, long)
+    np.testing.assert_allclose(center, mesh_center, atol=1e-6 * mesh_radius)
+    assert radius == pytest.approx(mesh_radius)
+    assert obj.data.pose_position == pose_position  # the user's pose setting is put back

@@ -172,7 +172,7 @@ def replay(bpy, obj, rig, path: Path, prompt: str):
                          f"'{obj.name}' now (bone choice or rest changed); generate them again")
     with np.load(path) as data:
         pose = data["pose"]
-    cameras = make_camera_rig(*rig.bounding_sphere(), pose.shape[2])
+    cameras = make_camera_rig(*_addon("templates").framing_sphere(obj, rig), pose.shape[2])
     _, rotations, root_translation = scene_motion(rig, cameras, pose, SCENE_FPS)
     return _addon("action").write_action(obj, f"AnimaX {prompt}"[:56], rig.bone_names, rotations,
                                          rig.bones[rig.roots[0]].name, root_translation,
@@ -198,7 +198,7 @@ def write_request(bpy, obj, rig, bench_rig, seeds, steps: int, duration: int, fo
 
     job = _addon("job")
     panel = bpy.context.scene.animax
-    cameras = make_camera_rig(*rig.bounding_sphere(), TINY.size)
+    cameras = make_camera_rig(*_addon("templates").framing_sphere(obj, rig), TINY.size)
     templates = _addon("templates").render_templates(obj, cameras, TINY.size)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "rig.json").write_text(json.dumps(rig.to_dict()))
