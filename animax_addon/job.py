@@ -178,6 +178,9 @@ class WorkerThread(threading.Thread):
 # --- the controller (Blender's main thread only) ---------------------------------------------------------
 
 
+CONTROLS_NAMED = 6  # a baked run's message names this many of the controls it keyed
+
+
 class AnimateController:
     """Start, poll and cancel one Animate; see the module doc."""
 
@@ -220,6 +223,7 @@ class AnimateController:
         state = self._state()
         state.running = False
         state.error = message if outcome == "FAILED" else ""
+        state.summary = message if outcome == "FINISHED" else ""
         state.stage = {"FINISHED": "Done", "CANCELLED": "Cancelled", "FAILED": "Failed"}[outcome]
         if outcome == "FINISHED":
             state.progress = 1.0
@@ -246,7 +250,7 @@ class AnimateController:
             raise AnimateError("An AnimaX job is running already; wait for it or press Cancel")
         obj = bpy.data.objects[self.object_name]
         state = self._state()
-        state.error = ""
+        state.error = state.summary = ""
         try:
             self.rig = rig_from_armature(obj, self.bones, self.bone_collection)
             connection = preferences().connection()
@@ -424,7 +428,8 @@ class AnimateController:
         bpy.ops.ed.undo_push(message=f"AnimaX: {self.prompt}")
         names = ", ".join(f"'{a.name}'" for a, _, _ in written)
         seconds = time.monotonic() - self._started
-        keyed = (f"keyed {len(controls)} controls of '{obj.name}'" if controls
+        shown = ", ".join(controls[:CONTROLS_NAMED]) + (", ..." if len(controls) > CONTROLS_NAMED else "")
+        keyed = (f"keyed {len(controls)} controls of '{obj.name}' ({shown})" if controls
                  else f"{len(self._results[0][1]['bone_names'])} bones")
         self._end("FINISHED", f"AnimaX wrote {names}: {frames} frames, {keyed}, in {seconds:.1f} s"
                   + "".join(f". {w}" for w in self.warnings))

@@ -55,6 +55,8 @@ class VIEW3D_PT_animax(bpy.types.Panel):
             if state.running and state.eta_s >= 0:
                 text += f" (about {state.eta_s:.0f} s left)"
             layout.progress(factor=state.progress, type="BAR", text=text)
+        if state.summary and not state.running:  # which Actions and bones (or rig controls) were keyed
+            _wrapped(layout.box().column(align=True), state.summary, context)
         if state.error:
             error = layout.box()
             error.alert = True

@@ -61,6 +61,7 @@ class AnimaXState(bpy.types.PropertyGroup):
     progress: FloatProperty(min=0.0, max=1.0, subtype="FACTOR")
     eta_s: FloatProperty(default=-1.0)  # negative: unknown
     error: StringProperty()
+    summary: StringProperty()  # what the last finished Animate wrote and keyed, shown until the next
 
 
 classes = (AnimaXVariation, AnimaXSettings, AnimaXState)

@@ -127,6 +127,8 @@ def test_animate_writes_a_new_action_and_keeps_the_old_one(family):
     root = next(b.name for b in obj.data.bones if b.parent is None)
     expected |= {(f'pose.bones["{root}"].location', i) for i in range(3)}
     assert set(got) == expected
+    summary = bpy.context.window_manager.animax_state.summary  # the panel's line after the run
+    assert summary.startswith(f"AnimaX wrote '{action.name}'") and f"{len(deform)} bones" in summary
     frames = {tuple(f) for f, _ in got.values()}
     assert len(frames) == 1  # every channel keyed on the same frames (no thinning)
     (frames,) = frames
