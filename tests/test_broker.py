@@ -8,11 +8,11 @@ import pytest
 import zmq
 
 from animax_addon.core.client import Client, result_arrays
-from animax_addon.core.protocol import ErrorCode, Message, MessageType, ProtocolError, decode, encode
+from animax_addon.core.protocol import ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode
 from backend.model.presets import TINY, build_tiny_pipeline
 from backend.worker.broker import Broker
 from backend.worker.server import Worker, preset_body
-from test_worker import cancel_once_running, submit, until
+from test_worker import cancel_once_running, held_submits, submit, until
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,32 @@ def test_hello_without_workers_is_model_unavailable(make_broker):
     with Client(broker.address, timeout_s=2) as client, pytest.raises(ProtocolError) as info:
         client.hello()
     assert info.value.code is ErrorCode.MODEL_UNAVAILABLE and broker.backend in str(info.value)
+
+
+def test_broker_keeps_only_the_outcomes_of_its_last_finished_jobs(make_broker):
+    broker = make_broker(workers=0)  # no worker: each job waits in the queue until cancelled
+    broker._finished.size = 5
+    ids = [f"q{i}" for i in range(15)]
+    with Client(broker.address) as client:
+        for job in ids:
+            submit(client, job=job)
+            until(client, job, MessageType.ACCEPTED)
+            client.cancel(job)
+            until(client, job, MessageType.CANCELLED)
+        assert broker.job_states() == {job: "cancelled" for job in ids[10:]}
+        with broker._lock:
+            assert not broker._jobs
+        assert held_submits(ids) == []
+        client.cancel("q14")
+        assert "already finished (cancelled)" in until(client, "q14", MessageType.ERROR)[-1].body["message"]
+
+
+def test_broker_and_worker_sockets_drop_frames_over_the_protocol_limit(pipelines, running):
+    limits = Limits(max_frame_bytes=64 * 1024)
+    broker = running(Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", limits=limits))
+    worker = running(Worker(pipelines[0], broker=broker.backend, limits=limits))
+    for socket in (broker._frontend, broker._backend, worker._socket):
+        assert socket.getsockopt(zmq.MAXMSGSIZE) == limits.max_part_bytes
 
 
 def test_cancel_through_broker_within_one_step(make_broker):

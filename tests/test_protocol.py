@@ -154,6 +154,11 @@ def test_default_limits():
     assert (limits.max_frame_bytes, limits.max_total_bytes) == (16 * 2**20, 256 * 2**20)
 
 
+def test_socket_frame_limit_is_the_largest_frame_decode_accepts():
+    assert Limits().max_part_bytes == 16 * 2**20
+    assert Limits(max_header_bytes=2**20, max_frame_bytes=1000).max_part_bytes == 2**20
+
+
 def test_encode_refuses_what_the_peer_would_refuse():
     with pytest.raises(ProtocolError) as info:
         encode(submit(), Limits(max_frame_bytes=10))
@@ -265,6 +270,20 @@ def test_overflowing_number_is_not_finite():
     frames = submit_frames(options__fps=16.0)
     frames[0] = frames[0].replace(b'"fps": 16.0', b'"fps": 1e400')  # json.loads reads inf
     raises(ErrorCode.BAD_FIELD, frames, match="'options.fps'")
+
+
+@pytest.mark.parametrize("fps", [1e7, 1e308, protocol.MAX_FPS + 0.5])
+def test_fps_over_the_limit_is_bad_field_before_any_work(fps):
+    raises(ErrorCode.BAD_FIELD, submit_frames(options__fps=fps), match="'options.fps' must be a finite number "
+           "above 0.0 and at most 1000.0")
+    decode(submit_frames(options__fps=protocol.MAX_FPS))
+
+
+def test_png_size_is_read_from_the_header(monkeypatch):
+    monkeypatch.setattr(protocol.Image, "open", lambda *a, **k: pytest.fail("Pillow was asked to open the image"))
+    assert protocol.png_size(png_blob(IMAGES[0])) == (6, 8)
+    ihdr = struct.pack(">IIBBBBB", 4096, 4096, 8, 2, 0, 0, 0)
+    assert protocol.png_size(protocol.PNG_SIGNATURE + png_chunk(b"IHDR", ihdr)) == (4096, 4096)
 
 
 def test_submit_template_must_be_png():

@@ -1,6 +1,8 @@
 """The worker over real ZeroMQ sockets on 127.0.0.1, with the tiny random pipeline."""
 
+import gc
 import json
+import struct
 import threading
 from dataclasses import replace
 import time
@@ -12,9 +14,14 @@ import zmq
 
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.client import Client, WorkerUnavailable, result_arrays
-from animax_addon.core.protocol import MessageType, decode
+from animax_addon.core import protocol
+from animax_addon.core.protocol import (
+    ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, png_blob,
+)
 from backend.model.presets import TINY, build_tiny_pipeline
+from backend.worker import jobs
 from backend.worker.server import Worker, check_address
+from test_protocol import png_chunk
 
 SIZE, FRAMES = 32, 5
 RIG = {"bones": [
@@ -152,6 +159,101 @@ def test_malformed_frames_then_real_job(worker):
         sock.close(0)
     with Client(worker.address) as client:
         assert until(client, submit(client), MessageType.RESULT)
+
+
+def held_submits(job_ids) -> list[str]:
+    """The ids among ``job_ids`` of SUBMIT messages that some live object still holds."""
+    gc.collect()
+    return [o.job for o in gc.get_objects()
+            if type(o) is Message and o.type == MessageType.SUBMIT and o.job in job_ids]
+
+
+def test_finished_jobs_leave_only_their_outcome(worker):
+    worker._finished.size = 5
+    ids = [f"bad{i}" for i in range(15)]
+    with Client(worker.address) as client:
+        for job in ids:  # a rig the worker refuses: each job runs and fails at once
+            client.submit("walk", {"bones": []}, CAMERAS, TEMPLATES, options(), job=job)
+            until(client, job, MessageType.ERROR)
+        assert worker.job_states() == {job: "failed" for job in ids[10:]}
+        assert not worker._jobs
+        # The compute thread still refers to the job it ran last until it takes the next one.
+        assert held_submits(ids[:-1]) == []
+        client.cancel("bad14")
+        assert "already finished (failed)" in until(client, "bad14", MessageType.ERROR)[-1].body["message"]
+        client.cancel("bad0")
+        assert "not queued or running" in until(client, "bad0", MessageType.ERROR)[-1].body["message"]
+
+
+def test_sockets_drop_frames_over_the_protocol_limit_unread(make_worker):
+    limits = Limits(max_frame_bytes=64 * 1024)
+    worker = make_worker(limits=limits)
+    assert worker._socket.getsockopt(zmq.MAXMSGSIZE) == limits.max_part_bytes
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(worker.address)
+    try:
+        header = {"v": 1, "type": "heartbeat", "job": None, "body": {}, "blobs": 1}
+        sock.send_multipart([json.dumps(header).encode(), bytes(limits.max_part_bytes + 1)])
+        with Client(worker.address) as client:
+            assert client.hello()["model"] == "tiny"
+        assert not sock.poll(1000)  # libzmq dropped it: the worker never saw it to answer too_large
+    finally:
+        sock.close(0)
+
+
+def header_only_png(width: int, height: int) -> bytes:
+    """A few bytes that declare a ``width`` x ``height`` RGB image."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return protocol.PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("last, sentence", [
+    ([header_only_png(4096, 4096)], "Template 3 is 4096x4096 pixels but the cameras render 32x32"),
+    ([png_blob(TEMPLATES[0])] * 2, "5 template images were sent for 4 camera views"),
+])
+def test_templates_are_checked_against_the_cameras_before_decoding(monkeypatch, last, sentence):
+    monkeypatch.setattr(jobs, "blob_png", lambda *a, **k: pytest.fail("a template was decoded"))
+    blobs = [png_blob(image) for image in TEMPLATES[:3]] + last
+    body = {"prompt": "walk", "rig": RIG, "cameras": CAMERAS, "options": options(),
+            "templates": list(range(len(blobs)))}
+    reply = jobs.run_job(None, Message(MessageType.SUBMIT, "t", body, tuple(blobs)), lambda *a: None, lambda: False)
+    assert reply.type == MessageType.ERROR and reply.body["code"] == "bad_field"
+    assert sentence in reply.body["message"]
+
+
+def fake_result(server: zmq.Socket, pngs: list[bytes]) -> None:
+    """Answer the next SUBMIT that reaches ``server`` with a RESULT whose pose video is ``pngs``."""
+    while True:
+        assert server.poll(30_000)
+        identity, *frames = server.recv_multipart()
+        message = decode(frames)
+        if message.type == MessageType.SUBMIT:
+            break
+    body = {"arrays": {}, "videos": {"pose": list(range(len(pngs)))}, "diagnostics": {"views": 4}}
+    server.send_multipart([identity, *encode(Message(MessageType.RESULT, message.job, body, tuple(pngs)))])
+
+
+def test_client_checks_result_pngs_against_the_job_before_decoding(monkeypatch):
+    frame = png_blob(TEMPLATES[0])
+    bomb = [frame] * (4 * FRAMES - 1) + [header_only_png(4096, 4096)]
+    with zmq.Context.instance().socket(zmq.ROUTER) as server:
+        server.setsockopt(zmq.LINGER, 0)
+        port = server.bind_to_random_port("tcp://127.0.0.1")
+        with Client(f"tcp://127.0.0.1:{port}", timeout_s=30) as client:
+            assert client._sock().getsockopt(zmq.MAXMSGSIZE) == Limits().max_part_bytes
+            with monkeypatch.context() as patch:
+                patch.setattr(protocol.Image, "open", lambda *a, **k: pytest.fail("a result frame was decoded"))
+                for pngs, code, words in [(bomb, ErrorCode.TOO_LARGE, "4096x4096"),
+                                          ([frame] * (4 * FRAMES - 1), ErrorCode.BAD_FIELD, "19 'pose' frames")]:
+                    job = submit(client)
+                    fake_result(server, pngs)
+                    with pytest.raises(ProtocolError, match=words) as info:
+                        list(client.events(job))
+                    assert info.value.code is code
+            job = submit(client)
+            fake_result(server, [frame] * (4 * FRAMES))
+            assert result_arrays(list(client.events(job))[-1])["pose_video"].shape == (4, FRAMES, SIZE, SIZE, 3)
 
 
 def test_queue_bound(make_worker):

@@ -5,6 +5,10 @@ Liveness is Paranoid Pirate style: while waiting for a job the client sends a HE
 ``heartbeat_s`` and gives up with ``WorkerUnavailable`` when nothing (message or heartbeat) has
 come from the worker for ``liveness_s``.
 
+Results are checked before anyone decodes them: the socket drops frames over the protocol's frame
+limit unread (ZMQ_MAXMSGSIZE), and ``events`` refuses a RESULT whose video PNGs do not declare,
+in their headers, the submitted views x frames at the templates' size.
+
 A remote worker or broker speaks CurveZMQ: pass ``server_public_key`` (its ``NAME.key`` file, or
 the 40-character Z85 key) and ``client_secret_file`` (this user's ``NAME.key_secret``, whose
 public half is in the server's allow-list). A wrong key looks like a silent server, so it ends
@@ -22,7 +26,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from .protocol import (
-    ErrorCode, Message, MessageType, ProtocolError, blob_array, blob_png, decode, encode, png_blob,
+    ErrorCode, Limits, Message, MessageType, ProtocolError, blob_array, blob_png, decode, encode, png_blob,
+    png_size,
 )
 
 CLIENT_VERSION = "0.1.0"
@@ -47,6 +52,7 @@ class Client:
         self.liveness_s = timeout_s if liveness_s is None else liveness_s
         self._socket = None
         self._inbox: dict[str | None, deque[Message]] = {}
+        self._expected: dict[str, tuple[int, int, int, int]] = {}  # job: (views, frames, width, height)
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}{id(self) & 0xFFFFFF:x}"
 
@@ -57,6 +63,7 @@ class Client:
 
             self._socket = zmq.Context.instance().socket(zmq.DEALER)
             self._socket.setsockopt(zmq.LINGER, 0)
+            self._socket.setsockopt(zmq.MAXMSGSIZE, Limits().max_part_bytes)
             if self._curve is not None:
                 self._socket.curve_serverkey, self._socket.curve_publickey, self._socket.curve_secretkey = self._curve
             self._socket.connect(self.address)
@@ -116,6 +123,7 @@ class Client:
         body = {"prompt": prompt, "rig": rig, "cameras": cameras, "options": options,
                 "templates": list(range(len(blobs)))}
         self._send(Message(MessageType.SUBMIT, job, body, blobs))
+        self._expected[job] = (len(images), options["frames"], images.shape[2], images.shape[1])
         return job
 
     def cancel(self, job: str) -> None:
@@ -124,7 +132,8 @@ class Client:
     def events(self, job: str) -> Iterator[Message]:
         """ACCEPTED, PROGRESS, then RESULT, ERROR or CANCELLED for ``job`` (ends after that one).
 
-        Errors without a job id (a malformed request) are yielded too and end the stream.
+        Errors without a job id (a malformed request) are yielded too and end the stream. A RESULT
+        whose videos are not what was submitted raises ``ProtocolError`` instead.
         """
         last_heard = time.monotonic()
         next_beat = last_heard + self.heartbeat_s
@@ -133,6 +142,10 @@ class Client:
                 pending = self._inbox.get(key)
                 if pending:
                     message = pending.popleft()
+                    if message.type in _FINAL and key is not None:
+                        expected = self._expected.pop(key, None)
+                        if message.type == MessageType.RESULT and expected is not None:
+                            _check_videos(message, *expected)
                     yield message
                     if message.type in _FINAL:
                         return
@@ -173,6 +186,21 @@ def _curve_keys(server_public_key: str | os.PathLike | bytes, client_secret_file
     if secret is None:
         raise ValueError(f"{client_secret_file} holds only a public key; pass your NAME.key_secret file")
     return key, public, secret
+
+
+def _check_videos(message: Message, views: int, frames: int, width: int, height: int) -> None:
+    """Refuse a RESULT unless each video is ``views`` x ``frames`` PNGs that declare ``width`` x
+    ``height``, read from their headers: a small PNG can declare gigapixels, which Blender would pay for."""
+    for name, indices in message.body["videos"].items():
+        if len(indices) != views * frames:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"The worker sent {len(indices)} '{name}' frames for "
+                                f"{views} views x {frames} frames; install matching add-on and worker releases.")
+        for i in indices:
+            w, h = png_size(message.blobs[i])
+            if (w, h) != (width, height):
+                code = ErrorCode.TOO_LARGE if w * h > width * height else ErrorCode.BAD_FIELD
+                raise ProtocolError(code, f"The worker sent a '{name}' frame of {w}x{h} pixels for templates of "
+                                    f"{width}x{height}; it was not decoded.")
 
 
 def result_arrays(message: Message) -> dict[str, np.ndarray]:

@@ -42,6 +42,7 @@ MAX_TEXT_CHARS = 256  # names, versions, stages
 MAX_ERROR_CHARS = 4000
 MAX_STEPS = 200
 MAX_VIDEO_FRAMES = 161
+MAX_FPS = 1000.0  # the scene frame rate keys are resampled to: each frame costs memory and time
 OUTPUTS = ("pose", "rgb")
 # The loaded model's generation defaults, sent in welcome (and ready): per-view image size,
 # frames, denoising steps, image-guidance scale, the frame rate the model generates at and the
@@ -141,6 +142,11 @@ class Limits:
     max_frame_bytes: int = 16 * 1024 * 1024
     max_total_bytes: int = 256 * 1024 * 1024
     max_pixels: int = 4096 * 4096  # per PNG, checked from its header before decoding
+
+    @property
+    def max_part_bytes(self) -> int:
+        """The largest frame of any kind: a socket's ZMQ_MAXMSGSIZE, so libzmq drops bigger ones unread."""
+        return max(self.max_header_bytes, self.max_frame_bytes)
 
 
 @dataclass(frozen=True)
@@ -321,7 +327,7 @@ def _check_submit(body: dict, refs: _Blobs) -> None:
     frames = _int(options["frames"], "options.frames", 1, MAX_VIDEO_FRAMES)
     if (frames - 1) % 4:  # the video VAE compresses time 4x after the first frame
         raise _bad("options.frames", f"must be 1 + 4k (1, 5, 9, ... {MAX_VIDEO_FRAMES}), got {frames}")
-    _number(options["fps"], "options.fps", 0.0, exclusive=True)
+    _number(options["fps"], "options.fps", 0.0, exclusive=True, hi=MAX_FPS)
     outputs = _list(options["outputs"], "options.outputs")
     if not outputs or any(not isinstance(o, str) or o not in OUTPUTS for o in outputs) \
             or len(set(outputs)) != len(outputs):
@@ -429,12 +435,12 @@ def _int(value: Any, name: str, lo: int | None = None, hi: int | None = None) ->
     return value
 
 
-def _number(value: Any, name: str, lo: float, exclusive: bool = False) -> float:
+def _number(value: Any, name: str, lo: float, exclusive: bool = False, hi: float | None = None) -> float:
     ok = (_is_int(value) or isinstance(value, float)) and math.isfinite(value) \
-        and (value > lo if exclusive else value >= lo)
+        and (value > lo if exclusive else value >= lo) and (hi is None or value <= hi)
     if not ok:
-        raise _bad(name, f"must be a finite number {'above' if exclusive else 'of at least'} {lo}, "
-                   f"got {_show(value)}")
+        bounds = f"{'above' if exclusive else 'of at least'} {lo}" + (f" and at most {hi}" if hi is not None else "")
+        raise _bad(name, f"must be a finite number {bounds}, got {_show(value)}")
     return float(value)
 
 
@@ -508,14 +514,20 @@ def png_blob(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def blob_png(data: bytes, max_pixels: int = Limits().max_pixels) -> np.ndarray:
-    """Decode PNG bytes to ``HxWx3`` uint8, refusing images over ``max_pixels`` before decoding."""
-    # Read the size from the IHDR chunk ourselves: a tiny file can declare a gigapixel image.
+def png_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` as the PNG's IHDR chunk declares them, without decoding any pixels."""
+    # Read the size ourselves: a tiny file can declare a gigapixel image.
     if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
         raise _bad("image", "is not a PNG image")
     width, height = struct.unpack(">II", data[16:24])
     if width == 0 or height == 0:
         raise _bad("image", f"declares an empty size {width}x{height}")
+    return width, height
+
+
+def blob_png(data: bytes, max_pixels: int = Limits().max_pixels) -> np.ndarray:
+    """Decode PNG bytes to ``HxWx3`` uint8, refusing images over ``max_pixels`` before decoding."""
+    width, height = png_size(data)
     if width * height > max_pixels:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"The PNG declares {width}x{height} pixels, more than "
                             f"the limit of {max_pixels}; use a smaller render size.")

@@ -32,7 +32,7 @@ from animax_addon.core.protocol import (
 )
 from backend.arguments import ArgumentParser, curve_files_problem, number, zmq_address
 
-from .fair_queue import CANCELLED, DONE, FAILED, QUEUED, RUNNING, FairQueue, admit
+from .fair_queue import CANCELLED, DONE, FAILED, FINISHED_HISTORY, QUEUED, RUNNING, FairQueue, History, admit
 from .security import check_address, curve_server
 from .server import WORKER_VERSION
 
@@ -88,12 +88,14 @@ class Broker:
         self._backend = self._context.socket(zmq.ROUTER)
         for socket in (self._frontend, self._backend):
             socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.MAXMSGSIZE, limits.max_part_bytes)
         self._auth = curve_server(self._context, [self._frontend], curve_secret, allow) if curve else None
         self._frontend.bind(address)
         self._backend.bind(backend)
         self.address = self._frontend.getsockopt_string(zmq.LAST_ENDPOINT)
         self.backend = self._backend.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._jobs: dict[tuple[bytes, str], _Job] = {}  # every job seen, by (client identity, job id)
+        self._jobs: dict[tuple[bytes, str], _Job] = {}  # queued and running, by (client identity, job id)
+        self._finished = History()
         self._wire: dict[str, _Job] = {}  # running jobs by the id their worker knows
         self._wire_ids = itertools.count()
         self._seq = itertools.count()
@@ -101,7 +103,7 @@ class Broker:
         self._workers: dict[bytes, _Worker] = {}
         self._preset: dict | None = None  # the first worker's; later workers must match it
         self._client_seen: dict[bytes, float] = {}
-        self.started: list[str] = []  # client job ids in dispatch order (introspection)
+        self.started: list[str] = []  # the last client job ids in dispatch order (introspection)
         self._lock = threading.Lock()  # guards the introspection reads from other threads
         self._stop = threading.Event()
 
@@ -112,7 +114,7 @@ class Broker:
     def job_states(self) -> dict[str, str]:
         """{client job id: queued | running | done | failed | cancelled}, for tests and logs."""
         with self._lock:
-            return {job.id: job.state for job in self._jobs.values()}
+            return self._finished.states() | {job.id: job.state for job in self._jobs.values()}
 
     def worker_count(self) -> int:
         with self._lock:
@@ -196,12 +198,11 @@ class Broker:
         job = self._jobs.get((client, job_id))
         if reason:
             log.info("cancelling job %s: %s", job_id, reason)
-        if job is None or job.state not in (QUEUED, RUNNING):
-            self._to_client(client, error_message(ErrorCode.UNEXPECTED, f"There is no queued or running job "
-                                                  f"'{job_id}' to cancel.", job_id))
+        if job is None:
+            self._to_client(client, self._finished.cannot_cancel(client, job_id))
         elif job.state == QUEUED:
             self._queue.remove(job)
-            job.state = CANCELLED
+            self._finished.finish(self._jobs, job, CANCELLED)
             self._to_client(client, Message(MessageType.CANCELLED, job_id))
         elif not job.cancelling:  # the worker answers CANCELLED after its current step
             job.cancelling = True
@@ -232,7 +233,7 @@ class Broker:
             self._to_client(job.client, Message(MessageType.PROGRESS, job.id, message.body))
         elif message.type in _FINAL_STATES:
             self._to_client(job.client, Message(message.type, job.id, message.body, message.blobs))
-            job.state = _FINAL_STATES[message.type]
+            self._finished.finish(self._jobs, job, _FINAL_STATES[message.type])
             self._release(worker, now)
 
     def _ready(self, identity: bytes, welcome: dict, now: float) -> None:
@@ -260,14 +261,14 @@ class Broker:
         del self._wire[job.wire]
         worker.job = None
         if job.cancelling:
-            job.state = CANCELLED
+            self._finished.finish(self._jobs, job, CANCELLED)
             self._to_client(job.client, Message(MessageType.CANCELLED, job.id))
         elif job.attempts < MAX_ATTEMPTS:
             log.warning("worker %s lost job %s; re-queueing it", worker.identity.hex(), job.id)
             job.state, job.worker, job.wire = QUEUED, None, None
             self._queue.push(job)  # its old seq keeps it ahead of its client's later jobs
         else:
-            job.state = FAILED
+            self._finished.finish(self._jobs, job, FAILED)
             self._to_client(job.client, error_message(ErrorCode.WORKER_LOST, ErrorCode.WORKER_LOST.sentence, job.id))
 
     def _dispatch(self) -> None:
@@ -281,6 +282,7 @@ class Broker:
             worker.job = job
             self._wire[job.wire] = job
             self.started.append(job.id)
+            del self.started[:-FINISHED_HISTORY]
             self._to_worker(worker.identity, Message(MessageType.SUBMIT, job.wire, job.message.body,
                                                      job.message.blobs))
 
@@ -296,14 +298,15 @@ class Broker:
                 self._to_worker(worker.identity, Message(MessageType.HEARTBEAT))
         active: dict[bytes, list[str]] = {}
         for job in self._jobs.values():
-            if job.state in (QUEUED, RUNNING):
-                active.setdefault(job.client, []).append(job.id)
+            active.setdefault(job.client, []).append(job.id)
         for client, jobs in active.items():
             if now - self._client_seen.get(client, now) > self.liveness_s:
                 for job_id in jobs:
                     self._cancel(client, job_id, reason="the client stopped answering")
             else:
                 self._to_client(client, Message(MessageType.HEARTBEAT))
+        for client in [c for c, seen in self._client_seen.items() if c not in active and now - seen > self.liveness_s]:
+            del self._client_seen[client]  # a client without jobs is remembered only while it talks
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,23 +1,64 @@
-"""The fair job queue shared by the worker and the broker: round robin by client, and admission.
+"""The fair job queue shared by the worker and the broker: round robin by client, admission, and
+the bounded record of finished jobs.
 
 Jobs are any objects with a hashable ``client`` and an integer ``seq`` (lower = older). The queue
 is not thread-safe: the worker and the broker call it under their own lock or from one thread.
+A job table holds queued and running jobs only; a finished job leaves it for a ``History`` of its
+id and outcome, so a long-running worker or broker keeps no finished job's prompt or images.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+from collections import OrderedDict
 from typing import Callable, Hashable, Protocol
 
 from animax_addon.core.protocol import ErrorCode, Message, MessageType, error_message
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+FINISHED_HISTORY = 1000  # finished jobs whose id and outcome are remembered; the oldest is forgotten first
 
 
 class QueuedJob(Protocol):
     client: Hashable
     seq: int
+
+
+class TrackedJob(QueuedJob, Protocol):
+    id: str
+    state: str
+
+
+class History:
+    """The outcomes of the last ``size`` finished jobs by ``(client, job id)``: ids and states only."""
+
+    def __init__(self, size: int = FINISHED_HISTORY) -> None:
+        self.size = size
+        self._states: OrderedDict[tuple[Hashable, str], str] = OrderedDict()
+
+    def get(self, client: Hashable, job_id: str) -> str | None:
+        return self._states.get((client, job_id))
+
+    def states(self) -> dict[str, str]:
+        """{job id: outcome}, oldest first."""
+        return {job_id: state for (_, job_id), state in self._states.items()}
+
+    def finish(self, jobs: dict, job: TrackedJob, state: str) -> None:
+        """Set ``job``'s final ``state``, take it out of the job table ``jobs`` and remember its outcome."""
+        job.state = state
+        key = (job.client, job.id)
+        del jobs[key]
+        self._states.pop(key, None)  # a reused job id counts as the newest
+        self._states[key] = state
+        while len(self._states) > self.size:
+            self._states.popitem(last=False)
+
+    def cannot_cancel(self, client: Hashable, job_id: str) -> Message:
+        """The answer to a cancel of a job that is neither queued nor running."""
+        state = self.get(client, job_id)
+        where = f"it has already finished ({state})" if state is not None else "it is not queued or running"
+        return error_message(ErrorCode.UNEXPECTED, f"Job '{job_id}' cannot be cancelled: {where}.", job_id)
 
 
 class FairQueue:
@@ -75,11 +116,10 @@ class FairQueue:
 
 def admit(queue: FairQueue, jobs: dict, limit: int, client: Hashable, submit: Message,
           make_job: Callable[[], QueuedJob]) -> Message:
-    """The answer to a SUBMIT: refused while its job id is still queued or running for this client,
-    or when ``limit`` jobs wait already; otherwise ACCEPTED with the new job's place in ``queue``
-    (the job is recorded in ``jobs`` under ``(client, id)``)."""
-    old = jobs.get((client, submit.job))
-    if old is not None and old.state in (QUEUED, RUNNING):
+    """The answer to a SUBMIT: refused while its job id is still queued or running for this client
+    (in the job table ``jobs``), or when ``limit`` jobs wait already; otherwise ACCEPTED with the new
+    job's place in ``queue`` (the job is recorded in ``jobs`` under ``(client, id)``)."""
+    if (client, submit.job) in jobs:
         return error_message(ErrorCode.UNEXPECTED, f"Job '{submit.job}' is already queued or running; use a new "
                              "job id.", submit.job)
     if len(queue) >= limit:

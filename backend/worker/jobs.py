@@ -15,7 +15,7 @@ import torch
 from animax_addon.core.cameras import CameraError, CameraRig
 from animax_addon.core.pose_maps import render_pose_maps
 from animax_addon.core.protocol import (
-    ErrorCode, Message, MessageType, ProtocolError, array_blob, blob_png, error_message, png_blob,
+    ErrorCode, Message, MessageType, ProtocolError, array_blob, blob_png, error_message, png_blob, png_size,
 )
 from animax_addon.core.rig import BODY_JOINTS, Rig, RigError
 from backend.model import MODEL_FPS
@@ -29,8 +29,11 @@ class JobInputError(ValueError):
     """The user's rig, cameras or templates cannot be used; the text is a sentence for them."""
 
 
-def _inputs(body: dict, templates: list[np.ndarray], max_joints: int) -> tuple[Rig, CameraRig, np.ndarray]:
-    """The rig, cameras and RGB templates (V, H, W, 3) of a SUBMIT, checked against each other."""
+def _inputs(body: dict, blobs: tuple[bytes, ...], max_joints: int) -> tuple[Rig, CameraRig, np.ndarray]:
+    """The rig, cameras and RGB templates (V, H, W, 3) of a SUBMIT, checked against each other.
+
+    The templates' count and their PNG headers' sizes are checked against the cameras before any
+    pixel is decoded, so a request never costs more memory than its cameras' images."""
     try:
         rig = Rig.from_dict(body["rig"], max_joints=max_joints)
     except RigError as exc:
@@ -41,12 +44,15 @@ def _inputs(body: dict, templates: list[np.ndarray], max_joints: int) -> tuple[R
         raise JobInputError(f"The cameras cannot be used: {exc}.") from exc
     if cameras.width != cameras.height:
         raise JobInputError(f"The cameras must render square images, got {cameras.width}x{cameras.height}.")
-    if len(templates) != cameras.num_views:
-        raise JobInputError(f"{len(templates)} template images were sent for {cameras.num_views} camera views.")
-    for i, image in enumerate(templates):
-        if image.shape[:2] != (cameras.height, cameras.width):
-            raise JobInputError(f"Template {i} is {image.shape[1]}x{image.shape[0]} pixels but the cameras "
+    pngs = [blobs[i] for i in body["templates"]]
+    if len(pngs) != cameras.num_views:
+        raise JobInputError(f"{len(pngs)} template images were sent for {cameras.num_views} camera views.")
+    for i, png in enumerate(pngs):
+        width, height = png_size(png)
+        if (width, height) != (cameras.width, cameras.height):
+            raise JobInputError(f"Template {i} is {width}x{height} pixels but the cameras "
                                 f"render {cameras.width}x{cameras.height}.")
+    templates = [blob_png(png, max_pixels=cameras.width * cameras.height) for png in pngs]
     return rig, cameras, np.stack(templates)
 
 
@@ -67,8 +73,7 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     try:
-        templates = [blob_png(submit.blobs[i]) for i in body["templates"]]
-        rig, cameras, rgb_templates = _inputs(body, templates, max_joints)
+        rig, cameras, rgb_templates = _inputs(body, submit.blobs, max_joints)
         pose_templates = render_pose_maps(cameras, rig.joints_rest[None], rig.joint_parents)[:, 0]
     except ProtocolError as exc:
         return error_message(exc.code, exc.sentence, job)

@@ -42,7 +42,7 @@ from backend.arguments import ArgumentParser, curve_files_problem, number, outpu
 from backend.model import MODEL_FPS, presets
 from backend.model.presets import TINY, Preset
 
-from .fair_queue import CANCELLED, DONE, FAILED, QUEUED, RUNNING, FairQueue, admit
+from .fair_queue import CANCELLED, DONE, FAILED, FINISHED_HISTORY, QUEUED, RUNNING, FairQueue, History, admit
 from .jobs import run_job
 from .security import check_address, curve_server, keygen
 
@@ -101,6 +101,7 @@ class Worker:
         if broker is None:
             self._socket = self._context.socket(zmq.ROUTER)
             self._socket.setsockopt(zmq.LINGER, 0)
+            self._socket.setsockopt(zmq.MAXMSGSIZE, limits.max_part_bytes)
             if curve:
                 self._auth = curve_server(self._context, [self._socket], curve_secret, allow)
             self._socket.bind(address)
@@ -113,11 +114,12 @@ class Worker:
         self._wake.bind(self._wake_address)
         self._outbox: queue.Queue[tuple[bytes, Message]] = queue.Queue()
         self._lock = threading.Condition()
-        self._jobs: dict[tuple[bytes, str], _Job] = {}  # every job seen, by (client identity, job id)
+        self._jobs: dict[tuple[bytes, str], _Job] = {}  # queued and running, by (client identity, job id)
+        self._finished = History()
         self._queue = FairQueue()
         self._seq = itertools.count()
         self._last_seen: dict[bytes, float] = {BROKER: time.monotonic()} if broker else {}
-        self.started: list[str] = []  # job ids in the order they started running (introspection)
+        self.started: list[str] = []  # the last job ids in the order they started running (introspection)
         self._stop = threading.Event()
         self._compute = threading.Thread(target=self._compute_loop, name="animax-compute", daemon=True)
 
@@ -128,6 +130,7 @@ class Worker:
     def _connect_broker(self) -> zmq.Socket:
         socket = self._context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_part_bytes)
         socket.connect(self.broker)
         socket.send_multipart(encode(Message(MessageType.READY, None, self._welcome_body())))
         return socket
@@ -143,7 +146,7 @@ class Worker:
     def job_states(self) -> dict[str, str]:
         """{job id: queued | running | done | failed | cancelled}, for tests and logs."""
         with self._lock:
-            return {job.id: job.state for job in self._jobs.values()}
+            return self._finished.states() | {job.id: job.state for job in self._jobs.values()}
 
     def run(self) -> None:
         """The IO loop; returns after ``stop()``, closing the sockets."""
@@ -195,7 +198,7 @@ class Worker:
         """Paranoid Pirate: a fresh socket and READY again (its jobs were cancelled as a silent client's)."""
         log.warning("the broker at %s stopped answering; reconnecting", self.broker)
         with self._lock:
-            jobs = [job.id for job in self._jobs.values() if job.client == BROKER and job.state in (QUEUED, RUNNING)]
+            jobs = [job.id for job in self._jobs.values() if job.client == BROKER]
         for job_id in jobs:  # the broker re-queues them elsewhere; never finish them twice
             self._cancel(BROKER, job_id, reason="the broker stopped answering")
         poller.unregister(self._socket)
@@ -256,12 +259,11 @@ class Worker:
     def _cancel(self, identity: bytes, job_id: str, reason: str = "") -> None:
         with self._lock:
             job = self._jobs.get((identity, job_id))
-            if job is None or job.state not in (QUEUED, RUNNING):
-                reply = error_message(ErrorCode.UNEXPECTED, f"There is no queued or running job '{job_id}' "
-                                      "to cancel.", job_id)
+            if job is None:
+                reply = self._finished.cannot_cancel(identity, job_id)
             elif job.state == QUEUED:
                 self._queue.remove(job)
-                job.state = CANCELLED
+                self._finished.finish(self._jobs, job, CANCELLED)
                 job.cancel.set()
                 reply = Message(MessageType.CANCELLED, job_id)
             else:
@@ -276,14 +278,15 @@ class Worker:
         with self._lock:
             active: dict[bytes, list[str]] = {BROKER: []} if self.broker is not None else {}
             for job in self._jobs.values():
-                if job.state in (QUEUED, RUNNING):
-                    active.setdefault(job.client, []).append(job.id)
+                active.setdefault(job.client, []).append(job.id)
         for identity, jobs in active.items():
             if now - self._last_seen.get(identity, now) > self.liveness_s:
                 for job_id in jobs:
                     self._cancel(identity, job_id, reason="the client stopped answering")
             else:
                 self._send(identity, Message(MessageType.HEARTBEAT))
+        for identity in [i for i, seen in self._last_seen.items() if i not in active and now - seen > self.liveness_s]:
+            del self._last_seen[identity]  # a client without jobs is remembered only while it talks
 
     # --- queue ------------------------------------------------------------------------------------
     def _next_job(self) -> _Job | None:
@@ -293,6 +296,7 @@ class Worker:
                 if job is not None:
                     job.state = RUNNING
                     self.started.append(job.id)
+                    del self.started[:-FINISHED_HISTORY]
                     return job
                 self._lock.wait(0.5)
         return None
@@ -327,7 +331,8 @@ class Worker:
                     log.exception("job %s failed", job.id)
                     reply = error_message(ErrorCode.INTERNAL, ErrorCode.INTERNAL.sentence, job.id)
                 with self._lock:
-                    job.state = {MessageType.RESULT: DONE, MessageType.CANCELLED: CANCELLED}.get(reply.type, FAILED)
+                    state = {MessageType.RESULT: DONE, MessageType.CANCELLED: CANCELLED}.get(reply.type, FAILED)
+                    self._finished.finish(self._jobs, job, state)
                 post(job.client, reply)
         finally:
             wake.close(0)
