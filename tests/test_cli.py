@@ -152,10 +152,13 @@ def test_bad_rigs_and_sizes(short_motion, tmp_path, capsys):
     assert code == 2 and "argument --smooth: must be at least 0" in err
 
 
-def test_importing_the_cli_loads_no_heavy_library():
-    """`animax --help` and argument errors answer at once: SciPy, scikit-learn and torch load in the commands."""
-    loaded = subprocess.run([sys.executable, "-c", "import sys, backend.cli; "
-                             "print(' '.join(m for m in ('torch', 'sklearn', 'scipy') if m in sys.modules))"],
+@pytest.mark.parametrize("module", ["backend.cli", "backend.worker.server", "backend.worker.broker",
+                                    "backend.worker.serve"])
+def test_importing_a_command_loads_no_heavy_library(module):
+    """`animax`, `animax-worker`, `animax-broker` and `animax-serve` answer --help and argument errors
+    at once: SciPy, scikit-learn, torch and diffusers load where a command needs them."""
+    loaded = subprocess.run([sys.executable, "-c", f"import sys, {module}; print(' '.join(m for m in "
+                             "('torch', 'sklearn', 'scipy', 'diffusers') if m in sys.modules))"],
                             capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == ""
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,8 +38,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer, UMT5EncoderModel
 
-from animax_addon.core.rig import BODY_JOINTS
-
+from . import FULL, PRESETS, TINY, Preset  # noqa: F401 - the presets, with what loads them
 from .pipeline_animax import AnimaXPipeline
 from .transformer_animax import AnimaXTransformer3DModel
 
@@ -47,23 +46,6 @@ from .transformer_animax import AnimaXTransformer3DModel
 class WeightsError(ValueError):
     """A weights file or directory is missing, corrupt, or does not fit what loads it."""
 
-
-@dataclass(frozen=True)
-class Preset:
-    """Generation defaults of a preset (per-view image size, frames at 16 fps, sampler settings)."""
-
-    name: str
-    size: int
-    num_frames: int
-    num_inference_steps: int
-    guidance_scale: float
-    max_sequence_length: int
-    max_joints: int = BODY_JOINTS  # the most joints it tells apart (animax_addon.core.rig)
-
-
-TINY = Preset("tiny", size=64, num_frames=17, num_inference_steps=20, guidance_scale=3.0, max_sequence_length=32)
-FULL = Preset("full", size=480, num_frames=81, num_inference_steps=50, guidance_scale=3.0, max_sequence_length=512)
-PRESETS = {preset.name: preset for preset in (TINY, FULL)}
 
 # 128-d tokens in 4 heads of 32 (32 splits into Wan's 3D RoPE as t, h, w = 12, 10, 10), 4 blocks: 1.6 M
 # parameters. Its latent channels (in_channels = out_channels) are the VAE's z_dim. A run from scratch

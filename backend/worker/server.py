@@ -30,7 +30,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import zmq
 
 from animax_addon.core.cameras import AZIMUTHS_DEG
@@ -39,11 +38,9 @@ from animax_addon.core.protocol import (
     PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, error_message,
 )
 from backend.arguments import ArgumentParser, curve_files_problem, number, output_folder, zmq_address
-from backend.model import MODEL_FPS, presets
-from backend.model.presets import TINY, Preset
+from backend.model import FULL, MODEL_FPS, TINY, Preset
 
 from .fair_queue import CANCELLED, DONE, FAILED, FINISHED_HISTORY, QUEUED, RUNNING, FairQueue, History, admit
-from .jobs import run_job
 from .security import check_address, curve_server, keygen
 
 log = logging.getLogger("animax.worker")
@@ -314,6 +311,8 @@ class Worker:
             except zmq.Again:  # the IO thread has wake-ups pending already
                 pass
 
+        from .jobs import run_job  # torch and the reconstruction: off the path of argument errors
+
         try:
             while (job := self._next_job()) is not None:
                 started = time.monotonic()
@@ -351,11 +350,15 @@ def serve(address: str, pipeline, **options) -> None:
 
 def load_pipeline(args: argparse.Namespace):
     """The pipeline and its ``Preset`` for ``--model`` (and ``--fast``); nothing is downloaded."""
+    import torch
+
+    from backend.model import presets
+
     if args.model == "full":
         pipeline = presets.load_full(args.wan, args.adapter, device="cuda" if torch.cuda.is_available() else None)
-        preset = presets.FULL
+        preset = FULL
     else:
-        pipeline, preset = presets.load_tiny(presets.TINY_WEIGHTS), presets.TINY
+        pipeline, preset = presets.load_tiny(presets.TINY_WEIGHTS), TINY
     return (pipeline, presets.use_fast_sampler(pipeline, preset)) if args.fast else (pipeline, preset)
 
 
@@ -407,9 +410,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.view_parallel not in splits:
         parser.error(f"--view-parallel must divide the {views} views of a job: {', '.join(map(str, splits[:-1]))} "
                      f"or {splits[-1]}, got {args.view_parallel}")
-    if torch.cuda.is_available() and torch.cuda.device_count() < args.view_parallel:
-        parser.error(f"--view-parallel {args.view_parallel} needs {args.view_parallel} GPUs, "
-                     f"{torch.cuda.device_count()} are visible")
+    if args.view_parallel > 1:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.device_count() < args.view_parallel:
+            parser.error(f"--view-parallel {args.view_parallel} needs {args.view_parallel} GPUs, "
+                         f"{torch.cuda.device_count()} are visible")
     if args.broker is None:
         if problem := curve_files_problem(args.curve_secret, args.allow):
             parser.error(problem)
@@ -426,9 +432,11 @@ def main(argv: list[str] | None = None) -> None:
         from .view_parallel_worker import serve_view_parallel  # it imports this module
 
         return serve_view_parallel(args, **options)
+    from backend.model.presets import WeightsError
+
     try:
         pipeline, preset = load_pipeline(args)
-    except presets.WeightsError as exc:
+    except WeightsError as exc:
         parser.error(str(exc))
     serve(args.address, pipeline, preset=preset, **options)
 
