@@ -157,6 +157,24 @@ def test_sixteen_clients_two_workers_fair_bounded(make_broker):
             client.close()
 
 
+def test_broker_caps_each_client_and_still_admits_another(make_broker):
+    broker = make_broker(queue_size=4)  # one client may keep 1 of the 4 places
+    with Client(broker.address) as a, Client(broker.address) as b:
+        submit(a, steps=200, job="a0")
+        until(a, "a0", MessageType.PROGRESS)  # on the worker: holds no place in the queue
+        submit(a, job="a1")
+        until(a, "a1", MessageType.ACCEPTED)
+        submit(a, job="a2")
+        error = until(a, "a2", MessageType.ERROR)[-1]
+        assert error.body["code"] == ErrorCode.QUEUE_FULL.value
+        assert "This client has 1 job waiting" in error.body["message"]
+        submit(b, job="b1")
+        assert until(b, "b1", MessageType.ACCEPTED)[-1].body["position"] == 0
+        for client, job in ((b, "b1"), (a, "a1"), (a, "a0")):
+            client.cancel(job)
+            until(client, job, MessageType.CANCELLED)
+
+
 def test_vanished_client_jobs_are_cancelled_by_broker(make_broker):
     broker = make_broker(heartbeat_s=0.2, liveness_s=1.0)
     client = Client(broker.address)

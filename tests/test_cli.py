@@ -1,7 +1,9 @@
 """The ``animax`` command: pose-maps -> reconstruct round trip, and one clear sentence per user mistake."""
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -243,6 +245,8 @@ BAD_WORKER_INPUTS = [
     ("animax-worker", ("--curve-secret", "missing.key_secret", "--allow", "{tmp}", "--address", "tcp://0.0.0.0:5555"),
      "cannot read the CurveZMQ key file missing.key_secret"),
     ("animax-worker", ("keygen", "{tmp}/text.txt"), "text.txt is a file, not a folder"),
+    ("animax-worker", ("--broker", "tcp://10.1.2.3:5556"),
+     "refusing to join the broker at tcp://10.1.2.3:5556 over plain TCP"),
     ("animax-broker", ("--queue-size", "-1"), "argument --queue-size: must be at least 1"),
     ("animax-broker", ("--workers", "tcp://127.0.0.1:0"), "a port from 1 to 65535"),
     ("animax-serve", ("--gpus", "cpu:1", "--address", "tcp://0.0.0.0:5555"), "refusing to serve plain TCP"),
@@ -259,3 +263,15 @@ def test_worker_scripts_refuse_bad_arguments_in_one_line(script, args, message, 
         worker_scripts[script]([arg.format(tmp=tmp_path) for arg in args])
     err = capsys.readouterr().err
     assert exit.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_keygen_writes_the_secret_key_for_its_owner_only(worker_scripts, tmp_path, capsys):
+    folder = tmp_path / "keys"
+    worker_scripts["animax-worker"](["keygen", str(folder), "--name", "me"])
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(folder / "me.key_secret").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(folder / "me.key").st_mode) == 0o644  # public: to hand out
+    os.chmod(folder / "me.key_secret", 0o644)
+    worker_scripts["animax-worker"](["keygen", str(folder), "--name", "me"])  # a new key over an old, wider file
+    assert stat.S_IMODE(os.stat(folder / "me.key_secret").st_mode) == 0o600
+    assert "me.key_secret (secret: keep it here)" in capsys.readouterr().out

@@ -93,3 +93,43 @@ def test_serves_through_the_broker_and_restarts_a_killed_worker():
         thread.join(30)
     assert not thread.is_alive()
     assert all(p.popen.poll() is not None for p in supervisor.workers + [supervisor.broker])
+
+
+PYTHON = [serve.sys.executable, "-c"]
+SLEEPER = PYTHON + ["import time; time.sleep(600)"]
+
+
+def run_in_thread(supervisor):
+    status = []
+    thread = threading.Thread(target=lambda: status.append(supervisor.run()), daemon=True)
+    thread.start()
+    return thread, status
+
+
+def test_a_broker_that_exits_stops_everything_with_status_1():
+    supervisor = serve.Supervisor(PYTHON + ["import sys; sys.exit(0)"], [(SLEEPER, {})], pause_s=0.1)
+    thread, status = run_in_thread(supervisor)
+    thread.join(120)
+    assert status == [1]
+    assert supervisor.workers[0].popen.poll() is not None  # the worker was stopped
+
+
+def test_a_process_that_cannot_start_gives_status_1():
+    missing = ["/nonexistent/animax-broker"]
+    assert serve.Supervisor(missing, [(SLEEPER, {})]).run() == 1
+    supervisor = serve.Supervisor(SLEEPER, [(["/nonexistent/animax-worker"], {})])
+    assert supervisor.run() == 1
+    assert supervisor.broker.popen.poll() is not None  # the broker started was stopped again
+
+
+def test_a_stopped_server_gives_status_0():
+    supervisor = serve.Supervisor(SLEEPER, [(SLEEPER, {})])
+    thread, status = run_in_thread(supervisor)
+    deadline = time.monotonic() + 120
+    while supervisor.workers[0].popen is None:
+        assert time.monotonic() < deadline and thread.is_alive(), "the worker was never started"
+        time.sleep(0.05)
+    supervisor.stop()
+    thread.join(120)
+    assert status == [0]
+    assert all(p.popen.poll() is not None for p in supervisor.workers + [supervisor.broker])

@@ -20,6 +20,7 @@ from animax_addon.core.protocol import (
 )
 from backend.model.presets import TINY, build_tiny_pipeline
 from backend.worker import jobs
+from backend.worker.fair_queue import client_cap
 from backend.worker.server import Worker, check_address
 from test_protocol import png_chunk
 
@@ -269,6 +270,28 @@ def test_queue_bound(make_worker):
         client.cancel(blocker)
         until(client, second, MessageType.CANCELLED)
         until(client, blocker, MessageType.CANCELLED)
+
+
+def test_one_client_cannot_fill_the_queue(make_worker):
+    worker = make_worker(queue_size=4)  # one client may keep 1 of the 4 places
+    with Client(worker.address) as a, Client(worker.address) as b:
+        blocker = submit(a, steps=200, job="a0")
+        until(a, blocker, MessageType.PROGRESS)  # running: holds no place in the queue
+        submit(a, job="a1")
+        until(a, "a1", MessageType.ACCEPTED)
+        submit(a, job="a2")
+        error = until(a, "a2", MessageType.ERROR)[-1]
+        assert error.body["code"] == ErrorCode.QUEUE_FULL.value
+        assert "This client has 1 job waiting" in error.body["message"]
+        submit(b, job="b1")  # another client is still admitted
+        assert until(b, "b1", MessageType.ACCEPTED)[-1].body["position"] == 0  # ahead of a1: round robin
+        for client, job in ((b, "b1"), (a, "a1"), (a, "a0")):
+            client.cancel(job)
+            until(client, job, MessageType.CANCELLED)
+
+
+def test_client_cap_is_a_quarter_of_the_queue():
+    assert [client_cap(size) for size in (1, 3, 4, 5, 8, 16)] == [1, 1, 1, 2, 2, 4]
 
 
 def test_round_robin_across_clients(worker):

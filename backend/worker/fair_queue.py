@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 from collections import OrderedDict
 from typing import Callable, Hashable, Protocol
 
@@ -18,6 +19,14 @@ from animax_addon.core.protocol import ErrorCode, Message, MessageType, error_me
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED_HISTORY = 1000  # finished jobs whose id and outcome are remembered; the oldest is forgotten first
+CLIENT_SHARE = 4  # one client may hold at most 1/CLIENT_SHARE of the queue's places (rounded up, at least 1)
+
+
+def client_cap(queue_size: int) -> int:
+    """How many jobs one client may have waiting in a queue of ``queue_size`` places: a quarter,
+    rounded up, at least 1 (2 of the worker's default 8, 4 of animax-serve's 16). Running jobs do
+    not count: they hold no place in the queue, and a client alone may keep every idle worker busy."""
+    return max(1, math.ceil(queue_size / CLIENT_SHARE))
 
 
 class QueuedJob(Protocol):
@@ -73,6 +82,10 @@ class FairQueue:
     def __len__(self) -> int:
         return sum(len(jobs) for jobs in self._pending.values())
 
+    def waiting(self, client: Hashable) -> int:
+        """How many of ``client``'s jobs are queued."""
+        return len(self._pending.get(client, ()))
+
     def push(self, job: QueuedJob) -> int:
         """Queue ``job`` (a re-queued job keeps its place by its old ``seq``); returns its position."""
         jobs = self._pending.setdefault(job.client, [])
@@ -117,11 +130,17 @@ class FairQueue:
 def admit(queue: FairQueue, jobs: dict, limit: int, client: Hashable, submit: Message,
           make_job: Callable[[], QueuedJob]) -> Message:
     """The answer to a SUBMIT: refused while its job id is still queued or running for this client
-    (in the job table ``jobs``), or when ``limit`` jobs wait already; otherwise ACCEPTED with the new
-    job's place in ``queue`` (the job is recorded in ``jobs`` under ``(client, id)``)."""
+    (in the job table ``jobs``), when this client has ``client_cap(limit)`` jobs waiting already, or
+    when ``limit`` jobs wait already (both ``queue_full``); otherwise ACCEPTED with the new job's
+    place in ``queue`` (the job is recorded in ``jobs`` under ``(client, id)``)."""
     if (client, submit.job) in jobs:
         return error_message(ErrorCode.UNEXPECTED, f"Job '{submit.job}' is already queued or running; use a new "
                              "job id.", submit.job)
+    waiting, cap = queue.waiting(client), client_cap(limit)
+    if waiting >= cap:
+        jobs_waiting = f"{waiting} job{'s' if waiting != 1 else ''} waiting"
+        return error_message(ErrorCode.QUEUE_FULL, f"This client has {jobs_waiting}, the most one client may queue "
+                             f"here ({cap} of {limit} places); wait for one to start and submit again.", submit.job)
     if len(queue) >= limit:
         return error_message(ErrorCode.QUEUE_FULL, ErrorCode.QUEUE_FULL.sentence, submit.job)
     job = make_job()

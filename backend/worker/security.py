@@ -8,6 +8,7 @@ ZAP authenticator thread; both files come from ``animax-worker keygen``.
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 import zmq
@@ -39,10 +40,21 @@ def check_address(address: str, curve: bool = False) -> None:
 
 
 def keygen(directory: str | Path, name: str) -> tuple[Path, Path]:
-    """Write ``NAME.key`` (public, to hand out) and ``NAME.key_secret`` (keep private) in ``directory``."""
+    """Write ``NAME.key`` (public, to hand out; mode 0644) and ``NAME.key_secret`` (keep private;
+    mode 0600, readable by its owner only) in ``directory``. A folder made here is made 0700; an
+    existing one keeps its mode."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(directory, name)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    old_secret = directory / f"{name}.key_secret"
+    if old_secret.exists():  # overwritten below: narrow an older, wider file before the new key goes in
+        os.chmod(old_secret, 0o600)
+    umask = os.umask(0o077)  # a new secret file is never readable by others, not even for a moment
+    try:
+        public, secret = zmq.auth.create_certificates(directory, name)
+    finally:
+        os.umask(umask)
+    os.chmod(secret, 0o600)
+    os.chmod(public, 0o644)
     return Path(public), Path(secret)
 
 

@@ -3,8 +3,9 @@
 Each worker is its own process pinned to one GPU with ``CUDA_VISIBLE_DEVICES`` and connected to
 the broker (``animax-worker --broker``); a worker that exits is started again after a pause, so a
 crashed or killed GPU process costs its job one retry (the broker re-queues it) and not the
-server. SIGINT / SIGTERM stop everything. NVLink multicast stays off in every process, because
-each starts with an environment of its own.
+server. SIGINT / SIGTERM stop everything (exit status 0); if the broker exits or a process cannot
+be started, everything is stopped and ``animax-serve`` exits with status 1. NVLink multicast stays
+off in every process, because each starts with an environment of its own.
 """
 
 from __future__ import annotations
@@ -76,11 +77,14 @@ class Supervisor:
         self.pause_s = pause_s
         self._stop = threading.Event()
 
-    def run(self) -> None:
-        self.broker.start()
-        for worker in self.workers:
-            worker.start()
+    def run(self) -> int:
+        """Run until ``stop()`` (returns 0) or a failure (returns 1): the broker exited, or a process
+        could not be started or started again."""
+        status = 1
         try:
+            self.broker.start()
+            for worker in self.workers:
+                worker.start()
             while not self._stop.wait(0.2):
                 if self.broker.popen.poll() is not None:
                     log.error("the broker exited (status %s); stopping the workers", self.broker.popen.returncode)
@@ -91,15 +95,21 @@ class Supervisor:
                         log.warning("%s exited (status %s); starting it again (restart %d)", worker.name,
                                     worker.popen.returncode, worker.restarts)
                         worker.start()
+            else:
+                status = 0
+        except OSError as exc:
+            log.error("cannot start a process: %s; stopping", exc)
         finally:
-            for process in self.workers + [self.broker]:
+            started = [p for p in self.workers + [self.broker] if p.popen is not None]
+            for process in started:
                 if process.popen.poll() is None:
                     process.popen.terminate()
-            for process in self.workers + [self.broker]:
+            for process in started:
                 try:
                     process.popen.wait(10)
                 except subprocess.TimeoutExpired:
                     process.popen.kill()
+        return status
 
     def stop(self) -> None:
         self._stop.set()
@@ -117,7 +127,8 @@ def commands(args: argparse.Namespace) -> tuple[list[str], list[tuple[list[str],
     return broker, [(worker, {"CUDA_VISIBLE_DEVICES": device}) for device in parse_devices(args.gpus)]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """The exit status: 0 once stopped by SIGINT / SIGTERM, 1 when the server failed."""
     parser = ArgumentParser(prog="animax-serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpus", default="all", help="'all', GPU numbers like 0,1, or cpu:N (default all)")
     parser.add_argument("--address", type=zmq_address, default=DEFAULT_ADDRESS, help="the one address clients use")
@@ -151,8 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: supervisor.stop())
     log.info("AnimaX server on %s: a broker and %d workers", args.address, len(workers))
-    supervisor.run()
+    return supervisor.run()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

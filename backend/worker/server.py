@@ -384,7 +384,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--address", type=zmq_address, default=DEFAULT_ADDRESS,
                         help="ZeroMQ address to bind; off loopback only with --curve-secret and --allow")
     parser.add_argument("--broker", type=zmq_address,
-                        help="connect to this broker's worker address (tcp://HOST:PORT) instead of binding --address")
+                        help="connect to this broker's worker address (loopback tcp://127.0.0.1:PORT or ipc://) "
+                             "instead of binding --address")
     parser.add_argument("--model", choices=["tiny", "full"], default="tiny",
                         help="tiny (default, runs on a CPU) or full (Wan2.1-T2V-1.3B + AnimaX adapter)")
     parser.add_argument("--wan", help="--model full: the diffusers-format Wan2.1-T2V-1.3B directory")
@@ -425,6 +426,14 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(exc))
     elif args.curve_secret or args.allow:
         parser.error("--curve-secret/--allow secure a bound worker; behind a broker, secure the broker instead")
+    else:
+        try:  # the worker has no CurveZMQ client side: its jobs and results would cross the network in clear
+            check_address(args.broker)
+        except ValueError:
+            parser.error(f"refusing to join the broker at {args.broker} over plain TCP: a worker talks to its "
+                         "broker unencrypted, so only loopback or ipc is allowed; run the worker on the broker's "
+                         "machine (--broker tcp://127.0.0.1:PORT) or tunnel the broker's worker port to loopback "
+                         "(ssh -L PORT:127.0.0.1:PORT BROKER_HOST)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     options = dict(queue_size=args.queue_size, name=args.name, broker=args.broker, curve_secret=args.curve_secret,
                    allow=args.allow)
