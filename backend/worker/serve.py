@@ -91,10 +91,10 @@ class Supervisor:
                     break
                 for worker in self.workers:
                     if worker.popen.poll() is not None and not self._stop.wait(self.pause_s):
-                        worker.restarts += 1
                         log.warning("%s exited (status %s); starting it again (restart %d)", worker.name,
-                                    worker.popen.returncode, worker.restarts)
+                                    worker.popen.returncode, worker.restarts + 1)
                         worker.start()
+                        worker.restarts += 1  # counted once the new process exists, which readers then see
             else:
                 status = 0
         except OSError as exc:
