@@ -3,9 +3,11 @@
 Each worker is its own process pinned to one GPU with ``CUDA_VISIBLE_DEVICES`` and connected to
 the broker (``animax-worker --broker``); a worker that exits is started again after a pause, so a
 crashed or killed GPU process costs its job one retry (the broker re-queues it) and not the
-server. SIGINT / SIGTERM stop everything (exit status 0); if the broker exits or a process cannot
-be started, everything is stopped and ``animax-serve`` exits with status 1. NVLink multicast stays
-off in every process, because each starts with an environment of its own.
+server, and so is the broker (its workers reconnect; jobs queued in it are lost, and their clients
+are told by their heartbeats). SIGINT / SIGTERM stop everything (exit status 0); if a process
+cannot be started, or keeps exiting right after it starts, everything is stopped and
+``animax-serve`` exits with status 1. NVLink multicast stays off in every process, because each
+starts with an environment of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +33,8 @@ from .security import check_address
 
 log = logging.getLogger("animax.serve")
 RESTART_PAUSE_S = 2.0
+EARLY_EXIT_S = 30.0  # a process that exits this soon after it started is failing to start ...
+EARLY_EXITS = 3  # ... and this many of those in a row end the server with status 1
 
 
 def parse_devices(spec: str) -> list[str]:
@@ -59,14 +64,18 @@ class _Process:
     env: dict[str, str]
     popen: subprocess.Popen | None = None
     restarts: int = field(default=0)
+    started_at: float = 0.0
+    early_exits: int = 0  # exits in a row, each within EARLY_EXIT_S of its start
 
     def start(self) -> None:
         self.popen = subprocess.Popen(self.command, env=self.env)
+        self.started_at = time.monotonic()
         log.info("%s started (pid %d)", self.name, self.popen.pid)
 
 
 class Supervisor:
-    """Starts the broker and the workers, restarts workers that exit, stops them all."""
+    """Starts the broker and the workers, restarts any of them that exits (workers reconnect to a
+    restarted broker by their heartbeats), stops them all."""
 
     def __init__(self, broker: list[str], workers: list[tuple[list[str], dict[str, str]]],
                  pause_s: float = RESTART_PAUSE_S):
@@ -78,23 +87,29 @@ class Supervisor:
         self._stop = threading.Event()
 
     def run(self) -> int:
-        """Run until ``stop()`` (returns 0) or a failure (returns 1): the broker exited, or a process
-        could not be started or started again."""
+        """Run until ``stop()`` (returns 0) or a failure (returns 1): a process could not be started,
+        or exited within ``EARLY_EXIT_S`` of its start ``EARLY_EXITS`` times in a row."""
         status = 1
         try:
-            self.broker.start()
-            for worker in self.workers:
-                worker.start()
+            processes = [self.broker, *self.workers]
+            for process in processes:
+                process.start()
             while not self._stop.wait(0.2):
-                if self.broker.popen.poll() is not None:
-                    log.error("the broker exited (status %s); stopping the workers", self.broker.popen.returncode)
+                exited = [p for p in processes if p.popen.poll() is not None]
+                for process in exited:
+                    early = time.monotonic() - process.started_at < EARLY_EXIT_S
+                    process.early_exits = process.early_exits + 1 if early else 0
+                if failing := [p for p in exited if p.early_exits >= EARLY_EXITS]:
+                    log.error("%s exited %d times right after starting (status %s); stopping", failing[0].name,
+                              EARLY_EXITS, failing[0].popen.returncode)
                     break
-                for worker in self.workers:
-                    if worker.popen.poll() is not None and not self._stop.wait(self.pause_s):
-                        log.warning("%s exited (status %s); starting it again (restart %d)", worker.name,
-                                    worker.popen.returncode, worker.restarts + 1)
-                        worker.start()
-                        worker.restarts += 1  # counted once the new process exists, which readers then see
+                for process in exited:
+                    if self._stop.wait(self.pause_s):
+                        break
+                    log.warning("%s exited (status %s); starting it again (restart %d)", process.name,
+                                process.popen.returncode, process.restarts + 1)
+                    process.start()
+                    process.restarts += 1  # counted once the new process exists, which readers then see
             else:
                 status = 0
         except OSError as exc:
