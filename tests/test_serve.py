@@ -106,21 +106,28 @@ def run_in_thread(supervisor):
     return thread, status
 
 
-def test_a_broker_that_exits_is_started_again(monkeypatch):
-    monkeypatch.setattr(serve, "EARLY_EXIT_S", 0.0)  # an exit is never "early": restarts go on
+def test_a_broker_that_exits_stops_everything_with_status_1():
     supervisor = serve.Supervisor(PYTHON + ["import sys; sys.exit(0)"], [(SLEEPER, {})], pause_s=0.1)
     thread, status = run_in_thread(supervisor)
+    thread.join(120)
+    assert status == [1]
+    assert supervisor.workers[0].popen.poll() is not None  # the worker was stopped
+
+
+def test_a_worker_that_exits_late_is_started_again(monkeypatch):
+    monkeypatch.setattr(serve, "EARLY_EXIT_S", 0.0)  # an exit is never "early": restarts go on
+    supervisor = serve.Supervisor(SLEEPER, [(PYTHON + ["import sys; sys.exit(0)"], {})], pause_s=0.1)
+    thread, status = run_in_thread(supervisor)
     deadline = time.monotonic() + 120
-    while supervisor.broker.restarts < 2:
-        assert time.monotonic() < deadline and thread.is_alive(), "the broker was not started again"
+    while supervisor.workers[0].restarts < 4:
+        assert time.monotonic() < deadline and thread.is_alive(), "the worker was not started again"
         time.sleep(0.05)
-    assert supervisor.workers[0].popen.poll() is None and supervisor.workers[0].restarts == 0  # kept serving
     supervisor.stop()
     thread.join(120)
     assert status == [0]
 
 
-def test_a_process_that_keeps_exiting_at_start_stops_everything_with_status_1(monkeypatch):
+def test_a_worker_that_keeps_exiting_at_start_stops_everything_with_status_1(monkeypatch):
     monkeypatch.setattr(serve, "EARLY_EXIT_S", 600.0)  # every exit of the test's quick processes is early
     supervisor = serve.Supervisor(SLEEPER, [(PYTHON + ["import sys; sys.exit(3)"], {})], pause_s=0.1)
     thread, status = run_in_thread(supervisor)

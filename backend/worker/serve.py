@@ -3,10 +3,11 @@
 Each worker is its own process pinned to one GPU with ``CUDA_VISIBLE_DEVICES`` and connected to
 the broker (``animax-worker --broker``); a worker that exits is started again after a pause, so a
 crashed or killed GPU process costs its job one retry (the broker re-queues it) and not the
-server, and so is the broker (its workers reconnect; jobs queued in it are lost, and their clients
-are told by their heartbeats). SIGINT / SIGTERM stop everything (exit status 0); if a process
-cannot be started, or keeps exiting right after it starts, everything is stopped and
-``animax-serve`` exits with status 1. NVLink multicast stays off in every process, because each
+server. The broker is not restarted: a new one would answer the heartbeats of clients whose jobs
+it never had, and they would wait for ever; so SIGINT / SIGTERM stop everything (exit status 0),
+and if the broker exits, a process cannot be started, or a worker keeps exiting right after it
+starts, everything is stopped and ``animax-serve`` exits with status 1 for its own supervisor
+(systemd, a container) to act on. NVLink multicast stays off in every process, because each
 starts with an environment of its own.
 """
 
@@ -74,8 +75,7 @@ class _Process:
 
 
 class Supervisor:
-    """Starts the broker and the workers, restarts any of them that exits (workers reconnect to a
-    restarted broker by their heartbeats), stops them all."""
+    """Starts the broker and the workers, restarts workers that exit, stops them all."""
 
     def __init__(self, broker: list[str], workers: list[tuple[list[str], dict[str, str]]],
                  pause_s: float = RESTART_PAUSE_S):
@@ -87,15 +87,19 @@ class Supervisor:
         self._stop = threading.Event()
 
     def run(self) -> int:
-        """Run until ``stop()`` (returns 0) or a failure (returns 1): a process could not be started,
-        or exited within ``EARLY_EXIT_S`` of its start ``EARLY_EXITS`` times in a row."""
+        """Run until ``stop()`` (returns 0) or a failure (returns 1): the broker exited, a process
+        could not be started, or a worker exited within ``EARLY_EXIT_S`` of its start
+        ``EARLY_EXITS`` times in a row."""
         status = 1
         try:
-            processes = [self.broker, *self.workers]
-            for process in processes:
-                process.start()
+            self.broker.start()
+            for worker in self.workers:
+                worker.start()
             while not self._stop.wait(0.2):
-                exited = [p for p in processes if p.popen.poll() is not None]
+                if self.broker.popen.poll() is not None:
+                    log.error("the broker exited (status %s); stopping the workers", self.broker.popen.returncode)
+                    break
+                exited = [w for w in self.workers if w.popen.poll() is not None]
                 for process in exited:
                     early = time.monotonic() - process.started_at < EARLY_EXIT_S
                     process.early_exits = process.early_exits + 1 if early else 0
