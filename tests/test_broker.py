@@ -12,7 +12,7 @@ from animax_addon.core.protocol import ErrorCode, Limits, Message, MessageType, 
 from backend.model.presets import TINY, build_tiny_pipeline
 from backend.worker.broker import Broker
 from backend.worker.server import Worker, preset_body
-from test_worker import cancel_once_running, held_submits, submit, until
+from test_worker import cancel_once_running, held_submits, one_client_cannot_fill_the_queue, submit, until
 
 
 @pytest.fixture(scope="module")
@@ -158,21 +158,7 @@ def test_sixteen_clients_two_workers_fair_bounded(make_broker):
 
 
 def test_broker_caps_each_client_and_still_admits_another(make_broker):
-    broker = make_broker(queue_size=4)  # one client may keep 1 of the 4 places
-    with Client(broker.address) as a, Client(broker.address) as b:
-        submit(a, steps=200, job="a0")
-        until(a, "a0", MessageType.PROGRESS)  # on the worker: holds no place in the queue
-        submit(a, job="a1")
-        until(a, "a1", MessageType.ACCEPTED)
-        submit(a, job="a2")
-        error = until(a, "a2", MessageType.ERROR)[-1]
-        assert error.body["code"] == ErrorCode.QUEUE_FULL.value
-        assert "This client has 1 job waiting" in error.body["message"]
-        submit(b, job="b1")
-        assert until(b, "b1", MessageType.ACCEPTED)[-1].body["position"] == 0
-        for client, job in ((b, "b1"), (a, "a1"), (a, "a0")):
-            client.cancel(job)
-            until(client, job, MessageType.CANCELLED)
+    one_client_cannot_fill_the_queue(make_broker(queue_size=4).address)
 
 
 def test_vanished_client_jobs_are_cancelled_by_broker(make_broker):

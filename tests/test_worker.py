@@ -272,9 +272,10 @@ def test_queue_bound(make_worker):
         until(client, blocker, MessageType.CANCELLED)
 
 
-def test_one_client_cannot_fill_the_queue(make_worker):
-    worker = make_worker(queue_size=4)  # one client may keep 1 of the 4 places
-    with Client(worker.address) as a, Client(worker.address) as b:
+def one_client_cannot_fill_the_queue(address: str) -> None:
+    """At a worker or a broker with a queue of 4 (one client may keep 1 place): client a's second
+    waiting job is refused while client b is still admitted."""
+    with Client(address) as a, Client(address) as b:
         blocker = submit(a, steps=200, job="a0")
         until(a, blocker, MessageType.PROGRESS)  # running: holds no place in the queue
         submit(a, job="a1")
@@ -288,6 +289,10 @@ def test_one_client_cannot_fill_the_queue(make_worker):
         for client, job in ((b, "b1"), (a, "a1"), (a, "a0")):
             client.cancel(job)
             until(client, job, MessageType.CANCELLED)
+
+
+def test_one_client_cannot_fill_the_queue(make_worker):
+    one_client_cannot_fill_the_queue(make_worker(queue_size=4).address)
 
 
 def test_client_cap_is_a_quarter_of_the_queue():
