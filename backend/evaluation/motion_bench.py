@@ -158,9 +158,10 @@ def generated_pose_video(bpy, views: int = 4) -> np.ndarray:
     return untile_views(grid, views)
 
 
-def replay(bpy, obj, rig, path: Path, prompt: str):
+def replay(bpy, obj, rig, sphere, path: Path, prompt: str):
     """Key saved pose maps on ``obj`` as Animate would have: the worker's reconstruction at the
-    scene's frame rate, then the add-on's Action writer; returns the Action."""
+    scene's frame rate (cameras around ``sphere``, ``templates.framing_sphere``'s), then the
+    add-on's Action writer; returns the Action."""
     from animax_addon.core.cameras import make_camera_rig
     from backend.worker.jobs import scene_motion
 
@@ -172,7 +173,7 @@ def replay(bpy, obj, rig, path: Path, prompt: str):
                          f"'{obj.name}' now (bone choice or rest changed); generate them again")
     with np.load(path) as data:
         pose = data["pose"]
-    cameras = make_camera_rig(*_addon("templates").framing_sphere(obj, rig), pose.shape[2])
+    cameras = make_camera_rig(*sphere, pose.shape[2])
     _, rotations, root_translation = scene_motion(rig, cameras, pose, SCENE_FPS)
     return _addon("action").write_action(obj, f"AnimaX {prompt}"[:56], rig.bone_names, rotations,
                                          rig.bones[rig.roots[0]].name, root_translation,
@@ -322,6 +323,7 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
     truths, runs, motions, rows = {}, [], {}, []
     # A still rig read as each prompted motion: the classifier's chance level on this rig's shape.
     still = classify(np.repeat(rest[None], duration, axis=0))
+    sphere = _addon("templates").framing_sphere(obj, rig) if videos is not None else None  # at rest: once
     for motion in bench_rig.motions:
         if bench_rig.creature is not None:
             action = key_truth(bpy, obj, bench_rig, motion, FRAMES, _addon("action").write_action)
@@ -334,7 +336,7 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
             video_path = Path(_folder(bench_rig)) / video_name(motion, seed)
             if videos is not None:
                 seconds = None
-                action = replay(bpy, obj, rig, videos / "videos" / video_path, text)
+                action = replay(bpy, obj, rig, sphere, videos / "videos" / video_path, text)
             else:
                 try:
                     seconds = animate(bpy, obj, text, seed=seed, steps=steps, duration=duration)
