@@ -8,7 +8,6 @@ from animax_addon.core.templates_style import TEMPLATE_BACKGROUND
 from backend.data.dataset import Samples, build_samples, draw_clip
 from backend.data.motions import MOTIONS
 from backend.data.render import render_rgb
-from backend.data.variety import ClipVariety
 
 SIZE = 64
 
@@ -46,12 +45,11 @@ def test_nearer_capsule_hides_farther_one():
     assert front[0] > 200 and front[1] < 10
 
 
-@pytest.mark.parametrize("variety", [ClipVariety(), ClipVariety(rest=1.0, extra_bones=1.0)])
-def test_batched_dataset_renders_equal_single_renders(tmp_path, variety):
-    samples = build_samples(3, seed=5, size=32, frames=5, render_batch=2, variety=variety)
+def test_batched_dataset_renders_equal_single_renders(tmp_path):
+    samples = build_samples(3, seed=5, size=32, frames=5, render_batch=2)
     seeds = np.random.SeedSequence(5).generate_state(3, dtype=np.uint64).tolist()
     for i, seed in enumerate(seeds):
-        item = draw_clip(seed, 32, 5, None, tuple(MOTIONS), variety)
+        item = draw_clip(seed, 32, 5, None, tuple(MOTIONS))
         rig = item["clip"].creature.rig
         video = render_rgb(item["cameras"], item["clip"].joints, rig.joint_parents, item["colours"], item["radii"])
         np.testing.assert_array_equal(samples.rgb[i], video)
@@ -63,8 +61,6 @@ def test_batched_dataset_renders_equal_single_renders(tmp_path, variety):
     assert again.motions == samples.motions and again.families == samples.families
 
 
-def test_build_samples_rejects_nothing_to_build_and_a_share_outside_0_to_1():
+def test_build_samples_rejects_nothing_to_build():
     with pytest.raises(ValueError, match="at least 1"):
         build_samples(0)
-    with pytest.raises(ValueError, match="extra_bones is a share of the clips, from 0 to 1"):
-        build_samples(1, variety=ClipVariety(extra_bones=1.5))

@@ -7,13 +7,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from diffusers import WanTransformer3DModel
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from safetensors.torch import load_file
 
 import backend.train.__main__ as train
 from backend.data.dataset import Samples, build_samples
-from backend.data.variety import ClipVariety
-from backend.model.presets import WeightsError, load_full, load_tiny, make_lora_config
+from backend.model.presets import (WeightsError, build_tiny_pipeline, load_full, load_tiny, make_lora_config, save_tiny,
+                                   tiny_transformer, tiny_vae_config)
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 from backend.train.latents import encode_samples
 from backend.train.loop import train_stage
@@ -173,26 +173,6 @@ def test_tiny_trains_on_a_dataset_with_captions_added_to_the_text_cache(dataset,
     assert pipe.transformer.blocks[0].attn_mv.to_out[0].weight.abs().max() > 0
 
 
-def test_clip_variety_reaches_the_procedural_clips_and_is_refused_with_a_dataset(dataset, tmp_path, monkeypatch):
-    asked = {}
-
-    def build_samples_stopped(*args, **kwargs):  # the clips themselves are tested in test_render
-        asked.update(kwargs)
-        raise RuntimeError("built")
-
-    monkeypatch.setattr(train, "build_samples", build_samples_stopped)
-    with pytest.raises(RuntimeError, match="built"):
-        train.main(["run", "--out", str(tmp_path / "procedural"), "--samples", "2", "--rest-variety", "0.3",
-                    "--extra-bones", "0.2", "--generic-nouns", "0.5", *STEPS])
-    assert asked["variety"] == ClipVariety(rest=0.3, extra_bones=0.2, generic_nouns=0.5)
-    for flag, name in (("--extra-bones", "extra_bones"), ("--generic-nouns", "generic_nouns")):
-        with pytest.raises(SystemExit, match=f"--generic-nouns: ClipVariety.{name} is a share"):
-            train.main(["run", "--out", str(tmp_path / "wrong"), "--samples", "2", flag, "2", *STEPS])
-    with pytest.raises(SystemExit, match="--generic-nouns vary the procedural clips.*pass one or"):
-        train.main(["run", "--out", str(tmp_path / "assets"), "--dataset", str(dataset[0]), "--rest-variety", "0.3",
-                    *STEPS])
-
-
 def test_tiny_keeps_a_trained_vae_and_reuses_its_cached_latents(dataset, tmp_path, capsys):
     first = tmp_path / "first"
     base = ["--dataset", str(dataset[0]), *STEPS]  # procedural prompts: in the shipped text cache
@@ -218,9 +198,6 @@ def test_tiny_keeps_a_trained_vae_and_reuses_its_cached_latents(dataset, tmp_pat
     assert record["finished"] and record["steps"] == {"joint": 3}
     with pytest.raises(SystemExit, match="config.json is missing"):
         train.main(["run", "--out", str(tmp_path / "third"), "--vae-from", str(tmp_path), *base])
-    with pytest.raises(SystemExit, match="--vae-from keeps a trained VAE.*pass one or the other"):
-        train.main(["run", "--out", str(tmp_path / "fourth"), "--vae-from", str(first / "model"), "--vae-z-dim", "4",
-                    *base])
 
 
 @pytest.fixture(scope="module")
@@ -253,9 +230,12 @@ def test_tiny_trains_on_from_a_kept_transformer(dataset, kept_model, tmp_path):
                                                                                            "multiview": 2}
     with pytest.raises(SystemExit, match="transformer.config.json is missing"):
         train.main(["run", "--out", str(tmp_path / "nowhere"), "--transformer-from", str(tmp_path), *base])
+    narrow = build_tiny_pipeline()  # a model directory whose VAE has 4 latent channels
+    narrow.vae, narrow.transformer = AutoencoderKLWan(**tiny_vae_config(base_dim=8, z_dim=4)), tiny_transformer(4)
+    save_tiny(narrow, tmp_path / "narrow")
     with pytest.raises(SystemExit, match="latents of 16 channels, the VAE's have 4; give --vae-from"):
         train.main(["run", "--out", str(tmp_path / "other-vae"), "--transformer-from", str(kept_model),
-                    "--vae-z-dim", "4", "--vae-base-dim", "8", "--vae-steps", "1", "--vae-batch", "2", *base])
+                    "--vae-from", str(tmp_path / "narrow"), *base])
 
 
 def test_pooled_text_joins_a_kept_transformer_at_zero_and_then_trains(dataset, kept_model, tmp_path):
@@ -300,42 +280,7 @@ def test_blocks_deepen_a_kept_transformer_that_then_trains(dataset, kept_model, 
                     "--transformer-from", str(further / "model"), "--blocks", "4", *base])
 
 
-def test_tiny_fine_tunes_a_kept_vaes_decoder_alone(dataset, tmp_path):
-    """--vae-decoder-steps: the decoder moves, the encoder and the latent statistics stay (the latents a
-    transformer learned keep their meaning), and a resumed run reuses the finished stage."""
-    base = ["--dataset", str(dataset[0]), "--joint-steps", "0", "--multiview-steps", "0"]
-    first = tmp_path / "first"
-    train.main(["run", "--out", str(first), "--vae-steps", "1", "--vae-batch", "2", *base])
-    kept_dir = first / "model" / "vae"
-    kept = load_file(kept_dir / "diffusion_pytorch_model.safetensors")
-
-    second = tmp_path / "second"
-    argv = ["run", "--out", str(second), "--vae-from", str(first / "model"), "--vae-decoder-steps", "2",
-            "--vae-batch", "2", "--vae-lr", "1e-2", *base]
-    train.main(argv)
-    tuned = load_file(second / "model" / "vae" / "diffusion_pytorch_model.safetensors")
-    assert kept.keys() == tuned.keys()
-    encoder = [k for k in kept if k.startswith(("encoder.", "quant_conv."))]
-    decoder = [k for k in kept if k.startswith(("decoder.", "post_quant_conv."))]
-    assert encoder and decoder and len(encoder) + len(decoder) == len(kept)
-    assert all(torch.equal(kept[k], tuned[k]) for k in encoder)
-    assert any(not torch.equal(kept[k], tuned[k]) for k in decoder)
-    config = lambda d: json.loads((d / "config.json").read_text())  # noqa: E731
-    assert config(second / "model" / "vae")["latents_mean"] == config(kept_dir)["latents_mean"]
-    record = json.loads((second / "training.json").read_text())["sessions"][-1]
-    assert record["finished"] and record["steps"] == {"decoder": 2}
-
-    train.main(argv + ["--resume"])  # the stage finished: its VAE is OUT/vae, nothing trains again
-    record = json.loads((second / "training.json").read_text())["sessions"][-1]
-    assert record["finished"] and record["steps"] == {} and "dataset" not in record["seconds"]
-    again = load_file(second / "model" / "vae" / "diffusion_pytorch_model.safetensors")
-    assert all(torch.equal(tuned[k], again[k]) for k in tuned)
-    with pytest.raises(SystemExit, match="--vae-decoder-steps fine-tunes the decoder of a kept VAE"):
-        train.main(["run", "--out", str(tmp_path / "third"), "--vae-decoder-steps", "2", *base])
-
-
-def test_tiny_trains_only_a_vae_of_the_chosen_size_when_the_diffusion_stages_have_no_steps(dataset, tmp_path,
-                                                                                          monkeypatch):
+def test_tiny_trains_only_a_vae_when_the_diffusion_stages_have_no_steps(dataset, tmp_path, monkeypatch):
     path, samples = dataset
     monkeypatch.setattr(train, "VAE_CROP_SIZE", 16)  # windows of 16 px and 3 frames of the 32 px, 5-frame clips
     monkeypatch.setattr(train, "VAE_CROP_FRAMES", 3)
@@ -348,15 +293,14 @@ def test_tiny_trains_only_a_vae_of_the_chosen_size_when_the_diffusion_stages_hav
     monkeypatch.setattr(train, "vae_loss", recording_loss)
     out = tmp_path / "vae-only"
     train.main(["run", "--dataset", str(path), "--out", str(out), "--vae-steps", "2", "--vae-batch", "2",
-                "--vae-base-dim", "8", "--vae-z-dim", "4", "--vae-temporal-compression", "4",
                 "--joint-steps", "0", "--multiview-steps", "0"])
     record = json.loads((out / "training.json").read_text())["sessions"][-1]
     assert record["finished"] and record["steps"] == {"vae": 2}
     assert not (out / "latents.pt").exists()  # no diffusion stage, so no encoded dataset
     pipe = load_tiny(out / "model")
     vae = pipe.vae.config
-    assert (vae.base_dim, vae.z_dim, vae.scale_factor_temporal) == (8, 4, 4)
-    assert pipe.transformer.config.in_channels == pipe.transformer.config.out_channels == 4
+    assert (vae.base_dim, vae.z_dim, vae.scale_factor_temporal) == (32, 16, 2)  # the tiny preset's VAE
+    assert pipe.transformer.config.in_channels == pipe.transformer.config.out_channels == 16
 
     # Every step trained on one window of single views, cut from the clips themselves.
     assert len(seen) == 2

@@ -19,9 +19,9 @@ import torch
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.pose_maps import render_pose_maps
 
-from .motions import MOTIONS
+from .motions import MOTIONS, play, sample_creature
 from .render import appearance, render_capsules, skeleton_capsules, to_uint8
-from .variety import ClipVariety, sample_training_clip
+from .variety import varied_rest
 
 DATASET_FORMAT_VERSION = 1
 
@@ -56,11 +56,16 @@ class Samples:
                        data["prompts"].tolist(), data["motions"].tolist(), data["families"].tolist())
 
 
-def draw_clip(seed: int, size: int, frames: int, families, motions, variety: ClipVariety) -> dict:
+def draw_clip(seed: int, size: int, frames: int, families, motions, rested: bool = False) -> dict:
     """One clip with its cameras, pose maps and look: a training sample before its RGB is rendered
-    (runs in a worker process), and a held-out evaluation clip (``evaluation.evaluate.draw_item``)."""
+    (runs in a worker process), and a held-out evaluation clip (``evaluation.evaluate.draw_item``).
+    ``rested``: the creature is first re-rested in a pose of its own (``variety.varied_rest``)."""
     rng = np.random.default_rng(seed)
-    clip = sample_training_clip(rng, frames, families, motions, variety)
+    creature = sample_creature(rng, families, motions)
+    if rested:
+        rng.random()  # the draw that once chose which rigs to re-rest: the split keeps the clips it was scored on
+        creature = varied_rest(creature, rng, frames)
+    clip = play(creature, rng, frames, motions)
     rig = clip.creature.rig
     center, radius = rig.bounding_sphere()
     cameras = make_camera_rig(center, radius, size)
@@ -73,18 +78,13 @@ def draw_clip(seed: int, size: int, frames: int, families, motions, variety: Cli
 
 
 def build_samples(count: int, seed: int = 0, size: int = 64, frames: int = 17, families=None, motions=None,
-                  device: str = "cpu", processes: int = 0, render_batch: int = 8,
-                  variety: ClipVariety = ClipVariety()) -> Samples:
-    """``count`` samples; sample i depends only on (seed, i), so a dataset can be rebuilt exactly.
-
-    ``variety``: how many rigs are re-rested or given extra bones, and how many prompts name the
-    rig by a generic noun (``backend.data.variety``), for training; the evaluation's clips have none.
-    """
+                  device: str = "cpu", processes: int = 0, render_batch: int = 8) -> Samples:
+    """``count`` samples; sample i depends only on (seed, i), so a dataset can be rebuilt exactly."""
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     motions = tuple(MOTIONS) if motions is None else tuple(motions)
     seeds = np.random.SeedSequence(seed).generate_state(count, dtype=np.uint64).tolist()
-    args = [(s, size, frames, families, motions, variety) for s in seeds]
+    args = [(s, size, frames, families, motions) for s in seeds]
     if processes > 1:
         with ProcessPoolExecutor(processes) as pool:
             return _collect(list(pool.map(draw_clip, *zip(*args), chunksize=16)), device, render_batch)

@@ -284,9 +284,6 @@ NOUNS = {
     "robot_arm": ("robot arm", "robotic arm", "industrial robot", "crane arm"),
 }
 PARTS = {"chest": "lid", "laptop": "screen"}
-GENERIC_NOUNS = ("creature", "thing", "object", "figure", "toy", "model", "puppet", "critter", "rig", "prop")
-"""Words of no family, for training prompts (``variety.ClipVariety.generic_nouns``): users name their
-rigs in words the model never saw, so it should read the motion from the verb, not the noun."""
 
 PROMPTS = {
     "walk": ("the {noun} walks forward", "a {noun} walking", "the {noun} strolls along", "a {noun} takes a few steps"),
@@ -316,18 +313,17 @@ def phrase(template: str, noun: str, family: str) -> str:
     return re.sub(r"\b([Aa])n? (?=(\w))", lambda m: m[1] + ("n " if m[2] in "aeiou" else " "), text)
 
 
-def prompt(creature: Creature, motion: str, rng, nouns=None) -> str:
-    """A prompt for ``motion`` that names the creature by one of ``nouns`` (default: its family's)."""
-    nouns = nouns or NOUNS[creature.family]
+def prompt(creature: Creature, motion: str, rng) -> str:
+    """A prompt for ``motion`` that names the creature by one of its family's nouns."""
+    nouns = NOUNS[creature.family]
     template = PROMPTS[motion][int(rng.integers(len(PROMPTS[motion])))]
     return phrase(template, nouns[int(rng.integers(len(nouns)))], creature.family)
 
 
 def all_prompts(families=tuple(FAMILIES)) -> list[str]:
-    """Every prompt ``prompt`` can write for ``families``, with their nouns or generic ones, sorted
-    (for precomputed text embeddings)."""
+    """Every prompt ``prompt`` can write for ``families``, sorted (for precomputed text embeddings)."""
     return sorted({phrase(template, noun, family) for family in families for motion in APPLICABLE[family]
-                   for template in PROMPTS[motion] for noun in NOUNS[family] + GENERIC_NOUNS})
+                   for template in PROMPTS[motion] for noun in NOUNS[family]})
 
 
 # --- clips -----------------------------------------------------------------------------------

@@ -44,7 +44,6 @@ from animax_addon.core.pose_maps import disc_radius
 from backend.data.motions import Clip
 from backend.data.dataset import draw_clip
 from backend.data.render import render_rgb
-from backend.data.variety import ClipVariety
 from backend.model.presets import TINY
 from backend.reconstruction.reconstruct import GENERATED, Reconstruction, reconstruct
 
@@ -54,9 +53,9 @@ from .classifier import predict, train_classifier
 SPLIT_SEEDS = {"heldout-families": 1, "heldout-proportions": 2, "heldout-rests": 3}
 """Mixed into the seed, so the held-out splits draw other clips than training data, which uses
 SeedSequence(seed) as the ``training-data`` split does."""
-SPLIT_VARIETY = {"heldout-rests": ClipVariety(rest=1.0)}
-"""Splits whose creatures are changed before they move: ``heldout-rests`` re-rests every one in a
-frame of one of its own motions, as artists model rigs in many poses (``variety.varied_rest``)."""
+RESTED_SPLITS = ("heldout-rests",)
+"""Splits whose creatures are re-rested before they move, each in a frame of one of its own motions,
+as artists model rigs in many poses (``variety.varied_rest``)."""
 
 
 @dataclass
@@ -78,9 +77,9 @@ Generator = Callable[[EvalItem], np.ndarray]
 
 
 def draw_item(seed: int, families, size: int = TINY.size, frames: int = TINY.num_frames,
-              variety: ClipVariety = ClipVariety()) -> EvalItem:
+              rested: bool = False) -> EvalItem:
     """One clip drawn as ``backend.data.dataset`` draws a training sample, with its templates."""
-    drawn = draw_clip(seed, size, frames, families, None, variety)
+    drawn = draw_clip(seed, size, frames, families, None, rested)
     clip, cameras = drawn["clip"], drawn["cameras"]
     rig = clip.creature.rig
     return EvalItem(
@@ -94,7 +93,7 @@ def draw_item(seed: int, families, size: int = TINY.size, frames: int = TINY.num
 def draw_items(count: int, seed: int, split: str) -> list[EvalItem]:
     entropy = (seed, SPLIT_SEEDS[split]) if split in SPLIT_SEEDS else seed  # training-data: build_samples' seeds
     seeds = np.random.SeedSequence(entropy).generate_state(count, dtype=np.uint64)
-    return [draw_item(int(s), SPLITS[split], variety=SPLIT_VARIETY.get(split, ClipVariety())) for s in seeds]
+    return [draw_item(int(s), SPLITS[split], rested=split in RESTED_SPLITS) for s in seeds]
 
 
 def model_generator(pipeline, steps: int = TINY.num_inference_steps, guidance: float = TINY.guidance_scale,

@@ -16,7 +16,6 @@ on N GPUs: each step's batch is split over the processes (docs/training.md, "Sev
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import time
@@ -30,7 +29,6 @@ from diffusers import AutoencoderKLWan
 
 from backend.data.dataset import Samples, build_samples
 from backend.data.motions import all_prompts
-from backend.data.variety import ClipVariety
 from backend.model.pipeline_animax import AnimaXPipeline
 from backend.model.presets import (
     DIFFUSERS_WEIGHTS,
@@ -44,7 +42,6 @@ from backend.model.presets import (
     save_adapter,
     save_tiny,
     tiny_transformer,
-    tiny_vae_config,
 )
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 from backend.multi_gpu import turn_multicast_off
@@ -179,18 +176,11 @@ def describe(samples: Samples, source: str) -> dict:
             "motions": sorted(set(samples.motions)), "prompts": len(set(samples.prompts))}
 
 
-def clip_variety(args) -> ClipVariety:
-    try:
-        return ClipVariety(rest=args.rest_variety, extra_bones=args.extra_bones, generic_nouns=args.generic_nouns)
-    except ValueError as exc:
-        raise SystemExit(f"--rest-variety / --extra-bones / --generic-nouns: {exc}") from None
-
-
-def tiny_samples(args, vae, transformer, text_cache: TextCache, device, variety: ClipVariety) -> Samples:
+def tiny_samples(args, vae, transformer, text_cache: TextCache, device) -> Samples:
     """``--dataset``'s samples (whose captions must be in the text cache) or procedural clips."""
     if not args.dataset:
         return build_samples(args.samples, args.seed, TINY.size, TINY.num_frames, device=str(device),
-                             processes=args.processes, variety=variety)
+                             processes=args.processes)
     samples = load_dataset(args.dataset, vae, transformer.config.patch_size[1], "tiny")
     unknown = sorted(set(samples.prompts) - set(text_cache.prompts))
     if unknown:
@@ -201,18 +191,9 @@ def tiny_samples(args, vae, transformer, text_cache: TextCache, device, variety:
 
 
 def train_tiny_vae(vae, args, samples: Samples, out: Path, device, precision: str, deadline: float, record: dict,
-                   losses: dict, decoder_only: bool = False):
+                   losses: dict):
     """Stage ``vae`` (on ``vae``, on the device) on single views of both modalities; the trained VAE
-    (with its latent statistics) goes to ``OUT/vae`` when the stage finishes, else None.
-
-    ``decoder_only`` (``--vae-decoder-steps``) is stage ``decoder``: the encoder is frozen and the latent
-    statistics stay, so the latents a transformer learned on this VAE mean what they meant; only how
-    they are drawn back into pixels improves.
-    """
-    stage, steps = ("decoder", args.vae_decoder_steps) if decoder_only else ("vae", args.vae_steps)
-    if decoder_only:
-        vae.encoder.requires_grad_(False)
-        vae.quant_conv.requires_grad_(False)
+    (with its latent statistics) goes to ``OUT/vae`` when the stage finishes, else None."""
     videos = {m: torch.from_numpy(getattr(samples, m)).to(device) for m in ("rgb", "pose")}
     n, views = samples.rgb.shape[:2]
     part = batch_part(args.vae_batch)
@@ -233,15 +214,13 @@ def train_tiny_vae(vae, args, samples: Samples, out: Path, device, precision: st
         return vae_loss(model, to_video(pick, device), is_pose)
 
     began = time.time()
-    trainable = [p for p in vae.parameters() if p.requires_grad]
-    losses[stage], finished = train_stage(stage, vae, trainable, vae_step, steps, args.vae_lr,
-                                          out / "checkpoints" / stage, deadline, mixed_precision=precision)
-    record["seconds"][stage] = time.time() - began
+    losses["vae"], finished = train_stage("vae", vae, list(vae.parameters()), vae_step, args.vae_steps, args.vae_lr,
+                                          out / "checkpoints" / "vae", deadline, mixed_precision=precision)
+    record["seconds"]["vae"] = time.time() - began
     if not finished:
         return None
-    if not decoder_only:
-        mean, std = latent_stats(vae, samples, device)
-        vae.register_to_config(latents_mean=mean, latents_std=std)
+    mean, std = latent_stats(vae, samples, device)
+    vae.register_to_config(latents_mean=mean, latents_std=std)
     state = PartialState()
     if state.is_main_process:
         vae.cpu().save_pretrained(out / "vae", safe_serialization=True)
@@ -279,36 +258,19 @@ def kept_transformer(model_dir: Path, z_dim: int, pooled_text: bool = False,
 
 
 def run_tiny(args, out: Path, device, precision: str, deadline: float, record: dict, losses: dict) -> bool:
-    """Stage ``vae`` (unless ``--vae-from`` gives a trained one; stage ``decoder`` fine-tunes that one's
-    decoder when ``--vae-decoder-steps`` asks), then the diffusion stages on the
+    """Stage ``vae`` (unless ``--vae-from`` gives a trained one), then the diffusion stages on the
     dataset's latents, which are cached in ``OUT`` once the VAE is final. With ``--joint-steps 0
     --multiview-steps 0`` only the VAE trains (to score it with ``animax eval --oracle vae``)."""
     text_cache = TextCache(args.text_cache)
-    kept_vae = trained_part("--vae-from", args.vae_from, "vae") if args.vae_from else None
-    # This run's own VAE (new, or the kept one with its decoder fine-tuned) is OUT/vae once its stage ends.
-    vae_dir = kept_vae if kept_vae and not args.vae_decoder_steps else out / "vae"
-    given = (("base_dim", args.vae_base_dim), ("z_dim", args.vae_z_dim),
-             ("temporal_compression", args.vae_temporal_compression))
-    size = {key: value for key, value in given if value is not None}
-    if args.vae_from and size:
-        raise SystemExit("--vae-from keeps a trained VAE, and --vae-base-dim / --vae-z-dim / "
-                         "--vae-temporal-compression describe a new one: pass one or the other")
-    if args.vae_decoder_steps and not args.vae_from:
-        raise SystemExit("--vae-decoder-steps fine-tunes the decoder of a kept VAE: give --vae-from too (a new "
-                         "VAE trains whole in stage vae, --vae-steps)")
-    variety = clip_variety(args)
-    if args.dataset and variety != ClipVariety():
-        raise SystemExit("--rest-variety, --extra-bones and --generic-nouns vary the procedural clips; a --dataset "
-                         "brings its own rigs and captions: pass one or the other")
-    source = (file_key(args.dataset) if args.dataset
-              else dict(procedural=args.samples, seed=args.seed, **dataclasses.asdict(variety)))
+    # The kept VAE, or this run's own, which is OUT/vae once its stage ends.
+    vae_dir = trained_part("--vae-from", args.vae_from, "vae") if args.vae_from else out / "vae"
+    source = file_key(args.dataset) if args.dataset else dict(procedural=args.samples, seed=args.seed)
     trained = (vae_dir / "config.json").is_file()
-    start = vae_dir if trained else kept_vae  # a finished VAE, or the kept one whose decoder trains next
-    if start:
-        vae = AutoencoderKLWan.from_pretrained(start, local_files_only=True, torch_dtype=torch.float32).to(device)
+    if trained:
+        vae = AutoencoderKLWan.from_pretrained(vae_dir, local_files_only=True, torch_dtype=torch.float32).to(device)
     else:
         torch.manual_seed(args.seed)
-        vae = AutoencoderKLWan(**tiny_vae_config(**size)).to(device)
+        vae = AutoencoderKLWan(**TINY_VAE).to(device)
     torch.manual_seed(args.seed)
     if args.blocks is not None and args.blocks < 1:
         raise SystemExit(f"--blocks {args.blocks}: a transformer needs at least one block")
@@ -320,7 +282,7 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
 
     def build() -> Samples:
         began = time.time()
-        samples = tiny_samples(args, vae, transformer, text_cache, device, variety)
+        samples = tiny_samples(args, vae, transformer, text_cache, device)
         record["seconds"]["dataset"] = time.time() - began
         print(f"dataset: {len(samples)} clips in {record['seconds']['dataset']:.0f} s", flush=True)
         return samples
@@ -334,8 +296,7 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
     samples = None
     if not trained:  # the dataset's size checks use the new VAE's config
         samples = build()
-        vae = train_tiny_vae(vae, args, samples, out, device, precision, deadline, record, losses,
-                             decoder_only=kept_vae is not None)
+        vae = train_tiny_vae(vae, args, samples, out, device, precision, deadline, record, losses)
         if vae is None:
             return False
     finished = True
@@ -396,7 +357,7 @@ def run_main(args) -> None:
     turn_multicast_off()  # before the process group starts
     # Alone, or one of the processes of `accelerate launch` / torchrun; the first state fixes the device.
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)
-    trains_vae = args.preset == "tiny" and (not args.vae_from or args.vae_decoder_steps)
+    trains_vae = args.preset == "tiny" and not args.vae_from
     for flag in ["batch", "multiview_batch"] + (["vae_batch"] if trains_vae else []):
         batch_part(getattr(args, flag), "--" + flag.replace("_", "-"))  # stop now, not after the dataset
     device = state.device if state.device.type == "cuda" else torch.device("cpu")  # not "cpu:N": torch.load refuses it
@@ -440,34 +401,13 @@ def main(argv: list[str] | None = None) -> None:
     tiny = run.add_argument_group("tiny preset")
     tiny.add_argument("--samples", type=int, default=6000, help="procedural clips (4 views each)")
     tiny.add_argument("--processes", type=int, default=0, help="processes that sample clips and draw pose maps")
-    tiny.add_argument("--rest-variety", type=float, default=0.0,
-                      help="share of the procedural rigs re-rested in a random pose of their own (a chest "
-                           "modelled open), so that a rig's rest pose is not always its family's (default 0)")
-    tiny.add_argument("--extra-bones", type=float, default=0.0,
-                      help="share of the procedural rigs given short static extra bones at random places in "
-                           "their bone order, up to the palette's 64 joints, so that every joint colour is "
-                           "trained and no colour belongs to one family's part (default 0)")
-    tiny.add_argument("--generic-nouns", type=float, default=0.0,
-                      help="share of the procedural prompts that name the rig by a generic noun (\"the "
-                           "creature jumps\") instead of its family's, so that the model reads the motion "
-                           "from the verb (default 0)")
     tiny.add_argument("--text-cache", type=Path, default=DEFAULT_TEXT_CACHE)
     tiny.add_argument("--vae-steps", type=int, default=3000)
     tiny.add_argument("--vae-batch", type=int, default=128,
                       help="windows of single views per step (default %(default)s)")
     tiny.add_argument("--vae-lr", type=float, default=1e-3)
-    tiny.add_argument("--vae-base-dim", type=int,
-                      help=f"channels of the new VAE's first level (default {TINY_VAE['base_dim']})")
-    tiny.add_argument("--vae-z-dim", type=int,
-                      help=f"latent channels of the new VAE (default {TINY_VAE['z_dim']})")
-    tiny.add_argument("--vae-temporal-compression", type=int, choices=(2, 4),
-                      help=f"frames per latent frame of the new VAE (default {TINY_VAE['scale_factor_temporal']})")
     tiny.add_argument("--vae-from", type=Path, help="a tiny model directory whose trained VAE to keep (skips "
                                                     "stage vae), e.g. backend/model/weights/tiny")
-    tiny.add_argument("--vae-decoder-steps", type=int, default=0,
-                      help="with --vae-from: fine-tune the kept VAE's decoder alone for this many steps "
-                           "(--vae-batch, --vae-lr); the encoder stays, so a transformer trained on its latents "
-                           "still fits (default 0: keep the VAE as it is)")
     tiny.add_argument("--transformer-from", type=Path,
                       help="a tiny model directory whose trained transformer the diffusion stages start from "
                            "(instead of random weights; its VAE usually goes to --vae-from)")
