@@ -202,9 +202,11 @@ def test_tiny_keeps_a_trained_vae_and_reuses_its_cached_latents(dataset, tmp_pat
 
 @pytest.fixture(scope="module")
 def kept_model(dataset, tmp_path_factory):
-    """A tiny model trained a few steps, whose transformer (and VAE) the runs below keep."""
+    """A tiny model of 4 blocks without the pooled prompt, trained a few steps, whose transformer (and
+    VAE) the runs below keep."""
     out = tmp_path_factory.mktemp("kept")
-    train.main(["run", "--out", str(out), "--vae-steps", "2", "--vae-batch", "2", "--dataset", str(dataset[0]), *STEPS])
+    train.main(["run", "--out", str(out), "--vae-steps", "2", "--vae-batch", "2", "--dataset", str(dataset[0]),
+                "--blocks", "4", "--no-pooled-text", *STEPS])
     return out / "model"
 
 
@@ -215,7 +217,7 @@ def transformer_weights(model_dir):
 def test_tiny_trains_on_from_a_kept_transformer(dataset, kept_model, tmp_path):
     base = ["--dataset", str(dataset[0]), *STEPS]
     kept = transformer_weights(kept_model)
-    source = ["--vae-from", str(kept_model), "--transformer-from", str(kept_model)]
+    source = ["--vae-from", str(kept_model), "--transformer-from", str(kept_model), "--no-pooled-text"]
 
     untouched = tmp_path / "untouched"  # no diffusion steps: the model written is the one kept
     train.main(["run", "--out", str(untouched), *source, *base, "--joint-steps", "0", "--multiview-steps", "0"])
@@ -242,7 +244,7 @@ def test_pooled_text_joins_a_kept_transformer_at_zero_and_then_trains(dataset, k
     base = ["--dataset", str(dataset[0]), *STEPS]
     kept = transformer_weights(kept_model)
     assert not any(k.startswith("pooled_text_embedder.") for k in kept)
-    source = ["--vae-from", str(kept_model), "--transformer-from", str(kept_model), "--pooled-text"]
+    source = ["--vae-from", str(kept_model), "--transformer-from", str(kept_model)]  # the pooled prompt by default
 
     untouched = tmp_path / "untouched"  # no steps: the kept weights, and the new path at its zero output
     train.main(["run", "--out", str(untouched), *source, *base, "--joint-steps", "0", "--multiview-steps", "0"])

@@ -48,10 +48,10 @@ class WeightsError(ValueError):
 
 
 # 128-d tokens in 4 heads of 32 (32 splits into Wan's 3D RoPE as t, h, w = 12, 10, 10), 4 blocks: 1.6 M
-# parameters. Its latent channels (in_channels = out_channels) are the VAE's z_dim. A run from scratch
-# starts here; the shipped weights are this, trained, then deepened to 6 blocks with the pooled prompt
-# and later to 10 (3.6 M; docs/training.md has the recipe, docs/history.md the runs), and their own config.json
-# says so.
+# parameters. Its latent channels (in_channels = out_channels) are the VAE's z_dim. The shipped weights
+# are this, trained, then deepened to 6 blocks with the pooled prompt and later to 10 (3.6 M;
+# backend/train/recipes/tiny.json), and their own config.json says so; training builds a new transformer
+# with 10 blocks and the pooled prompt unless told otherwise.
 TINY_TRANSFORMER = dict(
     num_attention_heads=4, attention_head_dim=32, text_dim=384, freq_dim=64, ffn_dim=512, num_layers=4,
 )

@@ -52,12 +52,21 @@ from .stages import POSE_WEIGHT, REST_TEMPLATE_PROBABILITY, TEXT_DROP, flow_loss
 from .text import TextCache, build_text_cache
 
 DEFAULT_TEXT_CACHE = Path(__file__).with_name("text_cache.safetensors")
-# Per-preset defaults of the diffusion stages. The full preset's are starting points for a LoRA on a
-# 1.3B base (one H100: a few single views, one four-view sample per step); no full run was made yet.
+# Per-preset defaults of the diffusion stages. The tiny preset's are the shipped model's settings (its
+# last stage in backend/train/recipes/tiny.json), but for the step counts and learning rate, which the
+# recipe sets stage by stage: these are a run from scratch's. The full preset's are starting points for a
+# LoRA on a 1.3B base (one H100: a few single views, one four-view sample per step) with the paper's
+# conditioning; no full run was made yet.
 STAGE_DEFAULTS = {
-    "tiny": dict(joint_steps=8000, batch=64, lr=5e-4, multiview_steps=3000, multiview_batch=16, multiview_lr=3e-4),
-    "full": dict(joint_steps=2000, batch=4, lr=1e-4, multiview_steps=1000, multiview_batch=1, multiview_lr=1e-4),
+    "tiny": dict(joint_steps=8000, batch=256, lr=5e-4, multiview_steps=3000, multiview_batch=32, multiview_lr=3e-4,
+                 rest_template_probability=REST_TEMPLATE_PROBABILITY, text_drop=TEXT_DROP, pose_weight=POSE_WEIGHT),
+    "full": dict(joint_steps=2000, batch=4, lr=1e-4, multiview_steps=1000, multiview_batch=1, multiview_lr=1e-4,
+                 rest_template_probability=0.5, text_drop=0.1, pose_weight=1.0),
 }
+# The shipped tiny model's transformer depth (a kept transformer keeps its own unless --blocks says more),
+# and the prompt guidance its animax.json records.
+TINY_BLOCKS = 10
+TEXT_GUIDANCE_SCALE = 2.0
 # Stage vae trains on windows of 9 frames (1 + 2 latent frames at 4x, 1 + 4 at 2x) and 32 px: a quarter of a
 # view, half the frames, an eighth of the cost of whole clips.
 VAE_CROP_FRAMES, VAE_CROP_SIZE = 9, 32
@@ -278,7 +287,7 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
         transformer = kept_transformer(args.transformer_from, vae.config.z_dim, args.pooled_text,
                                        args.blocks).to(device)
     else:
-        transformer = tiny_transformer(vae.config.z_dim, args.pooled_text, args.blocks).to(device)
+        transformer = tiny_transformer(vae.config.z_dim, args.pooled_text, args.blocks or TINY_BLOCKS).to(device)
 
     def build() -> Samples:
         began = time.time()
@@ -308,7 +317,7 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
         finished = train_diffusion(transformer, data, args, out, deadline, precision, record, losses)
     if PartialState().is_main_process:
         save_tiny(AnimaXPipeline(None, None, vae.cpu().eval(), transformer.cpu().eval(),
-                                 make_scheduler(), TINY.max_sequence_length),
+                                 make_scheduler(), TINY.max_sequence_length, args.text_guidance_scale),
                   out / "model")
     return finished
 
@@ -344,10 +353,16 @@ def run_full(args, out: Path, device, precision: str, deadline: float, record: d
     return finished
 
 
-def run_main(args) -> None:
+def with_preset_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the diffusion stages' settings it leaves out set to its preset's defaults."""
     for key, value in STAGE_DEFAULTS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    return args
+
+
+def run_main(args) -> None:
+    with_preset_defaults(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if any((out / "checkpoints").glob("*/progress.json")) and not args.resume:
@@ -381,7 +396,7 @@ def run_main(args) -> None:
         print("not finished: run again with --resume to continue")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend.train", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cache = sub.add_parser("text-cache", help="precompute the MiniLM embeddings of every procedural prompt "
@@ -411,13 +426,17 @@ def main(argv: list[str] | None = None) -> None:
     tiny.add_argument("--transformer-from", type=Path,
                       help="a tiny model directory whose trained transformer the diffusion stages start from "
                            "(instead of random weights; its VAE usually goes to --vae-from)")
-    tiny.add_argument("--pooled-text", action="store_true",
+    tiny.add_argument("--pooled-text", action=argparse.BooleanOptionalAction, default=True,
                       help="give the transformer the pooled-prompt embedding (the prompt's mean token added to "
                            "every timestep embedding; docs/training.md), also one kept by --transformer-from, "
-                           "where it starts at zero")
+                           "where it starts at zero (default: on)")
     tiny.add_argument("--blocks", type=int,
-                      help="transformer blocks (default: the tiny preset's 4); with --transformer-from, the kept "
-                           "transformer gains blocks spread among its own, each starting as an identity")
+                      help=f"transformer blocks (default {TINY_BLOCKS}); with --transformer-from, the kept "
+                           "transformer gains blocks spread among its own, each starting as an identity "
+                           "(default: as many as it has)")
+    tiny.add_argument("--text-guidance-scale", type=float, default=TEXT_GUIDANCE_SCALE,
+                      help="the prompt guidance that OUT/model/animax.json records for generation (default "
+                           "%(default)s)")
     full = run.add_argument_group("full preset")
     full.add_argument("--wan", type=Path, help="local diffusers-format Wan2.1-T2V-1.3B directory")
     full.add_argument("--lora-rank", type=int, default=32, help="rank (and alpha) of the LoRA on the base blocks")
@@ -429,20 +448,23 @@ def main(argv: list[str] | None = None) -> None:
     stages.add_argument("--multiview-steps", type=int)
     stages.add_argument("--multiview-batch", type=int, help="four-view samples per step in stage 2")
     stages.add_argument("--multiview-lr", type=float)
-    stages.add_argument("--rest-template-probability", type=float, default=REST_TEMPLATE_PROBABILITY,
+    stages.add_argument("--rest-template-probability", type=float,
                         help="share of samples whose image condition is the rest template, not a frame of "
-                             "the clip (default %(default)s, as the paper)")
-    stages.add_argument("--text-drop", type=float, default=TEXT_DROP,
-                        help="share of samples trained without their prompt, for prompt guidance (default "
-                             "%(default)s)")
-    stages.add_argument("--pose-weight", type=float, default=POSE_WEIGHT,
-                        help="weight of the pose half of the flow loss against the RGB half (default %(default)s)")
+                             "the clip (the paper: 0.5)")
+    stages.add_argument("--text-drop", type=float,
+                        help="share of samples trained without their prompt, for prompt guidance")
+    stages.add_argument("--pose-weight", type=float,
+                        help="weight of the pose half of the flow loss against the RGB half (1: the plain loss)")
     stages.add_argument("--compile", action="store_true",
                         help="compile the transformer's blocks with torch.compile: faster steps on a GPU once a "
                              "compile of a minute or so is paid (benchmarks/tiny_training_gpu.py)")
     run.add_argument("--deadline-min", type=float, default=0.0,
                      help="checkpoint and stop after this many minutes (0: no limit); --resume continues")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     {"text-cache": text_cache_main, "run": run_main}[args.command](args)
 
 

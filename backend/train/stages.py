@@ -5,10 +5,13 @@ colour weigh more: the colours are what reconstruction clusters) plus a small KL
 ``joint`` / ``multiview``: rectified-flow matching as Wan trains (x_t = (1 - s) x_0 + s e, target
 e - x_0, s shifted like the sampler's schedule) on the noisy frames of ``[c_rgb, x_rgb, c_pose,
 x_pose]``; the image condition is the rest template or a frame of the clip, zeroed 20% of the time
-so that image classifier-free guidance has an unconditional branch to use. The prompt is zeroed
-10% of the time (independently), for the pipeline's optional guidance on the prompt; the paper
-drops only the image. ``pose_weight`` can weigh the pose half of the loss above the RGB half (the
-pose maps are what reconstruction reads); the weights keep a mean of 1, so 1 is the plain loss.
+so that image classifier-free guidance has an unconditional branch to use. The prompt is zeroed too
+(independently), for the pipeline's guidance on the prompt; the paper drops only the image.
+``pose_weight`` weighs the pose half of the loss against the RGB half (the pose maps are what
+reconstruction reads); the weights keep a mean of 1, so 1 is the plain loss.
+
+The defaults are the shipped tiny model's settings: the rest template always (the paper: half the
+time, else a frame), the prompt dropped 20% of the time, the pose half weighted 3x.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from .latents import LatentSet
 
 STAGES = ("vae", "joint", "multiview")
 CONDITION_DROP = 0.2
-TEXT_DROP = 0.1
-REST_TEMPLATE_PROBABILITY = 0.5
-POSE_WEIGHT = 1.0
+TEXT_DROP = 0.2
+REST_TEMPLATE_PROBABILITY = 1.0
+POSE_WEIGHT = 3.0
 POSE_COLOUR_WEIGHT = 10.0
 KL_WEIGHT = 1e-6
 
