@@ -2,7 +2,8 @@
 
 Inside the maths cameras are OpenCV pinholes (x right, y down, z forward) with world-to-camera
 ``[R|t]`` and intrinsics ``K``, in normalised rig space (rest bounding sphere at the origin with
-radius 1). Blender's cameras look down -Z with +Y up; the conversion lives here and only here.
+radius 1, axes those of the character's upright frame: ``core.upright``). Blender's cameras look
+down -Z with +Y up; the conversion lives here and only here.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ SPHERE_FILL = 0.6  # the rest bounding sphere spans this fraction of the frame: 
 
 # OpenCV camera axes expressed in Blender camera axes (and back): flip y and z.
 _CV_FROM_BLENDER = np.diag([1.0, -1.0, -1.0])
+_ORTHONORMAL_TOLERANCE = 1e-5  # a rotation read from JSON: float32 matrices from Blender pass
 
 
 class CameraError(ValueError):
@@ -30,10 +32,12 @@ class CameraError(ValueError):
 
 @dataclass(frozen=True)
 class CameraRig:
-    """V pinhole cameras in normalised rig space, plus the map from world (armature) space.
+    """V pinhole cameras in normalised rig space, plus the map from world space.
 
     ``K``, ``R``: (V, 3, 3); ``t``: (V, 3). World points ``p`` map to normalised space as
-    ``(p - center) / radius``.
+    ``rotation.T @ (p - center) / radius``: ``rotation`` (3, 3) is world from the character's
+    upright frame (``core.upright``; the identity for a character standing upright on Z), so the
+    cameras circle the character as it stands, whichever way it lies in the world.
     """
 
     K: np.ndarray
@@ -45,6 +49,7 @@ class CameraRig:
     radius: float
     azimuths_deg: tuple[float, ...] = AZIMUTHS_DEG
     elevation_deg: float = ELEVATION_DEG
+    rotation: np.ndarray = field(default_factory=lambda: np.eye(3))
 
     @property
     def num_views(self) -> int:
@@ -60,10 +65,10 @@ class CameraRig:
         return float(self.K[0, 0, 0])
 
     def to_normalized(self, points: np.ndarray) -> np.ndarray:
-        return (np.asarray(points, dtype=np.float64) - self.center) / self.radius
+        return (np.asarray(points, dtype=np.float64) - self.center) @ self.rotation / self.radius
 
     def to_world(self, points: np.ndarray) -> np.ndarray:
-        return np.asarray(points, dtype=np.float64) * self.radius + self.center
+        return np.asarray(points, dtype=np.float64) @ self.rotation.T * self.radius + self.center
 
     def camera_points(self, points: np.ndarray) -> np.ndarray:
         """Normalised points (..., J, 3) in each camera's frame: (V, ..., J, 3)."""
@@ -97,8 +102,9 @@ class CameraRig:
         return dataclasses.replace(self, K=K, width=width, height=height)
 
     def blender_matrices_world(self) -> np.ndarray:
-        """(V, 4, 4) Blender ``matrix_world`` of each camera in world (armature) space."""
+        """(V, 4, 4) Blender ``matrix_world`` of each camera in world space."""
         matrices = np.array([blender_from_opencv(R, t) for R, t in zip(self.R, self.t)])
+        matrices[:, :3, :3] = self.rotation @ matrices[:, :3, :3]
         matrices[:, :3, 3] = self.to_world(matrices[:, :3, 3])
         return matrices
 
@@ -114,11 +120,14 @@ class CameraRig:
 
     # --- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        normalization = {"center": self.center.tolist(), "radius": self.radius}
+        if not np.array_equal(self.rotation, np.eye(3)):  # written only where it is not the identity
+            normalization["rotation"] = self.rotation.tolist()
         return {
             "convention": "opencv, world-to-camera in normalised rig space",
             "width": self.width,
             "height": self.height,
-            "normalization": {"center": self.center.tolist(), "radius": self.radius},
+            "normalization": normalization,
             "elevation_deg": self.elevation_deg,
             "views": [
                 {"azimuth_deg": az, "K": K.tolist(), "R": R.tolist(), "t": t.tolist()}
@@ -140,12 +149,16 @@ class CameraRig:
                 radius=float(data["normalization"]["radius"]),
                 azimuths_deg=tuple(float(v.get("azimuth_deg", math.nan)) for v in views),
                 elevation_deg=float(data.get("elevation_deg", ELEVATION_DEG)),
+                rotation=np.array(data["normalization"].get("rotation", np.eye(3)), dtype=np.float64).reshape(3, 3),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CameraError(f"camera description is incomplete or malformed ({exc!r})") from None
-        arrays = (rig.K, rig.R, rig.t, rig.center, np.array(rig.radius))
+        arrays = (rig.K, rig.R, rig.t, rig.center, np.array(rig.radius), rig.rotation)
         if not all(np.isfinite(a).all() for a in arrays) or rig.radius <= 0:
             raise CameraError("camera description holds non-finite numbers or a radius <= 0")
+        if (np.abs(rig.rotation.T @ rig.rotation - np.eye(3)).max() > _ORTHONORMAL_TOLERANCE
+                or np.linalg.det(rig.rotation) <= 0):
+            raise CameraError("the normalization's rotation is not a rotation matrix (orthonormal, determinant +1)")
         if rig.width <= 0 or rig.height <= 0:
             raise CameraError(f"camera image size must be positive, got {rig.width}x{rig.height}")
         return rig
@@ -187,10 +200,12 @@ def make_camera_rig(
     azimuths_deg=AZIMUTHS_DEG,
     elevation_deg: float = ELEVATION_DEG,
     fov_deg: float = FIELD_OF_VIEW_DEG,
+    rotation: np.ndarray | None = None,
 ) -> CameraRig:
     """The product's camera rig around a rest bounding sphere, square images of ``size`` pixels.
 
-    Azimuth 0 looks from -Y towards +Y (Blender's front view); 90 looks from +X (right view).
+    Azimuth 0 looks from -Y towards +Y (Blender's front view); 90 looks from +X (right view), in the
+    frame ``rotation`` (world from the character's upright frame; the world's axes where None).
     """
     if size <= 0:
         raise CameraError(f"image size must be positive, got {size}")
@@ -217,6 +232,7 @@ def make_camera_rig(
         radius=float(radius),
         azimuths_deg=tuple(float(a) for a in azimuths_deg),
         elevation_deg=float(elevation_deg),
+        rotation=np.eye(3) if rotation is None else np.asarray(rotation, dtype=np.float64).reshape(3, 3),
     )
 
 

@@ -131,6 +131,20 @@ def axis_angle_matrices(axes: np.ndarray, angles: np.ndarray) -> np.ndarray:
     )
 
 
+def sphere_around(points: np.ndarray, rotation: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Centre and radius of a sphere around ``points`` (N, 3): the centre of their bounding box in
+    the frame ``rotation`` (world from frame; the world's axes where None), so that points turned
+    as a whole get the same sphere, turned with them."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if rotation is None:
+        center = (points.min(axis=0) + points.max(axis=0)) / 2
+    else:
+        rotation = np.asarray(rotation, dtype=np.float64)
+        local = points @ rotation
+        center = rotation @ ((local.min(axis=0) + local.max(axis=0)) / 2)
+    return center, float(np.linalg.norm(points - center, axis=1).max())
+
+
 def tree_depths(parents: np.ndarray) -> np.ndarray:
     """Depth of each node of a forest given by parent indices (-1 for a root); -1 on a cycle."""
     depth = np.where(parents < 0, 0, -1)
@@ -229,12 +243,11 @@ class Rig:
         return np.flatnonzero(self.parents < 0)
 
     # --- normalised rig space --------------------------------------------------------------
-    def bounding_sphere(self) -> tuple[np.ndarray, float]:
-        """Centre and radius of a sphere around all rest joints (centre of their bounding box)."""
-        lo, hi = self.joints_rest.min(axis=0), self.joints_rest.max(axis=0)
-        center = (lo + hi) / 2
-        radius = float(np.linalg.norm(self.joints_rest - center, axis=1).max())
-        return center, radius
+    def bounding_sphere(self, rotation: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """Centre and radius of a sphere around all rest joints (centre of their bounding box, in
+        the frame ``rotation``: world from frame, the character's upright frame for the cameras;
+        the world's axes by default)."""
+        return sphere_around(self.joints_rest, rotation)
 
     # --- the joint graph -------------------------------------------------------------------
     def bone_targets(self) -> list[np.ndarray]:
