@@ -199,6 +199,7 @@ class AnimateController:
         self.warnings: list[str] = []
         self.thread: WorkerThread | None = None
         self.rig = None
+        self.frame = None  # the character's upright frame (snapshot.upright_frame), the cameras' axes
         self.address = ""
         self._results: dict[int, tuple] = {}
         self._started = time.monotonic()
@@ -244,7 +245,7 @@ class AnimateController:
 
         from . import local_worker
         from .preferences import WorkerSettingsError, preferences
-        from .snapshot import rig_from_armature
+        from .snapshot import rig_from_armature, upright_frame
 
         if AnimateController.active is not None and AnimateController.active.running:
             raise AnimateError("An AnimaX job is running already; wait for it or press Cancel")
@@ -257,6 +258,9 @@ class AnimateController:
         except (ValueError, WorkerSettingsError) as exc:
             self._fail(str(exc))
             raise AnimateError(self.message) from None
+        self.frame = upright_frame(obj)
+        if self.frame.warning:  # a rest pose lying down: told before the job and in the outcome
+            self.warnings.append(self.frame.warning)
         local = None
         if connection.mode == "LOCAL":
             try:
@@ -303,8 +307,7 @@ class AnimateController:
     def _on_welcome(self, welcome: dict) -> None:
         import bpy
 
-        from .core.cameras import make_camera_rig
-        from .templates import framing_sphere, render_templates
+        from .templates import camera_rig, render_templates
 
         preset = welcome.get("preset")
         if not isinstance(preset, dict):
@@ -329,7 +332,7 @@ class AnimateController:
                                  f"{preset['fps']:g} fps, so the Action has {covered} of the {self.duration} "
                                  "frames asked for")
         self._show(f"Rendering {_EXPECTED_VIEWS} templates")
-        cameras = make_camera_rig(*framing_sphere(obj, self.rig), preset["size"])
+        cameras = camera_rig(obj, self.rig, preset["size"], self.frame)
         try:
             templates = render_templates(obj, cameras, preset["size"])
         except ValueError as exc:

@@ -62,6 +62,8 @@ class ANIMAX_OT_animate(bpy.types.Operator):
         except AnimateError as exc:
             self.report({"ERROR"}, str(exc))
             return None
+        if controller.frame.warning:  # before the job: a rest pose lying down (also in the panel)
+            self.report({"WARNING"}, controller.frame.warning)
         return controller
 
     def _finish(self, controller: AnimateController) -> set[str]:

@@ -4,7 +4,7 @@
 import bpy
 
 from .operators import target_armature
-from .snapshot import choice_summary
+from .snapshot import choice_summary, upright_warning
 
 
 class VIEW3D_PT_animax(bpy.types.Panel):
@@ -23,6 +23,8 @@ class VIEW3D_PT_animax(bpy.types.Panel):
         if settings.armature is None:
             obj = target_armature(context)
             col.label(text=f"Active: {obj.name}" if obj else "No armature selected", icon="ARMATURE_DATA")
+        _upright(layout, target_armature(context), context)  # the rest pose lies down: said before Animate
+        col = layout.column()
         col.prop(settings, "prompt", text="")
         col.prop(settings, "duration")
         col.prop(settings, "variations")
@@ -86,6 +88,18 @@ def _default_choice(layout, obj, context) -> None:
         column = layout.column(align=True)
         column.alert = refused
         _wrapped(column, summary, context)
+
+
+def _upright(layout, obj, context) -> None:
+    """Where the rest pose lies down in its own data and in the scene: what happens and what to do."""
+    if obj is None or obj.mode == "EDIT":
+        return
+    warning = upright_warning(obj)
+    if warning:
+        box = layout.box()
+        box.alert = True
+        box.label(text="Not upright", icon="ERROR")
+        _wrapped(box.column(align=True), warning, context)
 
 
 def _wrapped(layout, text: str, context) -> None:

@@ -1,8 +1,10 @@
 """The rig snapshot of an armature object: its rest pose in world space, as a core ``Rig``.
 
 World space (the object's transform applied) so that the cameras, the worker's results and the
-user's scene share one frame. Only rigid transforms with a uniform positive scale keep bone
-rotations meaningful, so other object transforms are refused with a sentence saying what to do.
+user's scene share one frame; the cameras are placed in the character's upright frame
+(``upright_frame``), which the cameras carry as their normalisation's rotation. Only rigid
+transforms with a uniform positive scale keep bone rotations meaningful, so other object
+transforms are refused with a sentence saying what to do.
 By default the deform bones take part, and past what AnimaX tells apart the body that
 ``core.skeleton`` chooses; a bone collection or the selected bones are taken exactly as given.
 """
@@ -15,6 +17,8 @@ import numpy as np
 
 from .core.rig import BODY_JOINTS, Bone, Rig, RigError
 from .core.skeleton import MotionSkeleton, SkeletonError, choose_bones
+from .core.upright import UprightFrame
+from .core.upright import upright_frame as _upright_frame
 
 BONE_OPTIONS = ("DEFORM", "COLLECTION", "SELECTED")
 
@@ -80,6 +84,40 @@ def choice_summary(obj) -> tuple[str | None, bool]:
             cached = (key, str(exc), True)
         _summaries[obj.name_full] = cached
     return cached[1], cached[2]
+
+
+def _object_rotation(obj) -> np.ndarray:
+    """The rotation of the object's world matrix (the nearest one where it is scaled unevenly)."""
+    u, _, vt = np.linalg.svd(np.array(obj.matrix_world, dtype=np.float64)[:3, :3])
+    rotation = u @ vt
+    if np.linalg.det(rotation) < 0:  # mirrored: refused by the snapshot; any rotation will do here
+        rotation = u @ np.diag([1.0, 1.0, -1.0]) @ vt
+    return rotation
+
+
+def upright_frame(obj) -> UprightFrame:
+    """The character's upright frame (``core.upright``): which way its rest pose has up and front,
+    from its bones' names and rest ends and the object's rotation; the cameras are placed in it.
+    Its ``warning`` tells a rest pose that lies down both in its own data and in the scene."""
+    bones = obj.data.bones
+    heads, tails, deform = _ends_and_flags(bones)
+    return _upright_frame(bones.keys(), heads, tails, deform, _object_rotation(obj), obj.name)
+
+
+_upright_warnings: dict[str, tuple[bytes, str | None]] = {}
+
+
+def upright_warning(obj) -> str | None:
+    """The panel's line where the rest pose is not upright (``upright_frame``'s warning), kept per
+    armature like ``choice_summary`` and made again when a bone or the object's transform changed."""
+    bones = obj.data.bones
+    key = b"".join([repr(bones.keys()).encode(), *(a.tobytes() for a in _ends_and_flags(bones)),
+                    np.array(obj.matrix_world, dtype=np.float64).tobytes(), obj.name.encode()])
+    cached = _upright_warnings.get(obj.name_full)
+    if cached is None or cached[0] != key:
+        cached = (key, upright_frame(obj).warning)
+        _upright_warnings[obj.name_full] = cached
+    return cached[1]
 
 
 def participating_bones(obj, bones: str = "DEFORM", collection: str = "", max_joints: int = BODY_JOINTS) -> list[str]:

@@ -18,7 +18,8 @@ import bpy
 import mathutils
 import numpy as np
 
-from .core.cameras import CameraRig, blender_lens_mm
+from .core.cameras import CameraRig, blender_lens_mm, make_camera_rig
+from .core.rig import sphere_around
 from .core.templates_style import TEMPLATE_BACKGROUND
 
 _RENDER_RESULT = "Render Result"
@@ -49,9 +50,10 @@ FRAMING_EXCESS = 1.25
 cameras instead (see ``framing_sphere``)."""
 
 
-def rest_mesh_sphere(obj) -> tuple[np.ndarray, float] | None:
+def rest_mesh_sphere(obj, rotation=None) -> tuple[np.ndarray, float] | None:
     """Centre and radius (world space) of a sphere around the vertices of the meshes ``obj``
-    deforms, in its rest pose and with their modifiers applied; None where it deforms none."""
+    deforms, in its rest pose and with their modifiers applied; None where it deforms none.
+    The centre is their bounding box's in the frame ``rotation`` (world from frame)."""
     meshes = deformed_meshes(obj)
     if not meshes:
         return None
@@ -77,20 +79,35 @@ def rest_mesh_sphere(obj) -> tuple[np.ndarray, float] | None:
     points = np.concatenate(points)
     if not len(points):
         return None
-    center = (points.min(axis=0) + points.max(axis=0)) / 2
-    return center, float(np.linalg.norm(points - center, axis=1).max())
+    return sphere_around(points, rotation)
 
 
-def framing_sphere(obj, rig) -> tuple[np.ndarray, float]:
+def framing_sphere(obj, rig, rotation=None) -> tuple[np.ndarray, float]:
     """The sphere the cameras frame (``core.cameras.make_camera_rig``): the rest joints', as in
     training, unless the bones reach far past the mesh (a glTF import whose leaf tails sit metres
     from the character), where the joints' sphere would leave the mesh a few pixels wide; then
-    the rest mesh's."""
-    joints = rig.bounding_sphere()
-    mesh = rest_mesh_sphere(obj)
+    the rest mesh's. Centred in the character's upright frame (``rotation``, world from upright;
+    ``snapshot.upright_frame``'s where None), so a rig turned as a whole is framed alike."""
+    if rotation is None:
+        from .snapshot import upright_frame
+
+        rotation = upright_frame(obj).rotation
+    joints = rig.bounding_sphere(rotation)
+    mesh = rest_mesh_sphere(obj, rotation)
     if mesh is not None and joints[1] > FRAMING_EXCESS * mesh[1]:
         return mesh
     return joints
+
+
+def camera_rig(obj, rig, size: int, frame=None) -> CameraRig:
+    """The cameras of ``obj``'s templates: the product's four views around ``framing_sphere``,
+    placed in the character's upright frame (``frame``: a ``core.upright.UprightFrame``;
+    ``snapshot.upright_frame(obj)`` where None), so the templates show it standing."""
+    if frame is None:
+        from .snapshot import upright_frame
+
+        frame = upright_frame(obj)
+    return make_camera_rig(*framing_sphere(obj, rig, frame.rotation), size, rotation=frame.rotation)
 
 
 def _srgb_to_linear(value: int) -> float:

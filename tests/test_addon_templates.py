@@ -8,7 +8,7 @@ bpy = pytest.importorskip("bpy")
 from animax_addon import templates  # noqa: E402
 from animax_addon.core.cameras import make_camera_rig  # noqa: E402
 from animax_addon.core.templates_style import TEMPLATE_BACKGROUND  # noqa: E402
-from animax_addon.snapshot import rig_from_armature  # noqa: E402
+from animax_addon.snapshot import rig_from_armature, upright_frame  # noqa: E402
 from backend.data.blender_build import build_creature  # noqa: E402
 from backend.data.rig_world import FAMILIES  # noqa: E402
 
@@ -110,9 +110,10 @@ def test_an_armature_without_a_skinned_mesh_is_refused(fox):
 
 def test_cameras_frame_the_mesh_where_bones_reach_far_past_it(fox):
     obj, rig, _ = fox
+    frame = upright_frame(obj).rotation  # the fox turned about Z: its spheres centred in its own axes
     center, radius = templates.framing_sphere(obj, rig)  # a skin that hugs its bones: the joints frame it
-    assert np.array_equal(center, rig.bounding_sphere()[0]) and radius == rig.bounding_sphere()[1]
-    mesh_center, mesh_radius = templates.rest_mesh_sphere(obj)
+    assert np.array_equal(center, rig.bounding_sphere(frame)[0]) and radius == rig.bounding_sphere(frame)[1]
+    mesh_center, mesh_radius = templates.rest_mesh_sphere(obj, frame)
     # a glTF import's leaf bone: its tail 20 radii above the character, no vertex on it
     bpy.context.view_layer.objects.active = obj
     bpy.ops.object.mode_set(mode="EDIT")

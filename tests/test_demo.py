@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import bpy
+import numpy as np
 from bpy_extras.anim_utils import action_get_channelbag_for_slot
 
 from animax_addon.snapshot import participating_bones
@@ -19,6 +20,7 @@ def test_demo_writes_an_animated_blend_and_a_preview_video(tmp_path):
                            "--steps", "2"], capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Action 'AnimaX the fox jumps'" in done.stdout
+    assert "in its rest pose" not in done.stdout  # a standing fox: nothing told about its rest
 
     bpy.ops.wm.open_mainfile(filepath=str(out))
     (obj,) = [o for o in bpy.data.objects if o.type == "ARMATURE"]
@@ -57,3 +59,25 @@ def test_bad_demo_arguments_get_one_sentence_before_blender_starts(tmp_path):
         assert sentence in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert "Installed" not in done.stdout  # refused before the extension was built and installed
+
+
+def test_a_character_lying_down_is_told_before_the_job_which_still_runs(tmp_path):
+    from backend.data.blender_build import build_creature
+    from backend.data.rig_world import FAMILIES
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    obj = build_creature(FAMILIES["biped"](np.random.default_rng(3)), "Hero")
+    obj.rotation_euler = (-np.pi / 2, 0.0, 0.0)  # modelled lying on its back: the turn applied to its data
+    for other in bpy.context.scene.objects:
+        other.select_set(True)
+    bpy.ops.object.transform_apply(location=False, rotation=True, scale=False)
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "lying.blend"))
+    bpy.ops.wm.read_homefile(use_empty=True)
+
+    done = subprocess.run([sys.executable, "-m", "backend.cli", "demo", "--blend", str(tmp_path / "lying.blend"),
+                           "--prompt", "the person jumps", "--out", str(tmp_path / "x.blend"), "--steps", "1"],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    told = done.stdout.index("Warning: 'Hero' lies on its back in its rest pose and in the scene")
+    assert "turn the armature object (with its mesh) 90° about the scene's X axis" in done.stdout[told:]
+    assert told < done.stdout.index("AnimaX wrote 'AnimaX the person jumps'")  # before the job's outcome

@@ -158,10 +158,11 @@ def generated_pose_video(bpy, views: int = 4) -> np.ndarray:
     return untile_views(grid, views)
 
 
-def replay(bpy, obj, rig, sphere, path: Path, prompt: str):
+def replay(bpy, obj, rig, sphere, path: Path, prompt: str, rotation=None):
     """Key saved pose maps on ``obj`` as Animate would have: the worker's reconstruction at the
-    scene's frame rate (cameras around ``sphere``, ``templates.framing_sphere``'s), then the
-    add-on's Action writer; returns the Action."""
+    scene's frame rate (cameras around ``sphere``, ``templates.framing_sphere``'s, in the upright
+    frame ``rotation``, ``snapshot.upright_frame``'s), then the add-on's Action writer; returns the
+    Action."""
     from animax_addon.core.cameras import make_camera_rig
     from backend.worker.jobs import scene_motion
 
@@ -173,7 +174,7 @@ def replay(bpy, obj, rig, sphere, path: Path, prompt: str):
                          f"'{obj.name}' now (bone choice or rest changed); generate them again")
     with np.load(path) as data:
         pose = data["pose"]
-    cameras = make_camera_rig(*sphere, pose.shape[2])
+    cameras = make_camera_rig(*sphere, pose.shape[2], rotation=rotation)
     _, rotations, root_translation = scene_motion(rig, cameras, pose, SCENE_FPS)
     return _addon("action").write_action(obj, f"AnimaX {prompt}"[:56], rig.bone_names, rotations,
                                          rig.bones[rig.roots[0]].name, root_translation,
@@ -193,13 +194,12 @@ def write_request(bpy, obj, rig, bench_rig, seeds, steps: int, duration: int, fo
     cameras.json, the template renders (template_V.png) and jobs.json (prompt, seed, options)."""
     from PIL import Image
 
-    from animax_addon.core.cameras import make_camera_rig
     from backend.model import MODEL_FPS
     from backend.model.presets import TINY
 
     job = _addon("job")
     panel = bpy.context.scene.animax
-    cameras = make_camera_rig(*_addon("templates").framing_sphere(obj, rig), TINY.size)
+    cameras = _addon("templates").camera_rig(obj, rig, TINY.size)  # as Animate places them
     templates = _addon("templates").render_templates(obj, cameras, TINY.size)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "rig.json").write_text(json.dumps(rig.to_dict()))
@@ -323,7 +323,8 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
     truths, runs, motions, rows = {}, [], {}, []
     # A still rig read as each prompted motion: the classifier's chance level on this rig's shape.
     still = classify(np.repeat(rest[None], duration, axis=0))
-    sphere = _addon("templates").framing_sphere(obj, rig) if videos is not None else None  # at rest: once
+    frame = _addon("snapshot").upright_frame(obj)
+    sphere = _addon("templates").framing_sphere(obj, rig, frame.rotation) if videos is not None else None  # once
     for motion in bench_rig.motions:
         if bench_rig.creature is not None:
             action = key_truth(bpy, obj, bench_rig, motion, FRAMES, _addon("action").write_action)
@@ -336,7 +337,7 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
             video_path = Path(_folder(bench_rig)) / video_name(motion, seed)
             if videos is not None:
                 seconds = None
-                action = replay(bpy, obj, rig, sphere, videos / "videos" / video_path, text)
+                action = replay(bpy, obj, rig, sphere, videos / "videos" / video_path, text, frame.rotation)
             else:
                 try:
                     seconds = animate(bpy, obj, text, seed=seed, steps=steps, duration=duration)
