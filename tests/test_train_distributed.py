@@ -103,16 +103,16 @@ def test_two_processes_share_each_batch_and_train_what_one_process_trains(datase
     vae = [[batch for stage, batch in rank["batches"] if stage == "vae"] for rank in ranks]
     assert len(vae[0]) == 2 and all(a != b for a, b in zip(*vae))
     # Process 1's deadline stopped both at the same step (or process 0 would wait for it forever).
-    (session,) = json.loads((out / "training.json").read_text())["sessions"]  # one record: written once
-    assert session["processes"] == 2 and not session["finished"]
-    assert session["steps"] == {"vae": 2, "joint": 3, "multiview": 1} and "deadline reached at step 1" in output
+    (run,) = train.recorded_runs(out)  # one record: written once
+    assert run["processes"] == 2 and not run["finished"]
+    assert run["steps"] == {"vae": 2, "joint": 3, "multiview": 1} and "deadline reached at step 1" in output
     # Files once: the main process writes; it encodes the dataset while the other waits for its cache.
     assert sorted(ranks[0]["wrote"]) == ["save_loss_plot", "save_tiny"] and ranks[1]["wrote"] == []
     assert output.count("latents: reusing") == 1
     assert ranks[0]["environment"] == ranks[1]["environment"] == MULTICAST_OFF  # NVLink multicast off
 
     train.main(argv + ["--resume"])  # the two processes' checkpoint resumes in one
-    resumed = json.loads((out / "training.json").read_text())["sessions"][1]
+    resumed = train.recorded_runs(out)[1]
     assert resumed["finished"] and resumed["processes"] == 1 and resumed["steps"] == {"joint": 3, "multiview": 2}
 
     # One process alone, from the same VAE, draws each step's whole batch: the two processes took its halves

@@ -1,6 +1,5 @@
 """Training the full preset's LoRA adapter on a stand-in Wan2.1, and training on `animax dataset` samples."""
 
-import json
 import re
 import shutil
 
@@ -51,7 +50,7 @@ def full_run(wan, dataset, tmp_path_factory):
     argv = ["run", "--preset", "full", "--wan", str(wan), "--dataset", str(dataset[0]), "--out", str(out),
             "--lora-rank", "4", *STEPS]
     train.main(argv + ["--deadline-min", "1e-9"])
-    first = json.loads((out / "training.json").read_text())["sessions"]
+    first = train.recorded_runs(out)
     train.main(argv + ["--resume"])
     return out, first
 
@@ -59,9 +58,9 @@ def full_run(wan, dataset, tmp_path_factory):
 def test_full_run_resumes_and_writes_an_adapter_of_lora_and_new_parameters(wan, full_run):
     out, first = full_run
     assert not first[0]["finished"] and first[0]["steps"] == {"joint": 1}
-    sessions = json.loads((out / "training.json").read_text())["sessions"]
-    assert len(sessions) == 2 and sessions[1]["finished"] and sessions[1]["steps"] == {"joint": 3, "multiview": 2}
-    assert sessions[1]["data"]["clips"] == 2 and (out / "loss.png").is_file()
+    runs = train.recorded_runs(out)
+    assert len(runs) == 2 and runs[1]["finished"] and runs[1]["steps"] == {"joint": 3, "multiview": 2}
+    assert runs[1]["data"]["clips"] == 2 and (out / "loss.png").is_file()
 
     pipe = load_full(wan, out / "adapter", dtype=torch.float32)
     assert pipe.transformer.peft_config["default"].r == 4
@@ -165,7 +164,7 @@ def test_tiny_trains_on_a_dataset_with_captions_added_to_the_text_cache(dataset,
     train.main(["text-cache", "--out", str(cache), "--dataset", str(tmp_path / "assets.npz")])
     assert TextCache(cache).prompts == ["the fox jumps"] + captions  # kept, then added
     train.main(argv)
-    record = json.loads((out / "training.json").read_text())["sessions"][-1]
+    record = train.recorded_runs(out)[-1]
     assert record["finished"] and record["data"]["source"] == str(tmp_path / "assets.npz")
     assert (record["data"]["clips"], record["data"]["size"], record["data"]["frames"]) == (2, 32, 5)
     assert record["steps"] == {"vae": 2, "joint": 3, "multiview": 2}
@@ -181,7 +180,7 @@ def test_tiny_keeps_a_trained_vae_and_reuses_its_cached_latents(dataset, tmp_pat
 
     second = tmp_path / "second"
     train.main(["run", "--out", str(second), "--vae-from", str(first / "model"), *base, "--deadline-min", "1e-9"])
-    record = json.loads((second / "training.json").read_text())["sessions"][-1]
+    record = train.recorded_runs(second)[-1]
     assert "vae" not in record["steps"] and "dataset" in record["seconds"]  # no VAE stage; the data was built
     kept = load_file(first / "model" / "vae" / "diffusion_pytorch_model.safetensors")
     saved = load_file(second / "model" / "vae" / "diffusion_pytorch_model.safetensors")
@@ -190,11 +189,11 @@ def test_tiny_keeps_a_trained_vae_and_reuses_its_cached_latents(dataset, tmp_pat
     capsys.readouterr()
     train.main(["run", "--out", str(second), "--vae-from", str(first / "model"), *base, "--resume"])
     assert "latents: reusing" in capsys.readouterr().out
-    record = json.loads((second / "training.json").read_text())["sessions"][-1]
+    record = train.recorded_runs(second)[-1]
     assert record["finished"] and "dataset" not in record["seconds"] and record["data"]["clips"] == 2
     joint_only = tmp_path / "joint-only"  # a stage of no steps is skipped, not trained with a schedule of 0
     train.main(["run", "--out", str(joint_only), "--vae-from", str(first / "model"), *base, "--multiview-steps", "0"])
-    record = json.loads((joint_only / "training.json").read_text())["sessions"][-1]
+    record = train.recorded_runs(joint_only)[-1]
     assert record["finished"] and record["steps"] == {"joint": 3}
     with pytest.raises(SystemExit, match="config.json is missing"):
         train.main(["run", "--out", str(tmp_path / "third"), "--vae-from", str(tmp_path), *base])
@@ -228,8 +227,7 @@ def test_tiny_trains_on_from_a_kept_transformer(dataset, kept_model, tmp_path):
     train.main(["run", "--out", str(further), *source, *base])
     trained = transformer_weights(further / "model")
     assert any(not torch.equal(kept[k], trained[k]) for k in kept)
-    assert json.loads((further / "training.json").read_text())["sessions"][-1]["steps"] == {"joint": 3,
-                                                                                           "multiview": 2}
+    assert train.recorded_runs(further)[-1]["steps"] == {"joint": 3, "multiview": 2}
     with pytest.raises(SystemExit, match="transformer.config.json is missing"):
         train.main(["run", "--out", str(tmp_path / "nowhere"), "--transformer-from", str(tmp_path), *base])
     narrow = build_tiny_pipeline()  # a model directory whose VAE has 4 latent channels
@@ -296,7 +294,7 @@ def test_tiny_trains_only_a_vae_when_the_diffusion_stages_have_no_steps(dataset,
     out = tmp_path / "vae-only"
     train.main(["run", "--dataset", str(path), "--out", str(out), "--vae-steps", "2", "--vae-batch", "2",
                 "--joint-steps", "0", "--multiview-steps", "0"])
-    record = json.loads((out / "training.json").read_text())["sessions"][-1]
+    record = train.recorded_runs(out)[-1]
     assert record["finished"] and record["steps"] == {"vae": 2}
     assert not (out / "latents.pt").exists()  # no diffusion stage, so no encoded dataset
     pipe = load_tiny(out / "model")

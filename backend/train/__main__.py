@@ -1,8 +1,9 @@
-"""``python -m backend.train``: the training recipes of both presets, resumable across sessions.
+"""``python -m backend.train``: training both presets, resumable after a stop.
 
     python -m backend.train text-cache [--dataset SAMPLES.npz]  # once, where MiniLM is installed
     python -m backend.train run --out runs/tiny [--dataset SAMPLES.npz] [--resume]  # vae -> joint -> multiview
     python -m backend.train run --preset full --wan WAN_DIR --dataset SAMPLES.npz --out runs/full [--resume]
+    python -m backend.train recipe backend/train/recipes/tiny.json --out runs/tiny  # the shipped model, stage by stage
 
 A tiny run writes ``OUT/model`` (a tiny-model directory that ``load_tiny`` reads); a full run writes
 ``OUT/adapter`` (an AnimaX adapter that ``load_full(WAN_DIR, OUT/adapter)`` reads). Both write
@@ -18,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -48,6 +51,7 @@ from backend.multi_gpu import turn_multicast_off
 
 from .latents import LatentSet, encode_samples, latent_stats, to_video
 from .loop import batch_part, save_loss_plot, train_stage
+from .recipe import RecipeError, changed_settings, load_recipe
 from .stages import POSE_WEIGHT, REST_TEMPLATE_PROBABILITY, TEXT_DROP, flow_loss, trainable_parameters, vae_loss
 from .text import TextCache, build_text_cache
 
@@ -112,7 +116,8 @@ def file_key(path: Path) -> dict:
 
 def cached_latents(out: Path, key: dict, device, encode) -> tuple[LatentSet, dict]:
     """``encode()``'s (latents, description of the data), kept in ``OUT/latents.pt`` under ``key``, so
-    that a resumed session skips building and encoding the dataset when nothing it depends on changed."""
+    that a resumed run skips building and encoding the dataset when nothing it depends on changed.
+    The file is replaced, never rewritten in place: a recipe's stages share it through hard links."""
     cache = out / "latents.pt"
     state = PartialState()
     with state.main_process_first():  # several processes: the main one encodes, the others load its cache
@@ -123,7 +128,9 @@ def cached_latents(out: Path, key: dict, device, encode) -> tuple[LatentSet, dic
                 return LatentSet(**saved.pop("latents")), saved["description"]
         data, description = encode()
         if state.is_main_process:
-            torch.save({"key": key, "latents": vars(data), "description": description}, cache)
+            partial = cache.with_suffix(".partial")
+            torch.save({"key": key, "latents": vars(data), "description": description}, partial)
+            partial.replace(cache)
         return data, description
 
 
@@ -167,7 +174,7 @@ def train_diffusion(transformer, data: LatentSet, args, out: Path, deadline: flo
 
     for name, steps, batch, lr in (("joint", args.joint_steps, args.batch, args.lr),
                                    ("multiview", args.multiview_steps, args.multiview_batch, args.multiview_lr)):
-        if not steps:  # e.g. stage joint alone, to be followed by stage multiview in a later session
+        if not steps:  # e.g. stage joint alone, to be followed by stage multiview in a later run
             continue
         params = trainable_parameters(transformer, name)
         began = time.time()
@@ -361,7 +368,21 @@ def with_preset_defaults(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def run_main(args) -> None:
+def process_state() -> PartialState:
+    """This process's state: alone, or one of the processes of `accelerate launch` / torchrun. The
+    first state fixes the device, so every command starts with this one."""
+    turn_multicast_off()  # before the process group starts
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)
+
+
+def recorded_runs(out: Path) -> list[dict]:
+    """The records of the runs into ``out`` (``OUT/training.json``), oldest first."""
+    log_file = Path(out) / "training.json"
+    return json.loads(log_file.read_text())["runs"] if log_file.is_file() else []
+
+
+def run_main(args) -> bool:
+    """``python -m backend.train run``; whether every stage finished (in every process)."""
     with_preset_defaults(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -369,9 +390,7 @@ def run_main(args) -> None:
         raise SystemExit(f"{out} holds checkpoints of an earlier run: pass --resume to continue it, "
                          "or choose another --out")
     deadline = time.time() + 60 * args.deadline_min if args.deadline_min else math.inf
-    turn_multicast_off()  # before the process group starts
-    # Alone, or one of the processes of `accelerate launch` / torchrun; the first state fixes the device.
-    state = PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)
+    state = process_state()
     trains_vae = args.preset == "tiny" and not args.vae_from
     for flag in ["batch", "multiview_batch"] + (["vae_batch"] if trains_vae else []):
         batch_part(getattr(args, flag), "--" + flag.replace("_", "-"))  # stop now, not after the dataset
@@ -383,17 +402,83 @@ def run_main(args) -> None:
     finished = (run_full if args.preset == "full" else run_tiny)(args, out, device, precision, deadline, record,
                                                                   losses)
     if not state.is_main_process:
-        return
+        return finished
     save_loss_plot(losses, out / "loss.png")
     record["finished"] = finished
     record["steps"] = {name: len(values) for name, values in losses.items()}
     record["final_loss"] = {name: float(np.mean(values[-100:])) for name, values in losses.items() if values}
-    log_file = out / "training.json"  # one entry per session, so resumed runs keep their history
-    sessions = json.loads(log_file.read_text())["sessions"] if log_file.is_file() else []
-    log_file.write_text(json.dumps({"sessions": sessions + [record]}, indent=2, default=str) + "\n")
+    runs = recorded_runs(out) + [record]  # one record per invocation, so a resumed run keeps its history
+    (out / "training.json").write_text(json.dumps({"runs": runs}, indent=2, default=str) + "\n")
     print(json.dumps({k: record[k] for k in ("seconds", "steps", "final_loss", "finished")}, indent=1))
     if not finished:
         print("not finished: run again with --resume to continue")
+    return finished
+
+
+def recipe_main(args, parser: argparse.ArgumentParser) -> bool:
+    """``python -m backend.train recipe``: each stage of the recipe as a ``run`` into ``OUT/<stage>``,
+    in order; a stage that finished is skipped and one that was stopped resumes, so the same command
+    continues a recipe that a deadline (or a crash) cut. ``OUT/model`` is the last stage's model."""
+    try:
+        recipe = load_recipe(args.recipe)
+    except RecipeError as exc:
+        raise SystemExit(str(exc)) from None
+    out = Path(args.out)
+    planned = []
+    for stage in recipe.stages:  # every stage's settings checked before the first trains
+        argv = stage.argv(out)
+        try:
+            settings = with_preset_defaults(parser.parse_args(argv))
+        except SystemExit:
+            raise SystemExit(f"{args.recipe}: stage {stage.name!r} does not parse as `python -m backend.train "
+                             f"{' '.join(argv)}` (above)") from None
+        if settings.command != "run":
+            raise SystemExit(f"{args.recipe}: stage {stage.name!r} must be a run")
+        planned.append((stage, argv, settings))
+    deadline = time.time() + 60 * args.deadline_min if args.deadline_min else math.inf
+    state = process_state()
+    trained_here = False  # as `run`, a stage started makes at least one step
+    for number, (stage, argv, settings) in enumerate(planned):
+        stage_out = out / stage.name
+        runs = recorded_runs(stage_out)
+        now = json.loads(json.dumps(vars(settings), default=str))
+        changed = changed_settings(runs[0]["settings"], now) if runs else []
+        if changed:
+            raise SystemExit(f"{stage_out} was trained with other settings ({', '.join(changed)}) than stage "
+                             f"{stage.name!r} of {args.recipe} gives: choose another --out, or delete {stage_out}")
+        if runs and runs[-1]["finished"]:
+            print(f"[{stage.name}] finished earlier: {stage_out / 'model'}", flush=True)
+            continue
+        if trained_here and time.time() > deadline:
+            print(f"deadline reached before stage {stage.name!r}: the same command continues", flush=True)
+            return False
+        encoded = [p for p in (out / s.name / "latents.pt" for s, _, _ in planned[:number]) if p.is_file()]
+        if state.is_main_process and encoded and not (stage_out / "latents.pt").exists():
+            stage_out.mkdir(parents=True, exist_ok=True)  # the data of an earlier stage, used if its key fits
+            try:
+                os.link(encoded[-1], stage_out / "latents.pt")
+            except OSError:  # another file system
+                shutil.copy2(encoded[-1], stage_out / "latents.pt")
+        state.wait_for_everyone()
+        settings.resume = any((stage_out / "checkpoints").glob("*/progress.json"))
+        settings.deadline_min = max(deadline - time.time(), 1e-3) / 60 if deadline < math.inf else 0.0
+        print(f"[{stage.name}] python -m backend.train {' '.join(argv)}" + (" --resume" if settings.resume else ""),
+              flush=True)
+        trained_here = True
+        if not run_main(settings):
+            print(f"stopped in stage {stage.name!r}: the same command continues it", flush=True)
+            return False
+    if state.is_main_process:
+        model = out / "model"
+        if model.exists():
+            shutil.rmtree(model)
+        shutil.copytree(out / recipe.stages[-1].name / "model", model)
+        lineage = {"recipe": str(args.recipe),
+                   "stages": [{"name": s.name, "runs": recorded_runs(out / s.name)} for s in recipe.stages]}
+        (model / "training.json").write_text(json.dumps(lineage, indent=2) + "\n")
+        print(f"recipe finished: {model}", flush=True)
+    state.wait_for_everyone()
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -455,17 +540,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of samples trained without their prompt, for prompt guidance")
     stages.add_argument("--pose-weight", type=float,
                         help="weight of the pose half of the flow loss against the RGB half (1: the plain loss)")
-    stages.add_argument("--compile", action="store_true",
+    stages.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="compile the transformer's blocks with torch.compile: faster steps on a GPU once a "
                              "compile of a minute or so is paid (benchmarks/tiny_training_gpu.py)")
     run.add_argument("--deadline-min", type=float, default=0.0,
                      help="checkpoint and stop after this many minutes (0: no limit); --resume continues")
+    recipe = sub.add_parser("recipe", help="train a model as its recipe file says, stage by stage (e.g. the shipped "
+                                           "one: backend/train/recipes/tiny.json)")
+    recipe.add_argument("recipe", type=Path, help="a recipe file (backend/train/recipe.py describes the format)")
+    recipe.add_argument("--out", type=Path, required=True,
+                        help="folder of the stages' runs (OUT/<stage>) and of the finished model (OUT/model)")
+    recipe.add_argument("--deadline-min", type=float, default=0.0,
+                        help="checkpoint and stop after this many minutes (0: no limit); the same command "
+                             "continues")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    {"text-cache": text_cache_main, "run": run_main}[args.command](args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "recipe":
+        recipe_main(args, parser)
+    else:
+        {"text-cache": text_cache_main, "run": run_main}[args.command](args)
 
 
 if __name__ == "__main__":

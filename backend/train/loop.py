@@ -59,7 +59,7 @@ def train_stage(
     """Run ``steps`` optimiser steps of ``loss_fn(model, step)``; returns (losses, finished).
 
     Resumes from ``checkpoint_dir`` when it holds this stage's state. Stops early (after saving) when
-    ``time.time()`` passes ``deadline``, so a run cut into several machine sessions loses nothing.
+    ``time.time()`` passes ``deadline``, so a run that is stopped and resumed loses nothing.
     """
     # One accelerator per stage: its saved state then holds exactly this stage's model and optimiser.
     # split_batches: the processes share each step's batch, so the schedule takes one step per step
@@ -128,8 +128,8 @@ def train_stage(
 
 
 def save_loss_plot(losses: dict[str, list[float]], path: Path) -> None:
-    """One panel per stage: the raw loss and its 100-step moving average, log scale. A session that
-    trained no step writes none (and keeps an earlier session's plot)."""
+    """One panel per stage: the raw loss and its 100-step moving average, log scale. A run that
+    trained no step writes none (and keeps the plot of the run it resumed)."""
     stages = [s for s in losses if losses[s]]
     if not stages:
         return
