@@ -12,7 +12,9 @@ from animax_addon.core.protocol import ErrorCode, Limits, Message, MessageType, 
 from backend.model.presets import TINY, build_tiny_pipeline
 from backend.worker.broker import Broker
 from backend.worker.server import Worker, preset_body
-from test_worker import cancel_once_running, held_submits, one_client_cannot_fill_the_queue, submit, until
+from test_worker import (
+    cancel_once_running, empty_frame_floods_beside_a_job, held_submits, one_client_cannot_fill_the_queue, submit, until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +161,10 @@ def test_sixteen_clients_two_workers_fair_bounded(make_broker):
 
 def test_broker_caps_each_client_and_still_admits_another(make_broker):
     one_client_cannot_fill_the_queue(make_broker(queue_size=4).address)
+
+
+def test_broker_refuses_empty_frame_floods_and_a_running_job_completes(make_broker):
+    empty_frame_floods_beside_a_job(make_broker())
 
 
 def test_vanished_client_jobs_are_cancelled_by_broker(make_broker):

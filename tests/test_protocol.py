@@ -8,6 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
+import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +19,7 @@ from animax_addon.core.protocol import (
     Message,
     MessageType,
     ProtocolError,
+    Receiver,
     array_blob,
     blob_array,
     blob_png,
@@ -157,6 +159,51 @@ def test_default_limits():
 def test_socket_frame_limit_is_the_largest_frame_decode_accepts():
     assert Limits().max_part_bytes == 16 * 2**20
     assert Limits(max_header_bytes=2**20, max_frame_bytes=1000).max_part_bytes == 2**20
+
+
+@pytest.fixture
+def socket_pair():
+    """Two connected PAIR sockets: what one sends, the other's ``Receiver`` reads."""
+    context = zmq.Context.instance()
+    sender, receiver = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    address = f"inproc://receiver-{id(sender)}"
+    receiver.bind(address)
+    sender.connect(address)
+    yield sender, receiver
+    sender.close(0)
+    receiver.close(0)
+
+
+def receive_all(receiver: Receiver, budget=4096):
+    """``receive`` called until a message is complete: (the calls it took, the message)."""
+    for calls in range(1, 1000):
+        if (received := receiver.receive(budget)) is not None:
+            return calls, received
+    raise AssertionError("no message")
+
+
+def test_receiver_drops_a_message_of_too_many_frames_unkept(socket_pair):
+    sender, socket = socket_pair
+    receiver = Receiver(socket, Limits(max_frames=4), route=1)  # as on a ROUTER: an identity first
+    heartbeat = encode(Message(MessageType.HEARTBEAT))
+    sender.send_multipart([b"peer", *[b""] * 1000])
+    sender.send_multipart([b"peer", *heartbeat])
+    calls, (route, refused) = receive_all(receiver, budget=100)
+    assert calls == 11 and route == [b"peer"]  # 1001 frames read over several calls, 100 at a time
+    assert isinstance(refused, ProtocolError) and refused.code is ErrorCode.TOO_LARGE
+    assert "1000 frames, more than the limit of 4" in refused.sentence
+    assert receiver.receive() == ([b"peer"], Message(MessageType.HEARTBEAT))  # the next message is whole
+    assert receiver.receive() is None and receiver._frames == []
+
+
+def test_receiver_stops_keeping_frames_past_the_byte_limit(socket_pair):
+    sender, socket = socket_pair
+    receiver = Receiver(socket, Limits(max_total_bytes=100))
+    sender.send_multipart([b"{}", *[b"x" * 60] * 3])
+    _, (_, refused) = receive_all(receiver, budget=2)
+    assert refused.code is ErrorCode.TOO_LARGE and "182 bytes, more than the limit of 100" in refused.sentence
+    sender.send_multipart([b"{not json"])
+    assert receiver.receive()[1].code is ErrorCode.BAD_JSON  # decode's own errors, as values too
 
 
 def test_encode_refuses_what_the_peer_would_refuse():

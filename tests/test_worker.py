@@ -3,6 +3,8 @@
 import gc
 import json
 import struct
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 import time
@@ -289,6 +291,53 @@ def one_client_cannot_fill_the_queue(address: str) -> None:
         for client, job in ((b, "b1"), (a, "a1"), (a, "a0")):
             client.cancel(job)
             until(client, job, MessageType.CANCELLED)
+
+
+# Another process (a thread here would share the GIL with the service): three messages of a
+# million empty frames each, then the header of each answer, one a line.
+FLOOD = """
+import sys, zmq
+sock = zmq.Context.instance().socket(zmq.DEALER)
+sock.connect(sys.argv[1])
+for _ in range(3):
+    sock.send_multipart([b""] * 1_000_000)
+for _ in range(3):
+    assert sock.poll(120_000), "no answer"
+    print(sock.recv_multipart()[0].decode(), flush=True)
+"""
+
+
+def empty_frame_floods_beside_a_job(service) -> None:
+    """At a worker or a broker (``service``): three messages of a million empty frames each, sent
+    while an honest client's job runs, are each refused with too_large, and the job completes.
+    Reading them takes seconds, but between their frames the network thread goes on beating (the
+    client gives up after 3 s without a word) and does not count the client's silence meanwhile."""
+    states = []
+
+    def flood():
+        states.append(subprocess.run([sys.executable, "-c", FLOOD, service.address], capture_output=True,
+                                     timeout=300, text=True))
+        states.append(service.job_states()[job])
+
+    with Client(service.address, liveness_s=3) as client:
+        job = submit(client, steps=200)
+        until(client, job, MessageType.PROGRESS)
+        thread = threading.Thread(target=flood)
+        thread.start()
+        try:
+            assert until(client, job, MessageType.RESULT)
+        finally:
+            thread.join(300)
+    flooder, state = states
+    assert flooder.returncode == 0, flooder.stderr
+    refusals = [decode([line.encode()]) for line in flooder.stdout.splitlines()]
+    assert [(m.type, m.body["code"]) for m in refusals] == [(MessageType.ERROR, "too_large")] * 3
+    assert "1000000 frames, more than the limit of 1024" in refusals[0].body["message"]
+    assert state == "running"  # the floods came and went while the job ran
+
+
+def test_empty_frame_floods_are_refused_and_a_running_job_completes(worker):
+    empty_frame_floods_beside_a_job(worker)
 
 
 def test_one_client_cannot_fill_the_queue(make_worker):

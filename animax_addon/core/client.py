@@ -6,7 +6,8 @@ Liveness is Paranoid Pirate style: while waiting for a job the client sends a HE
 come from the worker for ``liveness_s``.
 
 Results are checked before anyone decodes them: the socket drops frames over the protocol's frame
-limit unread (ZMQ_MAXMSGSIZE), and ``events`` refuses a RESULT whose video PNGs do not declare,
+limit unread (ZMQ_MAXMSGSIZE), messages of too many frames are read without being kept
+(``Receiver``), and ``events`` refuses a RESULT whose video PNGs do not declare,
 in their headers, the submitted views x frames at the templates' size.
 
 A remote worker or broker speaks CurveZMQ: pass ``server_public_key`` (its ``NAME.key`` file, or
@@ -26,7 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .protocol import (
-    ErrorCode, Limits, Message, MessageType, ProtocolError, blob_array, blob_png, decode, encode, png_blob,
+    ErrorCode, Limits, Message, MessageType, ProtocolError, Receiver, blob_array, blob_png, encode, png_blob,
     png_size,
 )
 
@@ -51,6 +52,7 @@ class Client:
         self.heartbeat_s = heartbeat_s
         self.liveness_s = timeout_s if liveness_s is None else liveness_s
         self._socket = None
+        self._receiver: Receiver | None = None
         self._inbox: dict[str | None, deque[Message]] = {}
         self._expected: dict[str, tuple[int, int, int, int]] = {}  # job: (views, frames, width, height)
         self._ids = itertools.count(1)
@@ -67,6 +69,7 @@ class Client:
             if self._curve is not None:
                 self._socket.curve_serverkey, self._socket.curve_publickey, self._socket.curve_secretkey = self._curve
             self._socket.connect(self.address)
+            self._receiver = Receiver(self._socket)
         return self._socket
 
     def _reset(self) -> None:
@@ -91,7 +94,12 @@ class Client:
         sock = self._sock()
         if not sock.poll(max(0, int(timeout_s * 1000))):
             return None
-        return decode(sock.recv_multipart())
+        received = self._receiver.receive(budget=None)  # to the message's end: ZeroMQ delivers it whole
+        if received is None:
+            return None
+        if isinstance(received[1], ProtocolError):
+            raise received[1]
+        return received[1]
 
     def _unavailable(self, what: str) -> WorkerUnavailable:
         self._reset()  # Paranoid Pirate: a fresh socket next time, nothing stale queued in it

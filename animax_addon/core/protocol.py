@@ -14,6 +14,8 @@ version, the type, the job id and the type's body schema, and raises ``ProtocolE
 a human sentence) for anything else. It never decodes images or arrays: ``blob_png`` and
 ``blob_array`` do that, with their own size checks, when the receiver needs the pixels or values.
 ``encode`` runs the same checks, so a sender cannot build a message its peer would refuse.
+``Receiver`` reads a socket's messages one frame at a time and refuses those with too many
+frames or bytes without keeping them.
 """
 
 from __future__ import annotations
@@ -219,8 +221,7 @@ def _check_frames(frames: Any, limits: Limits) -> list[bytes]:
     if not isinstance(frames, (list, tuple)) or not frames:
         raise ProtocolError(ErrorCode.BAD_FRAME, "A message must be a non-empty list of byte frames.")
     if len(frames) > limits.max_frames:
-        raise ProtocolError(ErrorCode.TOO_LARGE, f"The message has {len(frames)} frames, more than the "
-                            f"limit of {limits.max_frames}; send fewer frames or views.")
+        raise _too_many_frames(len(frames), limits)
     total = 0
     for i, frame in enumerate(frames):
         if not isinstance(frame, (bytes, bytearray, memoryview)):
@@ -233,13 +234,84 @@ def _check_frames(frames: Any, limits: Limits) -> list[bytes]:
                                 f"{limit}; use a smaller rig, image size or frame count.")
         total += size
     if total > limits.max_total_bytes:
-        raise ProtocolError(ErrorCode.TOO_LARGE, f"The message has {total} bytes, more than the limit of "
-                            f"{limits.max_total_bytes}; use a smaller image size or frame count.")
+        raise _too_many_bytes(total, limits)
     return [bytes(frame) for frame in frames]
+
+
+def _too_many_frames(count: int, limits: Limits) -> ProtocolError:
+    return ProtocolError(ErrorCode.TOO_LARGE, f"The message has {count} frames, more than the limit of "
+                         f"{limits.max_frames}; send fewer frames or views.")
+
+
+def _too_many_bytes(total: int, limits: Limits) -> ProtocolError:
+    return ProtocolError(ErrorCode.TOO_LARGE, f"The message has {total} bytes, more than the limit of "
+                         f"{limits.max_total_bytes}; use a smaller image size or frame count.")
 
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
+
+
+class Receiver:
+    """The messages arriving on one pyzmq socket, read one frame at a time.
+
+    libzmq bounds a frame's size (ZMQ_MAXMSGSIZE) but not a message's frame count, and reading a
+    message of a million empty frames takes about a second however it is done. So frames past
+    ``limits.max_frames`` or ``limits.max_total_bytes`` are read and dropped, never kept, and
+    ``receive`` reads at most ``budget`` frames a call: a long message takes many calls, and the
+    caller's loop (heartbeats, replies to others) runs between them. ``route`` is the number of
+    frames the socket puts before the message (1: a ROUTER's peer identity).
+    """
+
+    def __init__(self, socket, limits: Limits = Limits(), route: int = 0) -> None:
+        self.socket, self.limits, self.route = socket, limits, route
+        self._frames: list[bytes] = []  # of the message being read, while within the limits
+        self._count = self._bytes = 0
+
+    @property
+    def reading(self) -> bool:
+        """Whether a message has been read in part: until it ends, the messages of every other
+        peer wait behind it, so their silence says nothing about them."""
+        return self._count > 0
+
+    def receive(self, budget: int | None = 4096) -> tuple[list[bytes], Message | ProtocolError] | None:
+        """The next message as (its ``route`` frames, the decoded message or the ``ProtocolError``
+        that refuses it); None when none is waiting, or when ``budget`` frames were read and the
+        message goes on (``None``: read it to its end). The default budget holds any message
+        within the default limits."""
+        import zmq  # only here: the module imports without pyzmq
+
+        keep_frames = self.route + self.limits.max_frames
+        read = 0
+        while budget is None or read < budget:
+            try:
+                frame = self.socket.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return None
+            read += 1
+            self._count += 1
+            if self._count > self.route:
+                self._bytes += len(frame)
+            if self._count <= keep_frames and self._bytes <= self.limits.max_total_bytes:
+                self._frames.append(frame.bytes)
+            else:
+                del self._frames[self.route:]  # refused whatever follows: free what was kept
+            if not frame.more:
+                return self._finish()
+        return None
+
+    def _finish(self) -> tuple[list[bytes], Message | ProtocolError]:
+        route, frames = self._frames[:self.route], self._frames[self.route:]
+        count, total = self._count - self.route, self._bytes
+        self._frames, self._count, self._bytes = [], 0, 0
+        if count > self.limits.max_frames:
+            return route, _too_many_frames(count, self.limits)
+        if total > self.limits.max_total_bytes:
+            return route, _too_many_bytes(total, self.limits)
+        try:
+            return route, decode(frames, self.limits)
+        except ProtocolError as exc:
+            return route, exc
 
 
 # --- body schemas ----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import zmq
 
 from animax_addon.core.client import DEFAULT_ADDRESS
 from animax_addon.core.protocol import (
-    PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, error_message,
+    PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, Receiver, encode, error_message,
 )
 from backend.arguments import ArgumentParser, curve_files_problem, number, zmq_address
 
@@ -94,6 +94,7 @@ class Broker:
         self._backend.bind(backend)
         self.address = self._frontend.getsockopt_string(zmq.LAST_ENDPOINT)
         self.backend = self._backend.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._receivers = {socket: Receiver(socket, limits, route=1) for socket in (self._frontend, self._backend)}
         self._jobs: dict[tuple[bytes, str], _Job] = {}  # queued and running, by (client identity, job id)
         self._finished = History()
         self._wire: dict[str, _Job] = {}  # running jobs by the id their worker knows
@@ -133,12 +134,12 @@ class Broker:
                 with self._lock:
                     for socket, handle in ((self._backend, self._from_worker), (self._frontend, self._from_client)):
                         if socket in events:
-                            for _ in range(100):  # bounded: the other socket gets its turn
-                                try:
-                                    frames = socket.recv_multipart(zmq.NOBLOCK)
-                                except zmq.Again:
+                            for _ in range(100):  # bounded: the other socket and heartbeats get their turn
+                                received = self._receivers[socket].receive()
+                                if received is None:  # none waiting, or a long message to go on with next time
                                     break
-                                handle(frames[0], frames[1:])
+                                route, message = received
+                                handle(route[0], message)
                     now = time.monotonic()
                     if now >= next_beat:
                         next_beat = now + self.heartbeat_s
@@ -163,12 +164,10 @@ class Broker:
         self._backend.send_multipart([worker, *encode(message, self.limits)])
 
     # --- clients ---------------------------------------------------------------------------------
-    def _from_client(self, client: bytes, frames: list[bytes]) -> None:
+    def _from_client(self, client: bytes, message: Message | ProtocolError) -> None:
         self._client_seen[client] = time.monotonic()
-        try:
-            message = decode(frames, self.limits)
-        except ProtocolError as exc:
-            self._to_client(client, error_message(exc.code, exc.sentence))
+        if isinstance(message, ProtocolError):
+            self._to_client(client, error_message(message.code, message.sentence))
             return
         kind = message.type
         if kind == MessageType.HELLO:
@@ -209,12 +208,10 @@ class Broker:
             self._to_worker(job.worker, Message(MessageType.CANCEL, job.wire))
 
     # --- workers ---------------------------------------------------------------------------------
-    def _from_worker(self, identity: bytes, frames: list[bytes]) -> None:
+    def _from_worker(self, identity: bytes, message: Message | ProtocolError) -> None:
         # Never answer a worker's message with an error: its reply would come back, and so on.
-        try:
-            message = decode(frames, self.limits)
-        except ProtocolError as exc:
-            log.warning("dropped a malformed message from a worker: %s", exc.sentence)
+        if isinstance(message, ProtocolError):
+            log.warning("dropped a malformed message from a worker: %s", message.sentence)
             return
         now = time.monotonic()
         worker = self._workers.get(identity)
@@ -288,8 +285,11 @@ class Broker:
 
     # --- liveness ----------------------------------------------------------------------------------
     def _heartbeats(self, now: float) -> None:
+        # While a long message is read on a socket, every other peer's messages on it wait behind
+        # it: no silence there counts.
+        deaf_to_workers, deaf_to_clients = (self._receivers[s].reading for s in (self._backend, self._frontend))
         for worker in list(self._workers.values()):
-            if now - worker.last_seen > self.worker_liveness_s:
+            if not deaf_to_workers and now - worker.last_seen > self.worker_liveness_s:
                 log.warning("worker %s stopped answering; dropping it", worker.identity.hex())
                 del self._workers[worker.identity]
                 if worker.job is not None:
@@ -300,7 +300,7 @@ class Broker:
         for job in self._jobs.values():
             active.setdefault(job.client, []).append(job.id)
         for client, jobs in active.items():
-            if now - self._client_seen.get(client, now) > self.liveness_s:
+            if not deaf_to_clients and now - self._client_seen.get(client, now) > self.liveness_s:
                 for job_id in jobs:
                     self._cancel(client, job_id, reason="the client stopped answering")
             else:

@@ -35,7 +35,7 @@ import zmq
 from animax_addon.core.cameras import AZIMUTHS_DEG
 from animax_addon.core.client import DEFAULT_ADDRESS
 from animax_addon.core.protocol import (
-    PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, error_message,
+    PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, Receiver, encode, error_message,
 )
 from backend.arguments import ArgumentParser, curve_files_problem, number, output_folder, zmq_address
 from backend.model import FULL, MODEL_FPS, TINY, Preset
@@ -103,6 +103,7 @@ class Worker:
                 self._auth = curve_server(self._context, [self._socket], curve_secret, allow)
             self._socket.bind(address)
             self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+            self._receiver = Receiver(self._socket, limits, route=1)
         else:
             self._socket = self._connect_broker()
             self.address = broker
@@ -130,6 +131,7 @@ class Worker:
         socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_part_bytes)
         socket.connect(self.broker)
         socket.send_multipart(encode(Message(MessageType.READY, None, self._welcome_body())))
+        self._receiver = Receiver(socket, self.limits)
         return socket
 
     # --- public ----------------------------------------------------------------------------------
@@ -160,18 +162,19 @@ class Worker:
                     while self._wake.poll(0):
                         self._wake.recv()
                 if self._socket in events:
-                    for _ in range(100):  # bounded: outgoing messages get their turn
-                        try:
-                            frames = self._socket.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
+                    for _ in range(100):  # bounded: outgoing messages and heartbeats get their turn
+                        received = self._receiver.receive()
+                        if received is None:  # none waiting, or a long message to go on with next time
                             break
-                        self._receive(frames if self.broker is None else [BROKER, *frames])
+                        route, message = received
+                        self._receive(route[0] if route else BROKER, message)
                 self._flush_outbox()
                 now = time.monotonic()
                 if now >= next_beat:
                     next_beat = now + self.heartbeat_s
                     self._heartbeats(now)
-                    if self.broker is not None and now - self._last_seen[BROKER] > BROKER_LIVENESS * self.heartbeat_s:
+                    if self.broker is not None and not self._receiver.reading \
+                            and now - self._last_seen[BROKER] > BROKER_LIVENESS * self.heartbeat_s:
                         self._reconnect_broker(poller)
         finally:
             self.stop()
@@ -221,13 +224,10 @@ class Worker:
                 return
             self._send(identity, message)
 
-    def _receive(self, frames: list[bytes]) -> None:
-        identity, frames = frames[0], frames[1:]
+    def _receive(self, identity: bytes, message: Message | ProtocolError) -> None:
         self._last_seen[identity] = time.monotonic()
-        try:
-            message = decode(frames, self.limits)
-        except ProtocolError as exc:
-            self._send(identity, error_message(exc.code, exc.sentence))
+        if isinstance(message, ProtocolError):
+            self._send(identity, error_message(message.code, message.sentence))
             return
         kind = message.type
         if kind == MessageType.HELLO:
@@ -276,8 +276,10 @@ class Worker:
             active: dict[bytes, list[str]] = {BROKER: []} if self.broker is not None else {}
             for job in self._jobs.values():
                 active.setdefault(job.client, []).append(job.id)
+        # While a long message is read, every other peer's messages wait behind it: no silence counts.
+        deaf = self._receiver.reading
         for identity, jobs in active.items():
-            if now - self._last_seen.get(identity, now) > self.liveness_s:
+            if not deaf and now - self._last_seen.get(identity, now) > self.liveness_s:
                 for job_id in jobs:
                     self._cancel(identity, job_id, reason="the client stopped answering")
             else:
