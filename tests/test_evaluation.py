@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.data.motions import KEYWORDS, MOTIONS, play, sample_clip, sample_creature
+from backend.data.motions import MOTIONS, play, sample_clip, sample_creature
 from backend.data.rig_world import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES
 from backend.data.variety import varied_rest
 from backend.evaluation.classifier import clip_features, predict, sample_clips, train_classifier
@@ -27,7 +27,6 @@ from backend.evaluation.evaluate import (
     vae_oracle_generator,
 )
 from backend.evaluation.features import motion_features
-from backend.evaluation.prompt_effect import prompt_effect
 from backend.evaluation.gifs import write_gif
 
 
@@ -232,21 +231,6 @@ def test_2d_placement_counts_joints_near_and_far_from_their_true_projection():
     assert placed == pytest.approx(len(range(1, frames, 2)) / frames / 4)
 
 
-def test_training_data_split_draws_the_training_sets_own_clips_and_both_means_the_held_out_ones():
-    from backend.data.dataset import build_samples
-
-    seed, count = 4, 3
-    samples = build_samples(count, seed)
-    items = draw_items(count, seed, "training-data")
-    assert [item.prompt for item in items] == list(samples.prompts)
-    for i, item in enumerate(items):
-        assert np.array_equal(item.pose_truth, samples.pose[i]) and np.array_equal(item.rgb_templates, samples.rgb_rest[i])
-    new_proportions = draw_items(count, seed, "heldout-proportions")  # the same families, other clips
-    assert not any(np.array_equal(a.pose_truth, b.pose_truth) for a in items for b in new_proportions)
-    assert splits_of(_parse_eval()) == ["heldout-families", "heldout-proportions"]
-    assert splits_of(_parse_eval("--split", "training-data")) == ["training-data"]
-
-
 @pytest.mark.parametrize("split", ["heldout-families", "heldout-proportions"])
 def test_held_out_splits_still_draw_the_clips_earlier_models_were_scored_on(split):
     # Earlier models were scored on these clips: adding splits must not change them.
@@ -278,7 +262,7 @@ def test_eval_arguments_default_to_the_shipped_model_and_refuse_nonsense(capsys)
     args = _parse_eval()
     assert (Path(args.model) / "animax.json").is_file()
     assert args.split == "both" and args.count == DEFAULT_COUNT and args.steps is None
-    assert args.classifier_families == "all"
+    assert splits_of(args) == ["heldout-families", "heldout-proportions"]
     with pytest.raises(SystemExit):
         _parse_eval("--count", "0")
     assert "--count: must be at least 1, got 0" in capsys.readouterr().err
@@ -288,28 +272,6 @@ def test_eval_names_a_model_directory_it_cannot_load(tmp_path):
     args = _parse_eval("--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
     with pytest.raises(EvalError, match="nowhere.*--model takes a tiny model directory"):
         eval_command(args)
-
-
-def test_prompt_effect_separates_what_the_prompt_moves_from_what_the_seed_moves():
-    items = draw_items(2, 0, "heldout-proportions")
-    own = {item.clip.prompt for item in items}
-
-    def reversing(flip):  # a stand-in model: the true motion, played backwards where flip(seed, prompt)
-        return lambda seed: lambda item: item.pose_truth[:, ::-1] if flip(seed, item.prompt) else item.pose_truth
-
-    seed_only = prompt_effect(reversing(lambda seed, prompt: seed == 1), items)
-    assert seed_only["across_prompts"] == 0 and seed_only["across_seeds"] > 0.01 and seed_only["ratio"] == 0
-    prompt_only = prompt_effect(reversing(lambda seed, prompt: prompt not in own), items)
-    assert prompt_only["across_seeds"] == 0 and prompt_only["across_prompts"] > 0.01
-    assert prompt_only["ratio"] is None  # no spread across seeds to compare with
-    for item, row in zip(items, prompt_only["rows"]):
-        assert row["prompts"][0] == item.clip.prompt and len(row["prompts"]) == 3
-        assert not any(stem in text for text in row["prompts"][1:] for stem in KEYWORDS[item.clip.motion])
-
-
-def test_prompt_effect_is_for_models_only(tmp_path):
-    with pytest.raises(EvalError, match="--prompt-effect measures a model"):
-        eval_command(_parse_eval("--oracle", "--prompt-effect", "--out", str(tmp_path)))
 
 
 def test_saved_videos_score_again_as_they_scored_when_made(tmp_path):
@@ -326,7 +288,7 @@ def test_saved_videos_score_again_as_they_scored_when_made(tmp_path):
     assert sum(f["clips"] for f in families.values()) == 2
     assert sum(sum(f["predicted"].values()) for f in families.values()) == 2
     assert again["generator"] == f"oracle through the VAE, saved in {saved}"
-    assert again["model"] == first["model"] and again["classifier_families"] == "all"
+    assert again["model"] == first["model"]
     # The VAE's round trip changes the videos: what was scored again is what was saved, not the truth.
     truth = evaluate(oracle_generator, 2, 0, "heldout-families", train_classifier(seed=0, count=50))
     assert [row["reprojection_px"] for row in truth.clips] != [row["reprojection_px"] for row in

@@ -5,11 +5,8 @@ The splits live here, light to import, so the command line can list them without
 
 from backend.data.rig_world import HELDOUT_FAMILIES, TRAIN_FAMILIES
 
-SPLITS = {"heldout-families": HELDOUT_FAMILIES, "heldout-proportions": TRAIN_FAMILIES, "heldout-rests": TRAIN_FAMILIES,
-          "training-data": TRAIN_FAMILIES}
+SPLITS = {"heldout-families": HELDOUT_FAMILIES, "heldout-proportions": TRAIN_FAMILIES, "heldout-rests": TRAIN_FAMILIES}
 """Families never trained on; the training families drawn from another seed range (new proportions);
-the same, each modelled in another rest pose (a frame of one of its motions, a rest no training
-clip has); and the procedural training set's
-own first clips (for ``--seed``, without variety): how well a model reproduces what it was trained
-on, against which the held-out splits measure generalisation."""
+and the same, each modelled in another rest pose (a frame of one of its motions, a rest no training
+clip has)."""
 HELDOUT_SPLITS = ("heldout-families", "heldout-proportions")

@@ -19,8 +19,6 @@ from backend.data.rig_world import FAMILIES, TRAIN_FAMILIES
 from .features import motion_features
 
 FRAMES = 17  # the tiny preset's clip length
-CLASSIFIER_FAMILIES = {"all": tuple(FAMILIES), "training": TRAIN_FAMILIES}
-"""The families a classifier may learn from (``--classifier-families``)."""
 
 
 NOISE = 0.02
@@ -50,7 +48,7 @@ def sample_clips(count: int, seed: int, families=TRAIN_FAMILIES, frames: int = F
     return [sample_clip(np.random.default_rng(s), frames, families) for s in seeds]
 
 
-def train_classifier(seed: int = 0, count: int = 2000, families=CLASSIFIER_FAMILIES["all"],
+def train_classifier(seed: int = 0, count: int = 2000, families=tuple(FAMILIES),
                      frames: int = FRAMES) -> RandomForestClassifier:
     """A classifier fitted to ``count`` ground-truth clips of ``families`` (seeded, deterministic).
 

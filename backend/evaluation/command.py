@@ -54,9 +54,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processes that reconstruct and score the clips (default 1)")
     parser.add_argument("--split", choices=[*SPLITS, "both"], default="both",
                         help="both: the two held-out splits, families and proportions (default); "
-                             "heldout-rests: the training families modelled in other rest poses; training-data: "
-                             "the first clips the procedural training set of --seed draws, for a model trained "
-                             "without variety")
+                             "heldout-rests: the training families modelled in other rest poses")
     parser.add_argument("--out", type=output_folder, default="eval_out",
                         help="folder for the results JSON and the GIFs (default eval_out)")
     parser.add_argument("--results", help="name of the results JSON in --out (default results_model.json or "
@@ -67,17 +65,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                              "`--oracle vae`: after a round trip through the --model's VAE (the VAE's ceiling)")
     parser.add_argument("--classifier-clips", type=number(minimum=50), default=2000,
                         help="ground-truth clips the action classifier learns from (default 2000)")
-    parser.add_argument("--classifier-families", choices=("all", "training"), default="all",
-                        help="families of those clips: all (default; the held-out ones too: the classifier "
-                             "measures, the model never sees them) or the training families alone")
     parser.add_argument("--save-videos", metavar="DIR", type=output_folder,
                         help="keep each clip's generated pose-map videos in DIR, to score them again with --videos")
     parser.add_argument("--videos", metavar="DIR",
                         help="score the videos that --save-videos kept in DIR instead of generating (no model runs; "
                              "the same --seed, and --count at most what was saved)")
-    parser.add_argument("--prompt-effect", action="store_true",
-                        help="instead of scoring: how far the prompt moves the model's motion against how far "
-                             "the seed does, on --count clips a split (3 prompts x 2 seeds each)")
 
 
 def splits_of(args) -> list[str]:
@@ -93,31 +85,10 @@ def _write_report(args, report: dict, default_name: str) -> Path:
     return path
 
 
-def _prompt_effect(args, make_generator) -> None:
-    from .evaluate import draw_items
-    from .prompt_effect import prompt_effect
-
-    report = {"model": str(args.model), "seed": args.seed, "splits": {}}
-    for split in splits_of(args):
-        report["splits"][split] = prompt_effect(make_generator, draw_items(args.count, args.seed, split),
-                                                log=lambda line, s=split: print(f"[{s}] {line}", flush=True))
-    path = _write_report(args, report, "results_prompt_effect.json")
-    for split, r in report["splits"].items():
-        ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        print(f"{split}: across prompts {r['across_prompts']:.3f}, across seeds {r['across_seeds']:.3f} rig radii "
-              f"(ratio {ratio}, {r['clips']} clips)")
-    print(f"wrote {path}")
-
-
 def _check_arguments(args) -> None:
     """Refuse at once what would fail only after the model and the classifier have loaded (a minute)."""
-    if args.prompt_effect and args.oracle:
-        raise EvalError("--prompt-effect measures a model: the oracle's pose maps do not depend on the prompt")
-    if args.videos and (args.oracle or args.prompt_effect or args.save_videos):
-        raise EvalError("--videos scores saved videos: it goes with neither --oracle, --prompt-effect nor "
-                        "--save-videos")
-    if args.save_videos and args.prompt_effect:
-        raise EvalError("--save-videos keeps the videos of the clips it scores; --prompt-effect scores none")
+    if args.videos and (args.oracle or args.save_videos):
+        raise EvalError("--videos scores saved videos: it goes with neither --oracle nor --save-videos")
     if args.videos and not Path(args.videos).is_dir():
         raise EvalError(f"--videos folder not found: {args.videos}; give the folder that --save-videos wrote")
     if not args.videos and args.oracle != "truth" and not Path(args.model).is_dir():
@@ -166,34 +137,27 @@ def _generator(args):
                  generator=f"model ({steps} {args.sampler} steps, guidance {guidance:g}, prompt guidance "
                            f"{text_guidance:g}" + (f", guided until {args.guidance_end:.0%})"
                                                    if args.guidance_end < 1 else ")"))
-    make = lambda seed: model_generator(pipeline, steps, guidance, seed, text_guidance,  # noqa: E731
-                                        args.guidance_end, embed)
-    return (make if args.prompt_effect else make(args.seed)), about
+    return model_generator(pipeline, steps, guidance, args.seed, text_guidance, args.guidance_end, embed), about
 
 
 def eval_command(args) -> None:
     _check_arguments(args)
-    from .classifier import CLASSIFIER_FAMILIES, train_classifier
+    from .classifier import train_classifier
     from .evaluate import SavedVideosMissing, evaluate, saving_generator, scoring_pool
     from .gifs import write_gif
 
     generate, about = _generator(args)
-    if args.prompt_effect:
-        _prompt_effect(args, generate)
-        return
     if args.save_videos:
         generate = saving_generator(generate, args.save_videos, about)
-    print(f"training the action classifier on {args.classifier_clips} ground-truth clips of "
-          f"{args.classifier_families} families", flush=True)
-    classifier = train_classifier(args.seed, args.classifier_clips, CLASSIFIER_FAMILIES[args.classifier_families])
+    print(f"training the action classifier on {args.classifier_clips} ground-truth clips", flush=True)
+    classifier = train_classifier(args.seed, args.classifier_clips)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     splits = splits_of(args)
     name, kind = about["generator"], about["kind"]
     report = {**{key: about[key] for key in ("generator", "model", "steps", "guidance", "text_guidance",
                                              "sampler", "guidance_end")},
-              "seed": args.seed, "classifier_clips": args.classifier_clips,
-              "classifier_families": args.classifier_families, "splits": {}}
+              "seed": args.seed, "classifier_clips": args.classifier_clips, "splits": {}}
     with scoring_pool(args.processes, classifier) if args.processes > 1 else nullcontext() as pool:
         for split in splits:
             try:

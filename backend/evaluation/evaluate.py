@@ -52,7 +52,7 @@ from .classifier import predict, train_classifier
 
 SPLIT_SEEDS = {"heldout-families": 1, "heldout-proportions": 2, "heldout-rests": 3}
 """Mixed into the seed, so the held-out splits draw other clips than training data, which uses
-SeedSequence(seed) as the ``training-data`` split does."""
+SeedSequence(seed)."""
 RESTED_SPLITS = ("heldout-rests",)
 """Splits whose creatures are re-rested before they move, each in a frame of one of its own motions,
 as artists model rigs in many poses (``variety.varied_rest``)."""
@@ -91,8 +91,7 @@ def draw_item(seed: int, families, size: int = TINY.size, frames: int = TINY.num
 
 
 def draw_items(count: int, seed: int, split: str) -> list[EvalItem]:
-    entropy = (seed, SPLIT_SEEDS[split]) if split in SPLIT_SEEDS else seed  # training-data: build_samples' seeds
-    seeds = np.random.SeedSequence(entropy).generate_state(count, dtype=np.uint64)
+    seeds = np.random.SeedSequence((seed, SPLIT_SEEDS[split])).generate_state(count, dtype=np.uint64)
     return [draw_item(int(s), SPLITS[split], rested=split in RESTED_SPLITS) for s in seeds]
 
 
