@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from diffusers import AutoencoderKLWan
 
 from backend.data.dataset import Samples, build_samples
@@ -415,6 +416,13 @@ def run_main(args) -> bool:
     return finished
 
 
+def main_process_says(value):
+    """The main process's ``value``, in every process."""
+    if PartialState().num_processes == 1:
+        return value
+    return broadcast_object_list([value], from_process=0)[0]
+
+
 def recipe_main(args, parser: argparse.ArgumentParser) -> bool:
     """``python -m backend.train recipe``: each stage of the recipe as a ``run`` into ``OUT/<stage>``,
     in order; a stage that finished is skipped and one that was stopped resumes, so the same command
@@ -437,6 +445,10 @@ def recipe_main(args, parser: argparse.ArgumentParser) -> bool:
         planned.append((stage, argv, settings))
     deadline = time.time() + 60 * args.deadline_min if args.deadline_min else math.inf
     state = process_state()
+
+    def say(line: str) -> None:  # one process reports
+        if state.is_main_process:
+            print(line, flush=True)
     trained_here = False  # as `run`, a stage started makes at least one step
     for number, (stage, argv, settings) in enumerate(planned):
         stage_out = out / stage.name
@@ -447,10 +459,10 @@ def recipe_main(args, parser: argparse.ArgumentParser) -> bool:
             raise SystemExit(f"{stage_out} was trained with other settings ({', '.join(changed)}) than stage "
                              f"{stage.name!r} of {args.recipe} gives: choose another --out, or delete {stage_out}")
         if runs and runs[-1]["finished"]:
-            print(f"[{stage.name}] finished earlier: {stage_out / 'model'}", flush=True)
+            say(f"[{stage.name}] finished earlier: {stage_out / 'model'}")
             continue
-        if trained_here and time.time() > deadline:
-            print(f"deadline reached before stage {stage.name!r}: the same command continues", flush=True)
+        if trained_here and main_process_says(time.time() > deadline):  # every process stops, or none
+            say(f"deadline reached before stage {stage.name!r}: the same command continues")
             return False
         encoded = [p for p in (out / s.name / "latents.pt" for s, _, _ in planned[:number]) if p.is_file()]
         if state.is_main_process and encoded and not (stage_out / "latents.pt").exists():
@@ -462,11 +474,10 @@ def recipe_main(args, parser: argparse.ArgumentParser) -> bool:
         state.wait_for_everyone()
         settings.resume = any((stage_out / "checkpoints").glob("*/progress.json"))
         settings.deadline_min = max(deadline - time.time(), 1e-3) / 60 if deadline < math.inf else 0.0
-        print(f"[{stage.name}] python -m backend.train {' '.join(argv)}" + (" --resume" if settings.resume else ""),
-              flush=True)
+        say(f"[{stage.name}] python -m backend.train {' '.join(argv)}" + (" --resume" if settings.resume else ""))
         trained_here = True
         if not run_main(settings):
-            print(f"stopped in stage {stage.name!r}: the same command continues it", flush=True)
+            say(f"stopped in stage {stage.name!r}: the same command continues it")
             return False
     if state.is_main_process:
         model = out / "model"
@@ -476,7 +487,7 @@ def recipe_main(args, parser: argparse.ArgumentParser) -> bool:
         lineage = {"recipe": str(args.recipe),
                    "stages": [{"name": s.name, "runs": recorded_runs(out / s.name)} for s in recipe.stages]}
         (model / "training.json").write_text(json.dumps(lineage, indent=2) + "\n")
-        print(f"recipe finished: {model}", flush=True)
+        say(f"recipe finished: {model}")
     state.wait_for_everyone()
     return True
 
