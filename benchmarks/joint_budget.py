@@ -27,8 +27,8 @@ def main() -> None:
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
 
-    from animax_addon.core.cameras import make_camera_rig
     from animax_addon.core.pose_maps import render_pose_maps
+    from backend.data.joint_colours import joint_colours
     from backend.demo import installed_extension
     from backend.evaluation.motion_bench import _addon, _empty_scene, select_rigs
     from backend.model.presets import TINY, TINY_WEIGHTS, load_tiny
@@ -48,11 +48,13 @@ def main() -> None:
                 except ValueError:
                     cells.append(None)
                     continue
-                cameras = make_camera_rig(*_addon("templates").framing_sphere(obj, rig), TINY.size)
-                truth = render_pose_maps(cameras, np.repeat(rig.joints_rest[None], 9, axis=0), rig.joint_parents)
+                cameras = _addon("templates").camera_rig(obj, rig, TINY.size)
+                colours = joint_colours(rig, cameras.rotation)
+                truth = render_pose_maps(cameras, np.repeat(rig.joints_rest[None], 9, axis=0), rig.joint_parents,
+                                         colours)
                 with torch.no_grad():
                     decoded = pipeline.decode(pipeline.encode_videos(truth, pipeline.device))
-                motion = reconstruct(rig, cameras, decoded, **GENERATED)
+                motion = reconstruct(rig, cameras, decoded, colours=colours, **GENERATED)
                 error = np.linalg.norm(motion.joints - rig.joints_rest[None], axis=-1).mean() / cameras.radius
                 cells.append((rig.num_joints, float(np.mean(motion.confidence)), 100 * float(error)))
             rows.append((bench_rig.name, cells))

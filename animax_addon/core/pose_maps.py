@@ -166,15 +166,17 @@ def draw_pose_maps(
     return images.reshape(lead + (size, size, 3))
 
 
-def render_pose_maps(cameras, joints: np.ndarray, joint_parents: np.ndarray) -> np.ndarray:
+def render_pose_maps(cameras, joints: np.ndarray, joint_parents: np.ndarray,
+                     colours: np.ndarray | None = None) -> np.ndarray:
     """Pose maps (V, T, H, W, 3) of world-space joints (T, J, 3) seen by a square ``CameraRig``.
 
     Templates are the rest joints with T = 1. Frames are drawn one at a time to bound memory.
+    ``colours``: (J, 3) uint8 joint colours; the palette in joint order if not given.
     """
     if cameras.width != cameras.height:
         raise ValueError(f"pose maps are square, the cameras are {cameras.width}x{cameras.height}")
     pixels, depths = cameras.project(cameras.to_normalized(joints))
     return np.stack(
-        [draw_pose_maps(pixels[:, t], depths[:, t], joint_parents, cameras.width) for t in range(len(joints))],
+        [draw_pose_maps(pixels[:, t], depths[:, t], joint_parents, cameras.width, colours) for t in range(len(joints))],
         axis=1,
     )

@@ -184,6 +184,7 @@ def _armature_samples(asset: Path, name: str, obj, args, report: Report, collect
 
     from animax_addon.snapshot import SnapshotError, rig_from_armature
     from animax_addon.templates import TemplateError, render_templates
+    from backend.data.joint_colours import joint_colours
 
     where = {"asset": name, "armature": obj.name}
     animation = obj.animation_data_create()
@@ -202,7 +203,8 @@ def _armature_samples(asset: Path, name: str, obj, args, report: Report, collect
     except (SnapshotError, TemplateError) as exc:
         report.skip(str(exc), **where)
         return 0
-    pose_rest = render_pose_maps(cameras, rig.joints_rest[None], rig.joint_parents)[:, 0]
+    colours = joint_colours(rig, cameras.rotation)
+    pose_rest = render_pose_maps(cameras, rig.joints_rest[None], rig.joint_parents, colours)[:, 0]
     scene = bpy.context.scene
     fps = scene.render.fps / scene.render.fps_base
     made = 0
@@ -236,7 +238,7 @@ def _armature_samples(asset: Path, name: str, obj, args, report: Report, collect
             clip = joints[s:s + args.frames]
             collected.append(dict(
                 rgb=np.stack([rgb[i] for i in range(s, s + args.frames)], axis=1),
-                pose=render_pose_maps(cameras, clip, rig.joint_parents), rgb_rest=rgb_rest, pose_rest=pose_rest,
+                pose=render_pose_maps(cameras, clip, rig.joint_parents, colours), rgb_rest=rgb_rest, pose_rest=pose_rest,
                 prompt=caption, motion=label, family=name,
                 index={**at, "frames": span, "frame_step": fps / MODEL_FPS, "caption": caption,
                        "center": center.tolist(), "radius": radius},

@@ -76,8 +76,10 @@ def joint_confidence(seen: np.ndarray, error_px: np.ndarray, radius_px: float) -
 
 
 def reconstruct(rig: Rig, cameras: CameraRig, images: np.ndarray, smoothing: float = 0.0, rest_prior: float = 0.0,
-                rotation_smoothing: float = 0.0) -> Reconstruction:
+                rotation_smoothing: float = 0.0, colours: np.ndarray | None = None) -> Reconstruction:
     """Reconstruct a motion from pose-map videos ``images`` (V, T, H, W, 3) uint8.
+
+    ``colours``: (J, 3) the colour each joint was drawn in; the palette in joint order if not given.
 
     ``smoothing``: triangulation's acceleration term; ``rest_prior``: how strongly a bone whose
     joints were seen with little confidence keeps its rest (``inverse_kinematics``);
@@ -86,7 +88,7 @@ def reconstruct(rig: Rig, cameras: CameraRig, images: np.ndarray, smoothing: flo
     """
     if images.shape[0] != cameras.num_views:
         raise ValueError(f"{images.shape[0]} views of pose maps but {cameras.num_views} cameras")
-    pixels, view_conf = detect_joints(images, palette(rig.num_joints))
+    pixels, view_conf = detect_joints(images, palette(rig.num_joints) if colours is None else colours)
     rest = cameras.to_normalized(rig.joints_rest)
     joints = triangulate(
         cameras, pixels, view_conf, rest, rig.rigid_pairs(), rig.joint_parents, smoothing=smoothing

@@ -18,6 +18,7 @@ from animax_addon.core.protocol import (
     ErrorCode, Message, MessageType, ProtocolError, array_blob, blob_png, error_message, png_blob, png_size,
 )
 from animax_addon.core.rig import BODY_JOINTS, Rig, RigError
+from backend.data.joint_colours import joint_colours
 from backend.model import MODEL_FPS
 from backend.reconstruction.kinematics import resample
 from backend.reconstruction.reconstruct import GENERATED, reconstruct
@@ -60,7 +61,7 @@ def scene_motion(rig: Rig, cameras: CameraRig, pose_videos: np.ndarray, scene_fp
     """The generated pose maps as the Action's keys: the reconstruction (on the model's frames),
     and its rotations (T, B, 4) and root translation (T, 3) at the scene's frame rate, so that keys
     land on whole scene frames; the per-joint diagnostics stay on the generated frames."""
-    motion = reconstruct(rig, cameras, pose_videos, **GENERATED)
+    motion = reconstruct(rig, cameras, pose_videos, colours=joint_colours(rig, cameras.rotation), **GENERATED)
     rotations, locations = resample(motion.rotations, motion.locations, MODEL_FPS, scene_fps)
     return motion, rotations, locations[:, motion.root]
 
@@ -74,7 +75,7 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
     start = time.perf_counter()
     try:
         rig, cameras, rgb_templates = _inputs(body, submit.blobs, max_joints)
-        pose_templates = render_pose_maps(cameras, rig.joints_rest[None], rig.joint_parents)[:, 0]
+        pose_templates = render_pose_maps(cameras, rig.joints_rest[None], rig.joint_parents, joint_colours(rig, cameras.rotation))[:, 0]
     except ProtocolError as exc:
         return error_message(exc.code, exc.sentence, job)
     except ValueError as exc:  # JobInputError, and any other refusal of the inputs
