@@ -206,6 +206,21 @@ def test_gross_outlier_is_down_weighted():
     assert mpjpe(solve(rig, rest, pixels, confidence), truth) < 0.01
 
 
+def test_two_views_that_disagree_keep_the_more_confident_one():
+    # A joint seen by two neighbouring views only, one of them 30 px off and less sure: the point
+    # between the two rays lies far from both; the sure view's ray at the bone length does not.
+    _, rig, rest, truth, pixels, confidence = scene(12)
+    partners = np.bincount(rig.rigid_pairs().ravel(), minlength=len(rest))
+    joint = int(np.flatnonzero((rig.joint_parents >= 0) & (partners >= 2))[0])
+    confidence[2:, :, joint] = 0.0
+    pixels[2:, :, joint] = np.nan
+    pixels[1, :, joint] += 30.0 * np.array([0.6, -0.8])
+    confidence[1, :, joint] = 0.3
+    linear = triangulate_linear(CAMERAS, pixels, confidence, rest, rig.joint_parents)
+    assert np.linalg.norm(linear[:, joint] - truth[:, joint], axis=-1).max() < 1e-6
+    assert mpjpe(solve(rig, rest, pixels, confidence), truth) < 1e-3
+
+
 def test_smoothing_reduces_acceleration_jitter():
     rng, rig, rest, truth, pixels, confidence = scene(5, frames=32, amplitude=0.2)
     noisy = pixels + rng.normal(0, 1.5, pixels.shape)

@@ -224,8 +224,15 @@ def _without_outlier_views(cameras, rows, points, observed, sqrt_w):
     with np.errstate(divide="ignore", invalid="ignore"):  # unseen joints: masked below
         projected, _ = cameras.project(points)
     error = np.where(sqrt_w > 0, np.linalg.norm(projected - observed, axis=-1), 0.0)
-    suspect = np.flatnonzero(((sqrt_w > 0).sum(axis=0) >= 3) & ~(error.max(axis=0) <= OUTLIER_PX))
+    views = (sqrt_w > 0).sum(axis=0)
+    missed = ~(error.max(axis=0) <= OUTLIER_PX)
     used = sqrt_w > 0
+    # Two views that disagree: nothing says which is right, and a point between them can lie
+    # radii away, dragging its whole chain through the lengths. The more confident view is kept
+    # alone, so the joint hangs from its parent on that view's ray.
+    pair = np.flatnonzero((views == 2) & missed)
+    used[np.where(used[:, pair], sqrt_w[:, pair], np.inf).argmin(axis=0), pair] = False
+    suspect = np.flatnonzero((views >= 3) & missed)
     if suspect.size == 0:
         return points, used
     leave_out = np.repeat(rows[None, suspect], V, axis=0)  # (V, n, V, 2, 4)
