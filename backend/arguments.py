@@ -91,8 +91,9 @@ def output_folder(text: str) -> Path:
     return path
 
 
-def curve_files_problem(secret: str | None, allow: str | None) -> str | None:
-    """What is wrong with ``--curve-secret FILE --allow DIR`` of a worker or broker, or None.
+def curve_files_problem(secret: str | None, allow: str | None, peers: str = "client") -> str | None:
+    """What is wrong with ``--curve-secret FILE --allow DIR`` of a worker or broker (or a
+    broker's ``--worker-secret FILE --allow-workers DIR``: ``peers`` "worker"), or None.
 
     Checked before a model loads (which takes a while), not when the socket is made.
     """
@@ -107,6 +108,6 @@ def curve_files_problem(secret: str | None, allow: str | None) -> str | None:
     except ValueError as exc:
         return str(exc)
     if not any(Path(allow).glob("*.key")):
-        return (f"the allow-list folder {allow} holds no client public keys (*.key); copy each client's "
+        return (f"the allow-list folder {allow} holds no {peers} public keys (*.key); copy each {peers}'s "
                 f"NAME.key there ({KEYGEN_HINT})")
     return None

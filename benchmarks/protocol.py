@@ -20,17 +20,19 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import statistics
+import tempfile
 import threading
 import time
 
 import numpy as np
 
 from animax_addon.core.cameras import make_camera_rig
-from animax_addon.core.client import Client
+from animax_addon.core.client import Client, curve_keys
 from animax_addon.core.pose_maps import render_pose_maps
 from animax_addon.core.protocol import MessageType
 from animax_addon.core.rig import Rig
 from backend.model.pipeline_animax import AnimaXPipelineOutput
+from backend.worker.security import LinkKeys, link_keys
 
 RIG = {"bones": [
     {"name": "root", "parent": None, "head": [0, 0, 0], "tail": [0, 0, 0.5]},
@@ -73,15 +75,23 @@ def serve_thread(service):
     return thread
 
 
-def overhead(jobs: int, inputs) -> None:
+def broker_keys(keys: LinkKeys) -> dict:
+    return dict(worker_secret=str(keys.broker_secret), worker_allow=str(keys.allow))
+
+
+def worker_keys(keys: LinkKeys) -> dict:
+    return dict(server_public_key=str(keys.broker_public), client_secret_file=str(keys.worker_secret))
+
+
+def overhead(jobs: int, inputs, keys: LinkKeys) -> None:
     from backend.worker.broker import Broker
     from backend.worker.server import Worker
 
     print("| path | round trip ms (median) | worker compute ms | overhead ms (median) | overhead ms (p90) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     worker = Worker(FixedPipeline(), "tcp://127.0.0.1:*")
-    broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
-    behind = Worker(FixedPipeline(), broker=broker.backend)
+    broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", **broker_keys(keys))
+    behind = Worker(FixedPipeline(), broker=broker.backend, **worker_keys(keys))
     services = [worker, broker, behind]
     threads = [serve_thread(s) for s in services]
     while broker.worker_count() < 1:
@@ -100,10 +110,10 @@ def overhead(jobs: int, inputs) -> None:
         thread.join(30)
 
 
-def broker_process(queue, ready):
+def broker_process(queue, ready, keys):
     from backend.worker.broker import Broker
 
-    broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", queue_size=64)
+    broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", queue_size=64, **broker_keys(keys))
     queue.put((broker.address, broker.backend))
     serve_thread(broker)
     ready.wait()
@@ -112,11 +122,11 @@ def broker_process(queue, ready):
         time.sleep(0.05)
 
 
-def worker_process(backend, canned, inputs):
+def worker_process(backend, keys, canned, inputs):
     from backend.worker.server import Worker
 
     if not canned:
-        Worker(FixedPipeline(), broker=backend).run()
+        Worker(FixedPipeline(), broker=backend, **worker_keys(keys)).run()
         return
     # A stand-in worker with no compute at all: every submit gets the same (real) result at once,
     # so the rate is the broker's own (and the clients').
@@ -133,6 +143,8 @@ def worker_process(backend, canned, inputs):
     submit = Message(MessageType.SUBMIT, "canned", body, tuple(png_blob(t) for t in templates))
     result = run_job(FixedPipeline(), submit, lambda *_: None, lambda: False)
     sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = curve_keys(keys.broker_public,
+                                                                                  keys.worker_secret)
     sock.connect(backend)
     sock.send_multipart(encode(Message(MessageType.READY, None, {
         "worker": "canned", "version": "0", "protocol": 1, "model": "tiny", "preset": preset_body(TINY)})))
@@ -145,13 +157,13 @@ def worker_process(backend, canned, inputs):
             sock.send_multipart(encode(Message(MessageType.HEARTBEAT)))
 
 
-def dispatch_rate(clients: int, jobs: int, workers: int, inputs, canned: bool) -> float:
+def dispatch_rate(clients: int, jobs: int, workers: int, inputs, canned: bool, keys: LinkKeys) -> float:
     spawn = mp.get_context("spawn")  # fresh interpreters: no ZeroMQ context crosses a fork
     queue, ready = spawn.Queue(), spawn.Event()
-    processes = [spawn.Process(target=broker_process, args=(queue, ready), daemon=True)]
+    processes = [spawn.Process(target=broker_process, args=(queue, ready, keys), daemon=True)]
     processes[0].start()
     address, backend = queue.get(timeout=120)
-    processes += [spawn.Process(target=worker_process, args=(backend, canned, inputs), daemon=True)
+    processes += [spawn.Process(target=worker_process, args=(backend, keys, canned, inputs), daemon=True)
                   for _ in range(workers)]
     for process in processes[1:]:
         process.start()
@@ -190,14 +202,16 @@ def main() -> None:
     args = parser.parse_args()
     inputs = job_inputs(args.size, args.frames)
     print(f"{args.size} px, {args.frames} frames, 4 views; {args.jobs} jobs\n")
-    overhead(args.jobs, inputs)
-    print(f"\n{args.clients} clients, {args.jobs} jobs through the broker\n")
-    print("| workers | jobs/s, canned results (no compute) "
-          "| jobs/s, fixed pipeline (reconstruction runs) |")
-    print("| ---: | ---: | ---: |")
-    for workers in args.workers:
-        rates = [dispatch_rate(args.clients, args.jobs, workers, inputs, canned) for canned in (True, False)]
-        print(f"| {workers} | {rates[0]:.1f} | {rates[1]:.1f} |", flush=True)
+    with tempfile.TemporaryDirectory() as folder:  # workers join a broker over CurveZMQ, as in animax-serve
+        keys = link_keys(folder)
+        overhead(args.jobs, inputs, keys)
+        print(f"\n{args.clients} clients, {args.jobs} jobs through the broker\n")
+        print("| workers | jobs/s, canned results (no compute) "
+              "| jobs/s, fixed pipeline (reconstruction runs) |")
+        print("| ---: | ---: | ---: |")
+        for workers in args.workers:
+            rates = [dispatch_rate(args.clients, args.jobs, workers, inputs, canned, keys) for canned in (True, False)]
+            print(f"| {workers} | {rates[0]:.1f} | {rates[1]:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

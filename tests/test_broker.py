@@ -1,5 +1,7 @@
 """The broker over real sockets on 127.0.0.1: clients see a worker; jobs spread over in-process workers."""
 
+import contextlib
+import itertools
 import threading
 import time
 
@@ -7,13 +9,17 @@ import numpy as np
 import pytest
 import zmq
 
-from animax_addon.core.client import Client, result_arrays
-from animax_addon.core.protocol import ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode
+from animax_addon.core.client import Client, curve_keys, result_arrays
+from animax_addon.core.protocol import (
+    ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, png_blob,
+)
 from backend.model.presets import TINY, build_tiny_pipeline
 from backend.worker.broker import Broker
+from backend.worker.security import keygen, link_keys
 from backend.worker.server import Worker, preset_body
 from test_worker import (
-    cancel_once_running, empty_frame_floods_beside_a_job, held_submits, one_client_cannot_fill_the_queue, submit, until,
+    FRAMES, TEMPLATES, cancel_once_running, empty_frame_floods_beside_a_job, held_submits,
+    one_client_cannot_fill_the_queue, submit, until,
 )
 
 
@@ -21,6 +27,35 @@ from test_worker import (
 def pipelines():
     """One pipeline per worker: a diffusers pipeline keeps per-call state, so workers never share one."""
     return [build_tiny_pipeline() for _ in range(2)]
+
+
+@pytest.fixture(scope="session")
+def link(tmp_path_factory):
+    """The keys of a broker's link to its workers, as animax-serve makes them."""
+    return link_keys(tmp_path_factory.mktemp("link"))
+
+
+def broker_keys(link) -> dict:
+    return dict(worker_secret=str(link.broker_secret), worker_allow=str(link.allow))
+
+
+def worker_keys(link) -> dict:
+    return dict(server_public_key=str(link.broker_public), client_secret_file=str(link.worker_secret))
+
+
+def dealer(address, keys=None) -> zmq.Socket:
+    """A DEALER connected to ``address``; with ``keys`` (server public, own public, own secret) a CURVE client."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = keys
+    sock.connect(address)
+    return sock
+
+
+def ready(preset=preset_body(TINY)) -> list[bytes]:
+    body = {"worker": "fake", "version": "0", "protocol": 1, "model": preset["name"], "preset": preset}
+    return encode(Message(MessageType.READY, None, body))
 
 
 def wait_for(predicate, timeout=10.0):
@@ -31,11 +66,11 @@ def wait_for(predicate, timeout=10.0):
 
 
 @pytest.fixture
-def make_broker(pipelines, running):
+def make_broker(pipelines, running, link):
     def make(workers=1, **kwargs):
-        broker = running(Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", **kwargs))
+        broker = running(Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", **broker_keys(link), **kwargs))
         for pipeline in pipelines[:workers]:
-            running(Worker(pipeline, broker=broker.backend, heartbeat_s=broker.heartbeat_s))
+            running(Worker(pipeline, broker=broker.backend, heartbeat_s=broker.heartbeat_s, **worker_keys(link)))
         wait_for(lambda: broker.worker_count() == workers)
         return broker
 
@@ -76,6 +111,73 @@ def test_hello_without_workers_is_model_unavailable(make_broker):
     assert info.value.code is ErrorCode.MODEL_UNAVAILABLE and broker.backend in str(info.value)
 
 
+def test_only_listed_workers_join_and_a_rogue_ready_changes_nothing(make_broker, pipelines, running, link,
+                                                                    tmp_path):
+    broker = make_broker(workers=0, heartbeat_s=0.2)
+    _, unlisted = keygen(tmp_path, "rogue")  # a key pair of its own, not in the broker's allow-list
+    rogues = [dealer(broker.backend), dealer(broker.backend, curve_keys(link.broker_public, unlisted))]
+    other_preset = dict(preset_body(TINY), size=2 * TINY.size)  # would lock the real workers out
+    try:
+        with Client(broker.address, timeout_s=2) as client:
+            job = submit(client)
+            until(client, job, MessageType.ACCEPTED)
+            messages = (ready(other_preset), encode(Message(MessageType.HEARTBEAT)))
+            for _ in range(10):  # READY and heartbeats again and again, as a worker keeps sending them
+                for sock, frames in itertools.product(rogues, messages):
+                    with contextlib.suppress(zmq.Again):  # no handshake, so at times no connection to queue on
+                        sock.send_multipart(frames, zmq.NOBLOCK)
+                time.sleep(0.2)
+            with pytest.raises(ProtocolError) as info:
+                client.hello()
+            assert info.value.code is ErrorCode.MODEL_UNAVAILABLE  # no worker and no preset yet
+            assert broker.worker_count() == 0 and broker.job_states()[job] == "queued"
+            assert not any(sock.poll(0) for sock in rogues)  # no job, no answer, not even an error
+            running(Worker(pipelines[0], broker=broker.backend, heartbeat_s=0.2, **worker_keys(link)))
+            assert until(client, job, MessageType.RESULT)  # a listed worker joins and serves the job
+            assert client.hello()["preset"] == preset_body(TINY)
+        assert broker.started == [job]
+    finally:
+        for sock in rogues:
+            sock.close(0)
+
+
+def test_a_result_from_a_worker_the_job_did_not_go_to_is_dropped(make_broker, link):
+    broker = make_broker(workers=0, worker_liveness=600)  # the fake workers below send no heartbeats
+    keys = curve_keys(link.broker_public, link.worker_secret)
+    chosen, other = dealer(broker.backend, keys), dealer(broker.backend, keys)
+    pngs = (png_blob(TEMPLATES[0]),) * (4 * FRAMES)
+
+    def result(job, sender):
+        body = {"arrays": {}, "videos": {"pose": list(range(len(pngs)))}, "diagnostics": {"views": 4, "by": sender}}
+        return encode(Message(MessageType.RESULT, job, body, pngs))
+
+    try:
+        chosen.send_multipart(ready())
+        wait_for(lambda: broker.worker_count() == 1)
+        with Client(broker.address) as client:
+            job = submit(client)
+            assert chosen.poll(10_000)
+            work = decode(chosen.recv_multipart())
+            assert work.type == MessageType.SUBMIT
+            other.send_multipart(ready())
+            wait_for(lambda: broker.worker_count() == 2)
+            progress = {"stage": "denoise", "step": 1, "total": 2, "eta_s": None}
+            other.send_multipart(encode(Message(MessageType.PROGRESS, work.job, progress)))
+            other.send_multipart(result(work.job, "other"))
+            # A READY of another preset after them is refused with an error: when it comes, the
+            # broker has handled the messages before it on that connection.
+            other.send_multipart(ready(dict(preset_body(TINY), size=2 * TINY.size)))
+            assert other.poll(10_000) and decode(other.recv_multipart()).body["code"] == "bad_field"
+            assert broker.job_states()[job] == "running" and broker.worker_count() == 2
+            chosen.send_multipart(result(work.job, "chosen"))
+            messages = until(client, job, MessageType.RESULT)
+        assert [m.type for m in messages] == [MessageType.ACCEPTED, MessageType.RESULT]
+        assert messages[-1].body["diagnostics"]["by"] == "chosen" and broker.job_states()[job] == "done"
+    finally:
+        chosen.close(0)
+        other.close(0)
+
+
 def test_broker_keeps_only_the_outcomes_of_its_last_finished_jobs(make_broker):
     broker = make_broker(workers=0)  # no worker: each job waits in the queue until cancelled
     broker._finished.size = 5
@@ -94,10 +196,10 @@ def test_broker_keeps_only_the_outcomes_of_its_last_finished_jobs(make_broker):
         assert "already finished (cancelled)" in until(client, "q14", MessageType.ERROR)[-1].body["message"]
 
 
-def test_broker_and_worker_sockets_drop_frames_over_the_protocol_limit(pipelines, running):
+def test_broker_and_worker_sockets_drop_frames_over_the_protocol_limit(pipelines, running, link):
     limits = Limits(max_frame_bytes=64 * 1024)
-    broker = running(Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", limits=limits))
-    worker = running(Worker(pipelines[0], broker=broker.backend, limits=limits))
+    broker = running(Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", limits=limits, **broker_keys(link)))
+    worker = running(Worker(pipelines[0], broker=broker.backend, limits=limits, **worker_keys(link)))
     for socket in (broker._frontend, broker._backend, worker._socket):
         assert socket.getsockopt(zmq.MAXMSGSIZE) == limits.max_part_bytes
 
@@ -180,13 +282,10 @@ def test_vanished_client_jobs_are_cancelled_by_broker(make_broker):
     assert time.monotonic() - start < 2.5
 
 
-def fake_worker(broker, submits, stop):
+def fake_worker(broker, keys, submits, stop):
     """A worker that says READY, beats until it gets a job, then never answers again (it died)."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(broker.backend)
-    welcome = {"worker": "fake", "version": "0", "protocol": 1, "model": "tiny", "preset": preset_body(TINY)}
-    sock.send_multipart(encode(Message(MessageType.READY, None, welcome)))
+    sock = dealer(broker.backend, keys)
+    sock.send_multipart(ready())
     try:
         while not stop.is_set():
             if sock.poll(100):
@@ -199,10 +298,11 @@ def fake_worker(broker, submits, stop):
         sock.close(0)
 
 
-def test_job_lost_twice_is_reported(make_broker):
+def test_job_lost_twice_is_reported(make_broker, link):
     broker = make_broker(workers=0, heartbeat_s=0.2)
     submits, stop = [], threading.Event()
-    fakes = [threading.Thread(target=fake_worker, args=(broker, submits, stop)) for _ in range(2)]
+    keys = curve_keys(link.broker_public, link.worker_secret)
+    fakes = [threading.Thread(target=fake_worker, args=(broker, keys, submits, stop)) for _ in range(2)]
     for thread in fakes:
         thread.start()
     try:
@@ -222,7 +322,7 @@ def test_job_lost_twice_is_reported(make_broker):
             thread.join(5)
 
 
-def test_worker_rejoins_a_restarted_broker(make_broker, pipelines):
+def test_worker_rejoins_a_restarted_broker(make_broker, pipelines, link):
     first = make_broker(heartbeat_s=0.2)
     backend = first.backend
     first.stop()
@@ -232,7 +332,7 @@ def test_worker_rejoins_a_restarted_broker(make_broker, pipelines):
     def restarted() -> bool:  # libzmq frees a closed socket's address a moment later, in its I/O thread
         nonlocal second
         try:
-            second = Broker("tcp://127.0.0.1:*", backend, heartbeat_s=0.2)
+            second = Broker("tcp://127.0.0.1:*", backend, heartbeat_s=0.2, **broker_keys(link))
         except zmq.ZMQError:
             return False
         return True

@@ -1,5 +1,6 @@
 """CurveZMQ: keys from ``animax-worker keygen``; wrong or unlisted keys get nothing, right keys work."""
 
+import time
 
 import pytest
 
@@ -9,6 +10,7 @@ from backend.model.presets import build_tiny_pipeline
 from backend.worker import server
 from backend.worker.broker import Broker
 from backend.worker.server import Worker
+from test_broker import broker_keys, link, wait_for, worker_keys  # noqa: F401 - link is a fixture
 from test_worker import submit, until
 
 
@@ -47,6 +49,11 @@ def check_access(keys, address):
         wrong_server.hello()
     with Client(port_of(address), timeout_s=1) as plain, pytest.raises(WorkerUnavailable):
         plain.hello()
+    for wait in (0, 0.05, 0.5):  # a failed handshake ends the connection (until the next try) at some moment:
+        with client(keys, address, "bob") as late, pytest.raises(WorkerUnavailable):  # a send then must not block
+            late._sock()
+            time.sleep(wait)
+            late.hello()
 
 
 @SILENT_WORKER_DEATH
@@ -60,21 +67,26 @@ def test_worker_off_loopback_with_curve(keys, running):
 
 
 @SILENT_WORKER_DEATH
-def test_broker_frontend_with_curve(keys, running):
+def test_broker_frontend_with_curve(keys, link, running):
     broker = running(Broker("tcp://0.0.0.0:*", "tcp://127.0.0.1:*", curve_secret=str(keys / "server.key_secret"),
-                            allow=str(keys / "allow")))
-    running(Worker(None, broker=broker.backend))  # hello only: no job reaches its pipeline
+                            allow=str(keys / "allow"), **broker_keys(link)))
+    # Each socket has its own list: alice's key, listed for clients, does not make a worker.
+    running(Worker(None, broker=broker.backend, server_public_key=str(link.broker_public),
+                   client_secret_file=str(keys / "alice.key_secret"), heartbeat_s=0.2))
+    running(Worker(None, broker=broker.backend, **worker_keys(link)))  # hello only: no job reaches its pipeline
+    wait_for(lambda: broker.worker_count() == 1)
     check_access(keys, broker.address)
     with client(keys, broker.address) as alice:
         alice.timeout_s = 5
         assert alice.hello()["preset"]["name"] == "tiny"
+    assert broker.worker_count() == 1  # alice's worker kept trying all along
 
 
-def test_plain_tcp_off_loopback_is_refused(keys, capsys, tmp_path):
+def test_plain_tcp_off_loopback_is_refused(keys, link, capsys, tmp_path):
     with pytest.raises(ValueError, match="--curve-secret"):
         Worker(None, "tcp://0.0.0.0:*")
     with pytest.raises(ValueError, match="--curve-secret"):
-        Broker("tcp://0.0.0.0:*", "tcp://127.0.0.1:*")
+        Broker("tcp://0.0.0.0:*", "tcp://127.0.0.1:*", **broker_keys(link))
     with pytest.raises(SystemExit) as info:
         server.main(["--address", "tcp://192.168.1.10:5555"])
     assert info.value.code == 2 and "CurveZMQ" in capsys.readouterr().err
@@ -82,3 +94,13 @@ def test_plain_tcp_off_loopback_is_refused(keys, capsys, tmp_path):
         Worker(None, "tcp://0.0.0.0:*", curve_secret=str(keys / "server.key_secret"), allow=str(tmp_path))
     with pytest.raises(ValueError, match="only a public key"):
         Worker(None, "tcp://0.0.0.0:*", curve_secret=str(keys / "server.key"), allow=str(keys / "allow"))
+
+
+def test_broker_refuses_to_start_without_a_list_of_worker_keys(link, tmp_path):
+    with pytest.raises(TypeError, match="worker_secret"):
+        Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")  # no default: no broker without worker keys
+    with pytest.raises(ValueError, match="holds no worker public keys"):
+        Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", worker_secret=str(link.broker_secret),
+               worker_allow=str(tmp_path))
+    with pytest.raises(ValueError, match="joins its broker over CurveZMQ"):
+        Worker(None, broker="tcp://127.0.0.1:5556")

@@ -1,8 +1,10 @@
 """animax-serve: a broker and one worker process per device, restarted when one dies."""
 
 import socket
+import stat
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,18 +41,38 @@ def test_bad_devices_are_refused(spec):
         serve.parse_devices(spec)
 
 
-def test_one_worker_per_device_with_multicast_off():
+def test_one_worker_per_device_with_multicast_off(tmp_path):
     front, back = "tcp://127.0.0.1:7000", "tcp://127.0.0.1:7001"
     args = serve.argparse.Namespace(gpus="0,1", address=front, workers=back, queue_size=4, model="tiny",
                                     curve_secret=None, allow=None, wan=None, adapter=None)
-    broker, workers = serve.commands(args)
-    assert broker[-6:] == ["--address", front, "--workers", back, "--queue-size", "4"]
+    keys = serve.link_keys(tmp_path)
+    broker, workers = serve.commands(args, keys)
+    assert broker[-10:] == ["--address", front, "--workers", back, "--worker-secret", str(keys.broker_secret),
+                            "--allow-workers", str(keys.allow), "--queue-size", "4"]
     assert [env for _, env in workers] == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
-    assert all(command[-4:] == ["--broker", back, "--model", "tiny"] for command, _ in workers)
+    assert all(command[-8:] == ["--broker", back, "--server-key", str(keys.broker_public), "--client-key",
+                                str(keys.worker_secret), "--model", "tiny"] for command, _ in workers)
     supervisor = serve.Supervisor(broker, workers)
     for process in supervisor.workers + [supervisor.broker]:
         assert all(process.env[key] == value for key, value in serve.MULTICAST_OFF.items())
     assert [p.env["CUDA_VISIBLE_DEVICES"] for p in supervisor.workers] == ["0", "1"]
+
+
+def test_the_workers_keys_are_made_private_for_one_run(monkeypatch):
+    seen = []
+
+    def run(supervisor):
+        worker = supervisor.workers[0].command
+        folder = Path(worker[worker.index("--client-key") + 1]).parent
+        seen.append((folder, stat.S_IMODE(folder.stat().st_mode), sorted(p.name for p in folder.iterdir())))
+        return 0
+
+    monkeypatch.setattr(serve.Supervisor, "run", run)
+    monkeypatch.setattr(serve.signal, "signal", lambda *_: None)
+    assert serve.main(["--gpus", "cpu:1", "--address", f"tcp://127.0.0.1:{free_port()}"]) == 0
+    [(folder, mode, files)] = seen
+    assert mode == 0o700 and files == ["broker.key", "broker.key_secret", "worker.key", "worker.key_secret", "workers"]
+    assert not folder.exists()  # removed once the server stops
 
 
 def run_job(address: str) -> MessageType:
@@ -61,11 +83,11 @@ def run_job(address: str) -> MessageType:
                 return message.type
 
 
-def test_serves_through_the_broker_and_restarts_a_killed_worker():
+def test_serves_through_the_broker_and_restarts_a_killed_worker(tmp_path):
     address, backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     args = serve.argparse.Namespace(gpus="cpu:2", address=address, workers=backend, queue_size=4, model="tiny",
                                     curve_secret=None, allow=None, wan=None, adapter=None)
-    supervisor = serve.Supervisor(*serve.commands(args), pause_s=0.5)
+    supervisor = serve.Supervisor(*serve.commands(args, serve.link_keys(tmp_path)), pause_s=0.5)
     thread = threading.Thread(target=supervisor.run, daemon=True)
     thread.start()
     try:

@@ -19,6 +19,7 @@ from animax_addon.core.protocol import MessageType
 from backend.model.presets import TINY_WEIGHTS, load_tiny
 from backend.worker import server
 from backend.worker.broker import Broker
+from test_broker import broker_keys, link  # noqa: F401 - link is a fixture
 from test_worker import submit, until
 from test_worker_faults import free_port, wait_for, wait_up
 
@@ -96,10 +97,11 @@ def test_cancel_stops_every_rank_and_the_next_job_runs(split_worker):
     assert int(stopped.split()[4]) < 20 and done == "rank 1: done after 2 of 2 steps"
 
 
-def test_dead_follower_fails_the_job_and_ends_the_worker(running, tmp_path):
-    broker = running(Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*"))
+def test_dead_follower_fails_the_job_and_ends_the_worker(running, tmp_path, link):
+    broker = running(Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", **broker_keys(link)))
     log = tmp_path / "worker.log"
-    process = start_split_worker(log, "--broker", broker.backend)
+    process = start_split_worker(log, "--broker", broker.backend, "--server-key", link.broker_public,
+                                 "--client-key", link.worker_secret)
     try:
         wait_for(lambda: broker.worker_count() == 1, 120)
         with Client(broker.address) as client:

@@ -16,6 +16,7 @@ from backend.model.presets import build_tiny_pipeline
 from backend.worker.broker import Broker
 from backend.worker.server import Worker
 from conftest import Services
+from test_broker import broker_keys, link, worker_keys  # noqa: F401 - link is a fixture
 from test_protocol import FRAME_LISTS
 from test_worker import submit, until
 
@@ -37,12 +38,14 @@ def spawn_worker(*args) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def servers():
+def servers(link):
     """Started together (each process imports torch: ~10 s): a direct subprocess worker, a broker
     with one subprocess worker, and in-process pipelines for the workers that survive."""
     port = free_port()
-    broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
-    processes = [spawn_worker("--address", f"tcp://127.0.0.1:{port}"), spawn_worker("--broker", broker.backend)]
+    broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", **broker_keys(link))
+    processes = [spawn_worker("--address", f"tcp://127.0.0.1:{port}"),
+                 spawn_worker("--broker", broker.backend, "--server-key", link.broker_public, "--client-key",
+                              link.worker_secret)]
     services = Services()
     services.start(broker)
     pipelines = [build_tiny_pipeline() for _ in range(2)]
@@ -52,7 +55,7 @@ def servers():
         return start(Worker(pipeline, *args, **kwargs))
 
     yield dict(direct=f"tcp://127.0.0.1:{port}", broker=broker, processes=processes, pipelines=pipelines,
-               start_worker=start_worker, start=start)
+               start_worker=start_worker, start=start, link=link)
     for process in processes:
         process.kill()
         process.wait(10)
@@ -104,8 +107,8 @@ def test_fuzzed_messages_then_a_real_job(servers, target):
     if target == "worker":
         address = servers["start_worker"](servers["pipelines"][0], "tcp://127.0.0.1:*").address
     else:
-        broker = servers["start"](Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*"))
-        servers["start_worker"](servers["pipelines"][0], broker=broker.backend)
+        broker = servers["start"](Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", **broker_keys(servers["link"])))
+        servers["start_worker"](servers["pipelines"][0], broker=broker.backend, **worker_keys(servers["link"]))
         wait_for(lambda: broker.worker_count() == 1, 10)
         address = broker.address
     sock = fuzz_target(address)
@@ -144,7 +147,7 @@ def test_sigkilled_worker_behind_broker_job_requeued_once(servers):
     with Client(broker.address) as client:
         job = submit(client, steps=30)
         until(client, job, MessageType.PROGRESS)  # running in the subprocess: the only worker
-        servers["start_worker"](servers["pipelines"][1], broker=broker.backend)
+        servers["start_worker"](servers["pipelines"][1], broker=broker.backend, **worker_keys(servers["link"]))
         wait_for(lambda: broker.worker_count() == 2, 10)
         process.send_signal(signal.SIGKILL)
         killed = time.monotonic()

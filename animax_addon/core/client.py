@@ -46,7 +46,7 @@ class Client:
                  client_secret_file: str | os.PathLike | None = None):
         if (server_public_key is None) != (client_secret_file is None):
             raise ValueError("CurveZMQ needs both the server's public key and this client's secret key file")
-        self._curve = None if server_public_key is None else _curve_keys(server_public_key, client_secret_file)
+        self._curve = None if server_public_key is None else curve_keys(server_public_key, client_secret_file)
         self.address = address
         self.timeout_s = timeout_s
         self.heartbeat_s = heartbeat_s
@@ -87,7 +87,12 @@ class Client:
         self.close()
 
     def _send(self, message: Message) -> None:
-        self._sock().send_multipart(encode(message))
+        import zmq
+
+        try:
+            self._sock().send_multipart(encode(message), zmq.NOBLOCK)
+        except zmq.Again:  # no connection: a failed handshake (wrong keys) ends it; the wait for an answer says so
+            pass
 
     def _recv(self, timeout_s: float) -> Message | None:
         """One decoded message, or None when nothing came within ``timeout_s``."""
@@ -173,7 +178,7 @@ class Client:
                     raise self._unavailable(f"stopped answering for {self.liveness_s:g} s")
 
 
-def _curve_keys(server_public_key: str | os.PathLike | bytes, client_secret_file) -> tuple[bytes, bytes, bytes]:
+def curve_keys(server_public_key: str | os.PathLike | bytes, client_secret_file) -> tuple[bytes, bytes, bytes]:
     """(server public, client public, client secret) as Z85 bytes, read from the key files."""
     from zmq.auth import load_certificate
 

@@ -6,13 +6,19 @@ answered with the workers' common preset, submit is queued in the broker's fair 
 queued job and forwarded for a running one. Workers CONNECT a DEALER to the backend ROUTER
 (``animax-worker --broker ADDRESS``) and announce themselves with ``ready``; the broker gives each
 idle worker one job at a time under a job id of its own (client job ids are only unique per
-client) and forwards the worker's progress and final message back under the client's job id.
+client) and forwards the worker's progress and final message back under the client's job id,
+only from the worker the job went to.
+
+The backend is a CurveZMQ server always, with an allow-list of worker keys (``--worker-secret``,
+``--allow-workers``): a worker reads every job it is given, and what it answers goes to clients,
+so a process that is not a listed worker gets no handshake, hence no message through, at all.
 
 Liveness, both ways: the broker sends ``heartbeat`` every ``heartbeat_s`` to every worker and to
 every client with a queued or running job. A worker silent for ``worker_liveness`` beats is
 dropped; its running job is re-queued once (to run on another worker) and otherwise reported as
 ``worker_lost``. A client silent for ``liveness_s`` has its queued jobs dropped and its running
-jobs cancelled on their workers. One thread owns both sockets; nothing is shared.
+jobs cancelled on their workers. One thread owns both sockets and answers their ZAP requests;
+nothing is shared.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from animax_addon.core.protocol import (
 from backend.arguments import ArgumentParser, curve_files_problem, number, zmq_address
 
 from .fair_queue import CANCELLED, DONE, FAILED, FINISHED_HISTORY, QUEUED, RUNNING, FairQueue, History, admit
-from .security import check_address, curve_server
+from .security import KEYGEN_HINT, Authenticator, check_address
 from .server import WORKER_VERSION
 
 log = logging.getLogger("animax.broker")
@@ -67,31 +73,34 @@ class _Worker:
 
 
 class Broker:
-    def __init__(self, address: str = DEFAULT_ADDRESS, backend: str = DEFAULT_BACKEND, *, queue_size: int = 8,
-                 heartbeat_s: float = 1.0, liveness_s: float = 5.0, worker_liveness: int = 3,
-                 name: str = "animax-broker", limits: Limits = Limits(), context: zmq.Context | None = None,
+    def __init__(self, address: str = DEFAULT_ADDRESS, backend: str = DEFAULT_BACKEND, *, worker_secret: str,
+                 worker_allow: str, queue_size: int = 8, heartbeat_s: float = 1.0, liveness_s: float = 5.0,
+                 worker_liveness: int = 3, name: str = "animax-broker", limits: Limits = Limits(),
                  curve_secret: str | None = None, allow: str | None = None):
         curve = curve_secret is not None or allow is not None
         if curve and (curve_secret is None or allow is None):
             raise ValueError("CurveZMQ needs both --curve-secret and --allow")
         check_address(address, curve)
-        try:
-            check_address(backend)
-        except ValueError:
-            raise ValueError(f"the workers' address {backend!r} must be on loopback or ipc: workers run on the "
-                             "broker's host (one per GPU), and their link has no encryption") from None
+        check_address(backend, curve=True)
         self.queue_size, self.heartbeat_s, self.liveness_s = queue_size, heartbeat_s, liveness_s
         self.worker_liveness_s = worker_liveness * heartbeat_s
         self.name, self.limits = name, limits
-        self._context = zmq.Context() if curve else (context or zmq.Context.instance())
+        self._context = zmq.Context()  # its own: ZAP is per context
+        self._auth = Authenticator(self._context)
         self._frontend = self._context.socket(zmq.ROUTER)
         self._backend = self._context.socket(zmq.ROUTER)
         for socket in (self._frontend, self._backend):
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.MAXMSGSIZE, limits.max_part_bytes)
-        self._auth = curve_server(self._context, [self._frontend], curve_secret, allow) if curve else None
-        self._frontend.bind(address)
-        self._backend.bind(backend)
+        try:
+            self._auth.serve(self._backend, worker_secret, worker_allow, "workers", peers="worker")
+            if curve:
+                self._auth.serve(self._frontend, curve_secret, allow, "clients")
+            self._frontend.bind(address)
+            self._backend.bind(backend)
+        except (ValueError, zmq.ZMQError):
+            self._close()
+            raise
         self.address = self._frontend.getsockopt_string(zmq.LAST_ENDPOINT)
         self.backend = self._backend.getsockopt_string(zmq.LAST_ENDPOINT)
         self._receivers = {socket: Receiver(socket, limits, route=1) for socket in (self._frontend, self._backend)}
@@ -126,11 +135,14 @@ class Broker:
         poller = zmq.Poller()
         poller.register(self._frontend, zmq.POLLIN)
         poller.register(self._backend, zmq.POLLIN)
+        poller.register(self._auth.socket, zmq.POLLIN)
         next_beat = time.monotonic() + self.heartbeat_s
         try:
             while not self._stop.is_set():
                 timeout = max(0.0, min(next_beat - time.monotonic(), 0.1))
                 events = dict(poller.poll(timeout * 1000))
+                if self._auth.socket in events:
+                    self._auth.handle()
                 with self._lock:
                     for socket, handle in ((self._backend, self._from_worker), (self._frontend, self._from_client)):
                         if socket in events:
@@ -146,11 +158,13 @@ class Broker:
                         self._heartbeats(now)
                     self._dispatch()
         finally:
-            self._frontend.close(0)
-            self._backend.close(0)
-            if self._auth is not None:
-                self._auth.stop()
-                self._context.term()
+            self._close()
+
+    def _close(self) -> None:
+        self._frontend.close(0)
+        self._backend.close(0)
+        self._auth.close()
+        self._context.term()
 
     # --- sending ---------------------------------------------------------------------------------
     def _to_client(self, client: bytes, message: Message) -> None:
@@ -174,7 +188,7 @@ class Broker:
             if self._preset is None:
                 self._to_client(client, error_message(
                     ErrorCode.MODEL_UNAVAILABLE, f"No worker has connected to the broker yet; start one with "
-                    f"'animax-worker --broker {self.backend}'."))
+                    f"'animax-worker --broker {self.backend} --server-key BROKER.key --client-key WORKER.key_secret'."))
             else:
                 self._to_client(client, Message(MessageType.WELCOME, None, {
                     "worker": self.name, "version": WORKER_VERSION, "protocol": PROTOCOL_VERSION,
@@ -315,17 +329,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--address", type=zmq_address, default=DEFAULT_ADDRESS,
                         help="address for clients; off loopback only with --curve-secret and --allow")
     parser.add_argument("--workers", type=zmq_address, default=DEFAULT_BACKEND,
-                        help="address the workers connect to (animax-worker --broker ADDRESS); loopback or ipc")
+                        help="address the workers connect to (animax-worker --broker ADDRESS), always CurveZMQ")
+    parser.add_argument("--worker-secret", help="the broker's NAME.key_secret for its workers (animax-worker keygen; "
+                                                "may be the same as --curve-secret); required")
+    parser.add_argument("--allow-workers", help="folder of the worker public keys (*.key) allowed to join; required")
     parser.add_argument("--queue-size", type=number(minimum=1), default=8)
     parser.add_argument("--curve-secret", help="the broker's NAME.key_secret (animax-worker keygen): turns on CurveZMQ")
     parser.add_argument("--allow", help="folder of the client public keys (*.key) allowed to connect")
     args = parser.parse_args(argv)
-    if problem := curve_files_problem(args.curve_secret, args.allow):
-        parser.error(problem)
+    if not (args.worker_secret and args.allow_workers):
+        parser.error(f"workers join a broker over CurveZMQ only: pass --worker-secret BROKER.key_secret and "
+                     f"--allow-workers DIR_OF_WORKER_KEYS ({KEYGEN_HINT}); animax-serve makes them itself")
+    for problem in (curve_files_problem(args.worker_secret, args.allow_workers, "worker"),
+                    curve_files_problem(args.curve_secret, args.allow)):
+        if problem:
+            parser.error(problem)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        broker = Broker(args.address, args.workers, queue_size=args.queue_size, curve_secret=args.curve_secret,
-                        allow=args.allow)
+        broker = Broker(args.address, args.workers, worker_secret=args.worker_secret, worker_allow=args.allow_workers,
+                        queue_size=args.queue_size, curve_secret=args.curve_secret, allow=args.allow)
     except (ValueError, zmq.ZMQError) as exc:
         parser.error(str(exc))
     for sig in (signal.SIGINT, signal.SIGTERM):

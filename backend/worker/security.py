@@ -1,21 +1,29 @@
-"""Which addresses a server may bind, and CurveZMQ for the ones off loopback.
+"""Which addresses a server may bind, and CurveZMQ: keys, allow-lists and their ZAP handler.
 
 Plain TCP is allowed on loopback only. Anywhere else the server needs a CURVE key pair (its
-``.key_secret`` file) and an allow-list folder of client public keys (``*.key``), checked by a
-ZAP authenticator thread; both files come from ``animax-worker keygen``.
+``.key_secret`` file) and an allow-list folder of client public keys (``*.key``); both files come
+from ``animax-worker keygen``. A broker's socket for workers is a CURVE server always, with an
+allow-list of worker keys: any local process can reach a loopback port, and a worker reads every
+job it gets and answers with results the broker passes on.
+
+The allow-lists are checked by ``Authenticator``, a ZAP handler (ZeroMQ RFC 27) that the server's
+own IO loop polls beside its sockets, so no thread of its own is needed.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 KEYGEN_HINT = "make keys with 'animax-worker keygen DIR --name NAME'"
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks, in each context (RFC 27)
 
 
 def check_address(address: str, curve: bool = False) -> None:
@@ -69,22 +77,76 @@ def load_keys(path: str | Path, secret: bool) -> tuple[bytes, bytes | None]:
     return public_key, secret_key
 
 
-def curve_server(context: zmq.Context, sockets: list[zmq.Socket], secret_file: str | Path,
-                 allow_dir: str | Path) -> ThreadAuthenticator:
-    """Make ``sockets`` CURVE servers that accept only the client keys in ``allow_dir``.
+class Authenticator:
+    """The ZAP handler of one ZeroMQ context: a CURVE handshake with a server socket of the
+    context succeeds only for a client key in that socket's allow-list.
 
-    Call before binding. The returned authenticator serves the whole ``context`` (one per
-    context: give each server its own); stop it after closing the sockets.
+    Make it before any server socket binds (a CURVE server with no ZAP handler accepts every
+    key), poll ``socket`` in the loop that owns the servers and call ``handle`` when it has
+    input; a handshake waits for that answer. ``close`` it after the servers.
     """
-    public_key, secret_key = load_keys(secret_file, secret=True)
-    if not Path(allow_dir).is_dir() or not any(Path(allow_dir).glob("*.key")):
-        raise ValueError(f"the allow-list folder {allow_dir} holds no client public keys (*.key); copy each "
-                         f"client's NAME.key there ({KEYGEN_HINT})")
-    auth = ThreadAuthenticator(context)
-    auth.start()
-    auth.configure_curve(domain="*", location=str(allow_dir))
-    for socket in sockets:
+
+    def __init__(self, context: zmq.Context):
+        self.socket = context.socket(zmq.REP)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(ZAP_ENDPOINT)
+        self._allowed: dict[bytes, frozenset[bytes]] = {}  # Z85 public keys by ZAP domain
+
+    def serve(self, socket: zmq.Socket, secret_file: str | Path, allow_dir: str | Path, domain: str,
+              peers: str = "client") -> None:
+        """Make ``socket`` a CURVE server with the key pair in ``secret_file`` that accepts only
+        the ``peers``' public keys (``*.key``) in ``allow_dir``, read now. Call before binding."""
+        public_key, secret_key = load_keys(secret_file, secret=True)
+        try:
+            allowed = frozenset(zmq.auth.load_certificates(allow_dir)) if Path(allow_dir).is_dir() else frozenset()
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read the {peers} keys in {allow_dir} ({exc}); {KEYGEN_HINT}") from exc
+        if not allowed:
+            raise ValueError(f"the allow-list folder {allow_dir} holds no {peers} public keys (*.key); copy each "
+                             f"{peers}'s NAME.key there ({KEYGEN_HINT})")
+        self._allowed[domain.encode()] = allowed
+        socket.zap_domain = domain.encode()
         socket.curve_secretkey = secret_key
         socket.curve_publickey = public_key
         socket.curve_server = True
-    return auth
+
+    def handle(self) -> None:
+        """Answer every waiting request: 200 for a CURVE client key on its socket's list, else 400."""
+        while True:
+            try:
+                request = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            # version, request id, domain, address, routing id, mechanism, credentials (the CURVE client key)
+            request_id, domain, mechanism, credentials = request[1], request[2], request[5], request[6:]
+            key = z85.encode(credentials[0]) if mechanism == b"CURVE" and len(credentials) == 1 else None
+            if key is not None and key in self._allowed.get(domain, ()):
+                self.socket.send_multipart([b"1.0", request_id, b"200", b"OK", key, b""])
+            else:
+                self.socket.send_multipart([b"1.0", request_id, b"400", b"key not allowed", b"", b""])
+
+    def close(self) -> None:
+        self.socket.close(0)
+
+
+@dataclass(frozen=True)
+class LinkKeys:
+    """The key files of a broker's link to its workers, as ``link_keys`` makes them."""
+
+    broker_secret: Path  # the broker's --worker-secret
+    broker_public: Path  # each worker's --server-key
+    worker_secret: Path  # each worker's --client-key
+    allow: Path  # the broker's --allow-workers: the folder with the workers' public key
+
+
+def link_keys(folder: str | Path) -> LinkKeys:
+    """A key pair for a broker and one for its workers (shared by them) in ``folder``, and the
+    workers' public key alone in the allow-list folder ``folder/workers``: what ``animax-serve``
+    hands its broker and the workers it starts."""
+    folder = Path(folder)
+    broker_public, broker_secret = keygen(folder, "broker")
+    worker_public, worker_secret = keygen(folder, "worker")
+    allow = folder / "workers"
+    allow.mkdir(mode=0o700, exist_ok=True)
+    shutil.copyfile(worker_public, allow / worker_public.name)
+    return LinkKeys(broker_secret, broker_public, worker_secret, allow)

@@ -9,6 +9,10 @@ and if the broker exits, a process cannot be started, or a worker keeps exiting 
 starts, everything is stopped and ``animax-serve`` exits with status 1 for its own supervisor
 (systemd, a container) to act on. NVLink multicast stays off in every process, because each
 starts with an environment of its own.
+
+Workers join the broker over CurveZMQ, as every worker must: ``animax-serve`` makes a key pair for
+the broker and one for its workers in a folder of its own (mode 0700, removed when it exits), and
+lists only that worker key in the broker's allow-list, so no other local process can join.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,7 +35,7 @@ from backend.arguments import ArgumentParser, curve_files_problem, number, zmq_a
 from backend.multi_gpu import MULTICAST_OFF
 
 from .broker import DEFAULT_BACKEND
-from .security import check_address
+from .security import LinkKeys, check_address, link_keys
 
 log = logging.getLogger("animax.serve")
 RESTART_PAUSE_S = 2.0
@@ -134,13 +139,16 @@ class Supervisor:
         self._stop.set()
 
 
-def commands(args: argparse.Namespace) -> tuple[list[str], list[tuple[list[str], dict[str, str]]]]:
-    """The broker's command line and each worker's command line and environment."""
+def commands(args: argparse.Namespace, keys: LinkKeys) -> tuple[list[str], list[tuple[list[str], dict[str, str]]]]:
+    """The broker's command line and each worker's command line and environment; ``keys`` secure
+    the workers' link to the broker."""
     broker = [sys.executable, "-m", "backend.worker.broker", "--address", args.address, "--workers", args.workers,
+              "--worker-secret", str(keys.broker_secret), "--allow-workers", str(keys.allow),
               "--queue-size", str(args.queue_size)]
     if args.curve_secret:
         broker += ["--curve-secret", args.curve_secret, "--allow", args.allow]
-    worker = [sys.executable, "-m", "backend.worker.server", "--broker", args.workers, "--model", args.model]
+    worker = [sys.executable, "-m", "backend.worker.server", "--broker", args.workers, "--server-key",
+              str(keys.broker_public), "--client-key", str(keys.worker_secret), "--model", args.model]
     if args.model == "full":
         worker += ["--wan", args.wan, "--adapter", args.adapter]
     return broker, [(worker, {"CUDA_VISIBLE_DEVICES": device}) for device in parse_devices(args.gpus)]
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", default="all", help="'all', GPU numbers like 0,1, or cpu:N (default all)")
     parser.add_argument("--address", type=zmq_address, default=DEFAULT_ADDRESS, help="the one address clients use")
     parser.add_argument("--workers", type=zmq_address, default=DEFAULT_BACKEND,
-                        help="where workers meet the broker (loopback/ipc)")
+                        help="where workers meet the broker (CurveZMQ, with keys made for this run)")
     parser.add_argument("--queue-size", type=number(minimum=1), default=16)
     parser.add_argument("--model", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--wan", help="full: the local Wan2.1-T2V-1.3B directory")
@@ -169,19 +177,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(problem)
     try:  # the broker would refuse them too, but as a child process restarted in a loop
         check_address(args.address, curve=args.curve_secret is not None)
-        check_address(args.workers)
+        check_address(args.workers, curve=True)
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        broker, workers = commands(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    supervisor = Supervisor(broker, workers)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: supervisor.stop())
-    log.info("AnimaX server on %s: a broker and %d workers", args.address, len(workers))
-    return supervisor.run()
+    with tempfile.TemporaryDirectory(prefix="animax-serve-keys-") as folder:  # made 0700
+        try:
+            broker, workers = commands(args, link_keys(folder))
+        except ValueError as exc:
+            parser.error(str(exc))
+        supervisor = Supervisor(broker, workers)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: supervisor.stop())
+        log.info("AnimaX server on %s: a broker and %d workers", args.address, len(workers))
+        return supervisor.run()
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ Threads and sockets (ZeroMQ sockets are not thread-safe, so each is used by one 
   wakes up and sends them.
 
 Plain TCP is allowed on loopback only; a remote worker needs CurveZMQ (``security.py``). Behind a
-broker (``--broker``) the worker connects a DEALER instead of binding: the broker is then its one
-"client", it announces itself with READY, heartbeats the broker all the time and reconnects (a
-fresh socket, READY again) when the broker has been silent for ``BROKER_LIVENESS`` beats.
+broker (``--broker``) the worker connects a DEALER instead of binding, always over CurveZMQ with
+keys of its own: the broker is then its one "client", it announces itself with READY, heartbeats
+the broker all the time and reconnects (a fresh socket, READY again) when the broker has been
+silent for ``BROKER_LIVENESS`` beats.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 import zmq
 
 from animax_addon.core.cameras import AZIMUTHS_DEG
-from animax_addon.core.client import DEFAULT_ADDRESS
+from animax_addon.core.client import DEFAULT_ADDRESS, curve_keys
 from animax_addon.core.protocol import (
     PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, Receiver, encode, error_message,
 )
@@ -41,11 +42,13 @@ from backend.arguments import ArgumentParser, curve_files_problem, number, outpu
 from backend.model import FULL, MODEL_FPS, TINY, Preset
 
 from .fair_queue import CANCELLED, DONE, FAILED, FINISHED_HISTORY, QUEUED, RUNNING, FairQueue, History, admit
-from .security import check_address, curve_server, keygen
+from .security import Authenticator, check_address, keygen
 
 log = logging.getLogger("animax.worker")
 WORKER_VERSION = "0.1.0"
 BROKER_LIVENESS = 3  # heartbeats the broker may miss before the worker reconnects
+BROKER_KEYS_HINT = ("pass --server-key BROKER.key (the broker's public key) and --client-key WORKER.key_secret "
+                    "(this worker's, its WORKER.key in the broker's --allow-workers folder)")
 BROKER = b"broker"  # the broker's identity in the worker's tables (a DEALER sees no identities)
 FINAL_LINGER_MS = 1000  # how long closing waits for replies still queued in the socket
 
@@ -74,19 +77,27 @@ class Worker:
     """Serves jobs on ``address`` (a bound ROUTER), or for the broker at ``broker`` (a DEALER).
 
     With ``curve_secret`` and ``allow`` the ROUTER is a CurveZMQ server (then any TCP address is
-    allowed). The worker owns its ZeroMQ context (ZAP authentication is per context) and ends it
-    when ``run`` returns, which waits until the last replies have left: a process may exit next.
+    allowed). A broker is always joined over CurveZMQ, as a client joins a server: with the
+    broker's public key (``server_public_key``) and this worker's key pair
+    (``client_secret_file``), whose public half is in the broker's allow-list of workers. The
+    worker owns its ZeroMQ context (ZAP authentication is per context) and ends it when ``run``
+    returns, which waits until the last replies have left: a process may exit next.
     """
 
     def __init__(self, pipeline, address: str = DEFAULT_ADDRESS, *, queue_size: int = 8,
                  heartbeat_s: float = 1.0, liveness_s: float = 5.0, name: str = "animax-worker",
                  preset: Preset = TINY, limits: Limits = Limits(),
-                 broker: str | None = None, curve_secret: str | None = None, allow: str | None = None):
+                 broker: str | None = None, curve_secret: str | None = None, allow: str | None = None,
+                 server_public_key: str | None = None, client_secret_file: str | None = None):
         curve = curve_secret is not None or allow is not None
         if curve and (curve_secret is None or allow is None):
             raise ValueError("CurveZMQ needs both --curve-secret and --allow")
         if broker is None:
             check_address(address, curve)
+        elif server_public_key is None or client_secret_file is None:
+            raise ValueError(f"a worker joins its broker over CurveZMQ: {BROKER_KEYS_HINT}")
+        else:
+            self._broker_keys = curve_keys(server_public_key, client_secret_file)
         self.pipeline = pipeline
         if hasattr(pipeline, "set_progress_bar_config"):
             pipeline.set_progress_bar_config(disable=True)
@@ -94,13 +105,13 @@ class Worker:
         self.name, self.preset, self.limits = name, preset, limits
         self.broker = broker
         self._context = zmq.Context()
-        self._auth = None
+        self._auth = Authenticator(self._context) if curve else None
         if broker is None:
             self._socket = self._context.socket(zmq.ROUTER)
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.setsockopt(zmq.MAXMSGSIZE, limits.max_part_bytes)
             if curve:
-                self._auth = curve_server(self._context, [self._socket], curve_secret, allow)
+                self._auth.serve(self._socket, curve_secret, allow, "clients")
             self._socket.bind(address)
             self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
             self._receiver = Receiver(self._socket, limits, route=1)
@@ -129,8 +140,12 @@ class Worker:
         socket = self._context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_part_bytes)
+        socket.curve_serverkey, socket.curve_publickey, socket.curve_secretkey = self._broker_keys
         socket.connect(self.broker)
-        socket.send_multipart(encode(Message(MessageType.READY, None, self._welcome_body())))
+        try:  # no connection (a failed handshake can end it at once): READY goes again on reconnecting
+            socket.send_multipart(encode(Message(MessageType.READY, None, self._welcome_body())), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
         self._receiver = Receiver(socket, self.limits)
         return socket
 
@@ -153,11 +168,15 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         poller.register(self._wake, zmq.POLLIN)
+        if self._auth is not None:
+            poller.register(self._auth.socket, zmq.POLLIN)
         next_beat = time.monotonic() + self.heartbeat_s
         try:
             while not self._stop.is_set():
                 timeout = max(0.0, min(next_beat - time.monotonic(), 0.1))
                 events = dict(poller.poll(timeout * 1000))
+                if self._auth is not None and self._auth.socket in events:
+                    self._auth.handle()
                 if self._wake in events:
                     while self._wake.poll(0):
                         self._wake.recv()
@@ -185,7 +204,7 @@ class Worker:
             self._socket.close(FINAL_LINGER_MS)
             self._wake.close(0)
             if self._auth is not None:
-                self._auth.stop()
+                self._auth.close()
             if self._compute.is_alive():  # stuck in a call: term() would wait for its socket forever
                 log.error("the compute thread did not stop within 30 s; leaving its socket open")
             else:
@@ -196,7 +215,7 @@ class Worker:
     # --- IO thread --------------------------------------------------------------------------------
     def _reconnect_broker(self, poller: zmq.Poller) -> None:
         """Paranoid Pirate: a fresh socket and READY again (its jobs were cancelled as a silent client's)."""
-        log.warning("the broker at %s stopped answering; reconnecting", self.broker)
+        log.warning("the broker at %s stopped answering (or refuses this worker's key); reconnecting", self.broker)
         with self._lock:
             jobs = [job.id for job in self._jobs.values() if job.client == BROKER]
         for job_id in jobs:  # the broker re-queues them elsewhere; never finish them twice
@@ -214,7 +233,10 @@ class Worker:
         except ProtocolError as exc:  # a result over the limits: tell the client instead
             log.error("cannot encode %s for %s: %s", message.type, message.job, exc.sentence)
             frames = encode(error_message(exc.code, exc.sentence, message.job))
-        self._socket.send_multipart(route + frames)
+        try:
+            self._socket.send_multipart(route + frames, zmq.NOBLOCK)
+        except zmq.Again:  # a DEALER without a connection: the broker is gone or refused this worker's key
+            log.debug("no connection to the broker; dropped %s for %s", message.type.value, message.job)
 
     def _flush_outbox(self) -> None:
         while True:
@@ -386,8 +408,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--address", type=zmq_address, default=DEFAULT_ADDRESS,
                         help="ZeroMQ address to bind; off loopback only with --curve-secret and --allow")
     parser.add_argument("--broker", type=zmq_address,
-                        help="connect to this broker's worker address (loopback tcp://127.0.0.1:PORT or ipc://) "
-                             "instead of binding --address")
+                        help="connect to this broker's worker address instead of binding --address; needs "
+                             "--server-key and --client-key")
+    parser.add_argument("--server-key", help="with --broker: the broker's public key file (BROKER.key)")
+    parser.add_argument("--client-key", help="with --broker: this worker's secret key file (WORKER.key_secret, "
+                                             "from keygen), its WORKER.key in the broker's --allow-workers folder")
     parser.add_argument("--model", choices=["tiny", "full"], default="tiny",
                         help="tiny (default, runs on a CPU) or full (Wan2.1-T2V-1.3B + AnimaX adapter)")
     parser.add_argument("--wan", help="--model full: the diffusers-format Wan2.1-T2V-1.3B directory")
@@ -420,6 +445,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--view-parallel {args.view_parallel} needs {args.view_parallel} GPUs, "
                          f"{torch.cuda.device_count()} are visible")
     if args.broker is None:
+        if args.server_key or args.client_key:
+            parser.error("--server-key/--client-key are the keys for joining a broker: use them with --broker")
         if problem := curve_files_problem(args.curve_secret, args.allow):
             parser.error(problem)
         try:
@@ -428,17 +455,17 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(exc))
     elif args.curve_secret or args.allow:
         parser.error("--curve-secret/--allow secure a bound worker; behind a broker, secure the broker instead")
+    elif not (args.server_key and args.client_key):
+        parser.error(f"a worker joins its broker over CurveZMQ: {BROKER_KEYS_HINT}; animax-serve makes these keys "
+                     "for the workers it starts")
     else:
-        try:  # the worker has no CurveZMQ client side: its jobs and results would cross the network in clear
-            check_address(args.broker)
-        except ValueError:
-            parser.error(f"refusing to join the broker at {args.broker} over plain TCP: a worker talks to its "
-                         "broker unencrypted, so only loopback or ipc is allowed; run the worker on the broker's "
-                         "machine (--broker tcp://127.0.0.1:PORT) or tunnel the broker's worker port to loopback "
-                         "(ssh -L PORT:127.0.0.1:PORT BROKER_HOST)")
+        try:  # before the model loads, which takes a while
+            curve_keys(args.server_key, args.client_key)
+        except ValueError as exc:
+            parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     options = dict(queue_size=args.queue_size, name=args.name, broker=args.broker, curve_secret=args.curve_secret,
-                   allow=args.allow)
+                   allow=args.allow, server_public_key=args.server_key, client_secret_file=args.client_key)
     if args.view_parallel > 1:
         from .view_parallel_worker import serve_view_parallel  # it imports this module
 
