@@ -35,7 +35,9 @@ class AnimaXSettings(bpy.types.PropertyGroup):
     armature: PointerProperty(type=bpy.types.Object, name="Armature", poll=_is_armature,
                               description="The armature to animate (empty: the active object)")
     prompt: StringProperty(name="Prompt", description="What the character should do, e.g. 'the fox pounces forward'")
-    duration: IntProperty(name="Duration", default=17, min=1, soft_max=250, subtype="TIME",
+    # One second at Blender's default 24 fps: the tiny model's whole clip (17 frames at 16 fps),
+    # the length it was trained on; a shorter Action has it make fewer frames than it knows.
+    duration: IntProperty(name="Duration", default=25, min=1, soft_max=250, subtype="TIME",
                           description="Length of the new Action in scene frames (the model may make fewer)")
     seed: IntProperty(name="Seed", default=0, min=0, description="Random seed; variations use seed, seed+1, ...")
     steps: IntProperty(name="Steps", default=20, min=1, max=200, description="Denoising steps")

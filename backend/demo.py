@@ -1,12 +1,13 @@
 """``animax demo``: animate a character headless, exactly as the Animate button does.
 
-    animax demo [--blend IN.blend --armature NAME] --prompt TEXT --out OUT.blend [--preview OUT.mp4]
-                [--steps N] [--seed S] [--bones DEFORM|SELECTED|COLLECTION --collection NAME]
+    animax demo [--blend IN.blend --armature NAME | --sample FAMILY] --prompt TEXT --out OUT.blend
+                [--preview OUT.mp4] [--steps N] [--seed S] [--bones DEFORM|SELECTED|COLLECTION --collection NAME]
 
 1. builds the extension zip with ``build.py`` for this platform (without bundled wheels when
    none can be downloaded: pyzmq and Pillow then come from this Python) and installs and enables
    it in a temporary Blender user directory;
-2. opens IN.blend, or builds a sample creature (a skinned quadruped from the procedural rig world);
+2. opens IN.blend, or builds a sample creature of the procedural rig world, skinned (a person by
+   default: the family the embedded model animates best of those with limbs, docs/quality.md);
 3. points the add-on's preferences at a local worker run by this Python from this project
    (the tiny model), runs ``bpy.ops.animax.animate()``, saves OUT.blend;
 4. renders a short Workbench preview video of the animated character (mp4), stops the worker.
@@ -32,11 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from animax_addon.core.cameras import blender_lens_mm, make_camera_rig
+from backend.data.rig_world import FAMILIES
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTENSION_ID = "animax"
 REPO = "user_default"
 PREVIEW_SIZE = 256
+SAMPLE_FAMILIES = tuple(FAMILIES)
 PREVIEW_AZIMUTH_DEG, PREVIEW_ELEVATION_DEG = 35.0, 15.0  # a three-quarter view from the front
 _HOST_PLATFORMS = {("linux", "x86_64"): "linux-x64", ("win32", "AMD64"): "windows-x64",
                    ("darwin", "arm64"): "macos-arm64", ("darwin", "x86_64"): "macos-x64"}
@@ -53,6 +56,8 @@ class DemoError(ValueError):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blend", type=Path, help="a .blend with a rigged character (default: a sample creature)")
     parser.add_argument("--armature", help="the armature object in --blend (default: the only or active one)")
+    parser.add_argument("--sample", choices=SAMPLE_FAMILIES,
+                        help="the sample creature built without --blend (default: biped, a person)")
     parser.add_argument("--prompt", required=True, help="what the character should do")
     parser.add_argument("--out", type=Path, required=True, help="the .blend to write")
     parser.add_argument("--preview", type=Path, help="preview video to render (default: OUT with .mp4)")
@@ -203,7 +208,9 @@ def animate(bpy, obj, prompt: str, **settings) -> float:
 def _check(args: argparse.Namespace) -> None:
     """Refuse bad arguments at once, before Blender starts."""
     if not args.prompt.strip():
-        raise DemoError("--prompt is empty; say what the character should do, e.g. --prompt \"the fox jumps\"")
+        raise DemoError("--prompt is empty; say what the character should do, e.g. --prompt \"the person waves\"")
+    if args.sample is not None and args.blend is not None:
+        raise DemoError("--sample builds a creature instead of opening --blend; give one of them")
     if args.blend is not None:
         if not args.blend.is_file():
             raise DemoError(f"--blend file not found: {args.blend}")
@@ -234,7 +241,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         else:
             from backend.data.blender_build import build_sample_scene
 
-            obj = build_sample_scene(seed=0, family="quadruped")
+            obj = build_sample_scene(seed=0, family=args.sample or "biped")
         animate_seconds = animate(bpy, obj, args.prompt, steps=args.steps, seed=args.seed, bones=args.bones,
                                   bone_collection=args.collection or "")
         action = obj.animation_data.action

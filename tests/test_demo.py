@@ -16,21 +16,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_demo_writes_an_animated_blend_and_a_preview_video(tmp_path):
     out = tmp_path / "x.blend"
-    done = subprocess.run([sys.executable, "-m", "backend.cli", "demo", "--prompt", "the fox jumps", "--out", str(out),
+    done = subprocess.run([sys.executable, "-m", "backend.cli", "demo", "--prompt", "the person waves", "--out", str(out),
                            "--steps", "2"], capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Action 'AnimaX the fox jumps'" in done.stdout
-    assert "in its rest pose" not in done.stdout  # a standing fox: nothing told about its rest
+    assert "animated 'Biped'" in done.stdout and "Action 'AnimaX the person waves'" in done.stdout
+    assert "in its rest pose" not in done.stdout  # a standing person: nothing told about its rest
 
     bpy.ops.wm.open_mainfile(filepath=str(out))
     (obj,) = [o for o in bpy.data.objects if o.type == "ARMATURE"]
     action = obj.animation_data.action
-    assert action.name == "AnimaX the fox jumps"
+    assert action.name == "AnimaX the person waves"
     bag = action_get_channelbag_for_slot(action, obj.animation_data.action_slot)
     first, last = action.frame_range
     frames = int(last - first) + 1
+    assert frames == 25  # the panel's default: one second at 24 fps, the model's whole clip
     assert (bpy.context.scene.frame_start, bpy.context.scene.frame_end) == (1, 250)  # the scene's range untouched
-    animated = participating_bones(obj)  # the fox's deform bones, thinned to the default joint budget
+    animated = participating_bones(obj)  # the sample's deform bones
     assert len(bag.fcurves) == 4 * len(animated) + 3  # quaternions of every animated bone, the root's location
     assert {len(c.keyframe_points) for c in bag.fcurves} == {frames}
     assert f"{frames} frames, {frames * len(bag.fcurves)} keys" in done.stdout
@@ -52,6 +53,8 @@ def test_bad_demo_arguments_get_one_sentence_before_blender_starts(tmp_path):
         ("--blend", str(ROOT / "README.md"), "--prompt", "x", "--out", str(tmp_path / "a.blend")): "is not a .blend file",
         ("--prompt", "x", "--out", str(tmp_path / "a.txt")): "--out must be a .blend file",
         ("--prompt", "x", "--out", str(tmp_path / "a.blend"), "--collection", "Body"): "--collection needs --bones",
+        ("--blend", str(ROOT / "README.md"), "--sample", "quadruped", "--prompt", "x", "--out", str(tmp_path / "a.blend")):
+            "--sample builds a creature instead of opening --blend",
     }
     for args, sentence in cases.items():
         done = _demo(*args)
