@@ -18,7 +18,7 @@ from backend.worker.broker import Broker
 from backend.worker.security import keygen, link_keys
 from backend.worker.server import Worker, preset_body
 from test_worker import (
-    FRAMES, TEMPLATES, cancel_once_running, empty_frame_floods_beside_a_job, held_submits,
+    FRAMES, LONG_JOB, TEMPLATES, cancel_once_running, empty_frame_floods_beside_a_job, held_submits,
     one_client_cannot_fill_the_queue, submit, until,
 )
 
@@ -207,7 +207,7 @@ def test_broker_and_worker_sockets_drop_frames_over_the_protocol_limit(pipelines
 def test_cancel_through_broker_within_one_step(make_broker):
     broker = make_broker()
     with Client(broker.address) as client:
-        job = submit(client, steps=200)
+        job = submit(client, **LONG_JOB)
         after = cancel_once_running(client, job)
         assert after[-1].type == MessageType.CANCELLED
         assert len([m for m in after if m.type == MessageType.PROGRESS]) <= 2  # within one step
@@ -222,7 +222,7 @@ def test_sixteen_clients_two_workers_fair_bounded(make_broker):
     clients = [Client(broker.address) for _ in range(16)]
     try:
         for job in ("block0", "block1"):  # both workers busy: every later job waits in the queue
-            submit(blocker, steps=200, job=job)
+            submit(blocker, **LONG_JOB, job=job)
             until(blocker, job, MessageType.PROGRESS)
         positions = {}
         plan = [(0, "c0-a"), (0, "c0-b")] + [(i, f"c{i}") for i in range(1, 15)]
@@ -272,7 +272,7 @@ def test_broker_refuses_empty_frame_floods_and_a_running_job_completes(make_brok
 def test_vanished_client_jobs_are_cancelled_by_broker(make_broker):
     broker = make_broker(heartbeat_s=0.2, liveness_s=1.0)
     client = Client(broker.address)
-    submit(client, steps=200, job="gone0")
+    submit(client, **LONG_JOB, job="gone0")
     until(client, "gone0", MessageType.PROGRESS)
     submit(client, job="gone1")
     until(client, "gone1", MessageType.ACCEPTED)

@@ -20,7 +20,7 @@ from backend.model.presets import TINY_WEIGHTS, load_tiny
 from backend.worker import server
 from backend.worker.broker import Broker
 from test_broker import broker_keys, link  # noqa: F401 - link is a fixture
-from test_worker import submit, until
+from test_worker import LONG_JOB, submit, until
 from test_worker_faults import free_port, wait_for, wait_up
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def test_cancel_stops_every_rank_and_the_next_job_runs(split_worker):
     address, log = split_worker
     seen = len(follower_lines(log))
     with Client(address) as client:
-        job = submit(client, steps=200)
+        job = submit(client, **LONG_JOB)
         until(client, job, MessageType.PROGRESS)
         client.cancel(job)
         until(client, job, MessageType.CANCELLED)
@@ -105,7 +105,7 @@ def test_dead_follower_fails_the_job_and_ends_the_worker(running, tmp_path, link
     try:
         wait_for(lambda: broker.worker_count() == 1, 120)
         with Client(broker.address) as client:
-            job = submit(client, steps=200)
+            job = submit(client, **LONG_JOB)
             until(client, job, MessageType.PROGRESS)
             follower = int(re.search(r"rank 1 ready \(pid (\d+)", log.read_text())[1])
             os.kill(follower, signal.SIGKILL)

@@ -20,6 +20,7 @@ from animax_addon.core import protocol
 from animax_addon.core.protocol import (
     ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, png_blob,
 )
+from backend.model.pipeline_animax import AnimaXPipelineOutput
 from backend.model.presets import TINY, build_tiny_pipeline
 from backend.worker import jobs
 from backend.worker.fair_queue import client_cap
@@ -34,6 +35,8 @@ RIG = {"bones": [
 ]}
 CAMERAS = make_camera_rig(np.array([0.0, 0.0, 0.5]), 0.7, SIZE).to_dict()
 TEMPLATES = np.random.default_rng(0).integers(0, 255, (4, SIZE, SIZE, 3), dtype=np.uint8)
+# The biggest job a tiny worker takes: one still running while a test goes on.
+LONG_JOB = dict(steps=jobs.max_steps(TINY), frames=TINY.num_frames)
 
 
 def options(steps=2, **changes):
@@ -225,6 +228,61 @@ def test_templates_are_checked_against_the_cameras_before_decoding(monkeypatch, 
     assert sentence in reply.body["message"]
 
 
+def preset_submit(size: int, **changes) -> Message:
+    """A SUBMIT of ``size`` px cameras and templates (PNG headers only) for the tiny preset's limits."""
+    blobs = [header_only_png(size, size)] * 4
+    body = {"prompt": "walk", "rig": RIG, "cameras": make_camera_rig(np.array([0.0, 0.0, 0.5]), 0.7, size).to_dict(),
+            "options": options(**changes), "templates": list(range(4))}
+    return Message(MessageType.SUBMIT, "t", body, tuple(blobs))
+
+
+@pytest.mark.parametrize("size, changes, sentence", [
+    (TINY.size, dict(steps=jobs.max_steps(TINY) + 1), "81 denoising steps were asked for, but the tiny model's "
+     "worker runs at most 80 (4 times its default of 20); ask for fewer steps."),
+    (TINY.size, dict(frames=TINY.num_frames + 4), "21 frames were asked for, but the tiny model makes at most 17; "
+     "ask for fewer frames."),
+    (4096, {}, "The cameras render 4096x4096 images, but the tiny model works at 64x64 at most; "
+     "render the templates at 64 px."),
+])
+def test_preset_limits_are_checked_before_decoding(monkeypatch, size, changes, sentence):
+    monkeypatch.setattr(jobs, "blob_png", lambda *a, **k: pytest.fail("a template was decoded"))
+    reply = jobs.run_job(None, preset_submit(size, **changes), lambda *a: None, lambda: False, TINY)
+    assert reply.type == MessageType.ERROR and reply.body["code"] == "bad_field"
+    assert reply.body["message"] == sentence
+
+
+def test_a_job_at_the_preset_limits_runs():
+    calls = []
+
+    def pipeline(**kwargs):  # records what the model was asked for, then ends as a cancelled run does
+        calls.append(kwargs)
+        return AnimaXPipelineOutput(pose_videos=None, rgb_videos=None, interrupted=True)
+    body = preset_submit(TINY.size, **LONG_JOB).body
+    templates = tuple(png_blob(np.zeros((TINY.size, TINY.size, 3), np.uint8)) for _ in range(4))
+    reply = jobs.run_job(pipeline, Message(MessageType.SUBMIT, "t", body, templates), lambda *a: None, lambda: False, TINY)
+    assert reply.type == MessageType.CANCELLED
+    (call,) = calls
+    assert call["num_inference_steps"] == 80 and call["num_frames"] == 17 and call["rgb_templates"].shape == (4, 64, 64, 3)
+
+
+def test_worker_refuses_more_frames_than_its_preset_makes(worker):
+    with Client(worker.address) as client:
+        frames = client.hello()["preset"]["frames"]
+        error = until(client, submit(client, frames=frames + 4), MessageType.ERROR)[-1]
+    assert error.body["code"] == "bad_field" and "the tiny model makes at most 17" in error.body["message"]
+
+
+def test_cancel_mid_denoising_stops_at_the_step_and_writes_nothing(pipeline, monkeypatch):
+    monkeypatch.setattr(jobs, "scene_motion", lambda *a: pytest.fail("a cancelled job was reconstructed"))
+    steps = []
+    body = {"prompt": "walk", "rig": RIG, "cameras": CAMERAS, "options": options(**LONG_JOB),
+            "templates": list(range(4))}
+    submit = Message(MessageType.SUBMIT, "t", body, tuple(png_blob(image) for image in TEMPLATES))
+    reply = jobs.run_job(pipeline, submit, lambda stage, step, total: steps.append(step), lambda: len(steps) >= 3)
+    assert reply.type == MessageType.CANCELLED and not reply.blobs
+    assert steps == [1, 2, 3]  # the cancel seen after step 3 ends the job before step 4
+
+
 def fake_result(server: zmq.Socket, pngs: list[bytes]) -> None:
     """Answer the next SUBMIT that reaches ``server`` with a RESULT whose pose video is ``pngs``."""
     while True:
@@ -262,7 +320,7 @@ def test_client_checks_result_pngs_against_the_job_before_decoding(monkeypatch):
 def test_queue_bound(make_worker):
     worker = make_worker(queue_size=1)
     with Client(worker.address) as client:
-        blocker = submit(client, steps=200)
+        blocker = submit(client, **LONG_JOB)
         until(client, blocker, MessageType.PROGRESS)
         second = submit(client)
         assert until(client, second, MessageType.ACCEPTED)[-1].body["position"] == 0
@@ -278,7 +336,7 @@ def one_client_cannot_fill_the_queue(address: str) -> None:
     """At a worker or a broker with a queue of 4 (one client may keep 1 place): client a's second
     waiting job is refused while client b is still admitted."""
     with Client(address) as a, Client(address) as b:
-        blocker = submit(a, steps=200, job="a0")
+        blocker = submit(a, **LONG_JOB, job="a0")
         until(a, blocker, MessageType.PROGRESS)  # running: holds no place in the queue
         submit(a, job="a1")
         until(a, "a1", MessageType.ACCEPTED)
@@ -320,7 +378,7 @@ def empty_frame_floods_beside_a_job(service) -> None:
         states.append(service.job_states()[job])
 
     with Client(service.address, liveness_s=3) as client:
-        job = submit(client, steps=200)
+        job = submit(client, **LONG_JOB)
         until(client, job, MessageType.PROGRESS)
         thread = threading.Thread(target=flood)
         thread.start()
@@ -370,7 +428,7 @@ def test_round_robin_across_clients(worker):
 def test_vanished_client_jobs_are_cancelled(make_worker):
     worker = make_worker(heartbeat_s=0.2, liveness_s=1.0)
     client = Client(worker.address)
-    running = submit(client, steps=200, job="gone0")
+    running = submit(client, **LONG_JOB, job="gone0")
     until(client, running, MessageType.PROGRESS)
     submit(client, job="gone1")
     until(client, "gone1", MessageType.ACCEPTED)

@@ -18,7 +18,7 @@ from backend.worker.server import Worker
 from conftest import Services
 from test_broker import broker_keys, link, worker_keys  # noqa: F401 - link is a fixture
 from test_protocol import FRAME_LISTS
-from test_worker import submit, until
+from test_worker import LONG_JOB, submit, until
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSWERS = {MessageType.ERROR, MessageType.WELCOME, MessageType.HEARTBEAT, MessageType.CANCELLED,
@@ -132,7 +132,7 @@ def test_fuzzed_messages_then_a_real_job(servers, target):
 def test_sigkilled_worker_is_reported_within_5_s(servers):
     wait_up(servers["direct"])
     with Client(servers["direct"], liveness_s=3) as client:
-        job = submit(client, steps=200)
+        job = submit(client, **LONG_JOB)
         until(client, job, MessageType.PROGRESS)
         servers["processes"][0].send_signal(signal.SIGKILL)
         killed = time.monotonic()

@@ -17,26 +17,45 @@ from animax_addon.core.pose_maps import render_pose_maps
 from animax_addon.core.protocol import (
     ErrorCode, Message, MessageType, ProtocolError, array_blob, blob_png, error_message, png_blob, png_size,
 )
-from animax_addon.core.rig import BODY_JOINTS, Rig, RigError
+from animax_addon.core.rig import Rig, RigError
 from backend.data.joint_colours import joint_colours
-from backend.model import MODEL_FPS
+from backend.model import MODEL_FPS, TINY, Preset
 from backend.reconstruction.kinematics import resample
 from backend.reconstruction.reconstruct import GENERATED, reconstruct
 
 Progress = Callable[[str, int, int], None]
+# The most denoising steps a job may ask for, as a multiple of the preset's default. A sampler's
+# result settles by its default count (the paper's 50 Euler steps at full size, the tiny model's
+# 20, --fast's 10 UniPC steps: docs/benchmarks.md), so more steps buy little while each holds the
+# worker from every other client; four times the default leaves room to trade time for quality.
+STEPS_PER_DEFAULT = 4
 
 
 class JobInputError(ValueError):
     """The user's rig, cameras or templates cannot be used; the text is a sentence for them."""
 
 
-def _inputs(body: dict, blobs: tuple[bytes, ...], max_joints: int) -> tuple[Rig, CameraRig, np.ndarray]:
+def max_steps(preset: Preset) -> int:
+    """The most denoising steps a job may ask of a worker that serves ``preset``."""
+    return STEPS_PER_DEFAULT * preset.num_inference_steps
+
+
+def _inputs(body: dict, blobs: tuple[bytes, ...], preset: Preset) -> tuple[Rig, CameraRig, np.ndarray]:
     """The rig, cameras and RGB templates (V, H, W, 3) of a SUBMIT, checked against each other.
 
-    The templates' count and their PNG headers' sizes are checked against the cameras before any
-    pixel is decoded, so a request never costs more memory than its cameras' images."""
+    The options' steps and frames and the cameras' image size are checked against the preset, and
+    the templates' count and their PNG headers' sizes against the cameras, before any pixel is
+    decoded: a request never costs more memory than the preset's own jobs, nor its cameras' images."""
+    options, model = body["options"], f"the {preset.name} model"
+    if options["steps"] > max_steps(preset):
+        raise JobInputError(f"{options['steps']} denoising steps were asked for, but {model}'s worker runs at "
+                            f"most {max_steps(preset)} ({STEPS_PER_DEFAULT} times its default of "
+                            f"{preset.num_inference_steps}); ask for fewer steps.")
+    if options["frames"] > preset.num_frames:
+        raise JobInputError(f"{options['frames']} frames were asked for, but {model} makes at most "
+                            f"{preset.num_frames}; ask for fewer frames.")
     try:
-        rig = Rig.from_dict(body["rig"], max_joints=max_joints)
+        rig = Rig.from_dict(body["rig"], max_joints=preset.max_joints)
     except RigError as exc:
         raise JobInputError(f"The rig cannot be used: {exc}.") from exc
     try:
@@ -45,6 +64,9 @@ def _inputs(body: dict, blobs: tuple[bytes, ...], max_joints: int) -> tuple[Rig,
         raise JobInputError(f"The cameras cannot be used: {exc}.") from exc
     if cameras.width != cameras.height:
         raise JobInputError(f"The cameras must render square images, got {cameras.width}x{cameras.height}.")
+    if cameras.width > preset.size:  # smaller is allowed: it costs less, and tests and benchmarks use it
+        raise JobInputError(f"The cameras render {cameras.width}x{cameras.height} images, but {model} works "
+                            f"at {preset.size}x{preset.size} at most; render the templates at {preset.size} px.")
     pngs = [blobs[i] for i in body["templates"]]
     if len(pngs) != cameras.num_views:
         raise JobInputError(f"{len(pngs)} template images were sent for {cameras.num_views} camera views.")
@@ -67,14 +89,14 @@ def scene_motion(rig: Rig, cameras: CameraRig, pose_videos: np.ndarray, scene_fp
 
 
 def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[], bool],
-            max_joints: int = BODY_JOINTS) -> Message:
+            preset: Preset = TINY) -> Message:
     """Run one SUBMIT to the end; never raises for user input, returns an ERROR message instead.
-    ``max_joints``: the most joints the model tells apart (its preset's)."""
+    ``preset``: the loaded model's, whose size, frames, steps and joints bound the job."""
     job, body = submit.job, submit.body
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     try:
-        rig, cameras, rgb_templates = _inputs(body, submit.blobs, max_joints)
+        rig, cameras, rgb_templates = _inputs(body, submit.blobs, preset)
         pose_templates = render_pose_maps(cameras, rig.joints_rest[None], rig.joint_parents, joint_colours(rig, cameras.rotation))[:, 0]
     except ProtocolError as exc:
         return error_message(exc.code, exc.sentence, job)

@@ -349,7 +349,7 @@ class Worker:
                                                {"stage": stage, "step": step, "total": total, "eta_s": eta}))
 
                 try:
-                    reply = run_job(self.pipeline, job.message, progress, job.cancel.is_set, self.preset.max_joints)
+                    reply = run_job(self.pipeline, job.message, progress, job.cancel.is_set, self.preset)
                 except Exception:  # noqa: BLE001 - a bug must not kill the worker
                     log.exception("job %s failed", job.id)
                     reply = error_message(ErrorCode.INTERNAL, ErrorCode.INTERNAL.sentence, job.id)
