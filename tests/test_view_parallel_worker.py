@@ -93,7 +93,7 @@ def test_cancel_stops_every_rank_and_the_next_job_runs(split_worker):
         until(client, job, MessageType.CANCELLED)
         assert until(client, submit(client, steps=2), MessageType.RESULT)
     stopped, done = new_follower_lines(log, seen, 2)
-    assert re.fullmatch(r"rank 1: stopped after \d+ of 200 steps", stopped)
+    assert re.fullmatch(rf"rank 1: stopped after \d+ of {LONG_JOB['steps']} steps", stopped)
     assert int(stopped.split()[4]) < 20 and done == "rank 1: done after 2 of 2 steps"
 
 
