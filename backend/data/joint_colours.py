@@ -2,13 +2,14 @@
 
 Training draws joint k of a procedural creature in palette colour k, and each family lists its
 bones in one order, so the model learns what a colour means: colour 6 marks a biped's left elbow
-and a quadruped's left front knee (of two spine bones). A rig from elsewhere (Rigify, a glTF character) lists its bones in its own
-order, and drawn by that order every colour lands on a part the model never saw it on (the model
-then draws maps of about half the joint confidence, docs/quality.md). So each joint takes the
-colour of the joint it matches in the training rig that fits the whole rig best.
+and a quadruped's left front knee (of two spine bones). A rig from elsewhere (Rigify, a glTF
+character) lists its bones in its own order, and drawn by that order every colour lands on a part
+the model never saw it on (the model then draws maps of about half the joint confidence,
+docs/quality.md). So each joint takes the colour of the joint it matches in the training rig
+that fits the whole rig best.
 
-Matching is in normalised rest space (bounding-sphere centre at the origin, radius 1; Blender's
-Z up, facing -Y, as training rigs stand), against creatures of every training family (the
+Matching is in normalised rest space (bounding-sphere centre at the origin, radius 1), in the
+character's upright frame (Z up, facing -Y, as training rigs stand), against creatures of every training family (the
 references). A joint's cost against a reference joint is the distance between them, plus half
 the distance between the bones that end at them (a hand's tip is not taken for the wrist beside
 it), plus the difference of their depths in the tree over the deepest (a chain keeps its order).
@@ -99,8 +100,8 @@ def match(rig: Rig, rotation: np.ndarray | None = None) -> tuple[str, np.ndarray
         unshared = abs(len(features) - len(reference))
         score = (cost[rows, cols].sum() + UNSHARED_COST * unshared) / max(len(features), len(reference))
         if best is None or score < best[0]:
-            best = (score, family, rows, cols, len(reference))
-    score, family, rows, cols, size = best
+            best = (score, family, rows, cols)
+    score, family, rows, cols = best
     index = np.full(len(features), -1, dtype=np.int64)
     index[rows] = cols
     spare = np.setdiff1d(np.arange(MAX_JOINTS), cols)

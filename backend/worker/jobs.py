@@ -97,7 +97,8 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
     start = time.perf_counter()
     try:
         rig, cameras, rgb_templates = _inputs(body, submit.blobs, preset)
-        pose_templates = render_pose_maps(cameras, rig.joints_rest[None], rig.joint_parents, joint_colours(rig, cameras.rotation))[:, 0]
+        colours = joint_colours(rig, cameras.rotation)
+        pose_templates = render_pose_maps(cameras, rig.joints_rest[None], rig.joint_parents, colours)[:, 0]
     except ProtocolError as exc:
         return error_message(exc.code, exc.sentence, job)
     except ValueError as exc:  # JobInputError, and any other refusal of the inputs
