@@ -2,12 +2,14 @@
 
 import contextlib
 import itertools
+import logging
 import threading
 import time
 
 import numpy as np
 import pytest
 import zmq
+import zmq.auth
 
 from animax_addon.core.client import Client, curve_keys, result_arrays
 from animax_addon.core.protocol import (
@@ -176,6 +178,89 @@ def test_a_result_from_a_worker_the_job_did_not_go_to_is_dropped(make_broker, li
     finally:
         chosen.close(0)
         other.close(0)
+
+
+def test_a_listed_worker_cannot_take_over_another_workers_identity(running, link, tmp_path, caplog):
+    allow = tmp_path / "allow"  # two listed workers, each with a key of its own
+    allow.mkdir()
+    keys = {}
+    for name in ("first", "second"):
+        public, keys[name] = keygen(tmp_path, name)
+        (allow / public.name).write_bytes(public.read_bytes())
+    # Never dropped for silence here, however slow the machine: the first's registration stays.
+    broker = running(Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", worker_secret=str(link.broker_secret),
+                            worker_allow=str(allow), heartbeat_s=0.2, worker_liveness=3000))
+    progress = encode(Message(MessageType.PROGRESS, "b0", {"stage": "denoise", "step": 1, "total": 2,
+                                                           "eta_s": None}))
+    pngs = (png_blob(TEMPLATES[0]),) * (4 * FRAMES)
+
+    def result(sender):
+        body = {"arrays": {}, "videos": {"pose": list(range(len(pngs)))}, "diagnostics": {"views": 4, "by": sender}}
+        return encode(Message(MessageType.RESULT, "b0", body, pngs))
+
+    def dropped() -> list[str]:  # the message type of each dropped message, in order
+        return [r.getMessage().split()[2] for r in caplog.records
+                if r.name == "animax.broker" and r.getMessage().startswith("dropped a ")]
+
+    def last_seen() -> float:
+        with broker._lock:
+            return broker._workers[b"first"].last_seen
+
+    def as_first(name, heard) -> zmq.Socket:
+        """A connection under the first worker's routing identity with ``name``'s key, once ``heard``."""
+        # libzmq gives an identity to a new connection only after the old one has closed, and takes
+        # a too early one's first message for its identity: try fresh ones until a heartbeat is heard.
+        deadline = time.monotonic() + 30
+        while True:
+            sock = zmq.Context.instance().socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.identity = b"first"
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = \
+                curve_keys(link.broker_public, keys[name])
+            sock.connect(broker.backend)
+            sock.send_multipart(encode(Message(MessageType.HEARTBEAT)))
+            attempt = time.monotonic() + 1
+            while time.monotonic() < attempt:
+                if heard():
+                    return sock
+                time.sleep(0.02)
+            sock.close(0)
+            assert time.monotonic() < deadline, f"{name} was never heard"
+
+    caplog.set_level(logging.WARNING, logger="animax.broker")
+    first = as_first("first", lambda: True)
+    try:
+        first.send_multipart(ready())
+        wait_for(lambda: broker.worker_count() == 1)
+        with Client(broker.address) as client:
+            job = submit(client)
+            assert first.poll(10_000) and decode(first.recv_multipart()).job == "b0"
+            first.send_multipart(progress)
+            assert until(client, job, MessageType.PROGRESS)[-1].body["step"] == 1
+            first.close(0)  # gone, but registered until it has been silent for its liveness
+            before = last_seen()
+            second = as_first("second", lambda: bool(dropped()) or last_seen() > before)
+            try:
+                for frames in (progress, result("second"), ready(), ready(dict(preset_body(TINY), size=2 * TINY.size))):
+                    second.send_multipart(frames)
+                wait_for(lambda: dropped()[-4:] == ["progress", "result", "ready", "ready"]
+                         or broker.job_states()[job] != "running")
+            finally:
+                second.close(0)
+            assert broker.job_states()[job] == "running" and last_seen() == before
+            assert set(dropped()[:-4]) == {"heartbeat"} and dropped()[-4:] == ["progress", "result", "ready", "ready"]
+            line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("dropped a "))
+            first_key, second_key = (zmq.auth.load_certificate(keys[name])[0].decode() for name in ("first", "second"))
+            assert f"came with key {second_key[:8]}..., not {first_key[:8]}..." in line
+            assert broker.worker_count() == 1 and broker._workers[b"first"].job is not None  # nothing re-queued
+            first = as_first("first", lambda: last_seen() > before)  # the first worker back with its own key
+            first.send_multipart(result("first"))
+            messages = until(client, job, MessageType.RESULT)
+        assert [m.type for m in messages] == [MessageType.RESULT]
+        assert messages[-1].body["diagnostics"]["by"] == "first" and broker.job_states()[job] == "done"
+        assert set(dropped()[:-4]) == {"heartbeat"}  # the first's messages were all taken
+    finally:
+        first.close(0)
 
 
 def test_broker_keeps_only_the_outcomes_of_its_last_finished_jobs(make_broker):

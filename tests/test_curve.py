@@ -1,14 +1,19 @@
 """CurveZMQ: keys from ``animax-worker keygen``; wrong or unlisted keys get nothing, right keys work."""
 
+import logging
 import time
 
 import pytest
+import zmq
+import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
 
 from animax_addon.core.client import Client, WorkerUnavailable
 from animax_addon.core.protocol import MessageType
 from backend.model.presets import build_tiny_pipeline
 from backend.worker import server
 from backend.worker.broker import Broker
+from backend.worker.security import Authenticator, LogThrottle
 from backend.worker.server import Worker
 from test_broker import broker_keys, link, wait_for, worker_keys  # noqa: F401 - link is a fixture
 from test_worker import submit, until
@@ -104,3 +109,46 @@ def test_broker_refuses_to_start_without_a_list_of_worker_keys(link, tmp_path):
                worker_allow=str(tmp_path))
     with pytest.raises(ValueError, match="joins its broker over CurveZMQ"):
         Worker(None, broker="tcp://127.0.0.1:5556")
+
+
+def test_refused_keys_are_logged_once_a_minute(keys, caplog):
+    """Each refused key gets one warning line naming the ZAP domain, however often it tries."""
+    caplog.set_level(logging.WARNING, logger="animax.security")
+    context = zmq.Context()  # a ZAP handler of its own
+    auth = Authenticator(context)
+    server_socket = context.socket(zmq.ROUTER)
+    server_socket.setsockopt(zmq.LINGER, 0)
+    auth.serve(server_socket, keys / "server.key_secret", keys / "allow", "clients")
+    server_socket.bind("tcp://127.0.0.1:*")
+    try:
+        deadline = time.monotonic() + 30
+        for _ in range(5):  # a refused peer does not try again itself: a flood is many connections
+            for name in ("bob", "server"):  # neither is on the list
+                sock = zmq.Context.instance().socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.curve_serverkey = zmq.auth.load_certificate(keys / "server.key")[0]
+                sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(keys / f"{name}.key_secret")
+                monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+                try:
+                    sock.connect(server_socket.getsockopt_string(zmq.LAST_ENDPOINT))
+                    while not monitor.poll(0):  # until this connection has been refused
+                        assert time.monotonic() < deadline, "no handshake was refused"
+                        if auth.socket.poll(20):
+                            auth.handle()
+                    assert recv_monitor_message(monitor)["value"] == 400
+                finally:
+                    monitor.close(0)
+                    sock.close(0)
+        lines = sorted(r.getMessage() for r in caplog.records if r.name == "animax.security")
+        assert len(lines) == 2 and all("on ZAP domain 'clients': not in its allow-list" in line for line in lines)
+        prefixes = sorted(zmq.auth.load_certificate(keys / f"{n}.key")[0][:8].decode() for n in ("bob", "server"))
+        assert [line.split()[3] for line in lines] == [f"{p}..." for p in prefixes]
+    finally:
+        server_socket.close(0)
+        auth.close()
+        context.term()
+    # A minute later a key is named again; and at most `most` lines a minute, fresh keys or not.
+    throttle = LogThrottle(period_s=60, most=2)
+    assert [throttle.allow(k, now=0) for k in ("a", "a", "b", "c")] == [True, False, True, False]
+    assert [throttle.allow(k, now=59) for k in ("a", "c")] == [False, False]
+    assert [throttle.allow(k, now=60) for k in ("a", "a", "c", "d")] == [True, False, True, False]

@@ -260,13 +260,16 @@ class Receiver:
     ``limits.max_frames`` or ``limits.max_total_bytes`` are read and dropped, never kept, and
     ``receive`` reads at most ``budget`` frames a call: a long message takes many calls, and the
     caller's loop (heartbeats, replies to others) runs between them. ``route`` is the number of
-    frames the socket puts before the message (1: a ROUTER's peer identity).
+    frames the socket puts before the message (1: a ROUTER's peer identity). ``user_id`` is the
+    User-Id of the message ``receive`` returned last: what the socket's ZAP handler answered for
+    its sender (a CurveZMQ peer's public key, Z85), or None without one.
     """
 
     def __init__(self, socket, limits: Limits = Limits(), route: int = 0) -> None:
         self.socket, self.limits, self.route = socket, limits, route
         self._frames: list[bytes] = []  # of the message being read, while within the limits
         self._count = self._bytes = 0
+        self.user_id: str | None = None
 
     @property
     def reading(self) -> bool:
@@ -297,6 +300,7 @@ class Receiver:
             else:
                 del self._frames[self.route:]  # refused whatever follows: free what was kept
             if not frame.more:
+                self.user_id = _user_id(frame, zmq)
                 return self._finish()
         return None
 
@@ -312,6 +316,15 @@ class Receiver:
             return route, decode(frames, self.limits)
         except ProtocolError as exc:
             return route, exc
+
+
+def _user_id(frame, zmq) -> str | None:
+    # A routing id names a connection only: a peer that connects with another's once that one has
+    # gone gets its replies. The key the handshake proved is what says who sent a message.
+    try:
+        return frame.get("User-Id")
+    except zmq.ZMQError:  # no ZAP handler answered for this connection
+        return None
 
 
 # --- body schemas ----------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ only from the worker the job went to.
 The backend is a CurveZMQ server always, with an allow-list of worker keys (``--worker-secret``,
 ``--allow-workers``): a worker reads every job it is given, and what it answers goes to clients,
 so a process that is not a listed worker gets no handshake, hence no message through, at all.
+A worker is bound to the key it joined with: a message from its routing identity that came with
+another key (a listed worker that took the identity over once the first had gone) is dropped.
 
 Liveness, both ways: the broker sends ``heartbeat`` every ``heartbeat_s`` to every worker and to
 every client with a queued or running job. A worker silent for ``worker_liveness`` beats is
@@ -67,6 +69,7 @@ class _Job:
 @dataclass(eq=False)
 class _Worker:
     identity: bytes
+    key: str | None  # the CURVE key (Z85) its READY came with: its identity names a connection only
     last_seen: float
     idle_since: float
     job: _Job | None = None
@@ -229,8 +232,13 @@ class Broker:
             return
         now = time.monotonic()
         worker = self._workers.get(identity)
+        key = self._receivers[self._backend].user_id
+        if worker is not None and key != worker.key:
+            log.warning("dropped a %s from worker %s: it came with key %s..., not %s... the worker joined with",
+                        message.type.value, identity.hex(), (key or "none")[:8], (worker.key or "none")[:8])
+            return
         if message.type == MessageType.READY:
-            self._ready(identity, message.body, now)
+            self._ready(identity, key, message.body, now)
             return
         if worker is None:  # e.g. from before this broker restarted: it will time out and send READY
             return
@@ -247,7 +255,7 @@ class Broker:
             self._finished.finish(self._jobs, job, _FINAL_STATES[message.type])
             self._release(worker, now)
 
-    def _ready(self, identity: bytes, welcome: dict, now: float) -> None:
+    def _ready(self, identity: bytes, key: str | None, welcome: dict, now: float) -> None:
         preset = welcome["preset"]
         if self._preset is not None and preset != self._preset:
             log.error("refused worker %s: its preset %s differs from %s", identity.hex(), preset, self._preset)
@@ -258,7 +266,7 @@ class Broker:
         old = self._workers.pop(identity, None)
         if old is not None and old.job is not None:  # it restarted mid-job
             self._lost(old)
-        self._workers[identity] = _Worker(identity, now, now)
+        self._workers[identity] = _Worker(identity, key, now, now)
         log.info("worker %s ready (%s); %d workers", identity.hex(), welcome["worker"], len(self._workers))
 
     def _release(self, worker: _Worker, now: float) -> None:

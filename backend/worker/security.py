@@ -7,14 +7,17 @@ allow-list of worker keys: any local process can reach a loopback port, and a wo
 job it gets and answers with results the broker passes on.
 
 The allow-lists are checked by ``Authenticator``, a ZAP handler (ZeroMQ RFC 27) that the server's
-own IO loop polls beside its sockets, so no thread of its own is needed.
+own IO loop polls beside its sockets, so no thread of its own is needed. It logs a refused key
+once a minute at most (``LogThrottle``), so a flood of handshakes cannot fill the log.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import zmq
 import zmq.auth
 from zmq.utils import z85
 
+log = logging.getLogger("animax.security")
 KEYGEN_HINT = "make keys with 'animax-worker keygen DIR --name NAME'"
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks, in each context (RFC 27)
 
@@ -77,6 +81,28 @@ def load_keys(path: str | Path, secret: bool) -> tuple[bytes, bytes | None]:
     return public_key, secret_key
 
 
+class LogThrottle:
+    """Says whether a line about ``key`` may be logged now: once per key per ``period_s``, and at
+    most ``most`` lines a period in all (a peer can make a fresh key for every try), which also
+    bounds the keys remembered."""
+
+    def __init__(self, period_s: float = 60.0, most: int = 100):
+        self.period_s, self.most = period_s, most
+        self._logged: dict[object, float] = {}  # key: when, oldest first (a key is never moved)
+
+    def allow(self, key: object, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        while self._logged:
+            oldest, when = next(iter(self._logged.items()))
+            if now - when < self.period_s:
+                break
+            del self._logged[oldest]
+        if key in self._logged or len(self._logged) >= self.most:
+            return False
+        self._logged[key] = now
+        return True
+
+
 class Authenticator:
     """The ZAP handler of one ZeroMQ context: a CURVE handshake with a server socket of the
     context succeeds only for a client key in that socket's allow-list.
@@ -91,6 +117,7 @@ class Authenticator:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(ZAP_ENDPOINT)
         self._allowed: dict[bytes, frozenset[bytes]] = {}  # Z85 public keys by ZAP domain
+        self._refusals = LogThrottle()
 
     def serve(self, socket: zmq.Socket, secret_file: str | Path, allow_dir: str | Path, domain: str,
               peers: str = "client") -> None:
@@ -124,6 +151,15 @@ class Authenticator:
                 self.socket.send_multipart([b"1.0", request_id, b"200", b"OK", key, b""])
             else:
                 self.socket.send_multipart([b"1.0", request_id, b"400", b"key not allowed", b"", b""])
+                self._log_refusal(domain, mechanism, key)
+
+    def _log_refusal(self, domain: bytes, mechanism: bytes, key: bytes | None) -> None:
+        # The first characters name a key well enough to find its file, and no more need be logged.
+        if self._refusals.allow((domain, mechanism, key)):
+            mechanism = mechanism.decode("ascii", "replace")
+            who = f"{mechanism} key {key[:8].decode()}..." if key is not None else f"a {mechanism} peer"
+            log.warning("refused %s on ZAP domain '%s': not in its allow-list (logged once a minute at most)",
+                        who, domain.decode("ascii", "replace"))
 
     def close(self) -> None:
         self.socket.close(0)
