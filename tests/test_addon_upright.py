@@ -3,13 +3,11 @@ object turned as a whole is seen in its own frame (same cameras, templates and m
 a rest pose lying down in its data and in the scene is told, and the benchmark's rigs are neither
 turned nor told."""
 
-import importlib
 import math
 import re
 from types import SimpleNamespace
 
-import bpy  # noqa: I001 - bpy first: it puts addon_utils on the path
-import addon_utils
+import bpy
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -21,7 +19,7 @@ from animax_addon.panels import _upright
 from animax_addon.snapshot import rig_from_armature, upright_frame, upright_warning
 from backend.data.blender_build import build_creature
 from backend.data.rig_world import FAMILIES
-from backend.evaluation.bench_rigs import bench_rigs
+from backend.evaluation.bench_rigs import bench_rigs, create_metarig
 from backend.reconstruction.kinematics import forward_kinematics
 from backend.reconstruction.reconstruct import reconstruct
 
@@ -161,14 +159,7 @@ def test_a_rest_modelled_facing_x_is_seen_from_its_front():
 
 def _metarig(module: str):
     bpy.ops.wm.read_factory_settings(use_empty=True)
-    addon_utils.enable("rigify", default_set=True)
-    armature = bpy.data.armatures.new(module)
-    obj = bpy.data.objects.new(module, armature)
-    bpy.context.scene.collection.objects.link(obj)
-    bpy.context.view_layer.objects.active = obj
-    importlib.import_module(f"rigify.metarigs.{module}").create(obj)
-    bpy.ops.object.mode_set(mode="OBJECT")
-    return obj
+    return create_metarig(bpy, module)
 
 
 def test_the_benchmark_rigs_stand_as_they_are_and_are_never_told():

@@ -6,7 +6,6 @@ their rest pose, which is exact for the chosen joints: forward kinematics of the
 them where Blender does.
 """
 
-import importlib
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +20,7 @@ from scipy.spatial.transform import Rotation
 from animax_addon.core.rig import BODY_JOINTS
 from animax_addon.panels import _default_choice
 from animax_addon.snapshot import default_choice, rig_from_armature
+from backend.evaluation.bench_rigs import create_metarig
 from backend.reconstruction.kinematics import forward_kinematics
 
 SIDES = ("L", "R")
@@ -77,13 +77,7 @@ def empty():
 
 def metarig(name: str):
     """Rigify's metarig ``name`` (a module of rigify.metarigs), built as Rigify's Add menu does."""
-    armature = bpy.data.armatures.new(name)
-    obj = bpy.data.objects.new(name, armature)
-    bpy.context.scene.collection.objects.link(obj)
-    bpy.context.view_layer.objects.active = obj
-    importlib.import_module(f"rigify.metarigs.{name}").create(obj)
-    bpy.ops.object.mode_set(mode="OBJECT")
-    return obj
+    return create_metarig(bpy, name)
 
 
 def test_every_shipped_metarig_is_covered():

@@ -65,22 +65,29 @@ def _procedural(family: str) -> BenchRig:
                     creature)
 
 
-def build_metarig(bpy, which: str):
-    """A Rigify metarig (``RIGIFY_METARIGS``) at the origin with a capsule skin on its deform bones."""
-    import addon_utils
-
-    from backend.data.blender_build import add_skin
-
-    addon_utils.enable("rigify", default_set=True)  # registers its preferences, which its register() reads
+def create_metarig(bpy, module: str, name: str | None = None):
+    """Rigify's metarig ``module`` (under ``rigify.metarigs``, e.g. "Basic.basic_human") at the
+    origin, built as Rigify's Add menu does; Rigify is enabled first where it is not."""
     import importlib
 
-    module = importlib.import_module(f"rigify.metarigs.{RIGIFY_METARIGS[which][0]}")
-    armature = bpy.data.armatures.new(which)
-    obj = bpy.data.objects.new(which, armature)
+    import addon_utils
+
+    if "rigify" not in bpy.context.preferences.addons:  # a factory reset disables add-ons
+        addon_utils.enable("rigify", default_set=True)  # registers its preferences, which create() reads
+    armature = bpy.data.armatures.new(name or module)
+    obj = bpy.data.objects.new(name or module, armature)
     bpy.context.scene.collection.objects.link(obj)
     bpy.context.view_layer.objects.active = obj
-    module.create(obj)
+    importlib.import_module(f"rigify.metarigs.{module}").create(obj)
     bpy.ops.object.mode_set(mode="OBJECT")
+    return obj
+
+
+def build_metarig(bpy, which: str):
+    """A Rigify metarig (``RIGIFY_METARIGS``) at the origin with a capsule skin on its deform bones."""
+    from backend.data.blender_build import add_skin
+
+    obj = create_metarig(bpy, RIGIFY_METARIGS[which][0], which)
     add_skin(obj, SKIN_COLOR)
     return obj
 
