@@ -79,11 +79,12 @@ def _inputs(body: dict, blobs: tuple[bytes, ...], preset: Preset) -> tuple[Rig, 
     return rig, cameras, np.stack(templates)
 
 
-def scene_motion(rig: Rig, cameras: CameraRig, pose_videos: np.ndarray, scene_fps: float):
+def scene_motion(rig: Rig, cameras: CameraRig, pose_videos: np.ndarray, scene_fps: float, colours: np.ndarray):
     """The generated pose maps as the Action's keys: the reconstruction (on the model's frames),
     and its rotations (T, B, 4) and root translation (T, 3) at the scene's frame rate, so that keys
-    land on whole scene frames; the per-joint diagnostics stay on the generated frames."""
-    motion = reconstruct(rig, cameras, pose_videos, colours=joint_colours(rig, cameras.rotation), **GENERATED)
+    land on whole scene frames; the per-joint diagnostics stay on the generated frames.
+    ``colours``: the joint colours the templates were drawn in (``joint_colours``)."""
+    motion = reconstruct(rig, cameras, pose_videos, colours=colours, **GENERATED)
     rotations, locations = resample(motion.rotations, motion.locations, MODEL_FPS, scene_fps)
     return motion, rotations, locations[:, motion.root]
 
@@ -134,7 +135,8 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
 
     progress("reconstruct", 0, 1)
     start = time.perf_counter()
-    motion, rotations, root_translation = scene_motion(rig, cameras, output.pose_videos, float(options["fps"]))
+    motion, rotations, root_translation = scene_motion(rig, cameras, output.pose_videos, float(options["fps"]),
+                                                          colours)
     seconds["reconstruct"] = time.perf_counter() - start
     progress("reconstruct", 1, 1)
     if cancelled():
