@@ -1,4 +1,4 @@
-"""The local worker: ``python -m backend.worker.server`` started from the user's AnimaX environment.
+"""The local worker: ``python -m backend.worker.command`` started from the user's AnimaX environment.
 
 bpy-free. One worker per Blender session, started on the first Animate and stopped on unregister
 and at exit; it listens on a free loopback port and logs to a file whose tail explains a crash.
@@ -23,8 +23,8 @@ def check_local_settings(python: str, project: str) -> None:
                          "(for example PROJECT/.venv/bin/python)")
     if not os.path.isfile(python) or not os.access(python, os.X_OK):
         raise ValueError(f"The Python executable '{python}' does not exist or cannot be run")
-    if not project or not (Path(project) / "backend" / "worker" / "server.py").is_file():
-        raise ValueError(f"The AnimaX project folder '{project}' does not hold backend/worker/server.py; "
+    if not project or not (Path(project) / "backend" / "worker" / "command.py").is_file():
+        raise ValueError(f"The AnimaX project folder '{project}' does not hold backend/worker/command.py; "
                          "set it to the folder of the AnimaX checkout")
 
 
@@ -47,7 +47,7 @@ class LocalWorker:
             env.pop(name, None)
         with log:
             self.process = subprocess.Popen(
-                [python, "-m", "backend.worker.server", "--address", self.address],
+                [python, "-m", "backend.worker.command", "--address", self.address],
                 cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
 

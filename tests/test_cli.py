@@ -154,7 +154,7 @@ def test_bad_rigs_and_sizes(short_motion, tmp_path, capsys):
     assert code == 2 and "argument --smooth: must be at least 0" in err
 
 
-@pytest.mark.parametrize("module", ["backend.cli", "backend.worker.server", "backend.worker.broker",
+@pytest.mark.parametrize("module", ["backend.cli", "backend.worker.command", "backend.worker.broker",
                                     "backend.worker.serve"])
 def test_importing_a_command_loads_no_heavy_library(module):
     """`animax`, `animax-worker`, `animax-broker` and `animax-serve` answer --help and argument errors
@@ -232,9 +232,9 @@ def test_a_bare_host_and_port_means_tcp():
 
 @pytest.fixture(scope="module")
 def worker_scripts():
-    from backend.worker import broker, serve, server
+    from backend.worker import broker, command, serve
 
-    return {"animax-worker": server.main, "animax-broker": broker.main, "animax-serve": serve.main}
+    return {"animax-worker": command.main, "animax-broker": broker.main, "animax-serve": serve.main}
 
 
 BAD_WORKER_INPUTS = [

@@ -11,7 +11,7 @@ from zmq.utils.monitor import recv_monitor_message
 from animax_addon.core.client import Client, WorkerUnavailable
 from animax_addon.core.protocol import MessageType
 from backend.model.presets import build_tiny_pipeline
-from backend.worker import server
+from backend.worker import command
 from backend.worker.broker import Broker
 from backend.worker.security import Authenticator, LogThrottle
 from backend.worker.server import Worker
@@ -23,7 +23,7 @@ from test_worker import submit, until
 def keys(tmp_path_factory):
     root = tmp_path_factory.mktemp("keys")
     for name in ("server", "alice", "bob"):
-        server.main(["keygen", str(root), "--name", name])
+        command.main(["keygen", str(root), "--name", name])
     allow = root / "allow"
     allow.mkdir()
     (allow / "alice.key").write_bytes((root / "alice.key").read_bytes())  # bob is not on the list
@@ -93,7 +93,7 @@ def test_plain_tcp_off_loopback_is_refused(keys, link, capsys, tmp_path):
     with pytest.raises(ValueError, match="--curve-secret"):
         Broker("tcp://0.0.0.0:*", "tcp://127.0.0.1:*", **broker_keys(link))
     with pytest.raises(SystemExit) as info:
-        server.main(["--address", "tcp://192.168.1.10:5555"])
+        command.main(["--address", "tcp://192.168.1.10:5555"])
     assert info.value.code == 2 and "CurveZMQ" in capsys.readouterr().err
     with pytest.raises(ValueError, match="holds no client public keys"):
         Worker(None, "tcp://0.0.0.0:*", curve_secret=str(keys / "server.key_secret"), allow=str(tmp_path))

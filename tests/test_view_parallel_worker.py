@@ -17,7 +17,7 @@ import pytest
 from animax_addon.core.client import Client, result_arrays
 from animax_addon.core.protocol import MessageType
 from backend.model.presets import TINY_WEIGHTS, load_tiny
-from backend.worker import server
+from backend.worker import command, server
 from backend.worker.broker import Broker
 from test_broker import broker_keys, link  # noqa: F401 - link is a fixture
 from test_worker import LONG_JOB, submit, until
@@ -35,7 +35,7 @@ def pipeline():
 def start_split_worker(log: Path, *args) -> subprocess.Popen:
     """The CPU path (gloo) on any machine, like the in-process worker it is compared with."""
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "backend.worker.server", "--view-parallel", "2", *args],
+        return subprocess.Popen([sys.executable, "-m", "backend.worker.command", "--view-parallel", "2", *args],
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
 
@@ -126,5 +126,5 @@ def test_dead_follower_fails_the_job_and_ends_the_worker(running, tmp_path, link
                                             ("0", "got 0"), ("-2", "got -2"), ("two", "invalid int value")])
 def test_view_parallel_must_divide_the_views(value, message, capsys):
     with pytest.raises(SystemExit) as exit_:
-        server.main(["--view-parallel", value])
+        command.main(["--view-parallel", value])
     assert exit_.value.code == 2 and message in capsys.readouterr().err

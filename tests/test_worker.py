@@ -481,7 +481,8 @@ def test_fast_flag_switches_the_sampler_and_advertises_its_steps():
     from diffusers import UniPCMultistepScheduler
 
     from backend.model.presets import TINY
-    from backend.worker.server import load_pipeline, preset_body
+    from backend.worker.pipeline_loading import load_pipeline
+    from backend.worker.server import preset_body
 
     fast, preset = load_pipeline(argparse.Namespace(model="tiny", fast=True))
     assert isinstance(fast.scheduler, UniPCMultistepScheduler) and fast.config.guidance_end == 0.5

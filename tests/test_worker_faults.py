@@ -33,7 +33,7 @@ def free_port() -> int:
 
 def spawn_worker(*args) -> subprocess.Popen:
     """``animax-worker`` in its own process, so that it can be SIGKILLed."""
-    return subprocess.Popen([sys.executable, "-m", "backend.worker.server", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "backend.worker.command", *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

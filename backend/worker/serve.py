@@ -147,7 +147,7 @@ def commands(args: argparse.Namespace, keys: LinkKeys) -> tuple[list[str], list[
               "--queue-size", str(args.queue_size)]
     if args.curve_secret:
         broker += ["--curve-secret", args.curve_secret, "--allow", args.allow]
-    worker = [sys.executable, "-m", "backend.worker.server", "--broker", args.workers, "--server-key",
+    worker = [sys.executable, "-m", "backend.worker.command", "--broker", args.workers, "--server-key",
               str(keys.broker_public), "--client-key", str(keys.worker_secret), "--model", args.model]
     if args.model == "full":
         worker += ["--wan", args.wan, "--adapter", args.adapter]

@@ -44,7 +44,8 @@ import torch.distributed as dist
 from backend.model.view_parallel import shard_views
 from backend.multi_gpu import turn_multicast_off
 
-from .server import load_pipeline, serve
+from .pipeline_loading import load_pipeline
+from .server import serve
 
 log = logging.getLogger("animax.view_parallel")
 # How long a rank waits for the others inside a call before the job fails (gloo) or NCCL's
