@@ -16,12 +16,13 @@ from animax_addon.core.protocol import (
     ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, png_blob,
 )
 from backend.model.presets import TINY, build_tiny_pipeline
+from backend.worker import jobs
 from backend.worker.broker import Broker
 from backend.worker.security import keygen, link_keys
 from backend.worker.server import Worker, preset_body
 from test_worker import (
     FRAMES, LONG_JOB, TEMPLATES, cancel_once_running, empty_frame_floods_beside_a_job, held_submits,
-    one_client_cannot_fill_the_queue, submit, until,
+    one_client_cannot_fill_the_queue, preset_submit, submit, until,
 )
 
 
@@ -261,6 +262,42 @@ def test_a_listed_worker_cannot_take_over_another_workers_identity(running, link
         assert set(dropped()[:-4]) == {"heartbeat"}  # the first's messages were all taken
     finally:
         first.close(0)
+
+
+@pytest.mark.parametrize("size, changes", [
+    (TINY.size, dict(steps=LONG_JOB["steps"] + 1)),
+    (TINY.size, dict(frames=TINY.num_frames + 4)),
+    (2 * TINY.size, {}),
+])
+def test_broker_refuses_a_job_past_its_workers_preset_as_the_worker_does(make_broker, link, size, changes):
+    broker = make_broker(workers=0, worker_liveness=600, liveness_s=600)  # the fakes below send no heartbeats
+    worker, client = dealer(broker.backend, curve_keys(link.broker_public, link.worker_secret)), dealer(broker.address)
+
+    def next_message(sock):
+        while True:  # the broker's heartbeats come in between
+            assert sock.poll(30_000)
+            message = decode(sock.recv_multipart())
+            if message.type != MessageType.HEARTBEAT:
+                return message
+
+    try:
+        worker.send_multipart(ready())
+        wait_for(lambda: broker.worker_count() == 1)
+        too_large = preset_submit(size, **changes)
+        client.send_multipart(encode(too_large))
+        refusal = next_message(client)
+        assert refusal.type == MessageType.ERROR and refusal.job == too_large.job
+        assert refusal.body["code"] == "bad_field"
+        assert refusal.body == jobs.run_job(None, too_large, lambda *a: None, lambda: False, TINY).body
+        assert broker.job_states() == {} and broker.started == []
+        at_limits = preset_submit(TINY.size, **LONG_JOB)
+        client.send_multipart(encode(at_limits))
+        accepted, work = next_message(client), next_message(worker)
+        assert accepted.type == MessageType.ACCEPTED and accepted.job == at_limits.job
+        assert work.type == MessageType.SUBMIT and work.body == at_limits.body  # the first job the worker is given
+    finally:
+        worker.close(0)
+        client.close(0)
 
 
 def test_broker_keeps_only_the_outcomes_of_its_last_finished_jobs(make_broker):

@@ -24,6 +24,7 @@ from backend.model.pipeline_animax import AnimaXPipelineOutput
 from backend.model.presets import TINY, build_tiny_pipeline
 from backend.worker import jobs
 from backend.worker.fair_queue import client_cap
+from backend.worker.job_limits import max_steps
 from backend.worker.server import Worker, check_address
 from test_protocol import png_chunk
 
@@ -36,7 +37,7 @@ RIG = {"bones": [
 CAMERAS = make_camera_rig(np.array([0.0, 0.0, 0.5]), 0.7, SIZE).to_dict()
 TEMPLATES = np.random.default_rng(0).integers(0, 255, (4, SIZE, SIZE, 3), dtype=np.uint8)
 # The biggest job a tiny worker takes: one still running while a test goes on.
-LONG_JOB = dict(steps=jobs.max_steps(TINY), frames=TINY.num_frames)
+LONG_JOB = dict(steps=max_steps(TINY.num_inference_steps), frames=TINY.num_frames)
 
 
 def options(steps=2, **changes):
@@ -237,7 +238,7 @@ def preset_submit(size: int, **changes) -> Message:
 
 
 @pytest.mark.parametrize("size, changes, sentence", [
-    (TINY.size, dict(steps=jobs.max_steps(TINY) + 1), "81 denoising steps were asked for, but the tiny model's "
+    (TINY.size, dict(steps=LONG_JOB["steps"] + 1), "81 denoising steps were asked for, but the tiny model's "
      "worker runs at most 80 (4 times its default of 20); ask for fewer steps."),
     (TINY.size, dict(frames=TINY.num_frames + 4), "21 frames were asked for, but the tiny model makes at most 17; "
      "ask for fewer frames."),

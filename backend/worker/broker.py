@@ -1,9 +1,10 @@
 """The broker: one address in front of several workers (one per GPU), Majordomo / Paranoid Pirate style.
 
 Clients talk to the broker's frontend ROUTER exactly as to a worker (docs/protocol.md): hello is
-answered with the workers' common preset, submit is queued in the broker's fair bounded queue
-(``FairQueue``, as in the worker) and answered with its position, cancel is answered at once for a
-queued job and forwarded for a running one. Workers CONNECT a DEALER to the backend ROUTER
+answered with the workers' common preset, submit is checked against that preset's limits
+(``check_job_size``, as in the worker), queued in the broker's fair bounded queue (``FairQueue``,
+as in the worker) and answered with its position, cancel is answered at once for a queued job and
+forwarded for a running one. Workers CONNECT a DEALER to the backend ROUTER
 (``animax-worker --broker ADDRESS``) and announce themselves with ``ready``; the broker gives each
 idle worker one job at a time under a job id of its own (client job ids are only unique per
 client) and forwards the worker's progress and final message back under the client's job id,
@@ -41,6 +42,7 @@ from animax_addon.core.protocol import (
 from backend.arguments import ArgumentParser, curve_files_problem, number, zmq_address
 
 from .fair_queue import CANCELLED, DONE, FAILED, FINISHED_HISTORY, QUEUED, RUNNING, FairQueue, History, admit
+from .job_limits import JobInputError, check_job_size
 from .security import KEYGEN_HINT, Authenticator, check_address
 from .server import WORKER_VERSION
 
@@ -207,6 +209,13 @@ class Broker:
                                                   f"'{kind.value}' messages.", message.job))
 
     def _submit(self, client: bytes, message: Message) -> None:
+        preset = self._preset
+        if preset is not None:  # refused here, not queued for a worker that would refuse it
+            try:
+                check_job_size(message.body, preset["name"], preset["size"], preset["frames"], preset["steps"])
+            except JobInputError as exc:
+                self._to_client(client, error_message(ErrorCode.BAD_FIELD, str(exc), message.job))
+                return
         self._to_client(client, admit(self._queue, self._jobs, self.queue_size, client, message,
                                       lambda: _Job(client, message, next(self._seq))))
 

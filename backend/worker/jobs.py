@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from animax_addon.core.cameras import CameraError, CameraRig
+from animax_addon.core.cameras import CameraRig
 from animax_addon.core.pose_maps import render_pose_maps
 from animax_addon.core.protocol import (
     ErrorCode, Message, MessageType, ProtocolError, array_blob, blob_png, error_message, png_blob, png_size,
@@ -23,21 +23,9 @@ from backend.model import MODEL_FPS, TINY, Preset
 from backend.reconstruction.kinematics import resample
 from backend.reconstruction.reconstruct import GENERATED, reconstruct
 
+from .job_limits import JobInputError, check_job_size
+
 Progress = Callable[[str, int, int], None]
-# The most denoising steps a job may ask for, as a multiple of the preset's default. A sampler's
-# result settles by its default count (the paper's 50 Euler steps at full size, the tiny model's
-# 20, --fast's 10 UniPC steps: docs/benchmarks.md), so more steps buy little while each holds the
-# worker from every other client; four times the default leaves room to trade time for quality.
-STEPS_PER_DEFAULT = 4
-
-
-class JobInputError(ValueError):
-    """The user's rig, cameras or templates cannot be used; the text is a sentence for them."""
-
-
-def max_steps(preset: Preset) -> int:
-    """The most denoising steps a job may ask of a worker that serves ``preset``."""
-    return STEPS_PER_DEFAULT * preset.num_inference_steps
 
 
 def _inputs(body: dict, blobs: tuple[bytes, ...], preset: Preset) -> tuple[Rig, CameraRig, np.ndarray]:
@@ -46,27 +34,11 @@ def _inputs(body: dict, blobs: tuple[bytes, ...], preset: Preset) -> tuple[Rig, 
     The options' steps and frames and the cameras' image size are checked against the preset, and
     the templates' count and their PNG headers' sizes against the cameras, before any pixel is
     decoded: a request never costs more memory than the preset's own jobs, nor its cameras' images."""
-    options, model = body["options"], f"the {preset.name} model"
-    if options["steps"] > max_steps(preset):
-        raise JobInputError(f"{options['steps']} denoising steps were asked for, but {model}'s worker runs at "
-                            f"most {max_steps(preset)} ({STEPS_PER_DEFAULT} times its default of "
-                            f"{preset.num_inference_steps}); ask for fewer steps.")
-    if options["frames"] > preset.num_frames:
-        raise JobInputError(f"{options['frames']} frames were asked for, but {model} makes at most "
-                            f"{preset.num_frames}; ask for fewer frames.")
+    cameras = check_job_size(body, preset.name, preset.size, preset.num_frames, preset.num_inference_steps)
     try:
         rig = Rig.from_dict(body["rig"], max_joints=preset.max_joints)
     except RigError as exc:
         raise JobInputError(f"The rig cannot be used: {exc}.") from exc
-    try:
-        cameras = CameraRig.from_dict(body["cameras"])
-    except CameraError as exc:
-        raise JobInputError(f"The cameras cannot be used: {exc}.") from exc
-    if cameras.width != cameras.height:
-        raise JobInputError(f"The cameras must render square images, got {cameras.width}x{cameras.height}.")
-    if cameras.width > preset.size:  # smaller is allowed: it costs less, and tests and benchmarks use it
-        raise JobInputError(f"The cameras render {cameras.width}x{cameras.height} images, but {model} works "
-                            f"at {preset.size}x{preset.size} at most; render the templates at {preset.size} px.")
     pngs = [blobs[i] for i in body["templates"]]
     if len(pngs) != cameras.num_views:
         raise JobInputError(f"{len(pngs)} template images were sent for {cameras.num_views} camera views.")

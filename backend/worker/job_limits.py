@@ -1,0 +1,51 @@
+"""The largest job a worker of a preset takes: steps, frames and camera image size.
+
+One check, ``check_job_size``, called by the broker when a SUBMIT arrives (against the preset of
+its workers' READY) and by the worker before it decodes anything (against its own preset), so that
+both refuse the same jobs with the same sentence. Torch-free: the broker imports it.
+"""
+
+from __future__ import annotations
+
+from animax_addon.core.cameras import CameraError, CameraRig
+
+# The most denoising steps a job may ask for, as a multiple of the preset's default. A sampler's
+# result settles by its default count (the paper's 50 Euler steps at full size, the tiny model's
+# 20, --fast's 10 UniPC steps: docs/benchmarks.md), so more steps buy little while each holds the
+# worker from every other client; four times the default leaves room to trade time for quality.
+STEPS_PER_DEFAULT = 4
+
+
+class JobInputError(ValueError):
+    """The user's rig, cameras or templates cannot be used; the text is a sentence for them."""
+
+
+def max_steps(default_steps: int) -> int:
+    """The most denoising steps a job may ask of a worker whose preset's default is ``default_steps``."""
+    return STEPS_PER_DEFAULT * default_steps
+
+
+def check_job_size(body: dict, model: str, size: int, frames: int, default_steps: int) -> CameraRig:
+    """The cameras of the SUBMIT ``body``, once its steps, frames and camera image size are within
+    what a worker of the preset ``model`` takes (``size`` px a view, ``frames`` frames,
+    ``default_steps`` steps by default); otherwise a ``JobInputError`` naming the limit.
+
+    Smaller cameras than the preset's are allowed: they cost less, and tests and benchmarks use them."""
+    options, model = body["options"], f"the {model} model"
+    if options["steps"] > max_steps(default_steps):
+        raise JobInputError(f"{options['steps']} denoising steps were asked for, but {model}'s worker runs at "
+                            f"most {max_steps(default_steps)} ({STEPS_PER_DEFAULT} times its default of "
+                            f"{default_steps}); ask for fewer steps.")
+    if options["frames"] > frames:
+        raise JobInputError(f"{options['frames']} frames were asked for, but {model} makes at most "
+                            f"{frames}; ask for fewer frames.")
+    try:
+        cameras = CameraRig.from_dict(body["cameras"])
+    except CameraError as exc:
+        raise JobInputError(f"The cameras cannot be used: {exc}.") from exc
+    if cameras.width != cameras.height:
+        raise JobInputError(f"The cameras must render square images, got {cameras.width}x{cameras.height}.")
+    if cameras.width > size:
+        raise JobInputError(f"The cameras render {cameras.width}x{cameras.height} images, but {model} works "
+                            f"at {size}x{size} at most; render the templates at {size} px.")
+    return cameras
