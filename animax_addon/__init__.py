@@ -31,8 +31,7 @@ def unregister():
     from .job import AnimateController
 
     if AnimateController.active is not None:
-        AnimateController.active.cancel()
-        AnimateController.active = None
+        AnimateController.active.cancel()  # delivered at once, while the panel's state still exists
     local_worker.unregister()
     properties.unregister_properties()
     for cls in reversed(_classes()):

@@ -1,29 +1,24 @@
-"""One Animate: a worker thread that talks to the worker, and the controller that applies its events.
+"""Animate on Blender's main thread: the controller that turns a ``JobFuture`` into Blender data.
 
-``WorkerThread`` is bpy-free: it owns the ZeroMQ client (sockets are used by one thread only), puts
-events on a queue and writes preview frames to disk. ``AnimateController`` runs on Blender's main
-thread only: ``start()`` snapshots the rig and starts the thread, ``poll()`` drains the queue and
-touches Blender data (template renders when the worker says its image size, the Actions at the
-end), ``cancel()`` asks the worker to stop. The modal operator calls ``poll()`` from its timer;
-without an event loop (``bpy.app.background``) the operator's ``execute`` calls it in a loop.
+``AnimateController.start()`` snapshots the rig and starts the job (``job_future.py``, bpy-free).
+The future's callbacks run only where ``poll()`` delivers them, on the main thread: from a
+``bpy.app.timers`` function while Blender's event loop runs (``deliver_on_timer``, used by the
+modal operator), or in the loop of the operator's ``execute`` without one (``bpy.app.background``,
+where timers never run). The welcome renders the templates at the worker's image size, progress
+goes to the panel, and the result becomes the Actions in one undo step.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import queue
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import Future
 
-import numpy as np
-
-from .core.client import Client, WorkerUnavailable, result_arrays
-from .core.protocol import MessageType, ProtocolError
+from .job_future import Inputs, JobFuture, JobSpec, Progress, Variation, Welcome, start_job
 
 _EXPECTED_VIEWS = 4
+_DELIVERY_S = 0.1
 
 
 class AnimateError(ValueError):
@@ -35,147 +30,6 @@ def model_frames(duration: int, scene_fps: float, model_fps: float, max_frames: 
     span = (duration - 1) / scene_fps * model_fps  # seconds between first and last frame, in model frames
     frames = 1 + 4 * math.ceil(span / 4 - 1e-9)
     return max(1, min(frames, 1 + 4 * ((max_frames - 1) // 4)))
-
-
-def tile_views(video: np.ndarray) -> np.ndarray:
-    """(V, T, H, W, 3) -> (T, rows*H, cols*W, 3): the views side by side, two per row for four."""
-    views, frames, height, width = video.shape[:4]
-    cols = math.ceil(math.sqrt(views))
-    rows = math.ceil(views / cols)
-    grid = np.zeros((frames, rows * height, cols * width, 3), dtype=np.uint8)
-    for v in range(views):
-        r, c = divmod(v, cols)
-        grid[:, r * height:(r + 1) * height, c * width:(c + 1) * width] = video[v]
-    return grid
-
-
-@dataclass
-class JobSpec:
-    """Everything the worker thread needs, as plain values."""
-
-    address: str
-    prompt: str
-    seeds: list[int]
-    preview_dir: str
-    client_options: dict = field(default_factory=dict)
-    local: object | None = None  # a local_worker.LocalWorker still starting up, or None
-    startup_timeout_s: float = 0.0
-
-
-class WorkerThread(threading.Thread):
-    """Connects, waits for the templates from the main thread, runs one job per seed.
-
-    Events on ``events``: ("welcome", body), ("accepted", (i, position)), ("progress", (i, body)),
-    ("result", (i, arrays, diagnostics, previews)), then one of ("done", None), ("cancelled", None),
-    ("error", sentence).
-    """
-
-    def __init__(self, spec: JobSpec):
-        super().__init__(name="animax-job", daemon=True)
-        self.spec = spec
-        self.events: queue.Queue = queue.Queue()
-        self._payload: queue.Queue = queue.Queue(maxsize=1)
-        self._cancel = threading.Event()
-
-    # --- main thread ---------------------------------------------------------------------------------
-    def send_inputs(self, rig: dict, cameras: dict, templates: np.ndarray, options: dict) -> None:
-        self._payload.put((rig, cameras, templates, options))
-
-    def cancel(self) -> None:
-        self._cancel.set()
-        try:
-            self._payload.put_nowait(None)  # wakes a thread waiting for the templates
-        except queue.Full:
-            pass
-
-    # --- this thread -----------------------------------------------------------------------------------
-    def run(self) -> None:
-        client = Client(self.spec.address, **self.spec.client_options)
-        try:
-            self._run(client)
-        except WorkerUnavailable as exc:
-            local = self.spec.local
-            self.events.put(("error", local.exit_message() if local and not local.running() else str(exc)))
-        except ProtocolError as exc:
-            self.events.put(("error", exc.sentence))
-        except Exception as exc:  # noqa: BLE001 - the user must see it in the panel, not in a dead thread
-            self.events.put(("error", f"AnimaX failed unexpectedly ({type(exc).__name__}: {exc}); "
-                                      "please report this with the worker log"))
-        finally:
-            client.close()
-
-    def _run(self, client: Client) -> None:
-        welcome = self._connect(client)
-        if welcome is None:
-            return
-        self.events.put(("welcome", welcome))
-        inputs = self._payload.get()
-        if inputs is None or self._cancel.is_set():
-            self.events.put(("cancelled", None))
-            return
-        rig, cameras, templates, options = inputs
-        for i, seed in enumerate(self.spec.seeds):
-            if not self._variation(client, i, rig, cameras, templates, dict(options, seed=seed)):
-                return
-        self.events.put(("done", None))
-
-    def _connect(self, client: Client) -> dict | None:
-        """The worker's WELCOME; a local worker that is still loading its model gets time."""
-        deadline = time.monotonic() + self.spec.startup_timeout_s
-        while not self._cancel.is_set():
-            try:
-                return client.hello()
-            except WorkerUnavailable:
-                local = self.spec.local
-                if local is None or not local.running() or time.monotonic() > deadline:
-                    raise
-        self.events.put(("cancelled", None))
-        return None
-
-    def _variation(self, client: Client, i: int, rig: dict, cameras: dict, templates: np.ndarray,
-                   options: dict) -> bool:
-        job = client.submit(self.spec.prompt, rig, cameras, templates, options)
-        cancel_sent = False
-        for message in client.events(job):
-            # Checked per message: progress comes every denoising step, so a cancel waits at most one.
-            if self._cancel.is_set() and not cancel_sent:
-                client.cancel(job)
-                cancel_sent = True
-            if message.type == MessageType.ACCEPTED:
-                self.events.put(("accepted", (i, message.body["position"])))
-            elif message.type == MessageType.PROGRESS:
-                self.events.put(("progress", (i, message.body)))
-            elif message.type == MessageType.RESULT and not self._cancel.is_set():
-                arrays = result_arrays(message)
-                previews = self._write_previews(i, arrays)
-                self.events.put(("result", (i, arrays, message.body["diagnostics"], previews)))
-                return True
-            elif message.type == MessageType.ERROR:
-                self.events.put(("error", message.body["message"]))
-                return False
-        self.events.put(("cancelled", None))  # CANCELLED, or a RESULT that came after the cancel
-        return False
-
-    def _write_previews(self, i: int, arrays: dict) -> dict[str, tuple[str, int]]:
-        """PNG frames of each video, the views tiled; {output: (first frame path, frame count)}."""
-        from PIL import Image
-
-        previews = {}
-        for key, video in arrays.items():
-            if not key.endswith("_video"):
-                continue
-            name = key[: -len("_video")]
-            folder = os.path.join(self.spec.preview_dir, f"variation{i + 1}_{name}")
-            os.makedirs(folder, exist_ok=True)
-            frames = tile_views(video)
-            paths = [os.path.join(folder, f"{name}_{t + 1:04d}.png") for t in range(len(frames))]
-            for path, frame in zip(paths, frames):
-                Image.fromarray(frame).save(path)
-            previews[name] = (paths[0], len(paths))
-        return previews
-
-
-# --- the controller (Blender's main thread only) ---------------------------------------------------------
 
 
 CONTROLS_NAMED = 6  # a baked run's message names this many of the controls it keyed
@@ -197,13 +51,11 @@ class AnimateController:
         self.outcome: str | None = None  # FINISHED, CANCELLED or FAILED once done
         self.message = ""
         self.warnings: list[str] = []
-        self.thread: WorkerThread | None = None
+        self.future: JobFuture | None = None
         self.rig = None
         self.frame = None  # the character's upright frame (snapshot.upright_frame), the cameras' axes
         self.address = ""
-        self._results: dict[int, tuple] = {}
         self._started = time.monotonic()
-        self._variation_started = self._started
 
     # --- state shown in the panel --------------------------------------------------------------------
     @staticmethod
@@ -229,18 +81,18 @@ class AnimateController:
         if outcome == "FINISHED":
             state.progress = 1.0
         state.eta_s = -1.0
-        if self.thread is not None:
-            self.thread.cancel()  # a thread still waiting for templates ends now
+        if self.future is not None:
+            self.future.cancel()  # a job that failed here stops there too (nothing to stop once it is done)
         if AnimateController.active is self:
             AnimateController.active = None
 
     @property
     def running(self) -> bool:
-        return self.outcome is None and self.thread is not None
+        return self.outcome is None and self.future is not None
 
     # --- start / poll / cancel --------------------------------------------------------------------------
     def start(self) -> None:
-        """Snapshot the rig and start the worker thread; raises ``AnimateError`` with what to do."""
+        """Snapshot the rig and start the job; raises ``AnimateError`` with what to do."""
         import bpy
 
         from . import local_worker
@@ -276,34 +128,67 @@ class AnimateController:
         spec = JobSpec(self.address, self.prompt, self.seeds, preview_dir,
                        client_options=_client_keys(connection), local=local,
                        startup_timeout_s=connection.startup_timeout_s if local else 0.0)
-        self.thread = WorkerThread(spec)
         state.running, state.progress = True, 0.0
         self._show("Starting the local worker" if local else f"Connecting to {self.address}")
         AnimateController.active = self
-        self.thread.start()
+        self.future = start_job(spec)
+        self.future.add_update_callback(self._on_update)
+        self.future.add_done_callback(self._on_done)
+
+    def deliver_on_timer(self, window):
+        """Deliver from a ``bpy.app.timers`` function until the job ends; returns that function.
+
+        It runs in ``window``'s context while that window is open, as an operator started there
+        would (the templates and a bake use its scene); Blender's timers get the first window.
+        """
+        import bpy
+
+        def deliver():
+            override = {"window": window} if window in bpy.context.window_manager.windows[:] else {}
+            with bpy.context.temp_override(**override):
+                return None if self.poll() else _DELIVERY_S
+
+        bpy.app.timers.register(deliver, first_interval=_DELIVERY_S)
+        return deliver
 
     def cancel(self) -> None:
         if self.running:
-            self.thread.cancel()
-            self._show("Cancelling")
+            self.future.cancel()
+            self.poll()  # the panel says so now, not after the thread has told the worker
 
     def poll(self) -> bool:
-        """Apply the thread's events; True once the job has ended (see ``outcome``)."""
-        while self.outcome is None:
-            try:
-                kind, data = self.thread.events.get_nowait()
-            except queue.Empty:
-                break
-            try:
-                getattr(self, f"_on_{kind}")(data)
-            except AnimateError as exc:
-                self._fail(str(exc))
+        """Run the job's callbacks here, on the main thread; True once it has ended (see ``outcome``)."""
+        self.future.deliver()
         return self.outcome is not None
 
     def _fail(self, sentence: str) -> None:
         self._end("FAILED", sentence)
 
-    # --- events ------------------------------------------------------------------------------------------
+    # --- the future's callbacks ----------------------------------------------------------------------------
+    def _on_update(self, update: Welcome | Progress) -> None:
+        if self.future.done():  # its outcome is queued behind: what came before it no longer matters
+            return
+        if isinstance(update, Progress):
+            self._show(update.stage, update.fraction, update.eta_s)
+            return
+        try:
+            self._on_welcome(update.body)
+        except AnimateError as exc:
+            self._fail(str(exc))
+
+    def _on_done(self, future: Future) -> None:
+        if self.outcome is not None:  # ended here already
+            return
+        if future.cancelled():
+            self._end("CANCELLED", "AnimaX was cancelled; no Action was written")
+        elif future.exception() is not None:
+            self._fail(str(future.exception()))
+        else:
+            try:
+                self._apply(future.result())
+            except AnimateError as exc:
+                self._fail(str(exc))
+
     def _on_welcome(self, welcome: dict) -> None:
         import bpy
 
@@ -339,50 +224,11 @@ class AnimateController:
             raise AnimateError(str(exc)) from None
         options = {"steps": self.steps, "guidance": self.guidance, "frames": frames, "fps": scene_fps,
                    "outputs": ["pose", "rgb"] if self.decode_rgb else ["pose"]}
-        self.thread.send_inputs(self.rig.to_dict(), cameras.to_dict(), templates, options)
+        self.future.send_inputs(Inputs(self.rig.to_dict(), cameras.to_dict(), templates, options))
         self._show("Sending the job")
 
-    def _on_accepted(self, data) -> None:
-        i, position = data
-        self._variation_started = time.monotonic()
-        self._show(f"Queued, position {position}" if position else "Starting", self._fraction(i, 0.0))
-
-    def _on_progress(self, data) -> None:
-        i, body = data
-        total = max(body["total"], 1)
-        done = body["step"] / total
-        if body["stage"] == "denoise":
-            within = 0.9 * done  # reconstruction is the last tenth of a variation
-        else:
-            within = 0.9 + 0.1 * done
-        eta = body["eta_s"]
-        if eta is not None:
-            per_variation = time.monotonic() - self._variation_started + eta
-            eta += per_variation * (len(self.seeds) - i - 1)
-        label = f"{body['stage'].capitalize()} {body['step']}/{body['total']}"
-        if len(self.seeds) > 1:
-            label = f"Variation {i + 1}/{len(self.seeds)}: {label}"
-        self._show(label, self._fraction(i, within), eta)
-
-    def _fraction(self, i: int, within: float) -> float:
-        return (i + within) / len(self.seeds)
-
-    def _on_result(self, data) -> None:
-        i, arrays, diagnostics, previews = data
-        self._results[i] = (arrays, diagnostics, previews)
-        self._show(f"Variation {i + 1} received", self._fraction(i + 1, 0.0))
-
-    def _on_error(self, sentence: str) -> None:
-        raise AnimateError(sentence)
-
-    def _on_cancelled(self, _) -> None:
-        self._end("CANCELLED", "AnimaX was cancelled; no Action was written")
-
-    def _on_done(self, _) -> None:
-        self._apply()
-
     # --- the result ----------------------------------------------------------------------------------------
-    def _apply(self) -> None:
+    def _apply(self, variations: list[Variation]) -> None:
         """One new Action per variation, the previews, then one undo step.
 
         The scene's frame range stays the user's: each Action carries its own (``write_action``).
@@ -403,9 +249,8 @@ class AnimateController:
         root_bone = self.rig.bones[self.rig.roots[0]].name
         name = f"AnimaX {self.prompt}"[:56]
         written, controls = [], []
-        for i in sorted(self._results):
-            arrays, diagnostics, previews = self._results[i]
-            bone_names = diagnostics["bone_names"]
+        for i, variation in enumerate(variations):
+            arrays, bone_names = variation.arrays, variation.diagnostics["bone_names"]
             motion = (bone_names, arrays["rotations"][: self.duration], root_bone,
                       arrays["root_translation"][: self.duration])
             action_name = name if len(self.seeds) == 1 else f"{name} #{i + 1}"
@@ -416,7 +261,7 @@ class AnimateController:
             if action is None:
                 action = write_action(obj, action_name, *motion, frame_start=scene.frame_start,
                                       thin_tolerance=self.thin_tolerance)
-            written.append((action, self.seeds[i], self._load_previews(action.name, previews)))
+            written.append((action, self.seeds[i], self._load_previews(action.name, variation.previews)))
         first = written[0][0]
         if len(written) > 1:
             use_action(obj, first)
@@ -427,13 +272,13 @@ class AnimateController:
             entry.preview = images.get("pose", "")
             entry.preview_rgb = images.get("rgb", "")
         settings.result_index = 0
-        frames = len(self._results[0][0]["rotations"][: self.duration])
+        frames = len(variations[0].arrays["rotations"][: self.duration])
         bpy.ops.ed.undo_push(message=f"AnimaX: {self.prompt}")
         names = ", ".join(f"'{a.name}'" for a, _, _ in written)
         seconds = time.monotonic() - self._started
         shown = ", ".join(controls[:CONTROLS_NAMED]) + (", ..." if len(controls) > CONTROLS_NAMED else "")
         keyed = (f"keyed {len(controls)} controls of '{obj.name}' ({shown})" if controls
-                 else f"{len(self._results[0][1]['bone_names'])} bones")
+                 else f"{len(variations[0].diagnostics['bone_names'])} bones")
         self._end("FINISHED", f"AnimaX wrote {names}: {frames} frames, {keyed}, in {seconds:.1f} s"
                   + "".join(f". {w}" for w in self.warnings))
 

@@ -74,7 +74,7 @@ class ANIMAX_OT_animate(bpy.types.Operator):
         return {"CANCELLED"}
 
     def execute(self, context):
-        # Without an event loop (background mode, or a script) run the same controller to the end.
+        # Without an event loop (background mode, or a script) no timer runs: deliver here, to the end.
         controller = self._start(context)
         if controller is None:
             return {"CANCELLED"}
@@ -86,6 +86,8 @@ class ANIMAX_OT_animate(bpy.types.Operator):
         self._controller = self._start(context)
         if self._controller is None:
             return {"CANCELLED"}
+        self._controller.deliver_on_timer(context.window)
+        # This window's timer only wakes the operator to redraw the panel and report the outcome.
         self._timer = context.window_manager.event_timer_add(_TIMER_S, window=context.window)
         context.window_manager.modal_handler_add(self)
         return {"RUNNING_MODAL"}
@@ -95,9 +97,8 @@ class ANIMAX_OT_animate(bpy.types.Operator):
             self._controller.cancel()
             return {"RUNNING_MODAL"}
         if event.type == "TIMER":
-            done = self._controller.poll()
             _redraw(context)
-            if done:
+            if self._controller.outcome is not None:
                 context.window_manager.event_timer_remove(self._timer)
                 return self._finish(self._controller)
         return {"PASS_THROUGH"}

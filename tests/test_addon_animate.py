@@ -244,6 +244,27 @@ def test_remote_needs_online_access(addon):
         bpy.context.preferences.system.use_online_access = online
 
 
+def test_a_timer_delivers_the_job_as_blenders_event_loop_runs_it():
+    """The modal Animate has the job delivered by a ``bpy.app.timers`` function; headless bpy runs
+    no timers, so the test calls it as Blender's event loop would, until it unregisters itself."""
+    obj = creature("chest")
+    configure(obj)
+    controller = AnimateController(bpy.context, obj)
+    controller.start()
+    deliver = controller.deliver_on_timer(bpy.context.window)
+    assert bpy.app.timers.is_registered(deliver)
+    deadline = time.monotonic() + 120
+    try:
+        while (interval := deliver()) is not None:
+            assert time.monotonic() < deadline
+            time.sleep(interval)
+    finally:
+        bpy.app.timers.unregister(deliver)
+    assert controller.outcome == "FINISHED", controller.message
+    assert obj.animation_data.action.name.startswith("AnimaX")
+    assert bpy.context.window_manager.animax_state.stage == "Done"
+
+
 def run_until_denoising(obj) -> AnimateController:
     """Start Animate as the modal operator does and poll until the worker is denoising."""
     configure(obj, steps=50)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from animax_addon.job import tile_views
+from animax_addon.job_future import tile_views
 from backend.evaluation import motion_metrics as mm
 from backend.evaluation.motion_bench import GOALS, goal_table, summarise, untile_views
 from backend.reconstruction.kinematics import resample_positions

@@ -139,7 +139,7 @@ def key_truth(bpy, obj, bench_rig, motion: str, frames: int, write_action):
 
 
 def untile_views(grid: np.ndarray, views: int) -> np.ndarray:
-    """(T, rows*H, cols*W, 3) -> (V, T, H, W, 3): the inverse of the add-on's ``job.tile_views``."""
+    """(T, rows*H, cols*W, 3) -> (V, T, H, W, 3): the inverse of the add-on's ``job_future.tile_views``."""
     cols = math.ceil(math.sqrt(views))
     rows = math.ceil(views / cols)
     height, width = grid.shape[1] // rows, grid.shape[2] // cols
