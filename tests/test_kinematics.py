@@ -76,3 +76,18 @@ def test_resample_keeps_duration_and_interpolates():
     assert resample(rot, loc, 16, 30)[0].shape[0] == 31  # 16 intervals of 1/16 s = 30 of 1/30 s
     with pytest.raises(ValueError, match="positive"):
         resample(rot, loc, 16, 0)
+
+
+def test_resample_follows_a_smooth_motion_between_the_source_frames():
+    # a swing of 60 degrees and a bob, one period a second: piecewise-linear resampling at 24 fps
+    # would miss the motion by up to 1.2 degrees between the 16 fps frames and jolt at each of them
+    def swing(t):
+        return np.radians(60) * np.sin(2 * np.pi * t)
+
+    source, target = np.arange(17) / 16, np.arange(25) / 24
+    rot = Rotation.from_rotvec(np.outer(swing(source), [0, 0, 1])).as_quat(scalar_first=True)[:, None]
+    loc = np.stack([0 * source, 0 * source, 0.3 * np.sin(2 * np.pi * source)], axis=1)[:, None]
+    new_rot, new_loc = resample(rot, loc, 16, 24)
+    angle = Rotation.from_quat(new_rot[:, 0], scalar_first=True).as_rotvec()[:, 2]
+    assert np.degrees(np.abs(angle - swing(target))).max() < 0.3
+    assert np.abs(new_loc[:, 0, 2] - 0.3 * np.sin(2 * np.pi * target)).max() < 0.3 * 0.01

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d, median_filter
-from scipy.spatial.transform import Rotation, Slerp
+from scipy.interpolate import CubicSpline
+from scipy.spatial.transform import Rotation, RotationSpline
 
 from animax_addon.core.rig import MIN_BONE_LENGTH, Rig
 
@@ -246,8 +247,11 @@ def resample(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Map a motion from ``source_fps`` (the model's 16) to ``target_fps`` (the scene's).
 
-    Keeps the duration: frame i of the result is at time i / target_fps. Rotations are slerped,
-    locations interpolated linearly.
+    Keeps the duration: frame i of the result is at time i / target_fps, and the result passes
+    through every source frame. Rotations follow a cubic rotation spline and locations a cubic
+    spline: both keep their velocity continuous between source frames, where slerp and linear
+    interpolation would turn at each one, a jolt an animator sees (and the acceleration doubled
+    at 24 fps from 16).
     """
     if source_fps <= 0 or target_fps <= 0:
         raise ValueError(f"frame rates must be positive, got {source_fps} and {target_fps}")
@@ -259,19 +263,21 @@ def resample(
         return rotations.copy(), locations.copy()
     out_rot = np.empty((count, bones, 4))
     for bone in range(bones):
-        slerp = Slerp(times, Rotation.from_quat(rotations[:, bone], scalar_first=True))
-        out_rot[:, bone] = slerp(new_times).as_quat(scalar_first=True)
+        spline = RotationSpline(times, Rotation.from_quat(rotations[:, bone], scalar_first=True))
+        out_rot[:, bone] = spline(new_times).as_quat(scalar_first=True)
     return _continuous(out_rot), resample_positions(locations, source_fps, target_fps)
 
 
 def resample_positions(values: np.ndarray, source_fps: float, target_fps: float) -> np.ndarray:
     """Positions (T, ...) at ``target_fps`` over the same duration as ``resample`` maps a motion,
-    linearly interpolated."""
+    on a cubic spline through the source frames (linear between two)."""
     values = np.asarray(values, dtype=np.float64)
     frames = len(values)
     times = np.arange(frames) / source_fps
     count = int(np.floor((frames - 1) * target_fps / source_fps + 1e-9)) + 1
     new_times = np.arange(count) / target_fps
-    flat = values.reshape(frames, -1)
-    out = np.stack([np.interp(new_times, times, flat[:, i]) for i in range(flat.shape[1])], axis=1)
-    return out.reshape((count,) + values.shape[1:])
+    if frames < 3:
+        flat = values.reshape(frames, -1)
+        out = np.stack([np.interp(new_times, times, flat[:, i]) for i in range(flat.shape[1])], axis=1)
+        return out.reshape((count,) + values.shape[1:])
+    return CubicSpline(times, values, axis=0)(new_times)
