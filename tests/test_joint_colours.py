@@ -7,7 +7,7 @@ from scipy.spatial.transform import Rotation
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.pose_maps import palette, render_pose_maps
 from animax_addon.core.rig import Bone, Rig
-from backend.data.joint_colours import joint_colours, match
+from backend.data.joint_colours import joint_colours, match, training_body
 from backend.data.rig_world import FAMILIES, TRAIN_FAMILIES
 from backend.reconstruction.reconstruct import reconstruct
 
@@ -93,6 +93,44 @@ def test_a_rig_laid_out_elsewhere_takes_its_body_parts_training_colours(spine):
     expected = [training_colours(_biped_with_spine(n)) for n in (2, 3)]
     seen = {p: colours[f"DEF-{p}"] for p in parts}
     assert any(all(seen[p] == e[p] for p in parts) for e in expected)
+
+
+@pytest.mark.parametrize("family", TRAIN_FAMILIES)
+def test_a_training_creature_is_animated_whole(family):
+    for seed in (500, 501):
+        rig = shuffled(FAMILIES[family](np.random.default_rng(seed)).rig, seed)
+        assert training_body(rig).all()
+
+
+def with_two_bone_neck(rig: Rig) -> Rig:
+    """``rig`` with its neck split in two bones, as Rigify's human has."""
+    out = []
+    for b in rig.bones:
+        if b.name.endswith("neck"):
+            middle = tuple((np.array(b.head) + b.tail) / 2)
+            out += [Bone(b.name, b.parent, b.head, middle), Bone(b.name + ".001", b.name, middle, b.tail)]
+        else:
+            parent = b.parent + ".001" if b.parent and b.parent.endswith("neck") else b.parent
+            out.append(Bone(b.name, parent, b.head, b.tail))
+    return Rig(out)
+
+
+@pytest.mark.parametrize("spine", [2, 3])
+def test_a_rig_laid_out_elsewhere_is_animated_through_its_training_counterparts_bones(spine):
+    biped = _biped_with_spine(spine)
+    other = with_two_bone_neck(rigify_like(biped))
+    kept = training_body(other)
+    left_out = {other.bone_names[i] for i in np.flatnonzero(~kept)}
+    # the shoulders and toes go in mirrored pairs; one of the two neck bones goes
+    assert left_out - {"DEF-neck", "DEF-neck.001"} == {"DEF-shoulder.L", "DEF-shoulder.R", "DEF-toe.L", "DEF-toe.R"}
+    assert len(left_out & {"DEF-neck", "DEF-neck.001"}) == 1
+    # what is left is the training biped's tree, drawn in its colours part for part
+    body = other.subset(kept)
+    names = [n.removeprefix("DEF-").replace("neck.001", "neck") for n in body.joint_names]
+    got = dict(zip(names, map(tuple, joint_colours(body))))
+    expected = training_colours(biped)
+    assert got.keys() == expected.keys()
+    assert got == expected
 
 
 def test_a_rig_past_every_reference_gets_distinct_colours():

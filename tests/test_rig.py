@@ -109,3 +109,34 @@ def test_bounding_sphere_contains_all_joints():
     center, radius = rig.bounding_sphere()
     distances = np.linalg.norm(rig.joints_rest - center, axis=1)
     assert distances.max() == pytest.approx(radius)
+
+
+def test_a_subset_poses_its_bones_as_the_whole_rig_with_the_others_at_rest():
+    from scipy.spatial.transform import Rotation
+
+    from backend.reconstruction.kinematics import forward_kinematics
+
+    rig = Rig.from_dict({"bones": [
+        {"name": "root", "parent": None, "head": [0, 0, 0], "tail": [0, 0, 1]},
+        {"name": "clavicle", "parent": "root", "head": [0, 0, 1], "tail": [0.3, 0.1, 1.1], "roll": 0.4},
+        {"name": "arm", "parent": "clavicle", "head": [0.3, 0.1, 1.1], "tail": [0.9, 0, 0.8], "roll": -0.2},
+        {"name": "toe", "parent": "arm", "head": [0.9, 0, 0.8], "tail": [1.0, -0.1, 0.7]},
+        {"name": "neck", "parent": "root", "head": [0, 0, 1], "tail": [0, -0.1, 1.3]},
+    ]})
+    kept = np.array([True, False, True, False, True])
+    body = rig.subset(kept)
+    assert body.bone_names == ["root", "arm", "neck"]
+    assert [b.parent for b in body.bones] == [None, "root", "root"]  # the nearest kept ancestor
+    assert body.joint_names == ["root", "arm", "neck", "arm.tail", "neck.tail"]
+    assert (rig.subset(np.flatnonzero(kept)).to_dict() == body.to_dict())
+    turns = Rotation.random(3 * body.num_bones, random_state=0).as_quat(scalar_first=True).reshape(3, -1, 4)
+    every = np.zeros((3, rig.num_bones, 4))
+    every[..., 0] = 1.0
+    every[:, kept] = turns
+    _, whole = forward_kinematics(rig, every)
+    _, part = forward_kinematics(body, turns)
+    heads = [rig.joint_names.index(n) for n in ("root", "arm", "neck")]
+    assert np.allclose(part[:, :3], whole[:, heads])
+    assert np.allclose(part[:, 4], whole[:, rig.joint_names.index("neck.tail")])
+    # arm's tail: in the whole rig the toe (at rest) continues it, so its head is arm's tail
+    assert np.allclose(part[:, 3], whole[:, rig.joint_names.index("toe")])

@@ -242,6 +242,25 @@ class Rig:
     def roots(self) -> np.ndarray:
         return np.flatnonzero(self.parents < 0)
 
+    def subset(self, kept) -> "Rig":
+        """The rig of the bones ``kept`` (indices or a (B,) mask), in their order, each parented to
+        its nearest kept ancestor: the other bones held at rest, a kept bone's rotation relative to
+        rest is the same in both rigs."""
+        kept = np.asarray(kept)
+        kept = np.flatnonzero(kept) if kept.dtype == bool else np.unique(kept)
+        if not len(kept):
+            raise RigError("no bones were kept")
+        inside = np.zeros(self.num_bones, dtype=bool)
+        inside[kept] = True
+        bones = []
+        for i in kept:
+            parent = self.parents[i]
+            while parent >= 0 and not inside[parent]:
+                parent = self.parents[parent]
+            bones.append(Bone(self.bones[i].name, None if parent < 0 else self.bones[parent].name,
+                              self.bones[i].head, self.bones[i].tail, self.bones[i].roll, self.bones[i].deform))
+        return Rig(bones, max_joints=None)
+
     # --- normalised rig space --------------------------------------------------------------
     def bounding_sphere(self, rotation: np.ndarray | None = None) -> tuple[np.ndarray, float]:
         """Centre and radius of a sphere around all rest joints (centre of their bounding box, in

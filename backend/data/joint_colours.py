@@ -46,6 +46,10 @@ DEPTH_WEIGHT = 1.0
 UNSHARED_COST = 1.0
 """Cost of a joint that only one of the two rigs has, in bounding-sphere radii."""
 
+MIDLINE_FRACTION = 0.04
+"""A bone end within this fraction of the rig's largest extent from the plane of symmetry is on
+the midline (Rigify's shoulders start there, its arms and legs do not)."""
+
 
 def _normalised(rig: Rig, rotation: np.ndarray | None = None) -> np.ndarray:
     """(J, 7): rest positions and parent-to-joint vectors in bounding-sphere units, in the
@@ -85,13 +89,10 @@ def _references() -> tuple[tuple[str, str, np.ndarray], ...]:
     return tuple(references)
 
 
-def match(rig: Rig, rotation: np.ndarray | None = None) -> tuple[str, np.ndarray, float]:
-    """The training family whose reference fits ``rig`` best, the palette index of each of its
-    joints (J,) and the mean matching cost. ``rotation``: the character's upright frame, as the
-    cameras' (``CameraRig.rotation``)."""
-    features = _normalised(rig, rotation)
-    # A training creature's tree, whatever the order of its joints: match among its kind.
-    shape = _shape(rig.joint_parents)
+def _best(features: np.ndarray, shape: str) -> tuple[float, str, np.ndarray, np.ndarray]:
+    """The reference that fits joints of ``features`` best: (mean cost, family, rows, cols) of
+    the assignment. A training creature's tree, whatever the order of its joints (``shape``),
+    is matched among its kind."""
     candidates = [r for r in _references() if r[1] == shape] or _references()
     best = None
     for family, _, reference in candidates:
@@ -100,13 +101,90 @@ def match(rig: Rig, rotation: np.ndarray | None = None) -> tuple[str, np.ndarray
         unshared = abs(len(features) - len(reference))
         score = (cost[rows, cols].sum() + UNSHARED_COST * unshared) / max(len(features), len(reference))
         if best is None or score < best[0]:
-            best = (score, family, rows, cols)
-    score, family, rows, cols = best
+            best = (float(score), family, rows, cols)
+    return best
+
+
+def match(rig: Rig, rotation: np.ndarray | None = None) -> tuple[str, np.ndarray, float]:
+    """The training family whose reference fits ``rig`` best, the palette index of each of its
+    joints (J,) and the mean matching cost. ``rotation``: the character's upright frame, as the
+    cameras' (``CameraRig.rotation``)."""
+    features = _normalised(rig, rotation)
+    score, family, rows, cols = _best(features, _shape(rig.joint_parents))
     index = np.full(len(features), -1, dtype=np.int64)
     index[rows] = cols
     spare = np.setdiff1d(np.arange(MAX_JOINTS), cols)
     index[index < 0] = spare[: int((index < 0).sum())]
-    return family, index, float(score)
+    return family, index, score
+
+
+def _mirrors(heads: np.ndarray, tails: np.ndarray, midline: float) -> np.ndarray:
+    """(B,) each bone's mirror image across the plane x = 0 (-1 for none, and for bones on the
+    plane), from upright rest positions."""
+    ends = np.concatenate([heads, tails], axis=1)
+    flipped = ends * np.tile([-1.0, 1.0, 1.0], 2)
+    gaps = np.linalg.norm(flipped[:, None] - ends[None], axis=2)
+    off = np.maximum(np.abs(heads[:, 0]), np.abs(tails[:, 0])) >= midline
+    return np.where(off & (gaps.min(axis=1) < midline), gaps.argmin(axis=1), -1)
+
+
+def _droppable(kept: np.ndarray, parents: np.ndarray, heads: np.ndarray, tails: np.ndarray,
+               midline: float) -> np.ndarray:
+    """Kept bones :func:`training_body` may leave out: a chain's end (a leaf, its parent's only
+    kept child), a bone inside a chain on the midline, a limb's root that starts on the midline
+    (a clavicle, a scapula)."""
+    parent = np.array([p if p < 0 or kept[p] else -2 for p in parents])
+    for i in np.flatnonzero(parent == -2):  # nearest kept ancestor
+        p = parents[i]
+        while p >= 0 and not kept[p]:
+            p = parents[p]
+        parent[i] = p
+    children = np.bincount(parent[kept & (parent >= 0)], minlength=len(kept))
+    on = np.abs(heads[:, 0]) < midline
+    to = np.abs(tails[:, 0]) < midline
+    safe = np.maximum(parent, 0)
+    end = (children == 0) & (children[safe] == 1)
+    inner = on & to & (children == 1)
+    limb_root = on & ~to & on[safe]
+    return kept & (parent >= 0) & (end | inner | limb_root)
+
+
+def training_body(rig: Rig, rotation: np.ndarray | None = None) -> np.ndarray:
+    """(B,) bool: the bones the model animates, the rest held at their rest pose.
+
+    The model learnt the joint trees of its training creatures; a rig's body often has bones
+    none of them has (Rigify's shoulders, toes and two-bone neck), whose joints it was never
+    trained to move. Such bones are left out, one (or a mirrored pair) at a time, while that
+    brings the rig nearer its best reference (:func:`match`'s mean cost): the end of a chain,
+    a bone inside a chain on the midline, or a limb's root that starts on the midline. A rig of
+    a training creature's tree is kept whole. ``rotation``: as for :func:`match`."""
+    kept = np.ones(rig.num_bones, dtype=bool)
+    if any(r[1] == _shape(rig.joint_parents) for r in _references()):
+        return kept
+    centre, radius = rig.bounding_sphere(rotation)
+    frame = np.eye(3) if rotation is None else rotation
+    heads, tails = ((points - centre) @ frame / max(radius, 1e-9) for points in (rig.heads, rig.tails))
+    midline = MIDLINE_FRACTION * float(np.ptp(np.concatenate([heads, tails]), axis=0).max())
+    mirror = _mirrors(heads, tails, midline)
+
+    def fit(mask: np.ndarray) -> float:
+        body = rig.subset(mask)
+        return _best(_normalised(body, rotation), _shape(body.joint_parents))[0]
+
+    score = fit(kept)
+    while kept.sum() > 2:
+        trials = []
+        for bone in np.flatnonzero(_droppable(kept, rig.parents, heads, tails, midline)):
+            trial = kept.copy()
+            trial[[bone, mirror[bone]] if mirror[bone] >= 0 else bone] = False
+            trials.append((fit(trial), bone, trial))
+        if not trials:
+            break
+        best, _, trial = min(trials, key=lambda t: (t[0], t[1]))
+        if best >= score - 1e-6:
+            break
+        score, kept = best, trial
+    return kept
 
 
 def joint_colours(rig: Rig, rotation: np.ndarray | None = None) -> np.ndarray:

@@ -164,8 +164,7 @@ def replay(bpy, obj, rig, sphere, path: Path, prompt: str, rotation=None):
     frame ``rotation``, ``snapshot.upright_frame``'s), then the add-on's Action writer; returns the
     Action."""
     from animax_addon.core.cameras import make_camera_rig
-    from backend.data.joint_colours import joint_colours
-    from backend.worker.jobs import scene_motion
+    from backend.worker.jobs import model_body, scene_motion
 
     if not path.is_file():
         raise BenchError(f"--videos has no {path}; give the folder of a run of the same rigs, motions and seeds")
@@ -176,8 +175,7 @@ def replay(bpy, obj, rig, sphere, path: Path, prompt: str, rotation=None):
     with np.load(path) as data:
         pose = data["pose"]
     cameras = make_camera_rig(*sphere, pose.shape[2], rotation=rotation)
-    _, rotations, root_translation = scene_motion(rig, cameras, pose, SCENE_FPS,
-                                                  joint_colours(rig, cameras.rotation))
+    _, rotations, root_translation = scene_motion(rig, cameras, pose, SCENE_FPS, model_body(rig, cameras))
     return _addon("action").write_action(obj, f"AnimaX {prompt}"[:56], rig.bone_names, rotations,
                                          rig.bones[rig.roots[0]].name, root_translation,
                                          frame_start=bpy.context.scene.frame_start)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -18,7 +19,7 @@ from animax_addon.core.protocol import (
     ErrorCode, Message, MessageType, ProtocolError, array_blob, blob_png, error_message, png_blob, png_size,
 )
 from animax_addon.core.rig import Rig, RigError
-from backend.data.joint_colours import joint_colours
+from backend.data.joint_colours import joint_colours, training_body
 from backend.model import MODEL_FPS, TINY, Preset
 from backend.reconstruction.kinematics import resample
 from backend.reconstruction.reconstruct import GENERATED, reconstruct
@@ -51,14 +52,35 @@ def _inputs(body: dict, blobs: tuple[bytes, ...], preset: Preset) -> tuple[Rig, 
     return rig, cameras, np.stack(templates)
 
 
-def scene_motion(rig: Rig, cameras: CameraRig, pose_videos: np.ndarray, scene_fps: float, colours: np.ndarray):
-    """The generated pose maps as the Action's keys: the reconstruction (on the model's frames),
-    and its rotations (T, B, 4) and root translation (T, 3) at the scene's frame rate, so that keys
-    land on whole scene frames; the per-joint diagnostics stay on the generated frames.
-    ``colours``: the joint colours the templates were drawn in (``joint_colours``)."""
-    motion = reconstruct(rig, cameras, pose_videos, colours=colours, **GENERATED)
+@dataclass(frozen=True)
+class ModelBody:
+    """What the model is shown of a rig: the bones it animates (``kept``, (B,) bool; the others
+    hold their rest pose), their rig, and the colours its joints are drawn in."""
+
+    kept: np.ndarray
+    rig: Rig
+    colours: np.ndarray
+
+
+def model_body(rig: Rig, cameras: CameraRig) -> ModelBody:
+    """The rig as the model knows it: reduced to its training counterpart's bones
+    (``training_body``), each joint in its counterpart's colour (``joint_colours``)."""
+    kept = training_body(rig, cameras.rotation)
+    body = rig.subset(kept)
+    return ModelBody(kept, body, joint_colours(body, cameras.rotation))
+
+
+def scene_motion(rig: Rig, cameras: CameraRig, pose_videos: np.ndarray, scene_fps: float, body: ModelBody):
+    """The generated pose maps as the Action's keys: the reconstruction of ``body`` (on the
+    model's frames), and the rotations (T, B, 4) of every bone of ``rig`` (those the body leaves
+    out at rest) and the root's translation (T, 3) at the scene's frame rate, so that keys land
+    on whole scene frames; the per-joint diagnostics stay the body's, on the generated frames."""
+    motion = reconstruct(body.rig, cameras, pose_videos, colours=body.colours, **GENERATED)
     rotations, locations = resample(motion.rotations, motion.locations, MODEL_FPS, scene_fps)
-    return motion, rotations, locations[:, motion.root]
+    every = np.zeros(rotations.shape[:1] + (rig.num_bones, 4))
+    every[..., 0] = 1.0
+    every[:, body.kept] = rotations
+    return motion, every, locations[:, motion.root]
 
 
 def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[], bool],
@@ -70,8 +92,9 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
     start = time.perf_counter()
     try:
         rig, cameras, rgb_templates = _inputs(body, submit.blobs, preset)
-        colours = joint_colours(rig, cameras.rotation)
-        pose_templates = render_pose_maps(cameras, rig.joints_rest[None], rig.joint_parents, colours)[:, 0]
+        shown = model_body(rig, cameras)
+        pose_templates = render_pose_maps(cameras, shown.rig.joints_rest[None], shown.rig.joint_parents,
+                                          shown.colours)[:, 0]
     except ProtocolError as exc:
         return error_message(exc.code, exc.sentence, job)
     except ValueError as exc:  # JobInputError, and any other refusal of the inputs
@@ -107,8 +130,7 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
 
     progress("reconstruct", 0, 1)
     start = time.perf_counter()
-    motion, rotations, root_translation = scene_motion(rig, cameras, output.pose_videos, float(options["fps"]),
-                                                          colours)
+    motion, rotations, root_translation = scene_motion(rig, cameras, output.pose_videos, float(options["fps"]), shown)
     seconds["reconstruct"] = time.perf_counter() - start
     progress("reconstruct", 1, 1)
     if cancelled():
@@ -133,6 +155,6 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
                 blobs.append(png_blob(frame))
     views, frames = output.pose_videos.shape[:2]
     diagnostics = {"seconds": seconds, "views": int(views), "frames": int(frames),
-                   "joint_names": motion.joint_names, "bone_names": motion.bone_names}
+                   "joint_names": motion.joint_names, "bone_names": rig.bone_names}
     return Message(MessageType.RESULT, job, {"arrays": arrays, "videos": videos, "diagnostics": diagnostics},
                    tuple(blobs))
