@@ -15,7 +15,8 @@ import tempfile
 import time
 from concurrent.futures import Future
 
-from .job_future import Inputs, JobFuture, JobSpec, Progress, Variation, Welcome, start_job
+from .core.request import Options, Request
+from .job_future import JobFuture, JobSpec, Progress, Variation, Welcome, start_job
 
 _EXPECTED_VIEWS = 4
 _DELIVERY_S = 0.1
@@ -125,7 +126,7 @@ class AnimateController:
         else:
             self.address = connection.address
         preview_dir = tempfile.mkdtemp(prefix="animax-preview-", dir=bpy.app.tempdir or None)
-        spec = JobSpec(self.address, self.prompt, self.seeds, preview_dir,
+        spec = JobSpec(self.address, self.seeds, preview_dir,
                        client_options=_client_keys(connection), local=local,
                        startup_timeout_s=connection.startup_timeout_s if local else 0.0)
         state.running, state.progress = True, 0.0
@@ -222,9 +223,10 @@ class AnimateController:
             templates = render_templates(obj, cameras, preset["size"])
         except ValueError as exc:
             raise AnimateError(str(exc)) from None
-        options = {"steps": self.steps, "guidance": self.guidance, "frames": frames, "fps": scene_fps,
-                   "outputs": ["pose", "rgb"] if self.decode_rgb else ["pose"]}
-        self.future.send_inputs(Inputs(self.rig.to_dict(), cameras.to_dict(), templates, options))
+        options = Options(steps=self.steps, guidance=self.guidance, seed=self.seeds[0], frames=frames, fps=scene_fps,
+                          outputs=("pose", "rgb") if self.decode_rgb else ("pose",))  # each variation its seed
+        self.future.send_request(Request.from_images(self.prompt, self.rig.to_dict(), cameras.to_dict(), templates,
+                                                     options))
         self._show("Sending the job")
 
     # --- the result ----------------------------------------------------------------------------------------

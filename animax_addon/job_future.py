@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Callable
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from .core.client import Client, WorkerUnavailable, result_arrays
 from .core.protocol import MessageType, ProtocolError
+from .core.request import Request
 
 
 class MainThreadFuture(Future):
@@ -87,17 +88,6 @@ class Progress:
 
 
 @dataclass
-class Inputs:
-    """What the main thread makes from the welcome: the rig snapshot, cameras, template renders
-    and the job's options (without the seed)."""
-
-    rig: dict
-    cameras: dict
-    templates: np.ndarray
-    options: dict
-
-
-@dataclass
 class Variation:
     """One seed's result: the arrays, the diagnostics and {output: (first preview frame, frame count)}."""
 
@@ -111,25 +101,26 @@ class JobFuture(MainThreadFuture):
     the exception a ``JobError``.
 
     The templates are rendered at the worker's image size, so after the welcome the thread waits
-    for ``send_inputs``; a cancel ends that wait.
+    for ``send_request``, and sends that request once a seed of its ``JobSpec``; a cancel ends
+    the wait.
     """
 
     def __init__(self):
         super().__init__()
-        self._inputs: queue.SimpleQueue[Inputs | None] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
 
-    def send_inputs(self, inputs: Inputs) -> None:
-        self._inputs.put(inputs)
+    def send_request(self, request: Request) -> None:
+        self._requests.put(request)
 
     def cancel(self) -> bool:
         cancelled = super().cancel()
-        self._inputs.put(None)
+        self._requests.put(None)
         return cancelled
 
-    def wait_inputs(self) -> Inputs | None:
-        """The thread's side: the inputs, or None once cancelled."""
-        inputs = self._inputs.get()
-        return None if self.cancelled() else inputs
+    def wait_request(self) -> Request | None:
+        """The thread's side: the request, or None once cancelled."""
+        request = self._requests.get()
+        return None if self.cancelled() else request
 
 
 @dataclass
@@ -137,7 +128,6 @@ class JobSpec:
     """Everything the job's thread needs, as plain values."""
 
     address: str
-    prompt: str
     seeds: list[int]
     preview_dir: str
     client_options: dict = field(default_factory=dict)
@@ -146,7 +136,7 @@ class JobSpec:
 
 
 def start_job(spec: JobSpec) -> JobFuture:
-    """Connect, wait for the inputs, run one job per seed; on a thread of its own."""
+    """Connect, wait for the request, run it once a seed; on a thread of its own."""
     future = JobFuture()
     threading.Thread(target=_JobThread(spec, future).run, name="animax-job", daemon=True).start()
     return future
@@ -204,12 +194,12 @@ class _JobThread:
         if welcome is None:
             return None
         self.future.set_update(Welcome(welcome))
-        inputs = self.future.wait_inputs()
-        if inputs is None:
+        request = self.future.wait_request()
+        if request is None:
             return None
         variations = []
         for i, seed in enumerate(self.spec.seeds):
-            variation = self._variation(client, i, inputs, seed)
+            variation = self._variation(client, i, replace(request, options=replace(request.options, seed=seed)))
             if variation is None:
                 return None
             variations.append(variation)
@@ -227,9 +217,8 @@ class _JobThread:
                     raise
         return None
 
-    def _variation(self, client: Client, i: int, inputs: Inputs, seed: int) -> Variation | None:
-        job = client.submit(self.spec.prompt, inputs.rig, inputs.cameras, inputs.templates,
-                            dict(inputs.options, seed=seed))
+    def _variation(self, client: Client, i: int, request: Request) -> Variation | None:
+        job = client.submit(request)
         cancel_sent = False
         for message in client.events(job):
             # Checked per message: progress comes every denoising step, so a cancel waits at most one.

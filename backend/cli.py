@@ -27,6 +27,7 @@ from animax_addon.core.cameras import CameraError, CameraRig, make_camera_rig
 from animax_addon.core.client import DEFAULT_ADDRESS, Client, WorkerUnavailable, result_arrays
 from animax_addon.core.protocol import MessageType, ProtocolError, blob_png
 from animax_addon.core.pose_maps import render_pose_maps
+from animax_addon.core.request import Options, Request
 from animax_addon.core.rig import Rig, RigError
 
 from .arguments import ArgumentParser, number, output_file, output_folder, zmq_address
@@ -183,9 +184,9 @@ def generate_command(args) -> None:
     with connect(args, args.timeout) as client:
         preset = client.hello()["preset"]
         chosen = {"steps": args.steps, "guidance": args.guidance, "frames": args.frames, "fps": args.fps}
-        options = {key: preset[key] if value is None else value for key, value in chosen.items()}
-        options.update(seed=args.seed, outputs=["pose", "rgb"] if args.rgb else ["pose"])
-        job = client.submit(args.prompt, rig.to_dict(), cameras.to_dict(), templates, options)
+        options = Options(**{key: preset[key] if value is None else value for key, value in chosen.items()},
+                          seed=args.seed, outputs=("pose", "rgb") if args.rgb else ("pose",))
+        job = client.submit(Request.from_images(args.prompt, rig.to_dict(), cameras.to_dict(), templates, options))
         try:
             for message in client.events(job):
                 if message.type == MessageType.ACCEPTED:
@@ -206,7 +207,7 @@ def generate_command(args) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **arrays, joint_names=np.array(diagnostics["joint_names"]),
-             bone_names=np.array(diagnostics["bone_names"]), fps=np.array(float(options["fps"])),
+             bone_names=np.array(diagnostics["bone_names"]), fps=np.array(float(options.fps)),
              prompt=np.array(args.prompt))
     print(f"generated {len(arrays['rotations'])} frames x {rig.num_bones} bones; wrote {out}")
 

@@ -30,6 +30,7 @@ from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.client import Client, curve_keys
 from animax_addon.core.pose_maps import render_pose_maps
 from animax_addon.core.protocol import MessageType
+from animax_addon.core.request import Options, Request
 from animax_addon.core.rig import Rig
 from backend.model.pipeline_animax import AnimaXPipelineOutput
 from backend.worker.security import LinkKeys, link_keys
@@ -49,19 +50,19 @@ class FixedPipeline:
         return AnimaXPipelineOutput(pose_videos=videos, rgb_videos=None)
 
 
-def job_inputs(size: int, frames: int):
+def job_request(size: int, frames: int) -> Request:
     rig = Rig.from_dict(RIG)
     center, radius = rig.bounding_sphere()
     cameras = make_camera_rig(center, radius, size)
     templates = render_pose_maps(cameras, rig.joints_rest[None], rig.joint_parents)[:, 0]
-    options = dict(steps=1, guidance=3.0, seed=0, frames=frames, fps=16.0, outputs=["pose"])
-    return RIG, cameras.to_dict(), templates, options
+    return Request.from_images("bench", RIG, cameras.to_dict(), templates,
+                               Options(steps=1, guidance=3.0, seed=0, frames=frames, fps=16.0))
 
 
-def run_one(client: Client, inputs) -> tuple[float, float]:
+def run_one(client: Client, request: Request) -> tuple[float, float]:
     """(round trip, worker compute) seconds of one job."""
     start = time.perf_counter()
-    job = client.submit("bench", *inputs)
+    job = client.submit(request)
     for message in client.events(job):
         pass
     elapsed = time.perf_counter() - start
@@ -83,7 +84,7 @@ def worker_keys(keys: LinkKeys) -> dict:
     return dict(server_public_key=str(keys.broker_public), client_secret_file=str(keys.worker_secret))
 
 
-def overhead(jobs: int, inputs, keys: LinkKeys) -> None:
+def overhead(jobs: int, request: Request, keys: LinkKeys) -> None:
     from backend.worker.broker import Broker
     from backend.worker.server import Worker
 
@@ -99,8 +100,8 @@ def overhead(jobs: int, inputs, keys: LinkKeys) -> None:
     for name, address in (("direct to worker", worker.address), ("through broker", broker.address)):
         with Client(address) as client:
             for _ in range(5):  # warm-up
-                run_one(client, inputs)
-            samples = [run_one(client, inputs) for _ in range(jobs)]
+                run_one(client, request)
+            samples = [run_one(client, request) for _ in range(jobs)]
         trip = [t * 1e3 for t, _ in samples]
         extra = sorted((t - c) * 1e3 for t, c in samples)
         print(f"| {name} | {statistics.median(trip):.2f} | {statistics.median(c * 1e3 for _, c in samples):.2f} "
@@ -122,7 +123,7 @@ def broker_process(queue, ready, keys):
         time.sleep(0.05)
 
 
-def worker_process(backend, keys, canned, inputs):
+def worker_process(backend, keys, canned, request: Request):
     from backend.worker.server import Worker
 
     if not canned:
@@ -132,16 +133,12 @@ def worker_process(backend, keys, canned, inputs):
     # so the rate is the broker's own (and the clients').
     import zmq
 
-    from animax_addon.core.protocol import Message, decode, encode, png_blob
+    from animax_addon.core.protocol import Message, decode, encode
     from backend.worker.jobs import run_job
     from backend.worker.server import preset_body
     from backend.model.presets import TINY
 
-    rig, cameras, templates, options = inputs
-    body = {"prompt": "bench", "rig": rig, "cameras": cameras, "options": options,
-            "templates": list(range(len(templates)))}
-    submit = Message(MessageType.SUBMIT, "canned", body, tuple(png_blob(t) for t in templates))
-    result = run_job(FixedPipeline(), submit, lambda *_: None, lambda: False)
+    result = run_job(FixedPipeline(), request.to_message("canned"), lambda *_: None, lambda: False)
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = curve_keys(keys.broker_public,
                                                                                   keys.worker_secret)
@@ -157,13 +154,13 @@ def worker_process(backend, keys, canned, inputs):
             sock.send_multipart(encode(Message(MessageType.HEARTBEAT)))
 
 
-def dispatch_rate(clients: int, jobs: int, workers: int, inputs, canned: bool, keys: LinkKeys) -> float:
+def dispatch_rate(clients: int, jobs: int, workers: int, request: Request, canned: bool, keys: LinkKeys) -> float:
     spawn = mp.get_context("spawn")  # fresh interpreters: no ZeroMQ context crosses a fork
     queue, ready = spawn.Queue(), spawn.Event()
     processes = [spawn.Process(target=broker_process, args=(queue, ready, keys), daemon=True)]
     processes[0].start()
     address, backend = queue.get(timeout=120)
-    processes += [spawn.Process(target=worker_process, args=(backend, keys, canned, inputs), daemon=True)
+    processes += [spawn.Process(target=worker_process, args=(backend, keys, canned, request), daemon=True)
                   for _ in range(workers)]
     for process in processes[1:]:
         process.start()
@@ -177,7 +174,7 @@ def dispatch_rate(clients: int, jobs: int, workers: int, inputs, canned: bool, k
         with Client(address, timeout_s=30) as client:
             barrier.wait()
             for _ in range(per_client):
-                run_one(client, inputs)
+                run_one(client, request)
 
     threads = [threading.Thread(target=client_loop) for _ in range(clients)]
     for thread in threads:
@@ -200,17 +197,17 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=5)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
-    inputs = job_inputs(args.size, args.frames)
+    request = job_request(args.size, args.frames)
     print(f"{args.size} px, {args.frames} frames, 4 views; {args.jobs} jobs\n")
     with tempfile.TemporaryDirectory() as folder:  # workers join a broker over CurveZMQ, as in animax-serve
         keys = link_keys(folder)
-        overhead(args.jobs, inputs, keys)
+        overhead(args.jobs, request, keys)
         print(f"\n{args.clients} clients, {args.jobs} jobs through the broker\n")
         print("| workers | jobs/s, canned results (no compute) "
               "| jobs/s, fixed pipeline (reconstruction runs) |")
         print("| ---: | ---: | ---: |")
         for workers in args.workers:
-            rates = [dispatch_rate(args.clients, args.jobs, workers, inputs, canned, keys) for canned in (True, False)]
+            rates = [dispatch_rate(args.clients, args.jobs, workers, request, canned, keys) for canned in (True, False)]
             print(f"| {workers} | {rates[0]:.1f} | {rates[1]:.1f} |", flush=True)
 
 

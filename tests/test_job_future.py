@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from animax_addon.job_future import (
-    Inputs, JobError, JobFuture, JobSpec, MainThreadFuture, Progress, Variation, Welcome, start_job,
+    JobError, JobFuture, JobSpec, MainThreadFuture, Progress, Variation, Welcome, start_job,
 )
 from backend.model.presets import build_tiny_pipeline
 from backend.worker.server import Worker
-from test_worker import CAMERAS, RIG, TEMPLATES, options
+from test_worker import request
 from test_worker_faults import free_port
 
 
@@ -99,18 +99,17 @@ def test_a_callback_that_raises_leaves_the_rest_for_the_next_deliver():
     assert seen == ["first", "last"]
 
 
-def test_a_cancel_ends_the_wait_for_the_inputs():
+def test_a_cancel_ends_the_wait_for_the_request():
     future = JobFuture()
     got = []
-    thread = threading.Thread(target=lambda: got.append(future.wait_inputs()))
+    thread = threading.Thread(target=lambda: got.append(future.wait_request()))
     thread.start()
     future.cancel()
     thread.join(30)
     assert got == [None]
-    sent = JobFuture()
-    inputs = Inputs(RIG, CAMERAS, TEMPLATES, options())
-    sent.send_inputs(inputs)
-    assert sent.wait_inputs() is inputs
+    sent, made = JobFuture(), request()
+    sent.send_request(made)
+    assert sent.wait_request() is made
 
 
 @pytest.fixture(scope="module")
@@ -131,13 +130,13 @@ def deliver_until_done(future: JobFuture, timeout_s: float = 120) -> None:
 
 def test_a_job_reports_the_welcome_and_progress_then_resolves_with_each_variation(pipeline, running, tmp_path):
     worker = running(Worker(pipeline, "tcp://127.0.0.1:*"))
-    future = start_job(JobSpec(worker.address, "the fox jumps", [3, 4], str(tmp_path)))
+    future = start_job(JobSpec(worker.address, [3, 4], str(tmp_path)))
     updates = []
 
     def on_update(update):
         updates.append(update)
         if isinstance(update, Welcome):  # the main thread renders the templates at the worker's size
-            future.send_inputs(Inputs(RIG, CAMERAS, TEMPLATES, options()))
+            future.send_request(request())
 
     future.add_update_callback(on_update)
     deliver_until_done(future)
@@ -157,11 +156,11 @@ def test_a_job_reports_the_welcome_and_progress_then_resolves_with_each_variatio
 
 def test_a_cancel_mid_job_reaches_the_worker(pipeline, running, tmp_path):
     worker = running(Worker(pipeline, "tcp://127.0.0.1:*"))
-    future = start_job(JobSpec(worker.address, "the fox jumps", [0], str(tmp_path)))
+    future = start_job(JobSpec(worker.address, [0], str(tmp_path)))
 
     def on_update(update):
         if isinstance(update, Welcome):
-            future.send_inputs(Inputs(RIG, CAMERAS, TEMPLATES, options(steps=50)))
+            future.send_request(request(steps=50))
         elif update.stage.startswith("Denoise"):
             future.cancel()
 
@@ -176,7 +175,7 @@ def test_a_cancel_mid_job_reaches_the_worker(pipeline, running, tmp_path):
 
 def test_an_unreachable_worker_is_a_job_error(tmp_path):
     address = f"tcp://127.0.0.1:{free_port()}"
-    future = start_job(JobSpec(address, "the fox jumps", [0], str(tmp_path), client_options={"timeout_s": 0.5}))
+    future = start_job(JobSpec(address, [0], str(tmp_path), client_options={"timeout_s": 0.5}))
     deliver_until_done(future)
     error = future.exception()
     assert isinstance(error, JobError) and "did not answer within 0.5 s" in str(error)

@@ -12,6 +12,7 @@ import pytest
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.client import Client, WorkerUnavailable
 from animax_addon.core.protocol import MessageType, ProtocolError
+from animax_addon.core.request import Options, Request
 from backend.worker import serve
 
 SIZE = 64  # the shipped tiny model's size
@@ -21,7 +22,8 @@ RIG = {"bones": [
 ]}
 CAMERAS = make_camera_rig(np.array([0.0, 0.0, 0.4]), 0.6, SIZE).to_dict()
 TEMPLATES = np.full((4, SIZE, SIZE, 3), 64, dtype=np.uint8)
-OPTIONS = dict(steps=2, guidance=3.0, seed=0, frames=5, fps=16.0, outputs=["pose"])
+REQUEST = Request.from_images("the arm waves", RIG, CAMERAS, TEMPLATES,
+                              Options(steps=2, guidance=3.0, seed=0, frames=5, fps=16.0))
 
 
 def free_port() -> int:
@@ -77,7 +79,7 @@ def test_the_workers_keys_are_made_private_for_one_run(monkeypatch):
 
 def run_job(address: str) -> MessageType:
     with Client(address, timeout_s=5.0) as client:
-        job = client.submit("the arm waves", RIG, CAMERAS, TEMPLATES, OPTIONS)
+        job = client.submit(REQUEST)
         for message in client.events(job):
             if message.type in (MessageType.RESULT, MessageType.ERROR, MessageType.CANCELLED):
                 return message.type

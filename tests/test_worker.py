@@ -20,6 +20,7 @@ from animax_addon.core import protocol
 from animax_addon.core.protocol import (
     ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, png_blob,
 )
+from animax_addon.core.request import Options, Request
 from backend.model.pipeline_animax import AnimaXPipelineOutput
 from backend.model.presets import TINY, build_tiny_pipeline
 from backend.worker import jobs
@@ -40,8 +41,12 @@ TEMPLATES = np.random.default_rng(0).integers(0, 255, (4, SIZE, SIZE, 3), dtype=
 LONG_JOB = dict(steps=max_steps(TINY.num_inference_steps), frames=TINY.num_frames)
 
 
-def options(steps=2, **changes):
-    return dict(dict(steps=steps, guidance=3.0, seed=0, frames=FRAMES, fps=16.0, outputs=["pose"]), **changes)
+def options(steps=2, **changes) -> Options:
+    return replace(Options(steps=steps, guidance=3.0, seed=0, frames=FRAMES, fps=16.0), **changes)
+
+
+def request(rig=RIG, templates=TEMPLATES, cameras=CAMERAS, **changes) -> Request:
+    return Request.from_images("the fox jumps", rig, cameras, templates, options(**changes))
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +76,8 @@ def worker(make_worker):
     return make_worker()
 
 
-def submit(client, steps=2, job=None, **kw):
-    return client.submit("the fox jumps", RIG, CAMERAS, TEMPLATES, options(steps, **kw), job=job)
+def submit(client, job=None, **changes):
+    return client.submit(request(**changes), job=job)
 
 
 def until(client, job, kind):
@@ -116,11 +121,11 @@ def test_hello_and_full_job(worker):
 
 def test_bad_user_input_is_bad_field(worker):
     with Client(worker.address) as client:
-        job = client.submit("walk", {"bones": []}, CAMERAS, TEMPLATES, options())
+        job = client.submit(request(rig={"bones": []}))
         error = until(client, job, MessageType.ERROR)[-1]
         assert error.body["code"] == "bad_field" and "rig" in error.body["message"]
         small = TEMPLATES[:, :16, :16]
-        job = client.submit("walk", RIG, CAMERAS, small, options())
+        job = client.submit(request(templates=small))
         error = until(client, job, MessageType.ERROR)[-1]
         assert error.body["code"] == "bad_field" and "16x16" in error.body["message"]
 
@@ -180,7 +185,7 @@ def test_finished_jobs_leave_only_their_outcome(worker):
     ids = [f"bad{i}" for i in range(15)]
     with Client(worker.address) as client:
         for job in ids:  # a rig the worker refuses: each job runs and fails at once
-            client.submit("walk", {"bones": []}, CAMERAS, TEMPLATES, options(), job=job)
+            client.submit(request(rig={"bones": []}), job=job)
             until(client, job, MessageType.ERROR)
         assert worker.job_states() == {job: "failed" for job in ids[10:]}
         assert not worker._jobs
@@ -222,19 +227,16 @@ def header_only_png(width: int, height: int) -> bytes:
 def test_templates_are_checked_against_the_cameras_before_decoding(monkeypatch, last, sentence):
     monkeypatch.setattr(jobs, "blob_png", lambda *a, **k: pytest.fail("a template was decoded"))
     blobs = [png_blob(image) for image in TEMPLATES[:3]] + last
-    body = {"prompt": "walk", "rig": RIG, "cameras": CAMERAS, "options": options(),
-            "templates": list(range(len(blobs)))}
-    reply = jobs.run_job(None, Message(MessageType.SUBMIT, "t", body, tuple(blobs)), lambda *a: None, lambda: False)
+    submit = replace(request(), templates=tuple(blobs)).to_message("t")
+    reply = jobs.run_job(None, submit, lambda *a: None, lambda: False)
     assert reply.type == MessageType.ERROR and reply.body["code"] == "bad_field"
     assert sentence in reply.body["message"]
 
 
 def preset_submit(size: int, **changes) -> Message:
     """A SUBMIT of ``size`` px cameras and templates (PNG headers only) for the tiny preset's limits."""
-    blobs = [header_only_png(size, size)] * 4
-    body = {"prompt": "walk", "rig": RIG, "cameras": make_camera_rig(np.array([0.0, 0.0, 0.5]), 0.7, size).to_dict(),
-            "options": options(**changes), "templates": list(range(4))}
-    return Message(MessageType.SUBMIT, "t", body, tuple(blobs))
+    cameras = make_camera_rig(np.array([0.0, 0.0, 0.5]), 0.7, size).to_dict()
+    return Request("walk", RIG, cameras, options(**changes), (header_only_png(size, size),) * 4).to_message("t")
 
 
 @pytest.mark.parametrize("size, changes, sentence", [
@@ -276,9 +278,7 @@ def test_worker_refuses_more_frames_than_its_preset_makes(worker):
 def test_cancel_mid_denoising_stops_at_the_step_and_writes_nothing(pipeline, monkeypatch):
     monkeypatch.setattr(jobs, "scene_motion", lambda *a: pytest.fail("a cancelled job was reconstructed"))
     steps = []
-    body = {"prompt": "walk", "rig": RIG, "cameras": CAMERAS, "options": options(**LONG_JOB),
-            "templates": list(range(4))}
-    submit = Message(MessageType.SUBMIT, "t", body, tuple(png_blob(image) for image in TEMPLATES))
+    submit = request(**LONG_JOB).to_message("t")
     reply = jobs.run_job(pipeline, submit, lambda stage, step, total: steps.append(step), lambda: len(steps) >= 3)
     assert reply.type == MessageType.CANCELLED and not reply.blobs
     assert steps == [1, 2, 3]  # the cancel seen after step 3 ends the job before step 4

@@ -22,14 +22,14 @@ import itertools
 import os
 import time
 from collections import deque
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from .protocol import (
-    ErrorCode, Limits, Message, MessageType, ProtocolError, Receiver, blob_array, blob_png, encode, png_blob,
-    png_size,
+    ErrorCode, Limits, Message, MessageType, ProtocolError, Receiver, blob_array, blob_png, encode, png_size,
 )
+from .request import Request
 
 CLIENT_VERSION = "0.1.0"
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"  # a local worker (or broker) on its default port
@@ -127,16 +127,12 @@ class Client:
             self._inbox.setdefault(message.job, deque()).append(message)
         raise self._unavailable(f"did not answer within {self.timeout_s:g} s")
 
-    def submit(self, prompt: str, rig: dict, cameras: dict, templates: np.ndarray, options: dict[str, Any],
-               job: str | None = None) -> str:
+    def submit(self, request: Request, job: str | None = None) -> str:
         """Send a job; returns its id. Follow it with ``events(job)``."""
         job = job or f"{self._prefix}-{next(self._ids)}"
-        images = np.asarray(templates)
-        blobs = tuple(png_blob(image) for image in images)
-        body = {"prompt": prompt, "rig": rig, "cameras": cameras, "options": options,
-                "templates": list(range(len(blobs)))}
-        self._send(Message(MessageType.SUBMIT, job, body, blobs))
-        self._expected[job] = (len(images), options["frames"], images.shape[2], images.shape[1])
+        self._send(request.to_message(job))
+        width, height = png_size(request.templates[0])
+        self._expected[job] = (len(request.templates), request.options.frames, width, height)
         return job
 
     def cancel(self, job: str) -> None:

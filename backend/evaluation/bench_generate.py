@@ -25,13 +25,13 @@ def submit_message(folder: Path, job: dict):
     """The SUBMIT message the add-on's client would send for ``job`` of the rig in ``folder``."""
     from PIL import Image
 
-    from animax_addon.core.protocol import Message, MessageType, png_blob
+    from animax_addon.core.request import Options, Request
 
     templates = [np.array(Image.open(path).convert("RGB")) for path in sorted(folder.glob("template_*.png"))]
-    body = {"prompt": job["prompt"], "rig": json.loads((folder / "rig.json").read_text()),
-            "cameras": json.loads((folder / "cameras.json").read_text()), "options": job["options"],
-            "templates": list(range(len(templates)))}
-    return Message(MessageType.SUBMIT, job["video"], body, tuple(png_blob(t) for t in templates))
+    request = Request.from_images(job["prompt"], json.loads((folder / "rig.json").read_text()),
+                                  json.loads((folder / "cameras.json").read_text()), templates,
+                                  Options.from_dict(job["options"]))
+    return request.to_message(job["video"])
 
 
 def _shard(text: str) -> tuple[int, int]:

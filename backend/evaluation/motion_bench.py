@@ -194,6 +194,7 @@ def write_request(bpy, obj, rig, bench_rig, seeds, steps: int, duration: int, fo
     cameras.json, the template renders (template_V.png) and jobs.json (prompt, seed, options)."""
     from PIL import Image
 
+    from animax_addon.core.request import Options
     from backend.model import MODEL_FPS
     from backend.model.presets import TINY
 
@@ -208,8 +209,8 @@ def write_request(bpy, obj, rig, bench_rig, seeds, steps: int, duration: int, fo
         Image.fromarray(image).save(folder / f"template_{v}.png")
     frames = job.model_frames(duration, SCENE_FPS, MODEL_FPS, TINY.num_frames)
     jobs = [{"video": video_name(motion, seed), "prompt": bench_rig.prompt(motion),
-             "options": {"steps": steps, "guidance": panel.guidance, "frames": frames, "fps": SCENE_FPS,
-                         "outputs": ["pose"], "seed": seed}}
+             "options": Options(steps=steps, guidance=panel.guidance, seed=seed, frames=frames,
+                                fps=SCENE_FPS).to_dict()}
             for motion in bench_rig.motions for seed in seeds]
     (folder / "jobs.json").write_text(json.dumps(jobs, indent=1))
 

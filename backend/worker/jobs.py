@@ -18,6 +18,7 @@ from animax_addon.core.pose_maps import render_pose_maps
 from animax_addon.core.protocol import (
     ErrorCode, Message, MessageType, ProtocolError, array_blob, blob_png, error_message, png_blob, png_size,
 )
+from animax_addon.core.request import Request
 from animax_addon.core.rig import Rig, RigError
 from backend.data.joint_colours import joint_colours, training_body
 from backend.model import MODEL_FPS, TINY, Preset
@@ -29,18 +30,19 @@ from .job_limits import JobInputError, check_job_size
 Progress = Callable[[str, int, int], None]
 
 
-def _inputs(body: dict, blobs: tuple[bytes, ...], preset: Preset) -> tuple[Rig, CameraRig, np.ndarray]:
-    """The rig, cameras and RGB templates (V, H, W, 3) of a SUBMIT, checked against each other.
+def _inputs(submit: Message, preset: Preset) -> tuple[Request, Rig, CameraRig, np.ndarray]:
+    """The request, rig, cameras and RGB templates (V, H, W, 3) of a SUBMIT, checked against each other.
 
     The options' steps and frames and the cameras' image size are checked against the preset, and
     the templates' count and their PNG headers' sizes against the cameras, before any pixel is
     decoded: a request never costs more memory than the preset's own jobs, nor its cameras' images."""
-    cameras = check_job_size(body, preset.name, preset.size, preset.num_frames, preset.num_inference_steps)
+    cameras = check_job_size(submit.body, preset.name, preset.size, preset.num_frames, preset.num_inference_steps)
+    request = Request.from_message(submit)
     try:
-        rig = Rig.from_dict(body["rig"], max_joints=preset.max_joints)
+        rig = Rig.from_dict(request.rig, max_joints=preset.max_joints)
     except RigError as exc:
         raise JobInputError(f"The rig cannot be used: {exc}.") from exc
-    pngs = [blobs[i] for i in body["templates"]]
+    pngs = request.templates
     if len(pngs) != cameras.num_views:
         raise JobInputError(f"{len(pngs)} template images were sent for {cameras.num_views} camera views.")
     for i, png in enumerate(pngs):
@@ -49,7 +51,7 @@ def _inputs(body: dict, blobs: tuple[bytes, ...], preset: Preset) -> tuple[Rig, 
             raise JobInputError(f"Template {i} is {width}x{height} pixels but the cameras "
                                 f"render {cameras.width}x{cameras.height}.")
     templates = [blob_png(png, max_pixels=cameras.width * cameras.height) for png in pngs]
-    return rig, cameras, np.stack(templates)
+    return request, rig, cameras, np.stack(templates)
 
 
 @dataclass(frozen=True)
@@ -87,11 +89,11 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
             preset: Preset = TINY) -> Message:
     """Run one SUBMIT to the end; never raises for user input, returns an ERROR message instead.
     ``preset``: the loaded model's, whose size, frames, steps and joints bound the job."""
-    job, body = submit.job, submit.body
+    job = submit.job
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     try:
-        rig, cameras, rgb_templates = _inputs(body, submit.blobs, preset)
+        request, rig, cameras, rgb_templates = _inputs(submit, preset)
         shown = model_body(rig, cameras)
         pose_templates = render_pose_maps(cameras, shown.rig.joints_rest[None], shown.rig.joint_parents,
                                           shown.colours)[:, 0]
@@ -103,8 +105,8 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
     if cancelled():
         return Message(MessageType.CANCELLED, job)
 
-    options = body["options"]
-    total = options["steps"]
+    options = request.options
+    total = options.steps
 
     def on_step(pipe, step, timestep, tensors):
         progress("denoise", step + 1, total)
@@ -115,9 +117,9 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
     start = time.perf_counter()
     try:
         output = pipeline(
-            prompt=body["prompt"], rgb_templates=rgb_templates, pose_templates=pose_templates, cameras=cameras,
-            num_frames=options["frames"], num_inference_steps=total, guidance_scale=float(options["guidance"]),
-            generator=torch.Generator().manual_seed(options["seed"]), decode_rgb="rgb" in options["outputs"],
+            prompt=request.prompt, rgb_templates=rgb_templates, pose_templates=pose_templates, cameras=cameras,
+            num_frames=options.frames, num_inference_steps=total, guidance_scale=options.guidance,
+            generator=torch.Generator().manual_seed(options.seed), decode_rgb="rgb" in options.outputs,
             callback_on_step_end=on_step,
         )
     except torch.cuda.OutOfMemoryError:
@@ -130,7 +132,7 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
 
     progress("reconstruct", 0, 1)
     start = time.perf_counter()
-    motion, rotations, root_translation = scene_motion(rig, cameras, output.pose_videos, float(options["fps"]), shown)
+    motion, rotations, root_translation = scene_motion(rig, cameras, output.pose_videos, options.fps, shown)
     seconds["reconstruct"] = time.perf_counter() - start
     progress("reconstruct", 1, 1)
     if cancelled():
@@ -146,7 +148,7 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
         blobs.append(data)
     videos = {}
     sources = {"pose": output.pose_videos, "rgb": output.rgb_videos}
-    for name in options["outputs"]:
+    for name in options.outputs:
         frames = sources[name]
         videos[name] = []
         for view in frames:  # view-major: view 0's frames, then view 1's, ...
