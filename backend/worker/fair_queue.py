@@ -20,6 +20,7 @@ from animax_addon.core.protocol import ErrorCode, Message, MessageType, error_me
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED_HISTORY = 1000  # finished jobs whose id and outcome are remembered; the oldest is forgotten first
 CLIENT_SHARE = 4  # one client may hold at most 1/CLIENT_SHARE of the queue's places (rounded up, at least 1)
+SERVED_HISTORY = 1000  # clients whose last turn the fair queue remembers, beyond those it must keep
 
 
 def client_cap(queue_size: int) -> int:
@@ -72,11 +73,16 @@ class History:
 
 class FairQueue:
     """Each turn goes to the client served least recently (never served first); ties go to the
-    client whose oldest job came first. A client's own jobs run oldest first."""
+    client whose oldest job came first. A client's own jobs run oldest first.
 
-    def __init__(self) -> None:
+    The last turns of the ``remembered`` clients served most recently are kept, and older ones as
+    long as a waiting client was served before them; a client whose turn is forgotten counts as
+    never served."""
+
+    def __init__(self, remembered: int = SERVED_HISTORY) -> None:
+        self.remembered = remembered
         self._pending: dict[Hashable, list[QueuedJob]] = {}
-        self._last_served: dict[Hashable, int] = {}
+        self._last_served: dict[Hashable, int] = {}  # oldest turn first
         self._turns = itertools.count()
 
     def __len__(self) -> int:
@@ -123,8 +129,22 @@ class FairQueue:
             return None
         job = order[0]
         self.remove(job)
+        self._last_served.pop(job.client, None)  # re-inserted: the newest turn goes last
         self._last_served[job.client] = next(self._turns)
+        self._forget_old_turns()
         return job
+
+    def _forget_old_turns(self) -> None:
+        """Forget the oldest turns past the ``remembered`` newest, each only while it is older than
+        every waiting client's last turn."""
+        oldest_waiting = min((self._last_served[who] for who in self._pending if who in self._last_served),
+                             default=math.inf)
+        while len(self._last_served) > self.remembered:
+            who, turn = next(iter(self._last_served.items()))
+            if turn >= oldest_waiting:
+                break
+            # Every served client waiting was served after it: back, it ranks ahead of them, remembered or not.
+            del self._last_served[who]
 
 
 def admit(queue: FairQueue, jobs: dict, limit: int, client: Hashable, submit: Message,
