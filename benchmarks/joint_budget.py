@@ -31,7 +31,8 @@ def main() -> None:
     from backend.data.joint_colours import joint_colours
     from backend.demo import installed_extension
     from backend.evaluation.motion_bench import _addon, _empty_scene, select_rigs
-    from backend.model.presets import TINY, TINY_WEIGHTS, load_tiny
+    from backend.model.loading import load_tiny
+    from backend.model.presets import TINY, TINY_WEIGHTS
     from backend.reconstruction.reconstruct import GENERATED, reconstruct
 
     pipeline = load_tiny(TINY_WEIGHTS, text_encoder=False)

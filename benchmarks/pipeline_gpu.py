@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from animax_addon.core.cameras import make_camera_rig
 from backend.model.pipeline_animax import AnimaXPipeline
-from backend.model.presets import SAMPLERS, make_scheduler
+from backend.model.samplers import SAMPLERS, make_scheduler
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 
 UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,

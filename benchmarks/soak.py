@@ -211,7 +211,7 @@ def broker_process(addresses: Connection, keys, liveness_s: float) -> None:
 def worker_process(backend, keys) -> None:
     import torch
 
-    from backend.model.presets import build_tiny_pipeline
+    from backend.model.loading import build_tiny_pipeline
     from backend.worker.server import Worker
 
     torch.set_num_threads(1)  # tiny tensors: a second thread only waits at barriers while the clients run

@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 
 from backend.evaluation.evaluate import draw_items, model_generator
-from backend.model.presets import TINY, TINY_WEIGHTS, load_tiny, use_fast_sampler
+from backend.model.loading import load_tiny
+from backend.model.presets import TINY, TINY_WEIGHTS
+from backend.model.samplers import use_fast_sampler
 
 
 def main() -> None:

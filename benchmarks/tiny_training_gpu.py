@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from backend.model.presets import TINY, TINY_TRANSFORMER, TINY_VAE, tiny_transformer
+from backend.model.loading import tiny_transformer
+from backend.model.presets import TINY, TINY_TRANSFORMER, TINY_VAE
 from backend.train.latents import LatentSet
 from backend.train.stages import flow_loss, trainable_parameters
 

@@ -12,7 +12,7 @@ from animax_addon.core.protocol import MessageType
 from backend.data.rig_world import FAMILIES
 from animax_addon.core.client import result_arrays
 from backend.evaluation.bench_generate import main, submit_message
-from backend.model.presets import build_tiny_pipeline, save_tiny
+from backend.model.loading import build_tiny_pipeline, save_tiny
 from backend.worker.jobs import run_job
 
 

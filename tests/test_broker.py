@@ -15,7 +15,8 @@ from animax_addon.core.client import Client, curve_keys, result_arrays
 from animax_addon.core.protocol import (
     ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, png_blob,
 )
-from backend.model.presets import TINY, build_tiny_pipeline
+from backend.model.loading import build_tiny_pipeline
+from backend.model.presets import TINY
 from backend.worker import jobs
 from backend.worker.broker import Broker
 from backend.worker.security import keygen, link_keys

@@ -11,7 +11,8 @@ from PIL import Image
 
 from animax_addon.core.rig import Rig
 from backend.cli import main
-from backend.model.presets import TINY, build_tiny_pipeline
+from backend.model.loading import build_tiny_pipeline
+from backend.model.presets import TINY
 from backend.worker.server import Worker
 from test_worker import RIG, TEMPLATES
 

@@ -10,7 +10,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from animax_addon.core.client import Client, WorkerUnavailable
 from animax_addon.core.protocol import MessageType
-from backend.model.presets import build_tiny_pipeline
+from backend.model.loading import build_tiny_pipeline
 from backend.worker import command
 from backend.worker.broker import Broker
 from backend.worker.security import Authenticator, LogThrottle

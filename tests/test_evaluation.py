@@ -161,7 +161,7 @@ def test_each_family_is_summarised_with_the_labels_it_was_read_as():
 
 def test_a_random_tiny_model_runs_through_evaluate(classifier):
     """Plumbing only: random weights make noise, so this checks shapes and ranges, not quality."""
-    from backend.model.presets import build_tiny_pipeline
+    from backend.model.loading import build_tiny_pipeline
 
     generate = model_generator(build_tiny_pipeline(seed=0), steps=1, guidance=3.0, seed=0)
     result = evaluate(generate, count=1, seed=0, split="heldout-proportions", classifier=classifier)
@@ -191,7 +191,8 @@ def test_parallel_scoring_gives_the_sequential_rows(classifier):
 
 def test_the_shipped_model_scores_alike_from_the_text_cache_and_from_minilm(classifier):
     """The GPU machines evaluate without MiniLM, from the training text cache: same videos."""
-    from backend.model.presets import TINY_WEIGHTS, load_tiny
+    from backend.model.loading import load_tiny
+    from backend.model.presets import TINY_WEIGHTS
     from backend.train.__main__ import DEFAULT_TEXT_CACHE
     from backend.train.text import TextCache
 
@@ -205,7 +206,8 @@ def test_the_shipped_model_scores_alike_from_the_text_cache_and_from_minilm(clas
 
 
 def test_vae_oracle_is_the_truth_blurred_by_the_shipped_vae():
-    from backend.model.presets import TINY_WEIGHTS, load_tiny
+    from backend.model.loading import load_tiny
+    from backend.model.presets import TINY_WEIGHTS
 
     item = draw_items(1, 0, "heldout-proportions")[0]
     videos = vae_oracle_generator(load_tiny(TINY_WEIGHTS, text_encoder=False))(item).astype(int)

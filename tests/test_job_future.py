@@ -12,7 +12,7 @@ import pytest
 from animax_addon.job_future import (
     JobError, JobFuture, JobSpec, MainThreadFuture, Progress, Variation, Welcome, start_job,
 )
-from backend.model.presets import build_tiny_pipeline
+from backend.model.loading import build_tiny_pipeline
 from backend.worker.server import Worker
 from test_worker import request
 from test_worker_faults import free_port

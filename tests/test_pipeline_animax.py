@@ -11,7 +11,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from animax_addon.core.cameras import make_camera_rig
 from backend.model.pipeline_animax import AnimaXPipeline
-from backend.model.presets import SAMPLERS
+from backend.model.samplers import SAMPLERS
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 
 SIZE, FRAMES = 32, 5  # 4 spatial x 4 temporal VAE factors: 8x8 latents, 2 latent frames
@@ -148,7 +148,7 @@ def test_guidance_end_runs_the_later_steps_unguided(pipe, monkeypatch):
 
 def test_both_samplers_give_the_transformer_the_timesteps_it_was_trained_with(pipe, monkeypatch):
     """Training feeds sigma * 1000 as the timestep; Wan's UniPC must do the same (up to its rounding)."""
-    from backend.model.presets import make_scheduler
+    from backend.model.samplers import make_scheduler
 
     kept = pipe.scheduler
     for sampler in SAMPLERS:

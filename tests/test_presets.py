@@ -14,21 +14,10 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from safetensors.torch import load_file, save_file
 
 from animax_addon.core.cameras import make_camera_rig
-from backend.model.presets import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    TINY,
-    TINY_TRANSFORMER,
-    TINY_WEIGHTS,
-    WeightsError,
-    build_tiny_pipeline,
-    load_full,
-    load_tiny,
-    make_lora_config,
-    save_adapter,
-    save_tiny,
-    tiny_vae_config,
-)
+from backend.model.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, make_lora_config, save_adapter
+from backend.model.checked_files import WeightsError
+from backend.model.loading import build_tiny_pipeline, load_full, load_tiny, save_tiny
+from backend.model.presets import TINY, TINY_TRANSFORMER, TINY_WEIGHTS, tiny_vae_config
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 from wan_stand_in import WAN, WAN_FILES, save_wan_stand_in
 

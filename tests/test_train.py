@@ -8,7 +8,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from backend.data.dataset import build_samples
-from backend.model.presets import build_tiny_pipeline
+from backend.model.loading import build_tiny_pipeline
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 from backend.train.latents import encode_samples, to_video
 from backend.train.loop import train_stage

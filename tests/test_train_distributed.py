@@ -19,7 +19,7 @@ import torch
 
 import backend.train.__main__ as train
 from backend.data.dataset import build_samples
-from backend.model.presets import load_tiny
+from backend.model.loading import load_tiny
 from backend.multi_gpu import MULTICAST_OFF
 
 ROOT = Path(__file__).resolve().parents[1]

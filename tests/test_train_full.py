@@ -11,8 +11,10 @@ from safetensors.torch import load_file
 
 import backend.train.__main__ as train
 from backend.data.dataset import Samples, build_samples
-from backend.model.presets import (WeightsError, build_tiny_pipeline, load_full, load_tiny, make_lora_config, save_tiny,
-                                   tiny_transformer, tiny_vae_config)
+from backend.model.adapter import make_lora_config
+from backend.model.checked_files import WeightsError
+from backend.model.loading import build_tiny_pipeline, load_full, load_tiny, save_tiny, tiny_transformer
+from backend.model.presets import tiny_vae_config
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 from backend.train.latents import encode_samples
 from backend.train.loop import train_stage

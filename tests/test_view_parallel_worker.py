@@ -16,7 +16,8 @@ import pytest
 
 from animax_addon.core.client import Client, result_arrays
 from animax_addon.core.protocol import MessageType
-from backend.model.presets import TINY_WEIGHTS, load_tiny
+from backend.model.loading import load_tiny
+from backend.model.presets import TINY_WEIGHTS
 from backend.worker import command, server
 from backend.worker.broker import Broker
 from test_broker import broker_keys, link  # noqa: F401 - link is a fixture

@@ -22,7 +22,8 @@ from animax_addon.core.protocol import (
 )
 from animax_addon.core.request import Options, Request
 from backend.model.pipeline_animax import AnimaXPipelineOutput
-from backend.model.presets import TINY, build_tiny_pipeline
+from backend.model.loading import build_tiny_pipeline
+from backend.model.presets import TINY
 from backend.worker import jobs
 from backend.worker.fair_queue import client_cap
 from backend.worker.job_limits import max_steps

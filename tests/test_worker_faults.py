@@ -12,7 +12,7 @@ from hypothesis import given, settings
 
 from animax_addon.core.client import Client, WorkerUnavailable
 from animax_addon.core.protocol import MessageType, decode
-from backend.model.presets import build_tiny_pipeline
+from backend.model.loading import build_tiny_pipeline
 from backend.worker.broker import Broker
 from backend.worker.server import Worker
 from conftest import Services

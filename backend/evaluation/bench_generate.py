@@ -79,11 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from animax_addon.core.client import result_arrays
     from animax_addon.core.protocol import MessageType
-    from backend.model import presets
+    from backend.model.loading import load_tiny
+    from backend.model.presets import TINY_WEIGHTS
     from backend.worker.jobs import run_job
 
-    model = args.model or presets.TINY_WEIGHTS
-    pipeline = presets.load_tiny(model, text_encoder=args.text_cache is None).to(args.device)
+    model = args.model or TINY_WEIGHTS
+    pipeline = load_tiny(model, text_encoder=args.text_cache is None).to(args.device)
     pipeline.set_progress_bar_config(disable=True)
     generate = pipeline if args.text_cache is None else _CachedPrompts(pipeline, args.text_cache)
     seconds = {}

@@ -101,7 +101,10 @@ def _check_arguments(args) -> None:
 
 def _generator(args):
     """The generator under test and what it is (``about``: the report's description of it)."""
-    from backend.model.presets import TINY, WeightsError, load_tiny, make_scheduler
+    from backend.model.checked_files import WeightsError
+    from backend.model.loading import load_tiny
+    from backend.model.presets import TINY
+    from backend.model.samplers import make_scheduler
 
     from .evaluate import SavedVideosMissing, model_generator, oracle_generator, saved_generator, vae_oracle_generator
 

@@ -33,20 +33,12 @@ from diffusers import AutoencoderKLWan
 
 from backend.data.dataset import Samples, build_samples
 from backend.data.motions import all_prompts
+from backend.model.adapter import make_lora_config, save_adapter
+from backend.model.checked_files import DIFFUSERS_WEIGHTS
+from backend.model.loading import load_wan, save_tiny, tiny_transformer
 from backend.model.pipeline_animax import AnimaXPipeline
-from backend.model.presets import (
-    DIFFUSERS_WEIGHTS,
-    FULL,
-    PRESETS,
-    TINY,
-    TINY_VAE,
-    load_wan,
-    make_lora_config,
-    make_scheduler,
-    save_adapter,
-    save_tiny,
-    tiny_transformer,
-)
+from backend.model.presets import FULL, PRESETS, TINY, TINY_VAE
+from backend.model.samplers import make_scheduler
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 from backend.multi_gpu import turn_multicast_off
 
@@ -82,7 +74,7 @@ PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 
 def text_cache_main(args) -> None:
     """Encode the procedural prompts, the captions of every ``--dataset`` and what ``--out`` holds."""
-    from backend.model.presets import build_tiny_pipeline
+    from backend.model.loading import build_tiny_pipeline
 
     kept = TextCache(args.out).prompts if Path(args.out).is_file() else []
     captions = [caption for path in args.dataset for caption in Samples.load(path).prompts]

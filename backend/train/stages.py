@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from backend.model.presets import SCHEDULER_SHIFT
+from backend.model.samplers import SCHEDULER_SHIFT
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 
 from .latents import LatentSet

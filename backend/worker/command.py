@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         from .view_parallel_worker import serve_view_parallel  # torch: off the path of argument errors
 
         return serve_view_parallel(args, **options)
-    from backend.model.presets import WeightsError
+    from backend.model.checked_files import WeightsError
 
     try:
         pipeline, preset = load_pipeline(args)

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import argparse
 
-from backend.model import FULL, TINY
+from backend.model.presets import FULL, TINY, TINY_WEIGHTS
 
 
 def load_pipeline(args: argparse.Namespace):
     """The pipeline and its ``Preset`` for ``--model`` (and ``--fast``); nothing is downloaded."""
     import torch
 
-    from backend.model import presets
+    from backend.model.loading import load_full, load_tiny
+    from backend.model.samplers import use_fast_sampler
 
     if args.model == "full":
-        pipeline = presets.load_full(args.wan, args.adapter, device="cuda" if torch.cuda.is_available() else None)
+        pipeline = load_full(args.wan, args.adapter, device="cuda" if torch.cuda.is_available() else None)
         preset = FULL
     else:
-        pipeline, preset = presets.load_tiny(presets.TINY_WEIGHTS), TINY
-    return (pipeline, presets.use_fast_sampler(pipeline, preset)) if args.fast else (pipeline, preset)
+        pipeline, preset = load_tiny(TINY_WEIGHTS), TINY
+    return (pipeline, use_fast_sampler(pipeline, preset)) if args.fast else (pipeline, preset)
 
