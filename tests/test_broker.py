@@ -269,6 +269,7 @@ def test_a_listed_worker_cannot_take_over_another_workers_identity(running, link
     (TINY.size, dict(steps=LONG_JOB["steps"] + 1)),
     (TINY.size, dict(frames=TINY.num_frames + 4)),
     (2 * TINY.size, {}),
+    (TINY.size, dict(views=30, frames=TINY.num_frames, outputs=("pose", "rgb"))),  # a result past 1023 blobs
 ])
 def test_broker_refuses_a_job_past_its_workers_preset_as_the_worker_does(make_broker, link, size, changes):
     broker = make_broker(workers=0, worker_liveness=600, liveness_s=600)  # the fakes below send no heartbeats

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import replace
+from types import SimpleNamespace
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,10 +24,10 @@ from animax_addon.core.protocol import (
 from animax_addon.core.request import Options, Request
 from backend.model.pipeline_animax import AnimaXPipelineOutput
 from backend.model.loading import build_tiny_pipeline
-from backend.model.presets import TINY
+from backend.model.presets import FULL, TINY
 from backend.worker import jobs
 from backend.worker.fair_queue import client_cap
-from backend.worker.job_limits import max_steps
+from backend.worker.job_limits import JobInputError, check_job_size, max_steps
 from backend.worker.server import Worker, check_address
 from test_protocol import png_chunk
 
@@ -234,10 +235,12 @@ def test_templates_are_checked_against_the_cameras_before_decoding(monkeypatch, 
     assert sentence in reply.body["message"]
 
 
-def preset_submit(size: int, **changes) -> Message:
-    """A SUBMIT of ``size`` px cameras and templates (PNG headers only) for the tiny preset's limits."""
-    cameras = make_camera_rig(np.array([0.0, 0.0, 0.5]), 0.7, size).to_dict()
-    return Request("walk", RIG, cameras, options(**changes), (header_only_png(size, size),) * 4).to_message("t")
+def preset_submit(size: int, views: int = 4, **changes) -> Message:
+    """A SUBMIT of ``views`` cameras of ``size`` px and their templates (PNG headers only), for a
+    preset's limits."""
+    azimuths = np.arange(views) * 360.0 / views
+    cameras = make_camera_rig(np.array([0.0, 0.0, 0.5]), 0.7, size, azimuths_deg=azimuths).to_dict()
+    return Request("walk", RIG, cameras, options(**changes), (header_only_png(size, size),) * views).to_message("t")
 
 
 @pytest.mark.parametrize("size, changes, sentence", [
@@ -267,6 +270,52 @@ def test_a_job_at_the_preset_limits_runs():
     assert reply.type == MessageType.CANCELLED
     (call,) = calls
     assert call["num_inference_steps"] == 80 and call["num_frames"] == 17 and call["rgb_templates"].shape == (4, 64, 64, 3)
+
+
+def views_submit(views: int, preset) -> Message:
+    """A SUBMIT of ``views`` cameras of SIZE px, the preset's frames, pose and RGB video."""
+    return preset_submit(SIZE, views, frames=preset.num_frames, outputs=("pose", "rgb"))
+
+
+def admitted(submit: Message, preset) -> bool:
+    try:
+        check_job_size(submit.body, preset.name, preset.size, preset.num_frames, preset.num_inference_steps)
+    except JobInputError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("preset, most_views", [(TINY, 29), (FULL, 6)])
+def test_the_largest_job_a_preset_admits_has_a_result_a_message_carries(monkeypatch, preset, most_views):
+    """A result carries 5 arrays and a PNG per view, frame and video: the product's 4 views of the
+    preset's frames of pose and RGB video fit, the most views admitted make a result that encodes,
+    and one view more is refused before anything is decoded."""
+    assert admitted(views_submit(4, preset), preset)
+    assert admitted(views_submit(most_views, preset), preset)
+    with monkeypatch.context() as undecoded:
+        undecoded.setattr(jobs, "blob_png", lambda *a, **k: pytest.fail("a template was decoded"))
+        refused = jobs.run_job(None, views_submit(most_views + 1, preset), lambda *a: None, lambda: False, preset)
+    images = (most_views + 1) * preset.num_frames * 2
+    assert refused.type == MessageType.ERROR and refused.body["code"] == "bad_field"
+    assert refused.body["message"] == (f"{most_views + 1} views x {preset.num_frames} frames of pose and rgb video "
+                                       f"are {images} images, more than a result carries (1018); ask for fewer views "
+                                       "or frames, or for one of the videos.")
+
+    def pipeline(num_frames, **kwargs):  # black videos of the asked shape, as the model returns them
+        videos = np.zeros((most_views, num_frames, SIZE, SIZE, 3), np.uint8)
+        return AnimaXPipelineOutput(pose_videos=videos, rgb_videos=videos)
+
+    def scene_motion(rig, cameras, pose_videos, fps, body):  # the reconstruction's shapes, without its work
+        frames, joints = pose_videos.shape[1], body.rig.num_joints
+        motion = SimpleNamespace(joints=np.zeros((frames, joints, 3)), confidence=np.zeros((frames, joints)),
+                                 reprojection_error=np.zeros((frames, joints)), joint_names=body.rig.joint_names)
+        return motion, np.zeros((frames, rig.num_bones, 4)), np.zeros((frames, 3))
+    monkeypatch.setattr(jobs, "scene_motion", scene_motion)
+    templates = tuple(png_blob(np.zeros((SIZE, SIZE, 3), np.uint8)) for _ in range(most_views))
+    largest = replace(views_submit(most_views, preset), blobs=templates)
+    result = jobs.run_job(pipeline, largest, lambda *a: None, lambda: False, preset)
+    assert result.type == MessageType.RESULT
+    assert len(decode(encode(result)).blobs) == 5 + most_views * preset.num_frames * 2 <= Limits().max_frames - 1
 
 
 def test_worker_refuses_more_frames_than_its_preset_makes(worker):

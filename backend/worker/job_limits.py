@@ -1,4 +1,5 @@
-"""The largest job a worker of a preset takes: steps, frames and camera image size.
+"""The largest job a worker of a preset takes: steps, frames, camera image size, and views and
+videos no more than one RESULT message carries.
 
 One check, ``check_job_size``, called by the broker when a SUBMIT arrives (against the preset of
 its workers' READY) and by the worker before it decodes anything (against its own preset), so that
@@ -8,12 +9,16 @@ both refuse the same jobs with the same sentence. Torch-free: the broker imports
 from __future__ import annotations
 
 from animax_addon.core.cameras import CameraError, CameraRig
+from animax_addon.core.protocol import Limits
 
 # The most denoising steps a job may ask for, as a multiple of the preset's default. A sampler's
 # result settles by its default count (the paper's 50 Euler steps at full size, the tiny model's
 # 20, --fast's 10 UniPC steps: docs/benchmarks.md), so more steps buy little while each holds the
 # worker from every other client; four times the default leaves room to trade time for quality.
 STEPS_PER_DEFAULT = 4
+
+# The arrays of a RESULT, each one blob; its videos add one PNG blob per view per frame per output.
+RESULT_ARRAYS = ("rotations", "root_translation", "joints", "confidence", "reprojection_error")
 
 
 class JobInputError(ValueError):
@@ -25,12 +30,20 @@ def max_steps(default_steps: int) -> int:
     return STEPS_PER_DEFAULT * default_steps
 
 
+def result_blobs(views: int, frames: int, outputs) -> int:
+    """The blobs of the RESULT of a job of ``views`` cameras, ``frames`` frames and videos ``outputs``."""
+    return len(RESULT_ARRAYS) + views * frames * len(outputs)
+
+
 def check_job_size(body: dict, model: str, size: int, frames: int, default_steps: int) -> CameraRig:
     """The cameras of the SUBMIT ``body``, once its steps, frames and camera image size are within
     what a worker of the preset ``model`` takes (``size`` px a view, ``frames`` frames,
-    ``default_steps`` steps by default); otherwise a ``JobInputError`` naming the limit.
+    ``default_steps`` steps by default) and its RESULT's blobs within a message's; otherwise a
+    ``JobInputError`` naming the limit.
 
-    Smaller cameras than the preset's are allowed: they cost less, and tests and benchmarks use them."""
+    Smaller cameras than the preset's are allowed: they cost less, and tests and benchmarks use them.
+    The views are bounded by the result alone (the full preset's 81 frames of pose and RGB video
+    leave room for 6): checked at admission, a job past it never runs to be refused at its end."""
     options, model = body["options"], f"the {model} model"
     if options["steps"] > max_steps(default_steps):
         raise JobInputError(f"{options['steps']} denoising steps were asked for, but {model}'s worker runs at "
@@ -48,4 +61,10 @@ def check_job_size(body: dict, model: str, size: int, frames: int, default_steps
     if cameras.width > size:
         raise JobInputError(f"The cameras render {cameras.width}x{cameras.height} images, but {model} works "
                             f"at {size}x{size} at most; render the templates at {size} px.")
+    outputs, most = options["outputs"], Limits().max_frames - 1  # blobs: all frames but the header
+    if result_blobs(cameras.num_views, options["frames"], outputs) > most:
+        fewer = "fewer views or frames" + (", or for one of the videos" if len(outputs) > 1 else "")
+        raise JobInputError(f"{cameras.num_views} views x {options['frames']} frames of {' and '.join(outputs)} "
+                            f"video are {cameras.num_views * options['frames'] * len(outputs)} images, more than "
+                            f"a result carries ({most - len(RESULT_ARRAYS)}); ask for {fewer}.")
     return cameras

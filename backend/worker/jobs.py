@@ -25,7 +25,7 @@ from backend.model import MODEL_FPS, TINY, Preset
 from backend.reconstruction.kinematics import resample
 from backend.reconstruction.reconstruct import GENERATED, reconstruct
 
-from .job_limits import JobInputError, check_job_size
+from .job_limits import RESULT_ARRAYS, JobInputError, check_job_size
 
 Progress = Callable[[str, int, int], None]
 
@@ -140,9 +140,8 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
 
     blobs: list[bytes] = []
     arrays = {}
-    for name, value in (("rotations", rotations), ("root_translation", root_translation),
-                        ("joints", motion.joints), ("confidence", motion.confidence),
-                        ("reprojection_error", motion.reprojection_error)):
+    for name, value in zip(RESULT_ARRAYS, (rotations, root_translation, motion.joints, motion.confidence,
+                                           motion.reprojection_error), strict=True):
         spec, data = array_blob(np.asarray(value, dtype=np.float32))
         arrays[name] = dict(spec, blob=len(blobs))
         blobs.append(data)
