@@ -2,10 +2,13 @@
 new part (shared RoPE, modality embedding, condition timesteps, rays, multi-view attention)
 does what the paper says once it is trained away from its neutral start."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+from safetensors.torch import load_file
 
 from backend.model.transformer_animax import AnimaXRotaryPosEmbed, AnimaXTransformer3DModel
 
@@ -184,3 +187,31 @@ def test_bad_inputs(model, wan):
     i2v = WanTransformer3DModel(**CONFIG, image_dim=8, added_kv_proj_dim=24)
     with pytest.raises(ValueError, match="text-to-video Wan2.1"):
         AnimaXTransformer3DModel.from_wan(i2v)
+
+
+REFERENCE = Path(__file__).with_name("data") / "transformer_reference.safetensors"
+
+
+def reference_case():
+    """A tiny model with the pooled prompt, every weight drawn in key order (so it depends on the
+    state-dict keys and shapes only, not on how the modules are built), and inputs with two noise
+    levels, padded prompts and rays."""
+    model = AnimaXTransformer3DModel(**{**CONFIG, "num_attention_heads": 2, "attention_head_dim": 8},
+                                     pooled_text=True).eval()
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for _, tensor in sorted(model.state_dict().items()):
+            tensor.copy_(torch.randn(tensor.shape, generator=g) * 0.3)
+    prompt = torch.randn(2, 5, 16, generator=g)
+    prompt[0, 3:] = 0  # padding, left out of the pooled prompt
+    case = dict(hidden_states=torch.randn(2, 2, C, F, 4, 4, generator=g), timestep=torch.tensor([700.0, 35.0]),
+                encoder_hidden_states=prompt, plucker=torch.randn(2, 2, 6, 4, 4, generator=g))
+    return model, case
+
+
+@torch.no_grad()
+def test_the_output_is_the_reference_the_model_gave_before_its_conditioning_was_a_module():
+    """The file holds this case's output computed before the per-frame conditioning (time,
+    modality, pooled prompt) moved into a module of its own: same keys, same output."""
+    model, case = reference_case()
+    torch.testing.assert_close(model(**case).sample, load_file(REFERENCE)["sample"], rtol=1e-5, atol=1e-6)
