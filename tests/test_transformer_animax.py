@@ -10,7 +10,11 @@ from diffusers import WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from safetensors.torch import load_file
 
-from backend.model.transformer_animax import AnimaXRotaryPosEmbed, AnimaXTransformer3DModel
+from backend.model.transformer_animax import (
+    AnimaXPooledTextEmbedding,
+    AnimaXRotaryPosEmbed,
+    AnimaXTransformer3DModel,
+)
 
 CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
               text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=64)
@@ -76,13 +80,13 @@ def test_condition_frames_carry_timestep_zero(model):
     seen = []
     model.condition_embedder.timesteps_proj.register_forward_hook(lambda m, args, out: seen.append(args[0]))
     run(model)
-    steps = seen[0].reshape(V, F)
-    assert torch.equal(steps[:, [0, F // 2]], torch.zeros(V, 2))
+    steps = seen[0].reshape(B, F)  # embedded once per sample, shared by its views
+    assert torch.equal(steps[:, [0, F // 2]], torch.zeros(B, 2))
     assert (steps[:, [1, 2, 4, 5]] == 700).all()
 
 
 def test_modality_embedding_starts_neutral_and_then_tells_the_halves_apart(model):
-    ids = model.modality_proj(torch.tensor([0, 1]))
+    ids = torch.tensor([0, 1])
     inner_dim = CONFIG["num_attention_heads"] * CONFIG["attention_head_dim"]
     assert torch.equal(model.modality_embedder(ids), torch.zeros(2, inner_dim))
     before = run(model)
@@ -150,8 +154,8 @@ def test_pooled_prompt_leaves_out_padding_and_pools_a_dropped_prompt_to_zero():
     g = torch.Generator().manual_seed(0)
     tokens = torch.randn(2, 3, 16, generator=g)
     padded = torch.cat([tokens, torch.zeros(2, 4, 16)], dim=1)
-    torch.testing.assert_close(AnimaXTransformer3DModel.pooled_prompt(padded), tokens.mean(1))
-    assert torch.equal(AnimaXTransformer3DModel.pooled_prompt(torch.zeros(2, 7, 16)), torch.zeros(2, 16))
+    torch.testing.assert_close(AnimaXPooledTextEmbedding.pool(padded), tokens.mean(1))
+    assert torch.equal(AnimaXPooledTextEmbedding.pool(torch.zeros(2, 7, 16)), torch.zeros(2, 16))
 
 
 def test_save_and_load_round_trip(model, tmp_path):

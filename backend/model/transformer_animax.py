@@ -15,7 +15,9 @@ template latent, the noisy RGB video, the clean pose-map template, the noisy pos
 With the new parts at their initial values the model is the base Wan model applied to each view,
 so a pretrained Wan2.1 starts training from what it already knows (see :meth:`from_wan`).
 Timestep and modality are constant within a latent frame, so modulation is computed per frame
-and broadcast over its tokens: per-token tables would cost gigabytes at 480x480.
+and broadcast over its tokens: per-token tables would cost gigabytes at 480x480. The per-frame
+conditioning is :class:`AnimaXTimeTextEmbedding` (Wan's time and text embedding, one timestep per
+frame) with what :class:`AnimaXModalityEmbedding` and :class:`AnimaXPooledTextEmbedding` add to it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import re
 import torch
 import torch.nn as nn
 from diffusers.configuration_utils import register_to_config
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.embeddings import PixArtAlphaTextProjection, TimestepEmbedding, Timesteps
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.transformer_wan import (
@@ -48,6 +50,77 @@ class AnimaXRotaryPosEmbed(WanRotaryPosEmbed):
             raise ValueError(f"the joint sequence needs an even number of latent frames, got {frames}")
         cos, sin = super().forward(hidden_states[:, :, : frames // 2])  # reads only the shape
         return torch.cat([cos, cos], dim=1), torch.cat([sin, sin], dim=1)
+
+
+class AnimaXTimeTextEmbedding(nn.Module):
+    r"""Wan's time and text embedding with one timestep per latent frame, plus per-frame embeddings
+    (modality, pooled prompt) added to the time embedding before it becomes the blocks' modulation.
+
+    Its modules and their state-dict keys are those of Wan's text-to-video ``WanTimeTextImageEmbedding``,
+    so Wan2.1 weights load as they are.
+    """
+
+    def __init__(self, dim: int, time_freq_dim: int, time_proj_dim: int, text_embed_dim: int):
+        super().__init__()
+        self.timesteps_proj = Timesteps(num_channels=time_freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedder = TimestepEmbedding(in_channels=time_freq_dim, time_embed_dim=dim)
+        self.act_fn = nn.SiLU()
+        self.time_proj = nn.Linear(dim, time_proj_dim)
+        self.text_embedder = PixArtAlphaTextProjection(text_embed_dim, dim, act_fn="gelu_tanh")
+
+    def forward(
+        self,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        frame_embeds: tuple[torch.Tensor, ...] = (),
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """timestep (B, F), one per latent frame; frame_embeds, each broadcast to (B, F, D).
+
+        Returns the time embedding (B, F, D), the modulation (B, F, 6, D) and the prompt (B, L, D).
+        """
+        t_freq = self.timesteps_proj(timestep.flatten()).unflatten(0, timestep.shape)
+        temb = self.time_embedder(t_freq.to(self.time_embedder.linear_1.weight.dtype))
+        for embeds in frame_embeds:
+            temb = temb + embeds
+        temb = temb.type_as(encoder_hidden_states)
+        timestep_proj = self.time_proj(self.act_fn(temb)).unflatten(2, (6, -1))
+        return temb, timestep_proj, self.text_embedder(encoder_hidden_states)
+
+
+class AnimaXModalityEmbedding(TimestepEmbedding):
+    """Modality (0 = RGB, 1 = pose) -> frequency encoding -> MLP. The last layer starts at zero, so
+    the model starts as Wan; the encoding has no weights, so the keys are ``TimestepEmbedding``'s."""
+
+    def __init__(self, freq_dim: int, dim: int):
+        super().__init__(in_channels=freq_dim, time_embed_dim=dim)
+        self.modality_proj = Timesteps(num_channels=freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        nn.init.zeros_(self.linear_2.weight)
+        nn.init.zeros_(self.linear_2.bias)
+
+    def forward(self, modality: torch.Tensor) -> torch.Tensor:
+        """(F,) modality ids -> (F, D)."""
+        return super().forward(self.modality_proj(modality).to(self.linear_1.weight.dtype))
+
+
+class AnimaXPooledTextEmbedding(TimestepEmbedding):
+    """The prompt's mean token embedding -> MLP, so the prompt modulates every block as a class label
+    does in DiT. The last layer starts at zero, so the model starts as the one without it."""
+
+    def __init__(self, text_dim: int, dim: int):
+        super().__init__(in_channels=text_dim, time_embed_dim=dim)
+        nn.init.zeros_(self.linear_2.weight)
+        nn.init.zeros_(self.linear_2.bias)
+
+    def forward(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, L, text_dim) prompt -> (B, D)."""
+        return super().forward(self.pool(encoder_hidden_states).to(self.linear_1.weight.dtype))
+
+    @staticmethod
+    def pool(encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, text_dim) mean of the prompt's tokens. Padding tokens are zero (as Wan encodes them)
+        and are left out; a dropped prompt (all zero) pools to zero."""
+        used = (encoder_hidden_states.abs().sum(-1, keepdim=True) > 0).to(encoder_hidden_states.dtype)
+        return (encoder_hidden_states * used).sum(1) / used.sum(1).clamp(min=1)
 
 
 def _per_frame(x: torch.Tensor, frames: int) -> torch.Tensor:
@@ -186,15 +259,11 @@ class AnimaXTransformer3DModel(WanTransformer3DModel):
             AnimaXTransformerBlock(inner_dim, ffn_dim, num_attention_heads, qk_norm, cross_attn_norm, eps)
             for _ in range(num_layers)
         )
-        self.modality_proj = Timesteps(num_channels=freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.modality_embedder = TimestepEmbedding(in_channels=freq_dim, time_embed_dim=inner_dim)
-        nn.init.zeros_(self.modality_embedder.linear_2.weight)
-        nn.init.zeros_(self.modality_embedder.linear_2.bias)
-        self.pooled_text_embedder = None
-        if pooled_text:
-            self.pooled_text_embedder = TimestepEmbedding(in_channels=text_dim, time_embed_dim=inner_dim)
-            nn.init.zeros_(self.pooled_text_embedder.linear_2.weight)
-            nn.init.zeros_(self.pooled_text_embedder.linear_2.bias)
+        # The per-frame conditioning; the keys stay Wan's (condition_embedder) and the top-level
+        # modality_embedder / pooled_text_embedder, which the adapter format and training name.
+        self.condition_embedder = AnimaXTimeTextEmbedding(inner_dim, freq_dim, inner_dim * 6, text_dim)
+        self.modality_embedder = AnimaXModalityEmbedding(freq_dim, inner_dim)
+        self.pooled_text_embedder = AnimaXPooledTextEmbedding(text_dim, inner_dim) if pooled_text else None
 
     @classmethod
     def from_wan(cls, wan: WanTransformer3DModel, ray_channels: int = 6) -> "AnimaXTransformer3DModel":
@@ -254,13 +323,6 @@ class AnimaXTransformer3DModel(WanTransformer3DModel):
                 or ".attn_mv." in key or ".norm_mv." in key)
 
     @staticmethod
-    def pooled_prompt(encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        """(B, text_dim) mean of the prompt's tokens. Padding tokens are zero (as Wan encodes them)
-        and are left out; a dropped prompt (all zero) pools to zero."""
-        used = (encoder_hidden_states.abs().sum(-1, keepdim=True) > 0).to(encoder_hidden_states.dtype)
-        return (encoder_hidden_states * used).sum(1) / used.sum(1).clamp(min=1)
-
-    @staticmethod
     def layout(num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per latent frame of the joint sequence: is it a clean condition frame, and its modality."""
         half = num_frames // 2
@@ -301,21 +363,17 @@ class AnimaXTransformer3DModel(WanTransformer3DModel):
         rotary_emb = self.rope(x)
         x = self.patch_embedding(torch.cat([x, rays], dim=1)).flatten(2).transpose(1, 2).contiguous()
 
-        # Timestep and modality per latent frame: (B*V, F)
+        # Timestep (0 for the clean condition frames), modality and pooled prompt per latent frame,
+        # embedded once per sample and shared by its views
         condition, modality = (t.to(x.device) for t in self.layout(frames))
-        steps = torch.where(condition, torch.zeros_like(timestep)[:, None], timestep[:, None])
-        steps = steps.repeat_interleave(views, dim=0)
-        embedder = self.condition_embedder
-        t_freq = embedder.timesteps_proj(steps.flatten()).unflatten(0, steps.shape)
-        m_freq = self.modality_proj(modality).unsqueeze(0).expand(steps.shape[0], -1, -1)
-        time_dtype = next(iter(embedder.time_embedder.parameters())).dtype
-        temb = embedder.time_embedder(t_freq.to(time_dtype)) + self.modality_embedder(m_freq.to(time_dtype))
+        steps = torch.where(condition, torch.zeros_like(timestep)[:, None], timestep[:, None])  # (B, F)
+        frame_embeds = [self.modality_embedder(modality)]
         if self.pooled_text_embedder is not None:
-            pooled = self.pooled_text_embedder(self.pooled_prompt(encoder_hidden_states).to(time_dtype))
-            temb = temb + pooled.repeat_interleave(views, dim=0)[:, None]
-        temb = temb.type_as(encoder_hidden_states)
-        timestep_proj = embedder.time_proj(embedder.act_fn(temb)).unflatten(2, (6, -1))  # (BV, F, 6, D)
-        context = embedder.text_embedder(encoder_hidden_states).repeat_interleave(views, dim=0)
+            frame_embeds.append(self.pooled_text_embedder(encoder_hidden_states)[:, None])
+        temb, timestep_proj, context = (
+            embedded.repeat_interleave(views, dim=0)
+            for embedded in self.condition_embedder(steps, encoder_hidden_states, frame_embeds)
+        )  # (BV, F, D), (BV, F, 6, D), (BV, L, D)
 
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
