@@ -16,20 +16,22 @@ def _classes() -> tuple:
 def register():
     import bpy
 
-    from . import local_worker, properties
+    from . import local_worker, operators, properties
 
     for cls in _classes():
         bpy.utils.register_class(cls)
     properties.register_properties()
     local_worker.register()
+    bpy.app.handlers.load_pre.append(operators.cancel_job_on_load)
 
 
 def unregister():
     import bpy
 
-    from . import local_worker, properties
+    from . import local_worker, operators, properties
     from .job import AnimateController
 
+    bpy.app.handlers.load_pre.remove(operators.cancel_job_on_load)
     if AnimateController.active is not None:
         AnimateController.active.cancel()  # delivered at once, while the panel's state still exists
     local_worker.unregister()

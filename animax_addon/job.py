@@ -157,6 +157,12 @@ class AnimateController:
             self.future.cancel()
             self.poll()  # the panel says so now, not after the thread has told the worker
 
+    def abandon(self) -> None:
+        """Cancel the job and end it here without delivering what it queued: another file is being
+        loaded, and the scene and armature the job was for go with the file being closed."""
+        if self.running:
+            self._end("CANCELLED", "AnimaX was cancelled because another file was opened; no Action was written")
+
     def poll(self) -> bool:
         """Run the job's callbacks here, on the main thread; True once it has ended (see ``outcome``)."""
         self.future.deliver()

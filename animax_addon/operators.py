@@ -4,6 +4,7 @@
 import time
 
 import bpy
+from bpy.app.handlers import persistent
 from bpy.props import IntProperty
 
 from .job import AnimateController, AnimateError, use_action
@@ -102,6 +103,21 @@ class ANIMAX_OT_animate(bpy.types.Operator):
                 context.window_manager.event_timer_remove(self._timer)
                 return self._finish(self._controller)
         return {"PASS_THROUGH"}
+
+    def cancel(self, context):
+        # Blender ends the modal operator this way when another file is loaded (the job itself is
+        # abandoned by cancel_job_on_load): its window timer goes with it.
+        context.window_manager.event_timer_remove(self._timer)
+
+
+# Persistent: Blender drops the other load handlers when a file loads, so only the first load would be seen.
+@persistent
+def cancel_job_on_load(*_args) -> None:
+    """``load_pre``: a running job is abandoned before another file replaces this one. Loading drops
+    the ``bpy.app.timers`` function that delivers it, which would leave Animate blocked, and what it
+    delivered later would reach the new file's data."""
+    if AnimateController.active is not None:
+        AnimateController.active.abandon()
 
 
 class ANIMAX_OT_cancel(bpy.types.Operator):

@@ -6,6 +6,7 @@ the test that kills it runs last.
 """
 
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from animax_addon.job import AnimateController
 from animax_addon.snapshot import participating_bones
 from backend.data.blender_build import build_creature
 from backend.data.rig_world import FAMILIES
+from backend.model.pipeline_animax import AnimaXPipelineOutput
+from backend.worker.server import Worker
 from blender_rigs import build_armature
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +44,7 @@ def module_addon():
     yield
     addon_utils.disable(ADDON, default_set=True)
     assert local_worker.current() is None  # unregister stopped the worker
+    assert not [h for h in bpy.app.handlers.load_pre if h.__module__.startswith(ADDON)]
 
 
 @pytest.fixture(autouse=True)
@@ -296,6 +300,47 @@ def test_cancel_mid_job_writes_nothing():
     assert not bpy.data.actions and obj.animation_data is None
     state = bpy.context.window_manager.animax_state
     assert state.stage == "Cancelled" and not state.running and state.error == ""
+
+
+class EndlessPipeline:
+    """Denoises until interrupted, a step every 0.1 s: a job only a cancel ends."""
+
+    def __call__(self, num_inference_steps, callback_on_step_end, **kwargs):
+        self._interrupt, step = False, 0
+        while not self._interrupt:
+            time.sleep(0.1)
+            callback_on_step_end(self, step, None, {})
+            step = min(step + 1, num_inference_steps - 1)
+        return AnimaXPipelineOutput(pose_videos=None, rgb_videos=None, interrupted=True)
+
+
+def test_opening_another_file_cancels_the_job(addon):
+    """Loading a file drops the timer that delivers the job: the job is cancelled as the file
+    loads, the worker is told, and Animate is available in the new file."""
+    worker = Worker(EndlessPipeline(), "tcp://127.0.0.1:*")
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    online = bpy.context.preferences.system.use_online_access
+    bpy.context.preferences.system.use_online_access = True
+    addon.mode, addon.address = "REMOTE", worker.address
+    try:
+        controller = run_until_denoising(creature("chest"))
+        deliver = controller.deliver_on_timer(bpy.context.window)
+        bpy.ops.wm.read_homefile(use_empty=True)
+        assert not bpy.app.timers.is_registered(deliver)
+        assert AnimateController.active is None and controller.outcome == "CANCELLED"
+        assert "another file was opened" in controller.message
+        configure(creature("biped"))
+        assert bpy.ops.animax.animate.poll()
+        deadline = time.monotonic() + 60  # the job's thread tells the worker at its next progress message
+        while list(worker.job_states().values()) != ["cancelled"]:
+            assert time.monotonic() < deadline, worker.job_states()
+            time.sleep(0.05)
+        assert not bpy.data.actions
+    finally:
+        bpy.context.preferences.system.use_online_access = online
+        worker.stop()
+        thread.join(30)
 
 
 def test_worker_killed_mid_job_is_reported():  # last: it kills the file's worker
