@@ -144,3 +144,13 @@ def test_text_cache_equals_the_pipeline_encoder(tmp_path):
         cache[["the fox sings"]]
     with pytest.raises(FileNotFoundError, match="text-cache"):
         TextCache(tmp_path / "missing.safetensors")
+
+
+def test_runs_recorded_under_the_older_key_are_read(tmp_path):
+    from backend.train.__main__ import recorded_runs
+
+    assert recorded_runs(tmp_path) == []
+    (tmp_path / "training.json").write_text(json.dumps({"sessions": [{"joint_steps": 5}]}))
+    assert recorded_runs(tmp_path) == [{"joint_steps": 5}]
+    (tmp_path / "training.json").write_text(json.dumps({"runs": [{"joint_steps": 6}]}))
+    assert recorded_runs(tmp_path) == [{"joint_steps": 6}]

@@ -371,7 +371,11 @@ def process_state() -> PartialState:
 def recorded_runs(out: Path) -> list[dict]:
     """The records of the runs into ``out`` (``OUT/training.json``), oldest first."""
     log_file = Path(out) / "training.json"
-    return json.loads(log_file.read_text())["runs"] if log_file.is_file() else []
+    if not log_file.is_file():
+        return []
+    record = json.loads(log_file.read_text())
+    # Folders written before the record's key was "runs" keep their runs under "sessions".
+    return record["runs"] if "runs" in record else record.get("sessions", [])
 
 
 def run_main(args) -> bool:
