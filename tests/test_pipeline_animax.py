@@ -75,6 +75,51 @@ def test_prompt_embeds_give_the_same_result_as_the_prompt(pipe):
                                   generate(pipe).pose_videos)
 
 
+def test_the_cameras_as_arrays_are_the_camera_rig(pipe):
+    rig = templates()["cameras"]
+    arrays = generate(pipe, cameras=None, intrinsics=rig.K, rotations=rig.R, translations=rig.t)
+    np.testing.assert_array_equal(arrays.pose_videos, generate(pipe).pose_videos)
+
+
+def seeds(*values):
+    return [torch.Generator().manual_seed(value) for value in values]
+
+
+def test_a_batch_of_seeds_is_one_run_per_seed_with_one_template_encode(pipe, monkeypatch):
+    singles = [generate(pipe, generator=torch.Generator().manual_seed(seed), output_type="latent",
+                        decode_rgb=True) for seed in (0, 1)]
+    encodes, encode = [], pipe.encode_templates
+    monkeypatch.setattr(pipe, "encode_templates", lambda *a: encodes.append(1) or encode(*a))
+    batch = generate(pipe, generator=seeds(0, 1), output_type="latent")
+    assert len(encodes) == 2  # the RGB and the pose templates, once for both videos
+    assert batch.pose_videos.shape == (2, 4, 4, 2, 8, 8)
+    for n, single in enumerate(singles):
+        torch.testing.assert_close(batch.pose_videos[n], single.pose_videos, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batch.rgb_videos[n], single.rgb_videos, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(batch.pose_videos[0], batch.pose_videos[1])
+    monkeypatch.undo()
+    videos = generate(pipe, generator=seeds(0, 1), decode_rgb=True)
+    assert videos.pose_videos.shape == videos.rgb_videos.shape == (2, 4, FRAMES, SIZE, SIZE, 3)
+    for n, seed in enumerate((0, 1)):
+        single = generate(pipe, generator=torch.Generator().manual_seed(seed))
+        assert np.abs(videos.pose_videos[n].astype(int) - single.pose_videos).max() <= 1  # rounding to uint8
+    several = generate(pipe, num_videos_per_prompt=3, generator=None)
+    assert several.pose_videos.shape == (3, 4, FRAMES, SIZE, SIZE, 3)
+
+
+def test_given_latents_reproduce_the_seeded_run_and_latent_output_skips_the_decoder(pipe, monkeypatch):
+    noise = torch.randn(1, 2, 4, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))  # what the seed draws
+    np.testing.assert_array_equal(generate(pipe, generator=None, latents=noise).pose_videos,
+                                  generate(pipe).pose_videos)
+    decoded = generate(pipe, decode_rgb=True)
+    monkeypatch.setattr(pipe.vae, "decode", lambda *a, **k: pytest.fail("decoded"))
+    latent = generate(pipe, output_type="latent")
+    assert latent.pose_videos.shape == latent.rgb_videos.shape == (4, 4, 2, 8, 8)  # (V, C, f + 1, h, w)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(pipe.decode(latent.pose_videos), decoded.pose_videos)
+    np.testing.assert_array_equal(pipe.decode(latent.rgb_videos), decoded.rgb_videos)
+
+
 def test_callback_sees_every_step_and_interrupt_stops_within_one(pipe):
     steps = []
 
@@ -182,6 +227,18 @@ def test_both_samplers_give_the_transformer_the_timesteps_it_was_trained_with(pi
         (dict(prompt_embeds=torch.zeros(1, 16, 384)), "exactly one of"),
         (dict(prompt=None), "exactly one of"),
         (dict(prompt=None, prompt_embeds=torch.zeros(1, 16, 12)), "(1, L, 384)"),
+        (dict(intrinsics=np.eye(3)[None].repeat(4, 0)), "not both"),
+        (dict(cameras=None), "not both"),
+        (dict(cameras=None, intrinsics=np.eye(3)[None].repeat(4, 0)), "all three"),
+        (dict(cameras=None, intrinsics=np.eye(3)[None].repeat(4, 0), rotations=np.eye(3)[None].repeat(4, 0),
+              translations=np.zeros((4, 2))), "`translations` must be finite numbers of shape (4, 3)"),
+        (dict(pose_templates=np.zeros((4, 16, 16, 3), np.uint8), cameras=None, intrinsics=np.eye(3)[None].repeat(4, 0),
+              rotations=np.eye(3)[None].repeat(4, 0), translations=np.zeros((4, 3))),
+         "`pose_templates` are 16x16 but `rgb_templates` are 32x32"),
+        (dict(generator=[torch.Generator()] * 2, num_videos_per_prompt=3), "2 generators were passed for 3 videos"),
+        (dict(num_videos_per_prompt=0), "positive integer"),
+        (dict(latents=torch.zeros(1, 2, 4, 4, 3, 8, 8)), "(1, 2, 4, 4, 2, 8, 8)"),
+        (dict(output_type="pil"), "one of ('np', 'latent')"),
     ],
 )
 def test_bad_inputs(pipe, changes, message):
