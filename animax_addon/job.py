@@ -36,6 +36,14 @@ def model_frames(duration: int, scene_fps: float, model_fps: float, max_frames: 
 CONTROLS_NAMED = 6  # a baked run's message names this many of the controls it keyed
 
 
+def held_at_rest(diagnostics: dict) -> list[str]:
+    """The bones a result keys at rest because the model did not animate them: those whose heads
+    are not among its joints (the tiny model leaves out bones its training creatures lack, such
+    as Rigify's shoulders and toes)."""
+    joints = set(diagnostics["joint_names"])
+    return [bone for bone in diagnostics["bone_names"] if bone not in joints]
+
+
 class AnimateController:
     """Start, poll and cancel one Animate; see the module doc."""
 
@@ -287,6 +295,10 @@ class AnimateController:
         shown = ", ".join(controls[:CONTROLS_NAMED]) + (", ..." if len(controls) > CONTROLS_NAMED else "")
         keyed = (f"keyed {len(controls)} controls of '{obj.name}' ({shown})" if controls
                  else f"{len(variations[0].diagnostics['bone_names'])} bones")
+        held = held_at_rest(variations[0].diagnostics)
+        if held:
+            keyed += (f" ({len(held)} held at rest, which the model has no counterpart for: "
+                      + ", ".join(held[:CONTROLS_NAMED]) + (", ..." if len(held) > CONTROLS_NAMED else "") + ")")
         self._end("FINISHED", f"AnimaX wrote {names}: {frames} frames, {keyed}, in {seconds:.1f} s"
                   + "".join(f". {w}" for w in self.warnings))
 

@@ -105,6 +105,24 @@ def evaluated_pose(obj, frames) -> np.ndarray:
     return np.array(poses)
 
 
+def test_a_rigify_human_keys_the_bones_the_model_leaves_out_at_rest_and_says_which():
+    from backend.evaluation.bench_rigs import build_metarig
+
+    obj = build_metarig(bpy, "basic_human")
+    configure(obj, prompt="the person waves")
+    assert bpy.ops.animax.animate() == {"FINISHED"}
+    action = obj.animation_data.action
+    summary = bpy.context.window_manager.animax_state.summary
+    held = {"shoulder.L", "shoulder.R", "toe.L", "toe.R"}
+    assert "held at rest" in summary and all(name in summary for name in held), summary
+    got = keys(action, obj)
+    for frame in range(1, 10):
+        bpy.context.scene.frame_set(frame)
+        for name in held:  # keyed, and at rest on every frame
+            assert any(path.startswith(f'pose.bones["{name}"].rotation') for path, _ in got)
+            assert np.allclose(obj.pose.bones[name].matrix_basis, np.eye(4), atol=1e-5)
+
+
 @pytest.mark.parametrize("family", ["biped", "quadruped", "chest"])
 def test_animate_writes_a_new_action_and_keeps_the_old_one(family):
     obj = creature(family)
