@@ -4,11 +4,12 @@ chosen at several joint budgets, through the tiny preset's VAE and back through 
     .venv/bin/python benchmarks/joint_budget.py [--budgets 28,24,22,20] [--rigs procedural,rigify,gltf]
 
 For each rig of ``animax motion-bench`` (built in Blender, the extension installed headless) and
-each budget, the add-on's default bone choice (``snapshot.rig_from_armature(..., max_joints)``)
-is drawn as pose maps at the preset's size from the product cameras (9 frames of the rest pose),
-encoded and decoded by the shipped VAE, and reconstructed as the worker does. Whatever the
-transformer draws is decoded by this VAE, so the confidence and joint error here are the ceiling
-of the generated motion on that rig. Prints a Markdown table: mean joint confidence (two views
+each budget, the add-on's default bone choice (``snapshot.rig_from_armature(..., max_joints)``),
+reduced to the bones the worker animates and in its colours (``jobs.model_body``), is drawn as
+pose maps at the preset's size from the product cameras (9 frames of the rest pose), encoded
+and decoded by the shipped VAE, and reconstructed as the worker does. Whatever the transformer
+draws is decoded by this VAE, so the confidence and joint error here are the ceiling of the
+generated motion on that rig. Prints a Markdown table: mean joint confidence (two views
 agree on the joint) and mean joint error (% of the rig's radius), per rig and budget.
 """
 
@@ -28,12 +29,12 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
 
     from animax_addon.core.pose_maps import render_pose_maps
-    from backend.data.joint_colours import joint_colours
     from backend.demo import installed_extension
     from backend.evaluation.motion_bench import _addon, _empty_scene, select_rigs
     from backend.model.loading import load_tiny
     from backend.model.presets import TINY, TINY_WEIGHTS
     from backend.reconstruction.reconstruct import GENERATED, reconstruct
+    from backend.worker.jobs import model_body
 
     pipeline = load_tiny(TINY_WEIGHTS, text_encoder=False)
     rows = []
@@ -50,14 +51,14 @@ def main() -> None:
                     cells.append(None)
                     continue
                 cameras = _addon("templates").camera_rig(obj, rig, TINY.size)
-                colours = joint_colours(rig, cameras.rotation)
-                truth = render_pose_maps(cameras, np.repeat(rig.joints_rest[None], 9, axis=0), rig.joint_parents,
-                                         colours)
+                body = model_body(rig, cameras)  # what the worker draws: its bones, in their colours
+                truth = render_pose_maps(cameras, np.repeat(body.rig.joints_rest[None], 9, axis=0),
+                                         body.rig.joint_parents, body.colours)
                 with torch.no_grad():
                     decoded = pipeline.decode(pipeline.encode_videos(truth, pipeline.device))
-                motion = reconstruct(rig, cameras, decoded, colours=colours, **GENERATED)
-                error = np.linalg.norm(motion.joints - rig.joints_rest[None], axis=-1).mean() / cameras.radius
-                cells.append((rig.num_joints, float(np.mean(motion.confidence)), 100 * float(error)))
+                motion = reconstruct(body.rig, cameras, decoded, colours=body.colours, **GENERATED)
+                error = np.linalg.norm(motion.joints - body.rig.joints_rest[None], axis=-1).mean() / cameras.radius
+                cells.append((body.rig.num_joints, float(np.mean(motion.confidence)), 100 * float(error)))
             rows.append((bench_rig.name, cells))
 
     print(f"Rest pose maps through the shipped VAE ({TINY.size} px); each cell: joints, mean confidence, "
