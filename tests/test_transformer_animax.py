@@ -2,10 +2,12 @@
 new part (shared RoPE, modality embedding, condition timesteps, rays, multi-view attention)
 does what the paper says once it is trained away from its neutral start."""
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 from diffusers import WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from safetensors.torch import load_file
@@ -14,6 +16,7 @@ from backend.model.transformer_animax import (
     AnimaXPooledTextEmbedding,
     AnimaXRotaryPosEmbed,
     AnimaXTransformer3DModel,
+    AnimaXTransformerBlock,
 )
 
 CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
@@ -156,6 +159,24 @@ def test_pooled_prompt_leaves_out_padding_and_pools_a_dropped_prompt_to_zero():
     padded = torch.cat([tokens, torch.zeros(2, 4, 16)], dim=1)
     torch.testing.assert_close(AnimaXPooledTextEmbedding.pool(padded), tokens.mean(1))
     assert torch.equal(AnimaXPooledTextEmbedding.pool(torch.zeros(2, 7, 16)), torch.zeros(2, 16))
+
+
+def test_each_module_is_built_once_and_kept(monkeypatch):
+    """Constructing the model builds exactly the modules it holds: as many blocks as the config
+    says, and no Wan module that is then replaced by AnimaX's."""
+    built = []
+    module_init = nn.Module.__init__
+
+    def recording_init(self, *args, **kwargs):
+        module_init(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(nn.Module, "__init__", recording_init)
+    model = AnimaXTransformer3DModel(**CONFIG, pooled_text=True)
+    monkeypatch.undo()
+    kinds = Counter(type(module) for module in built)
+    assert kinds[AnimaXTransformerBlock] == CONFIG["num_layers"]
+    assert kinds == Counter(type(module) for module in model.modules())
 
 
 def test_save_and_load_round_trip(model, tmp_path):

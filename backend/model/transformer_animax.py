@@ -22,13 +22,18 @@ frame) with what :class:`AnimaXModalityEmbedding` and :class:`AnimaXPooledTextEm
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
 import torch.nn as nn
-from diffusers.configuration_utils import register_to_config
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionMixin
+from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.embeddings import PixArtAlphaTextProjection, TimestepEmbedding, Timesteps
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.transformer_wan import (
     WanAttention,
@@ -187,8 +192,11 @@ class AnimaXTransformerBlock(WanTransformerBlock):
         return x.reshape(bv, tokens, dim)
 
 
-class AnimaXTransformer3DModel(WanTransformer3DModel):
+class AnimaXTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):
     r"""The AnimaX joint multi-view video-pose transformer.
+
+    Its modules carry [`WanTransformer3DModel`]'s names, with AnimaX's versions of its rotary
+    embedding, condition embedder and blocks built in their place, so Wan2.1 weights load as they are.
 
     Args (beyond [`WanTransformer3DModel`]'s):
         ray_channels (`int`, defaults to 6): channels of the Plücker ray maps concatenated to the
@@ -201,10 +209,12 @@ class AnimaXTransformer3DModel(WanTransformer3DModel):
             model without it.
     """
 
+    _supports_gradient_checkpointing = True
+    _skip_layerwise_casting_patterns = ["patch_embedding", "condition_embedder", "norm"]
     _no_split_modules = ["AnimaXTransformerBlock"]
     _repeated_blocks = ["AnimaXTransformerBlock"]
-    _keep_in_fp32_modules = WanTransformer3DModel._keep_in_fp32_modules + ["modality_embedder", "pooled_text_embedder",
-                                                                          "norm_mv"]
+    _keep_in_fp32_modules = ["rope", "time_embedder", "scale_shift_table", "norm1", "norm2", "norm3",
+                             "modality_embedder", "pooled_text_embedder", "norm_mv"]
     _cp_plan = None  # the sequence is split by views and halves; context parallelism is not planned yet
 
     @register_to_config
@@ -232,38 +242,30 @@ class AnimaXTransformer3DModel(WanTransformer3DModel):
         # Wan's image-to-video inputs, kept in the signature because Wan's own config records them
         if image_dim is not None or added_kv_proj_dim is not None or pos_embed_seq_len is not None:
             raise ValueError("AnimaX builds on the text-to-video Wan2.1 (T2V); this is an image-to-video model")
-        super().__init__(
-            patch_size=patch_size,
-            num_attention_heads=num_attention_heads,
-            attention_head_dim=attention_head_dim,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            text_dim=text_dim,
-            freq_dim=freq_dim,
-            ffn_dim=ffn_dim,
-            num_layers=num_layers,
-            cross_attn_norm=cross_attn_norm,
-            qk_norm=qk_norm,
-            eps=eps,
-            rope_max_seq_len=rope_max_seq_len,
-        )
+        super().__init__()
         inner_dim = num_attention_heads * attention_head_dim
+        out_channels = out_channels or in_channels
+
+        # Wan's modules in Wan's order (the parameters' order, which optimiser states follow), then
+        # what AnimaX adds.
         self.rope = AnimaXRotaryPosEmbed(attention_head_dim, patch_size, rope_max_seq_len)
-        base = self.patch_embedding
         self.patch_embedding = nn.Conv3d(in_channels + ray_channels, inner_dim, kernel_size=patch_size, stride=patch_size)
-        with torch.no_grad():  # the latent channels start as Wan's, the ray channels at zero
-            self.patch_embedding.weight.zero_()
-            self.patch_embedding.weight[:, :in_channels] = base.weight
-            self.patch_embedding.bias.copy_(base.bias)
+        with torch.no_grad():  # the ray channels start at zero, so the model starts camera-blind as Wan
+            self.patch_embedding.weight[:, in_channels:].zero_()
+        # The per-frame conditioning; the keys stay Wan's (condition_embedder) and the top-level
+        # modality_embedder / pooled_text_embedder, which the adapter format and training name.
+        self.condition_embedder = AnimaXTimeTextEmbedding(inner_dim, freq_dim, inner_dim * 6, text_dim)
         self.blocks = nn.ModuleList(
             AnimaXTransformerBlock(inner_dim, ffn_dim, num_attention_heads, qk_norm, cross_attn_norm, eps)
             for _ in range(num_layers)
         )
-        # The per-frame conditioning; the keys stay Wan's (condition_embedder) and the top-level
-        # modality_embedder / pooled_text_embedder, which the adapter format and training name.
-        self.condition_embedder = AnimaXTimeTextEmbedding(inner_dim, freq_dim, inner_dim * 6, text_dim)
+        self.norm_out = FP32LayerNorm(inner_dim, eps, elementwise_affine=False)
+        self.proj_out = nn.Linear(inner_dim, out_channels * math.prod(patch_size))
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, inner_dim) / inner_dim**0.5)
         self.modality_embedder = AnimaXModalityEmbedding(freq_dim, inner_dim)
         self.pooled_text_embedder = AnimaXPooledTextEmbedding(text_dim, inner_dim) if pooled_text else None
+
+        self.gradient_checkpointing = False
 
     @classmethod
     def from_wan(cls, wan: WanTransformer3DModel, ray_channels: int = 6) -> "AnimaXTransformer3DModel":
@@ -304,8 +306,8 @@ class AnimaXTransformer3DModel(WanTransformer3DModel):
         return model
 
     @classmethod
-    def _starting_from(cls, source: WanTransformer3DModel, state: dict, new=lambda key: False,
-                       **changes) -> "AnimaXTransformer3DModel":
+    def _starting_from(cls, source: WanTransformer3DModel | AnimaXTransformer3DModel, state: dict,
+                       new=lambda key: False, **changes) -> "AnimaXTransformer3DModel":
         """A model of ``source``'s config with ``changes``, holding ``state``; only parts that AnimaX
         adds (or that ``new(key)`` names) may be missing from it, and they keep their initialisation."""
         config = {k: v for k, v in source.config.items() if not k.startswith("_")}
