@@ -1,13 +1,16 @@
-"""Training speed of the tiny preset's transformer: eager vs regionally compiled, on one GPU.
+"""Training speed of the shipped tiny transformer: eager vs regionally compiled, on one GPU.
 
     python benchmarks/tiny_training_gpu.py [--steps 40] [--batches 64 256]
 
-One optimiser step as ``python -m backend.train run`` takes it in stage ``joint`` (``flow_loss``
-on single views, bf16 autocast, AdamW, gradient clipping), on random latents of the tiny
-recipe's shapes (16 channels, 9 latent frames of 16 x 16: 1280 tokens per view). "compiled" is
-diffusers' ``compile_repeated_blocks(fullgraph=True)`` (the four transformer blocks), which
-``--compile`` turns on in training. Prints a Markdown table: steps/s, samples/s, the speed-up and
-peak memory; the compiled rows' first-step time is the compile's cost.
+The transformer is built, with random weights, from the shipped model's own config
+(backend/model/weights/tiny/transformer/config.json: its blocks, with the pooled prompt), and the
+latents take the shipped VAE's and prompt's shapes (16 channels, 9 latent frames of 16 x 16: 1280
+tokens per view; 32 prompt tokens), so the benchmark follows the shipped model. One optimiser step
+as ``python -m backend.train run`` takes it in stage ``joint`` (``flow_loss`` on single views with
+the training defaults, bf16 autocast, AdamW, gradient clipping). "compiled" is diffusers'
+``compile_repeated_blocks(fullgraph=True)`` (each transformer block), which ``--compile`` turns on
+in training. Prints a Markdown table: steps/s, samples/s, the speed-up and peak memory; the
+compiled rows' first-step time is the compile's cost.
 """
 
 from __future__ import annotations
@@ -16,17 +19,27 @@ import argparse
 import time
 
 import torch
+from diffusers import AutoencoderKLWan
 
-from backend.model.loading import tiny_transformer
-from backend.model.presets import TINY, TINY_TRANSFORMER, TINY_VAE
+from backend.model.checked_files import read_json
+from backend.model.presets import TINY, TINY_WEIGHTS
+from backend.model.transformer_animax import AnimaXTransformer3DModel
 from backend.train.latents import LatentSet
 from backend.train.stages import flow_loss, trainable_parameters
 
-# The recipe's latent shapes, read from the presets so that the benchmark follows them.
-Z_DIM, TEXT, TEXT_DIM = TINY_VAE["z_dim"], TINY.max_sequence_length, TINY_TRANSFORMER["text_dim"]
-FRAMES = (TINY.num_frames - 1) // TINY_VAE["scale_factor_temporal"] + 1
-SIDE = TINY.size // TINY_VAE["scale_factor_spatial"]
+# The shipped model's shapes, read from its configs so that the benchmark follows them.
+TRANSFORMER = AnimaXTransformer3DModel.load_config(TINY_WEIGHTS / "transformer")
+VAE = AutoencoderKLWan.load_config(TINY_WEIGHTS / "vae")
+Z_DIM, TEXT_DIM = TRANSFORMER["in_channels"], TRANSFORMER["text_dim"]
+TEXT = read_json(TINY_WEIGHTS / "animax.json")["max_sequence_length"]
+FRAMES = (TINY.num_frames - 1) // VAE["scale_factor_temporal"] + 1
+SIDE = TINY.size // VAE["scale_factor_spatial"]
 VIEWS, SAMPLES = 4, 1024
+
+
+def shipped_transformer() -> AnimaXTransformer3DModel:
+    """A randomly initialised transformer of the shipped model's config."""
+    return AnimaXTransformer3DModel.from_config(TRANSFORMER)
 
 
 def random_latents(device) -> LatentSet:
@@ -39,7 +52,7 @@ def random_latents(device) -> LatentSet:
 
 def measure(compiled: bool, batch: int, steps: int, data: LatentSet) -> dict:
     torch.manual_seed(0)
-    model = tiny_transformer(Z_DIM).cuda()
+    model = shipped_transformer().cuda()
     if compiled:
         model.compile_repeated_blocks(fullgraph=True)
     params = trainable_parameters(model, "joint")
@@ -78,8 +91,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256], help="single views per step")
     args = parser.parse_args()
     data = random_latents("cuda")
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
-          f"{sum(p.numel() for p in tiny_transformer(Z_DIM).parameters()) / 1e6:.2f} M parameters\n")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {TRANSFORMER['num_layers']} blocks, "
+          f"pooled prompt {'on' if TRANSFORMER['pooled_text'] else 'off'}, "
+          f"{sum(p.numel() for p in shipped_transformer().parameters()) / 1e6:.2f} M parameters\n")
     print("| batch | mode | steps/s | samples/s | speed-up | first step (s) | peak memory (GiB) |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for batch in args.batches:
