@@ -91,6 +91,19 @@ def output_folder(text: str) -> Path:
     return path
 
 
+def full_model_problem(model: str, wan: str | None, adapter: str | None) -> str | None:
+    """What is wrong with ``--model full --wan DIR --adapter DIR`` of a worker or server, or None;
+    checked before anything starts (loading the model takes a while)."""
+    if model != "full":
+        return None
+    if not (wan and adapter):
+        return "--model full needs --wan DIR (Wan2.1-T2V-1.3B, diffusers format) and --adapter DIR"
+    for option, folder in (("--wan", wan), ("--adapter", adapter)):
+        if not Path(folder).is_dir():
+            return f"{option} folder not found: {folder}"
+    return None
+
+
 def curve_files_problem(secret: str | None, allow: str | None, peers: str = "client") -> str | None:
     """What is wrong with ``--curve-secret FILE --allow DIR`` of a worker or broker (or a
     broker's ``--worker-secret FILE --allow-workers DIR``: ``peers`` "worker"), or None.

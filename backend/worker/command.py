@@ -9,7 +9,9 @@ from pathlib import Path
 
 from animax_addon.core.cameras import AZIMUTHS_DEG
 from animax_addon.core.client import DEFAULT_ADDRESS, curve_keys
-from backend.arguments import ArgumentParser, curve_files_problem, number, output_folder, zmq_address
+from backend.arguments import (
+    ArgumentParser, curve_files_problem, full_model_problem, number, output_folder, zmq_address,
+)
 
 from .pipeline_loading import load_pipeline
 from .security import check_address, keygen
@@ -58,11 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow", help="folder of the client public keys (*.key) allowed to connect")
     parser.add_argument("--name", default="animax-worker", help="the name clients see in welcome")
     args = parser.parse_args(argv)
-    if args.model == "full" and not (args.wan and args.adapter):
-        parser.error("--model full needs --wan DIR (Wan2.1-T2V-1.3B, diffusers format) and --adapter DIR")
-    for option, folder in (("--wan", args.wan), ("--adapter", args.adapter)):
-        if args.model == "full" and not Path(folder).is_dir():
-            parser.error(f"{option} folder not found: {folder}")
+    if problem := full_model_problem(args.model, args.wan, args.adapter):
+        parser.error(problem)
     views = len(AZIMUTHS_DEG)
     splits = [n for n in range(1, views + 1) if views % n == 0]
     if args.view_parallel not in splits:

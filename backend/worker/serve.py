@@ -27,11 +27,10 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from animax_addon.core.client import DEFAULT_ADDRESS
 
-from backend.arguments import ArgumentParser, curve_files_problem, number, zmq_address
+from backend.arguments import ArgumentParser, curve_files_problem, full_model_problem, number, zmq_address
 from backend.multi_gpu import MULTICAST_OFF
 
 from .broker import DEFAULT_BACKEND
@@ -168,11 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curve-secret", help="the broker's key (off loopback); needs --allow")
     parser.add_argument("--allow", help="folder of allowed client public keys")
     args = parser.parse_args(argv)
-    if args.model == "full" and not (args.wan and args.adapter):
-        parser.error("--model full needs --wan DIR and --adapter DIR")
-    for option, folder in (("--wan", args.wan), ("--adapter", args.adapter)):
-        if args.model == "full" and not Path(folder).is_dir():
-            parser.error(f"{option} folder not found: {folder}")
+    if problem := full_model_problem(args.model, args.wan, args.adapter):
+        parser.error(problem)
     if problem := curve_files_problem(args.curve_secret, args.allow):
         parser.error(problem)
     try:  # the broker would refuse them too, but as a child process restarted in a loop
