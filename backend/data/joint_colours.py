@@ -128,25 +128,21 @@ def _mirrors(heads: np.ndarray, tails: np.ndarray, midline: float) -> np.ndarray
     return np.where(off & (gaps.min(axis=1) < midline), gaps.argmin(axis=1), -1)
 
 
-def _droppable(kept: np.ndarray, parents: np.ndarray, heads: np.ndarray, tails: np.ndarray,
-               midline: float) -> np.ndarray:
-    """Kept bones :func:`training_body` may leave out: a chain's end (a leaf, its parent's only
-    kept child), a bone inside a chain on the midline, a limb's root that starts on the midline
-    (a clavicle, a scapula)."""
-    parent = np.array([p if p < 0 or kept[p] else -2 for p in parents])
-    for i in np.flatnonzero(parent == -2):  # nearest kept ancestor
-        p = parents[i]
-        while p >= 0 and not kept[p]:
-            p = parents[p]
-        parent[i] = p
-    children = np.bincount(parent[kept & (parent >= 0)], minlength=len(kept))
-    on = np.abs(heads[:, 0]) < midline
-    to = np.abs(tails[:, 0]) < midline
+def _droppable(body: Rig, kept: np.ndarray, heads: np.ndarray, tails: np.ndarray, midline: float) -> np.ndarray:
+    """(B,) the rig's bones :func:`training_body` may leave out next, of ``body`` (its ``kept``
+    bones, as ``Rig.subset`` parents them): a chain's end (a leaf, its parent's only child), a bone
+    inside a chain on the midline, a limb's root that starts on the midline (a clavicle, a scapula)."""
+    index = np.flatnonzero(kept)
+    parent = body.parents
+    children = np.bincount(parent[parent >= 0], minlength=body.num_bones)
+    on, to = np.abs(heads[index, 0]) < midline, np.abs(tails[index, 0]) < midline
     safe = np.maximum(parent, 0)
     end = (children == 0) & (children[safe] == 1)
     inner = on & to & (children == 1)
     limb_root = on & ~to & on[safe]
-    return kept & (parent >= 0) & (end | inner | limb_root)
+    droppable = np.zeros(len(kept), dtype=bool)
+    droppable[index[(parent >= 0) & (end | inner | limb_root)]] = True
+    return droppable
 
 
 def training_body(rig: Rig, rotation: np.ndarray | None = None) -> np.ndarray:
@@ -159,7 +155,8 @@ def training_body(rig: Rig, rotation: np.ndarray | None = None) -> np.ndarray:
     a bone inside a chain on the midline, or a limb's root that starts on the midline. A rig of
     a training creature's tree is kept whole. ``rotation``: as for :func:`match`."""
     kept = np.ones(rig.num_bones, dtype=bool)
-    if any(r[1] == _shape(rig.joint_parents) for r in _references()):
+    shape = _shape(rig.joint_parents)
+    if any(r[1] == shape for r in _references()):
         return kept
     centre, radius = rig.bounding_sphere(rotation)
     frame = np.eye(3) if rotation is None else rotation
@@ -167,23 +164,23 @@ def training_body(rig: Rig, rotation: np.ndarray | None = None) -> np.ndarray:
     midline = MIDLINE_FRACTION * float(np.ptp(np.concatenate([heads, tails]), axis=0).max())
     mirror = _mirrors(heads, tails, midline)
 
-    def fit(mask: np.ndarray) -> float:
+    def fit(mask: np.ndarray) -> tuple[float, Rig]:
         body = rig.subset(mask)
-        return _best(_normalised(body, rotation), _shape(body.joint_parents))[0]
+        return _best(_normalised(body, rotation), _shape(body.joint_parents))[0], body
 
-    score = fit(kept)
+    score, body = fit(kept)
     while kept.sum() > 2:
         trials = []
-        for bone in np.flatnonzero(_droppable(kept, rig.parents, heads, tails, midline)):
+        for bone in np.flatnonzero(_droppable(body, kept, heads, tails, midline)):
             trial = kept.copy()
             trial[[bone, mirror[bone]] if mirror[bone] >= 0 else bone] = False
-            trials.append((fit(trial), bone, trial))
+            trials.append((*fit(trial), bone, trial))
         if not trials:
             break
-        best, _, trial = min(trials, key=lambda t: (t[0], t[1]))
+        best, best_body, _, trial = min(trials, key=lambda t: (t[0], t[2]))
         if best >= score - 1e-6:
             break
-        score, kept = best, trial
+        score, body, kept = best, best_body, trial
     return kept
 
 

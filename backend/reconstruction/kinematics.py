@@ -249,9 +249,8 @@ def resample(
 
     Keeps the duration: frame i of the result is at time i / target_fps, and the result passes
     through every source frame. Rotations follow a cubic rotation spline and locations a cubic
-    spline: both keep their velocity continuous between source frames, where slerp and linear
-    interpolation would turn at each one, a jolt an animator sees (and the acceleration doubled
-    at 24 fps from 16).
+    spline: both keep their velocity continuous through the source frames, where slerp and linear
+    interpolation change it at each one, a jolt an animator sees.
     """
     if source_fps <= 0 or target_fps <= 0:
         raise ValueError(f"frame rates must be positive, got {source_fps} and {target_fps}")
@@ -270,14 +269,12 @@ def resample(
 
 def resample_positions(values: np.ndarray, source_fps: float, target_fps: float) -> np.ndarray:
     """Positions (T, ...) at ``target_fps`` over the same duration as ``resample`` maps a motion,
-    on a cubic spline through the source frames (linear between two)."""
+    on a cubic spline through the source frames (a line through two)."""
     values = np.asarray(values, dtype=np.float64)
     frames = len(values)
     times = np.arange(frames) / source_fps
     count = int(np.floor((frames - 1) * target_fps / source_fps + 1e-9)) + 1
     new_times = np.arange(count) / target_fps
-    if frames < 3:
-        flat = values.reshape(frames, -1)
-        out = np.stack([np.interp(new_times, times, flat[:, i]) for i in range(flat.shape[1])], axis=1)
-        return out.reshape((count,) + values.shape[1:])
+    if frames == 1:
+        return values.copy()
     return CubicSpline(times, values, axis=0)(new_times)
