@@ -21,6 +21,7 @@ from scipy.spatial.transform import Rotation, RotationSpline
 from animax_addon.core.rig import MIN_BONE_LENGTH, Rig
 
 _RANK_TOLERANCE = 1e-6  # relative singular value below which a bone's targets are collinear
+THIN_SPREAD = 0.2  # targets spread across their line less than this share of its length lie on it
 
 
 def _quaternion_matrices(quaternions: np.ndarray) -> np.ndarray:
@@ -74,7 +75,7 @@ def joints_from_pose(rig: Rig, pose: np.ndarray) -> np.ndarray:
     return np.where(rig.joint_is_tail[None, :, None], tails[:, rig.joint_bones], heads[:, rig.joint_bones])
 
 
-def _fit_targets(rig: Rig) -> list[np.ndarray]:
+def _fit_targets(rig: Rig, widen: bool = False) -> list[np.ndarray]:
     """For each bone, the joints whose directions from its head fix its rotation.
 
     Its targets (``Rig.bone_targets``) that lie away from its head; where none does, the joints
@@ -82,6 +83,14 @@ def _fit_targets(rig: Rig) -> list[np.ndarray]:
     the fit is a best turn rather than an exact one, but the children then fit their own targets
     exactly and the joints are unchanged. Never empty: each line of descent ends in a leaf's tail,
     which lies away from the leaf's head.
+
+    ``widen``: a bone whose targets lie near one line through its head (spread across it less
+    than ``THIN_SPREAD`` of its length) also takes the next generation, until they spread. Its
+    turn about that line is otherwise left to the little its targets show of it, which in a
+    noisy motion is noise: Rigify's quadrupeds have a root whose children are the tail behind it
+    and the spine ahead, and their generated motions rolled the whole body. The wider fit is a
+    best turn, so the joints are no longer exactly reproduced: for generated motions only. A bone
+    with a single target keeps it alone (its twist stays free and is kept at zero).
     """
     targets = rig.bone_targets()
     heads = rig.num_bones  # joints 0..B-1 are the bone heads, in bone order
@@ -89,12 +98,23 @@ def _fit_targets(rig: Rig) -> list[np.ndarray]:
     def away(bone, joints):
         return np.linalg.norm(rig.joints_rest[joints] - rig.heads[bone], axis=1) >= MIN_BONE_LENGTH
 
+    def thin(bone, joints):
+        spread = np.linalg.svd(rig.joints_rest[joints] - rig.heads[bone], compute_uv=False)
+        return spread[1] < THIN_SPREAD * spread[0]
+
+    def next_generation(joints):
+        return np.array([t for j in joints if j < heads for t in targets[j]], dtype=np.int64)
+
     chosen = []
     for bone, own in enumerate(targets):
         found, frontier = own[away(bone, own)], own
         while not len(found) and len(frontier):
-            frontier = np.array([t for j in frontier if j < heads for t in targets[j]], dtype=np.int64)
+            frontier = next_generation(frontier)
             found = frontier[away(bone, frontier)]
+        frontier = found
+        while widen and len(found) > 1 and thin(bone, found) and len(frontier):
+            frontier = next_generation(frontier)
+            found = np.concatenate([found, frontier[away(bone, frontier)]])
         chosen.append(found)
     return chosen
 
@@ -163,20 +183,23 @@ def _fit_rotations(rest: np.ndarray, posed: np.ndarray, weights: np.ndarray, pri
 
 
 def inverse_kinematics(
-    rig: Rig, joints: np.ndarray, weights: np.ndarray | None = None, rest_prior: float = 0.0
+    rig: Rig, joints: np.ndarray, weights: np.ndarray | None = None, rest_prior: float = 0.0,
+    widen_thin_targets: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pose-bone rotations (T, B, 4; w, x, y, z) and locations (T, B, 3) that pose ``joints``.
 
     ``joints``: (T, J, 3) in armature space; ``weights``: optional (T, J) confidences in [0, 1].
     ``rest_prior``: how strongly a bone keeps its rest against its parent where its targets were
-    seen with little confidence (0: not at all; the joints are then reproduced exactly). Only root
-    bones get a location. Quaternions keep one hemisphere over time, so keys interpolate well.
+    seen with little confidence (0: not at all; the joints are then reproduced exactly).
+    ``widen_thin_targets``: fit a bone whose targets lie near a line to the next generation's too
+    (``_fit_targets``), for noisy joints. Only root bones get a location. Quaternions keep one
+    hemisphere over time, so keys interpolate well.
     """
     joints = np.asarray(joints, dtype=np.float64)
     frames = joints.shape[0]
     weights = np.ones(joints.shape[:2]) if weights is None else np.asarray(weights, np.float64)
     weights = weights + 1e-3  # a joint nobody saw still has its triangulated (constrained) place
-    index, mask = _padded(_fit_targets(rig))
+    index, mask = _padded(_fit_targets(rig, widen_thin_targets))
     offsets = rest_offsets(rig)
     # Inverses, not transposes: near -Y Blender's rest matrices are slightly non-orthogonal
     # (a series expansion), and Blender poses with them as they are.

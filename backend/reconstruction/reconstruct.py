@@ -21,13 +21,14 @@ from .kinematics import forward_kinematics, inverse_kinematics, smooth_rotations
 from .triangulation import triangulate
 
 
-GENERATED = {"smoothing": 1.0, "rest_prior": 0.5, "rotation_smoothing": 1.0}
+GENERATED = {"smoothing": 1.0, "rest_prior": 0.5, "rotation_smoothing": 1.0, "widen_thin_targets": True}
 """How the worker reconstructs generated pose maps (clean ones need none of it). Triangulation's
 acceleration term cut the tiny model's joint acceleration ~10x at no cost in joint error. The
 rest prior and a one-frame low-pass of the rotations took the written Actions of ``animax
 motion-bench`` from 16.5% to 0.9% flipping bone steps and their jitter against the truth from
 24.7x to 7.2x, with the action read as often; on true pose maps they raise the joint error from
-3.6% to 4.4% of the rig's radius (a 2-frame low-pass: 6.5%, which is why it is one; docs/quality.md)."""
+3.6% to 4.4% of the rig's radius (a 2-frame low-pass: 6.5%, which is why it is one; docs/quality.md).
+Widening thin targets kept Rigify's quadrupeds from rolling over: flips 1.6-2.0% to 0.4-0.8%."""
 
 
 @dataclass
@@ -76,7 +77,8 @@ def joint_confidence(seen: np.ndarray, error_px: np.ndarray, radius_px: float) -
 
 
 def reconstruct(rig: Rig, cameras: CameraRig, images: np.ndarray, smoothing: float = 0.0, rest_prior: float = 0.0,
-                rotation_smoothing: float = 0.0, colours: np.ndarray | None = None) -> Reconstruction:
+                rotation_smoothing: float = 0.0, colours: np.ndarray | None = None,
+                widen_thin_targets: bool = False) -> Reconstruction:
     """Reconstruct a motion from pose-map videos ``images`` (V, T, H, W, 3) uint8.
 
     ``colours``: (J, 3) the colour each joint was drawn in; the palette in joint order if not given.
@@ -84,7 +86,8 @@ def reconstruct(rig: Rig, cameras: CameraRig, images: np.ndarray, smoothing: flo
     ``smoothing``: triangulation's acceleration term; ``rest_prior``: how strongly a bone whose
     joints were seen with little confidence keeps its rest (``inverse_kinematics``);
     ``rotation_smoothing``: a low-pass of the bone rotations and root locations over time, in
-    frames (``smooth_rotations``). All 0 for clean pose maps; the worker uses ``GENERATED``.
+    frames (``smooth_rotations``); ``widen_thin_targets``: as for ``inverse_kinematics``. All off
+    for clean pose maps; the worker uses ``GENERATED``.
     """
     if images.shape[0] != cameras.num_views:
         raise ValueError(f"{images.shape[0]} views of pose maps but {cameras.num_views} cameras")
@@ -95,7 +98,7 @@ def reconstruct(rig: Rig, cameras: CameraRig, images: np.ndarray, smoothing: flo
     )
     seen = two_view_confidence(view_conf)
     triangulated = cameras.to_world(joints)
-    rotations, locations = inverse_kinematics(rig, triangulated, seen, rest_prior)
+    rotations, locations = inverse_kinematics(rig, triangulated, seen, rest_prior, widen_thin_targets)
     rotations = smooth_rotations(rotations, rotation_smoothing)
     if rotation_smoothing > 0:
         locations = gaussian_filter1d(locations, rotation_smoothing, axis=0, mode="nearest")
