@@ -134,7 +134,7 @@ class AnimateController:
         else:
             self.address = connection.address
         preview_dir = tempfile.mkdtemp(prefix="animax-preview-", dir=bpy.app.tempdir or None)
-        spec = JobSpec(self.address, self.seeds, preview_dir,
+        spec = JobSpec(self.address, preview_dir,
                        client_options=_client_keys(connection), local=local,
                        startup_timeout_s=connection.startup_timeout_s if local else 0.0)
         state.running, state.progress = True, 0.0
@@ -238,7 +238,7 @@ class AnimateController:
         except ValueError as exc:
             raise AnimateError(str(exc)) from None
         options = Options(steps=self.steps, guidance=self.guidance, seed=self.seeds[0], frames=frames, fps=scene_fps,
-                          outputs=("pose", "rgb") if self.decode_rgb else ("pose",))  # each variation its seed
+                          outputs=("pose", "rgb") if self.decode_rgb else ("pose",), variations=len(self.seeds))
         self.future.send_request(Request.from_images(self.prompt, self.rig.to_dict(), cameras.to_dict(), templates,
                                                      options))
         self._show("Sending the job")

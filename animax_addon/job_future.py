@@ -2,7 +2,8 @@
 
 ``start_job`` starts a thread that owns the ZeroMQ client (a socket is used by one thread only)
 and returns a ``JobFuture``. The thread reports the worker's ``Welcome`` and the job's
-``Progress`` as updates, and resolves the future with every variation's result or a ``JobError``;
+``Progress`` as updates, and resolves the future with every variation's result (one job: the
+variations are one batch on the worker) or a ``JobError``;
 a cancelled future stays cancelled. The future's callbacks never run on that thread: they wait
 until ``deliver()`` is called, which ``job.py`` does on Blender's main thread, the only thread
 that may touch Blender data.
@@ -16,7 +17,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
@@ -97,12 +98,11 @@ class Variation:
 
 
 class JobFuture(MainThreadFuture):
-    """One Animate: updates ``Welcome`` then ``Progress``, the result a ``Variation`` per seed,
-    the exception a ``JobError``.
+    """One Animate: updates ``Welcome`` then ``Progress``, the result a ``Variation`` per seed of
+    the request's options, the exception a ``JobError``.
 
     The templates are rendered at the worker's image size, so after the welcome the thread waits
-    for ``send_request``, and sends that request once a seed of its ``JobSpec``; a cancel ends
-    the wait.
+    for ``send_request`` and sends that request; a cancel ends the wait.
     """
 
     def __init__(self):
@@ -128,7 +128,6 @@ class JobSpec:
     """Everything the job's thread needs, as plain values."""
 
     address: str
-    seeds: list[int]
     preview_dir: str
     client_options: dict = field(default_factory=dict)
     local: object | None = None  # a local_worker.LocalWorker still starting up, or None
@@ -136,7 +135,7 @@ class JobSpec:
 
 
 def start_job(spec: JobSpec) -> JobFuture:
-    """Connect, wait for the request, run it once a seed; on a thread of its own."""
+    """Connect, wait for the request, run it; on a thread of its own."""
     future = JobFuture()
     threading.Thread(target=_JobThread(spec, future).run, name="animax-job", daemon=True).start()
     return future
@@ -157,7 +156,7 @@ def tile_views(video: np.ndarray) -> np.ndarray:
 class _JobThread:
     def __init__(self, spec: JobSpec, future: JobFuture):
         self.spec, self.future = spec, future
-        self._variation_started = time.monotonic()
+        self._reconstruct_started = time.monotonic()
 
     def run(self) -> None:
         client = Client(self.spec.address, **self.spec.client_options)
@@ -197,13 +196,7 @@ class _JobThread:
         request = self.future.wait_request()
         if request is None:
             return None
-        variations = []
-        for i, seed in enumerate(self.spec.seeds):
-            variation = self._variation(client, i, replace(request, options=replace(request.options, seed=seed)))
-            if variation is None:
-                return None
-            variations.append(variation)
-        return variations
+        return self._job(client, request)
 
     def _connect(self, client: Client) -> dict | None:
         """The worker's WELCOME; a local worker that is still loading its model gets time."""
@@ -217,8 +210,9 @@ class _JobThread:
                     raise
         return None
 
-    def _variation(self, client: Client, i: int, request: Request) -> Variation | None:
-        job = client.submit(request)
+    def _job(self, client: Client, request: Request) -> list[Variation] | None:
+        """One SUBMIT for every variation; their results, or None once cancelled."""
+        job, count = client.submit(request), request.options.variations
         cancel_sent = False
         for message in client.events(job):
             # Checked per message: progress comes every denoising step, so a cancel waits at most one.
@@ -226,40 +220,35 @@ class _JobThread:
                 client.cancel(job)
                 cancel_sent = True
             if message.type == MessageType.ACCEPTED:
-                self._variation_started = time.monotonic()
                 position = message.body["position"]
-                self.future.set_update(Progress(f"Queued, position {position}" if position else "Starting",
-                                                self._fraction(i, 0.0)))
+                self.future.set_update(Progress(f"Queued, position {position}" if position else "Starting", 0.0))
             elif message.type == MessageType.PROGRESS:
-                self.future.set_update(self._progress(i, message.body))
+                self.future.set_update(self._progress(count, message.body))
             elif message.type == MessageType.RESULT and not self.future.cancelled():
-                arrays = result_arrays(message)
-                variation = Variation(arrays, message.body["diagnostics"], self._write_previews(i, arrays))
-                self.future.set_update(Progress(f"Variation {i + 1} received", self._fraction(i + 1, 0.0)))
-                return variation
+                diagnostics = message.body["diagnostics"]
+                return [Variation(arrays, diagnostics, self._write_previews(i, arrays))
+                        for i, arrays in enumerate(result_arrays(message))]
             elif message.type == MessageType.ERROR:
                 raise JobError(message.body["message"])
         return None  # CANCELLED, or a RESULT that came after the cancel
 
-    def _progress(self, i: int, body: dict) -> Progress:
-        total = max(body["total"], 1)
-        done = body["step"] / total
+    def _progress(self, count: int, body: dict) -> Progress:
+        """The worker's progress as the panel's: denoising (every variation at once) is the first
+        nine tenths, the reconstruction of each variation the last tenth."""
+        step, total, eta = body["step"], body["total"], body["eta_s"]
+        done = step / max(total, 1)
+        stage = f"{body['stage'].capitalize()} {step}/{total}"
         if body["stage"] == "denoise":
-            within = 0.9 * done  # reconstruction is the last tenth of a variation
-        else:
-            within = 0.9 + 0.1 * done
-        eta = body["eta_s"]
-        count = len(self.spec.seeds)
-        if eta is not None:
-            per_variation = time.monotonic() - self._variation_started + eta
-            eta += per_variation * (count - i - 1)
-        stage = f"{body['stage'].capitalize()} {body['step']}/{body['total']}"
-        if count > 1:
-            stage = f"Variation {i + 1}/{count}: {stage}"
-        return Progress(stage, self._fraction(i, within), eta)
-
-    def _fraction(self, i: int, within: float) -> float:
-        return (i + within) / len(self.spec.seeds)
+            if count > 1:
+                stage += f" ({count} variations)"
+            return Progress(stage, 0.9 * done, eta)
+        # The worker times its denoising only; the reconstructions take about as long each.
+        now = time.monotonic()
+        if step == 0:
+            self._reconstruct_started = now
+        elif eta is None:
+            eta = (now - self._reconstruct_started) / step * (total - step)
+        return Progress(stage, 0.9 + 0.1 * done, eta)
 
     def _write_previews(self, i: int, arrays: dict) -> dict[str, tuple[str, int]]:
         """PNG frames of each video, the views tiled; {output: (first frame path, frame count)}."""

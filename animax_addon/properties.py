@@ -10,6 +10,7 @@ from bpy.props import (
     BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty,
 )
 
+from .core.protocol import MAX_VARIATIONS
 from .snapshot import BONE_OPTIONS
 
 _BONE_ITEMS = {
@@ -43,8 +44,8 @@ class AnimaXSettings(bpy.types.PropertyGroup):
     steps: IntProperty(name="Steps", default=20, min=1, max=200, description="Denoising steps")
     guidance: FloatProperty(name="Guidance", default=3.0, min=1.0, soft_max=10.0,
                             description="Image guidance scale (1 turns guidance off)")
-    variations: IntProperty(name="Variations", default=1, min=1, max=8,
-                            description="How many Actions to generate, each with its own seed")
+    variations: IntProperty(name="Variations", default=1, min=1, max=MAX_VARIATIONS,
+                            description="How many Actions to generate, each with its own seed (one job)")
     bones: EnumProperty(name="Bones", items=[(k, *_BONE_ITEMS[k]) for k in BONE_OPTIONS], default="DEFORM",
                         description="Which bones take part")
     bone_collection: StringProperty(name="Bone Collection", description="The bone collection whose bones take part")

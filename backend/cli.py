@@ -202,7 +202,7 @@ def generate_command(args) -> None:
         except KeyboardInterrupt:
             client.cancel(job)  # free the worker for the next job
             raise
-    arrays = result_arrays(result)
+    (arrays,) = result_arrays(result)  # one variation
     diagnostics = result.body["diagnostics"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,11 +43,12 @@ RIG = {"bones": [
 
 
 class FixedPipeline:
-    """Stands in for the model: returns the rest pose's pose maps for every frame, immediately."""
+    """Stands in for the model: returns the rest pose's pose maps for every frame of every
+    variation (one generator each), immediately."""
 
-    def __call__(self, *, pose_templates, num_frames, **_):
-        videos = np.repeat(pose_templates[:, None], num_frames, axis=1)
-        return AnimaXPipelineOutput(pose_videos=videos, rgb_videos=None)
+    def __call__(self, *, pose_templates, num_frames, generator, **_):
+        videos = np.repeat(pose_templates[None, :, None], num_frames, axis=2)
+        return AnimaXPipelineOutput(pose_videos=np.repeat(videos, len(generator), axis=0), rgb_videos=None)
 
 
 def job_request(size: int, frames: int) -> Request:

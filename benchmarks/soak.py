@@ -41,7 +41,9 @@ import zmq
 
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.pose_maps import render_pose_maps
-from animax_addon.core.protocol import PNG_SIGNATURE, Message, MessageType, decode, encode, png_blob
+from animax_addon.core.protocol import (
+    PNG_SIGNATURE, PROTOCOL_VERSION, Message, MessageType, decode, encode, png_blob,
+)
 from animax_addon.core.rig import Rig
 from backend.worker.security import link_keys
 
@@ -60,7 +62,7 @@ NO_ANSWER_S = 120.0  # a job that hears nothing this long is counted as unanswer
 
 
 def options(steps=1, frames=1) -> dict:
-    return dict(steps=steps, guidance=3.0, seed=0, frames=frames, fps=16.0, outputs=["pose"])
+    return dict(steps=steps, guidance=3.0, seed=0, frames=frames, fps=16.0, outputs=["pose"], variations=1)
 
 
 def submit_body(size=SIZE, **changes) -> tuple[dict, tuple[bytes, ...]]:
@@ -93,7 +95,7 @@ class Requests:
         body = dict(self.body, options=dict(self.body["options"], **option_changes))
         return encode(Message(MessageType.SUBMIT, job, body, self.blobs))
 
-    def raw(self, job, body: dict, v=1, blobs=None) -> list[bytes]:
+    def raw(self, job, body: dict, v=PROTOCOL_VERSION, blobs=None) -> list[bytes]:
         """A SUBMIT's frames without the protocol's checks, so that it can break them."""
         blobs = self.blobs if blobs is None else blobs
         header = {"v": v, "type": "submit", "job": job, "body": body, "blobs": len(blobs)}
@@ -104,7 +106,7 @@ class Requests:
         return [self.raw(job, dict(self.body, options=options_)),
                 self.raw(job, dict(self.body, colour="red")),
                 [b"{not json", *self.blobs],
-                self.raw(job, self.body, v=2),
+                self.raw(job, self.body, v=PROTOCOL_VERSION - 1),
                 self.raw("../" + job, self.body)][variant % 5]
 
     def preset(self, job: str, variant: int) -> list[bytes]:

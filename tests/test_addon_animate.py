@@ -207,6 +207,7 @@ def test_variations_give_distinct_switchable_actions():
     first, second = (r.action for r in settings.results)
     assert [r.seed for r in settings.results] == [3, 4]
     assert first != second and obj.animation_data.action == first
+    assert len({r.preview for r in settings.results if r.preview}) == 2  # each variation its own preview
     bone = f'pose.bones["{obj.data.bones[0].name}"].rotation_quaternion'
     a = keys(first, obj)[bone, 1][1]
     bpy.ops.animax.use_variation(index=1)

@@ -37,12 +37,14 @@ def test_request_round_trips_through_the_worker_job(tmp_path):
     for v, image in enumerate(templates):
         Image.fromarray(image).save(tmp_path / f"template_{v}.png")
     job = {"video": "nod_seed1.npz", "prompt": "the lamp nods",
-           "options": {"steps": 3, "guidance": 3.0, "frames": 5, "fps": 24.0, "outputs": ["pose"], "seed": 1}}
-    videos = rng.integers(0, 255, (4, 5, 32, 32, 3), dtype=np.uint8)
+           "options": {"steps": 3, "guidance": 3.0, "frames": 5, "fps": 24.0, "outputs": ["pose"], "seed": 1,
+                       "variations": 1}}
+    videos = rng.integers(0, 255, (1, 4, 5, 32, 32, 3), dtype=np.uint8)  # one variation
     pipeline = KnownVideos(videos)
     result = run_job(pipeline, submit_message(tmp_path, job), lambda *_: None, lambda: False)
     assert result.type == MessageType.RESULT, result.body
-    assert np.array_equal(result_arrays(result)["pose_video"], videos)
+    (arrays,) = result_arrays(result)
+    assert np.array_equal(arrays["pose_video"], videos[0])
     (call,) = pipeline.calls
     assert call["prompt"] == "the lamp nods" and call["num_inference_steps"] == 3 and call["num_frames"] == 5
     assert np.array_equal(call["rgb_templates"], templates)
@@ -59,7 +61,8 @@ def test_model_option_generates_with_that_model(tmp_path):
     for v in range(4):
         Image.fromarray(np.full((32, 32, 3), 128, dtype=np.uint8)).save(folder / f"template_{v}.png")
     job = {"video": "nod_seed0.npz", "prompt": "the lamp nods",
-           "options": {"steps": 1, "guidance": 3.0, "frames": 1, "fps": 24.0, "outputs": ["pose"], "seed": 0}}
+           "options": {"steps": 1, "guidance": 3.0, "frames": 1, "fps": 24.0, "outputs": ["pose"], "seed": 0,
+                       "variations": 1}}
     (folder / "jobs.json").write_text(json.dumps([job]))
     save_tiny(build_tiny_pipeline(), tmp_path / "model")
     assert main([str(tmp_path / "out"), "--model", str(tmp_path / "model"), "--device", "cpu"]) == 0

@@ -13,7 +13,7 @@ import zmq.auth
 
 from animax_addon.core.client import Client, curve_keys, result_arrays
 from animax_addon.core.protocol import (
-    ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, png_blob,
+    PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, png_blob,
 )
 from backend.model.loading import build_tiny_pipeline
 from backend.model.presets import TINY
@@ -85,7 +85,8 @@ def test_broker_answers_like_a_worker(make_broker, pipelines):
     broker = make_broker()
     with Client(broker.address) as client:
         welcome = client.hello()
-        assert welcome["preset"] == preset_body(TINY) and welcome["model"] == "tiny" and welcome["protocol"] == 1
+        assert welcome["preset"] == preset_body(TINY) and welcome["model"] == "tiny"
+        assert welcome["protocol"] == PROTOCOL_VERSION
         job = submit(client)
         messages = list(client.events(job))
     assert messages[0].type == MessageType.ACCEPTED and messages[0].body["position"] == 0
@@ -102,7 +103,7 @@ def test_broker_answers_like_a_worker(make_broker, pipelines):
     finally:
         worker.stop()
         thread.join(30)
-    via_broker, straight = result_arrays(messages[-1]), result_arrays(direct)
+    (via_broker,), (straight,) = result_arrays(messages[-1]), result_arrays(direct)
     assert via_broker.keys() == straight.keys()
     for name in via_broker:
         np.testing.assert_array_equal(via_broker[name], straight[name])
@@ -152,7 +153,8 @@ def test_a_result_from_a_worker_the_job_did_not_go_to_is_dropped(make_broker, li
     pngs = (png_blob(TEMPLATES[0]),) * (4 * FRAMES)
 
     def result(job, sender):
-        body = {"arrays": {}, "videos": {"pose": list(range(len(pngs)))}, "diagnostics": {"views": 4, "by": sender}}
+        body = {"variations": 1, "arrays": {}, "videos": {"pose": list(range(len(pngs)))},
+                "diagnostics": {"views": 4, "by": sender}}
         return encode(Message(MessageType.RESULT, job, body, pngs))
 
     try:
@@ -197,7 +199,8 @@ def test_a_listed_worker_cannot_take_over_another_workers_identity(running, link
     pngs = (png_blob(TEMPLATES[0]),) * (4 * FRAMES)
 
     def result(sender):
-        body = {"arrays": {}, "videos": {"pose": list(range(len(pngs)))}, "diagnostics": {"views": 4, "by": sender}}
+        body = {"variations": 1, "arrays": {}, "videos": {"pose": list(range(len(pngs)))},
+                "diagnostics": {"views": 4, "by": sender}}
         return encode(Message(MessageType.RESULT, "b0", body, pngs))
 
     def dropped() -> list[str]:  # the message type of each dropped message, in order

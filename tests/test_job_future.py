@@ -130,13 +130,13 @@ def deliver_until_done(future: JobFuture, timeout_s: float = 120) -> None:
 
 def test_a_job_reports_the_welcome_and_progress_then_resolves_with_each_variation(pipeline, running, tmp_path):
     worker = running(Worker(pipeline, "tcp://127.0.0.1:*"))
-    future = start_job(JobSpec(worker.address, [3, 4], str(tmp_path)))
+    future = start_job(JobSpec(worker.address, str(tmp_path)))
     updates = []
 
     def on_update(update):
         updates.append(update)
         if isinstance(update, Welcome):  # the main thread renders the templates at the worker's size
-            future.send_request(request())
+            future.send_request(request(seed=3, variations=2))
 
     future.add_update_callback(on_update)
     deliver_until_done(future)
@@ -145,7 +145,10 @@ def test_a_job_reports_the_welcome_and_progress_then_resolves_with_each_variatio
     assert progress and all(isinstance(update, Progress) for update in progress)
     fractions = [p.fraction for p in progress]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert any(p.stage.startswith("Variation 2/2: Denoise") for p in progress)
+    stages = [p.stage for p in progress]
+    assert "Denoise 2/2 (2 variations)" in stages and stages[-1] == "Reconstruct 2/2"
+    assert [p.eta_s is not None for p in progress if p.stage.startswith("Reconstruct")] == [False, True, True]
+    assert len(worker.job_states()) == 1  # one job for both variations
     variations = future.result()
     assert len(variations) == 2 and all(isinstance(v, Variation) for v in variations)
     for i, variation in enumerate(variations):
@@ -156,7 +159,7 @@ def test_a_job_reports_the_welcome_and_progress_then_resolves_with_each_variatio
 
 def test_a_cancel_mid_job_reaches_the_worker(pipeline, running, tmp_path):
     worker = running(Worker(pipeline, "tcp://127.0.0.1:*"))
-    future = start_job(JobSpec(worker.address, [0], str(tmp_path)))
+    future = start_job(JobSpec(worker.address, str(tmp_path)))
 
     def on_update(update):
         if isinstance(update, Welcome):
@@ -175,7 +178,7 @@ def test_a_cancel_mid_job_reaches_the_worker(pipeline, running, tmp_path):
 
 def test_an_unreachable_worker_is_a_job_error(tmp_path):
     address = f"tcp://127.0.0.1:{free_port()}"
-    future = start_job(JobSpec(address, [0], str(tmp_path), client_options={"timeout_s": 0.5}))
+    future = start_job(JobSpec(address, str(tmp_path), client_options={"timeout_s": 0.5}))
     deliver_until_done(future)
     error = future.exception()
     assert isinstance(error, JobError) and "did not answer within 0.5 s" in str(error)

@@ -34,7 +34,8 @@ IMAGES = [RNG.integers(0, 256, (8, 6, 3), dtype=np.uint8) for _ in range(3)]
 
 
 def submit(**options) -> Message:
-    opts = {"steps": 50, "guidance": 3.0, "seed": 7, "frames": 81, "fps": 16.0, "outputs": ["pose", "rgb"]}
+    opts = {"steps": 50, "guidance": 3.0, "seed": 7, "frames": 81, "fps": 16.0, "outputs": ["pose", "rgb"],
+            "variations": 1}
     opts.update(options)
     body = {"prompt": "a fox jumps", "rig": {"bones": [{"name": "root", "parent": None}]},
             "cameras": {"views": 2}, "options": opts, "templates": [0, 1]}
@@ -42,9 +43,10 @@ def submit(**options) -> Message:
 
 
 def result() -> Message:
-    joints, joints_bytes = array_blob(RNG.standard_normal((5, 4, 3)).astype(np.float32))
+    """Two variations: arrays along a leading axis, videos variation-major."""
+    joints, joints_bytes = array_blob(RNG.standard_normal((2, 4, 3)).astype(np.float32))
     ids, ids_bytes = array_blob(np.arange(6, dtype=np.int64).reshape(2, 3))
-    body = {"arrays": {"joints": {**joints, "blob": 0}, "ids": {**ids, "blob": 1}},
+    body = {"variations": 2, "arrays": {"joints": {**joints, "blob": 0}, "ids": {**ids, "blob": 1}},
             "videos": {"pose": [2, 3]}, "diagnostics": {"reprojection_px": 0.5}}
     return Message(MessageType.RESULT, "job-1", body,
                    (joints_bytes, ids_bytes, png_blob(IMAGES[0]), png_blob(IMAGES[2])))
@@ -74,7 +76,7 @@ def frames_of(header: dict, blobs: list[bytes] = ()) -> list[bytes]:
     return [json.dumps(header).encode(), *blobs]
 
 
-def header(type_="heartbeat", job=None, body=None, blobs=0, v=1) -> dict:
+def header(type_="heartbeat", job=None, body=None, blobs=0, v=protocol.PROTOCOL_VERSION) -> dict:
     return {"v": v, "type": type_, "job": job, "body": {} if body is None else body, "blobs": blobs}
 
 
@@ -220,7 +222,7 @@ def test_bad_json(text):
     raises(ErrorCode.BAD_JSON, [text])
 
 
-@pytest.mark.parametrize("v", [2, 0, "1", True, None, 1.0])
+@pytest.mark.parametrize("v", [1, 3, 0, "2", True, None, 2.0])
 def test_wrong_version(v):
     raises(ErrorCode.BAD_VERSION, frames_of(header(v=v)), match="version")
 
@@ -305,6 +307,9 @@ def submit_frames(**changes) -> list[bytes]:
     ({"options__outputs": []}, "options.outputs"), ({"options__outputs": ["depth"]}, "options.outputs"),
     ({"options__outputs": ["rgb", "rgb"]}, "options.outputs"), ({"options__outputs": [["x"]]}, "options.outputs"),
     ({"options__extra": 1}, "options.extra"), ({"options__seed": ...}, "options.seed"),
+    ({"options__variations": ...}, "options.variations"), ({"options__variations": 0}, "options.variations"),
+    ({"options__variations": protocol.MAX_VARIATIONS + 1}, "options.variations"),
+    ({"options__variations": 2.0}, "options.variations"),
     ({"templates": []}, "templates"), ({"templates": [0, 5]}, "templates[1]"),
     ({"templates": [0, "1"]}, "templates[1]"), ({"templates": {"a": 0}}, "templates"),
     ({"extra": 1}, "extra"),
@@ -371,17 +376,41 @@ def test_other_field_errors_name_the_field(type_, body, field):
 
 @pytest.mark.parametrize("spec, field", [
     ({"blob": 0, "dtype": "float16", "shape": [5, 4, 3]}, "arrays.joints.dtype"),
-    ({"blob": 0, "dtype": "float32", "shape": [5, 4, 2]}, "arrays.joints"),
-    ({"blob": 0, "dtype": "float32", "shape": [5, -4, -3]}, "arrays.joints.shape"),
-    ({"blob": 0, "dtype": "float32", "shape": "5,4,3"}, "arrays.joints.shape"),
+    ({"blob": 0, "dtype": "float32", "shape": [2, 4, 2]}, "arrays.joints"),
+    ({"blob": 0, "dtype": "float32", "shape": [2, -4, -3]}, "arrays.joints.shape"),
+    ({"blob": 0, "dtype": "float32", "shape": "2,4,3"}, "arrays.joints.shape"),
     ({"blob": 0, "dtype": "float32"}, "arrays.joints.shape"),
-    ({"blob": 9, "dtype": "float32", "shape": [5, 4, 3]}, "arrays.joints.blob"),
+    ({"blob": 9, "dtype": "float32", "shape": [2, 4, 3]}, "arrays.joints.blob"),
+    ({"blob": 0, "dtype": "float32", "shape": [4, 2, 3]}, "arrays.joints.shape"),  # not the variations first
+    ({"blob": 0, "dtype": "float32", "shape": []}, "arrays.joints.shape"),
 ])
 def test_result_array_spec_errors(spec, field):
     m = result()
     body = json.loads(json.dumps(m.body))
     body["arrays"]["joints"] = spec
     raises(ErrorCode.BAD_FIELD, frames_of(header("result", "job-1", body, 4), list(m.blobs)), match=f"'{field}'")
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"variations": 0}, "variations"), ({"variations": protocol.MAX_VARIATIONS + 1}, "variations"),
+    ({"variations": 3}, "arrays.joints.shape"), ({"variations": ...}, "variations"),
+])
+def test_result_variation_errors(changes, field):
+    m = result()
+    body = dict(json.loads(json.dumps(m.body)), **{k: v for k, v in changes.items() if v is not ...})
+    for key in (k for k, v in changes.items() if v is ...):
+        del body[key]
+    raises(ErrorCode.BAD_FIELD, frames_of(header("result", "job-1", body, 4), list(m.blobs)), match=f"'{field}'")
+
+
+def test_result_videos_hold_as_many_frames_for_each_variation():
+    m = result()
+    body = json.loads(json.dumps(m.body))
+    body["videos"] = {"pose": [2, 3], "rgb": []}
+    raises(ErrorCode.BAD_FIELD, frames_of(header("result", "job-1", body, 4), list(m.blobs)), match="'videos.rgb'")
+    body["videos"] = {"pose": [2]}
+    raises(ErrorCode.BAD_FIELD, frames_of(header("result", "job-1", body, 3), list(m.blobs[:3])),
+           match="'videos.pose' must list the same number of frames, at least one, for each of the 2 variations")
 
 
 def test_blob_array_rejects_mismatches():

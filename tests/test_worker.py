@@ -104,12 +104,12 @@ def cancel_once_running(client, job) -> list:
 def test_hello_and_full_job(worker):
     with Client(worker.address) as client:
         welcome = client.hello()
-        assert welcome["model"] == "tiny" and welcome["protocol"] == 1
+        assert welcome["model"] == "tiny" and welcome["protocol"] == protocol.PROTOCOL_VERSION
         job = submit(client)
         messages = list(client.events(job))
     assert messages[0].type == MessageType.ACCEPTED and messages[0].body["position"] == 0
     assert messages[-1].type == MessageType.RESULT
-    out = result_arrays(messages[-1])
+    (out,) = result_arrays(messages[-1])
     assert out["rotations"].shape == (FRAMES, 3, 4) and np.isfinite(out["rotations"]).all()
     assert out["root_translation"].shape == (FRAMES, 3)
     assert len(messages[-1].body["videos"]["pose"]) == 4 * FRAMES
@@ -158,9 +158,9 @@ def test_malformed_frames_then_real_job(worker):
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(worker.address)
-    header = {"v": 1, "type": "heartbeat", "job": None, "body": {}, "blobs": 0}
+    header = {"v": protocol.PROTOCOL_VERSION, "type": "heartbeat", "job": None, "body": {}, "blobs": 0}
     cases = [([np.random.default_rng(1).bytes(64)], "bad_json"), ([b"{not json"], "bad_json"),
-             ([json.dumps(dict(header, v=2)).encode()], "bad_version"),
+             ([json.dumps(dict(header, v=protocol.PROTOCOL_VERSION - 1)).encode()], "bad_version"),
              ([json.dumps(dict(header, type="dance")).encode()], "unknown_type"),
              ([json.dumps(header).encode(), b"extra"], "bad_frame")]
     try:
@@ -207,7 +207,7 @@ def test_sockets_drop_frames_over_the_protocol_limit_unread(make_worker):
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(worker.address)
     try:
-        header = {"v": 1, "type": "heartbeat", "job": None, "body": {}, "blobs": 1}
+        header = {"v": protocol.PROTOCOL_VERSION, "type": "heartbeat", "job": None, "body": {}, "blobs": 1}
         sock.send_multipart([json.dumps(header).encode(), bytes(limits.max_part_bytes + 1)])
         with Client(worker.address) as client:
             assert client.hello()["model"] == "tiny"
@@ -302,7 +302,7 @@ def test_the_largest_job_a_preset_admits_has_a_result_a_message_carries(monkeypa
                                        "or frames, or for one of the videos.")
 
     def pipeline(num_frames, **kwargs):  # black videos of the asked shape, as the model returns them
-        videos = np.zeros((most_views, num_frames, SIZE, SIZE, 3), np.uint8)
+        videos = np.zeros((1, most_views, num_frames, SIZE, SIZE, 3), np.uint8)
         return AnimaXPipelineOutput(pose_videos=videos, rgb_videos=videos)
 
     def scene_motion(rig, cameras, pose_videos, fps, body):  # the reconstruction's shapes, without its work
@@ -334,6 +334,73 @@ def test_cancel_mid_denoising_stops_at_the_step_and_writes_nothing(pipeline, mon
     assert steps == [1, 2, 3]  # the cancel seen after step 3 ends the job before step 4
 
 
+def test_a_job_of_variations_is_each_seeds_job_with_one_prompt_and_template_encode(pipeline, monkeypatch):
+    encodes, prompts = [], []
+    encode_video = pipeline.vae.encode
+    monkeypatch.setattr(pipeline.vae, "encode", lambda video: encodes.append(len(video)) or encode_video(video))
+    hook = pipeline.text_encoder.register_forward_hook(lambda *a: prompts.append(1))
+    try:
+        steps = []
+        result = jobs.run_job(pipeline, request(seed=5, variations=3).to_message("b"),
+                              lambda stage, step, total: steps.append((stage, step, total)), lambda: False)
+        assert encodes == [4, 4] and len(prompts) == 1  # the 4 RGB and the 4 pose templates, once for all 3
+        singles = [jobs.run_job(pipeline, request(seed=5 + i).to_message(f"s{i}"), lambda *a: None, lambda: False)
+                   for i in range(3)]
+    finally:
+        hook.remove()
+    assert steps == [("denoise", 1, 2), ("denoise", 2, 2)] + [("reconstruct", i, 3) for i in range(4)]
+    assert result.type == MessageType.RESULT and result.body["variations"] == 3
+    assert result.body["arrays"]["rotations"]["shape"] == [3, FRAMES, 3, 4]
+    variations = result_arrays(decode(encode(result)))
+    for variation, single in zip(variations, singles, strict=True):
+        (single,) = result_arrays(single)
+        assert variation.keys() == single.keys()
+        for name, value in single.items():
+            if value.dtype == np.uint8:  # a video: batched arithmetic may round a pixel the other way
+                assert np.abs(variation[name].astype(int) - value).max() <= 1, name
+            else:
+                np.testing.assert_allclose(variation[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
+    videos = [variation["pose_video"].astype(int) for variation in variations]
+    assert all(np.abs(a - b).mean() > 1 for i, a in enumerate(videos) for b in videos[i + 1:])  # each its own seed
+
+
+@pytest.mark.parametrize("changes, sentence", [
+    (dict(variations=8, steps=TINY.num_inference_steps + 1), "8 variations of 21 denoising steps were asked for, "
+     "but the tiny model's worker runs at most 160 steps times variations a job (8 times its default of 20 "
+     "steps); ask for fewer variations or steps."),
+    (dict(variations=8, frames=TINY.num_frames, outputs=("pose", "rgb")), "8 variations x 4 views x 17 frames of "
+     "pose and rgb video are 1088 images, more than a result carries (1018); ask for fewer variations, views or "
+     "frames, or for one of the videos."),
+])
+def test_variations_past_the_preset_are_refused_before_decoding(monkeypatch, changes, sentence):
+    monkeypatch.setattr(jobs, "blob_png", lambda *a, **k: pytest.fail("a template was decoded"))
+    reply = jobs.run_job(None, preset_submit(TINY.size, **changes), lambda *a: None, lambda: False, TINY)
+    assert reply.type == MessageType.ERROR and reply.body["code"] == "bad_field"
+    assert reply.body["message"] == sentence
+
+
+@pytest.mark.parametrize("preset, most", [(TINY, 8), (FULL, 3)])
+def test_the_most_variations_a_preset_admits(preset, most):
+    """At the default steps and pose video only: the panel's 8 on the tiny model; the full
+    model's 4 views x 81 frames fill a result's blobs at 3."""
+    def job(variations):
+        return preset_submit(SIZE, frames=preset.num_frames, steps=preset.num_inference_steps, variations=variations)
+    assert admitted(job(most), preset)
+    assert most == protocol.MAX_VARIATIONS or not admitted(job(most + 1), preset)
+
+
+def test_more_variations_than_the_protocol_allows_are_never_sent():
+    with pytest.raises(ProtocolError, match="'options.variations' must be an integer from 1 to 8") as info:
+        encode(request(variations=protocol.MAX_VARIATIONS + 1).to_message("t"))
+    assert info.value.code is ErrorCode.BAD_FIELD
+
+
+def test_worker_refuses_variations_past_its_preset(worker):
+    with Client(worker.address) as client:
+        error = until(client, submit(client, variations=8, steps=21), MessageType.ERROR)[-1]
+    assert error.body["code"] == "bad_field" and "ask for fewer variations or steps" in error.body["message"]
+
+
 def fake_result(server: zmq.Socket, pngs: list[bytes]) -> None:
     """Answer the next SUBMIT that reaches ``server`` with a RESULT whose pose video is ``pngs``."""
     while True:
@@ -342,7 +409,7 @@ def fake_result(server: zmq.Socket, pngs: list[bytes]) -> None:
         message = decode(frames)
         if message.type == MessageType.SUBMIT:
             break
-    body = {"arrays": {}, "videos": {"pose": list(range(len(pngs)))}, "diagnostics": {"views": 4}}
+    body = {"variations": 1, "arrays": {}, "videos": {"pose": list(range(len(pngs)))}, "diagnostics": {"views": 4}}
     server.send_multipart([identity, *encode(Message(MessageType.RESULT, message.job, body, tuple(pngs)))])
 
 
@@ -365,7 +432,8 @@ def test_client_checks_result_pngs_against_the_job_before_decoding(monkeypatch):
                     assert info.value.code is code
             job = submit(client)
             fake_result(server, [frame] * (4 * FRAMES))
-            assert result_arrays(list(client.events(job))[-1])["pose_video"].shape == (4, FRAMES, SIZE, SIZE, 3)
+            (out,) = result_arrays(list(client.events(job))[-1])
+            assert out["pose_video"].shape == (4, FRAMES, SIZE, SIZE, 3)
 
 
 def test_queue_bound(make_worker):

@@ -132,7 +132,8 @@ class Client:
         job = job or f"{self._prefix}-{next(self._ids)}"
         self._send(request.to_message(job))
         width, height = png_size(request.templates[0])
-        self._expected[job] = (len(request.templates), request.options.frames, width, height)
+        options = request.options
+        self._expected[job] = (options.variations, len(request.templates), options.frames, width, height)
         return job
 
     def cancel(self, job: str) -> None:
@@ -197,13 +198,19 @@ def curve_keys(server_public_key: str | os.PathLike | bytes, client_secret_file)
     return key, public, secret
 
 
-def _check_videos(message: Message, views: int, frames: int, width: int, height: int) -> None:
-    """Refuse a RESULT unless each video is ``views`` x ``frames`` PNGs that declare ``width`` x
-    ``height``, read from their headers: a small PNG can declare gigapixels, which Blender would pay for."""
+def _check_videos(message: Message, variations: int, views: int, frames: int, width: int, height: int) -> None:
+    """Refuse a RESULT unless it has ``variations`` and each video is ``variations`` x ``views`` x
+    ``frames`` PNGs that declare ``width`` x ``height``, read from their headers: a small PNG can
+    declare gigapixels, which Blender would pay for."""
+    if message.body["variations"] != variations:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"The worker sent {message.body['variations']} variations for "
+                            f"{variations}; install matching add-on and worker releases.")
     for name, indices in message.body["videos"].items():
-        if len(indices) != views * frames:
+        if len(indices) != variations * views * frames:
+            several = f"{variations} variations x " if variations > 1 else ""
             raise ProtocolError(ErrorCode.BAD_FIELD, f"The worker sent {len(indices)} '{name}' frames for "
-                                f"{views} views x {frames} frames; install matching add-on and worker releases.")
+                                f"{several}{views} views x {frames} frames; install matching add-on and worker "
+                                "releases.")
         for i in indices:
             w, h = png_size(message.blobs[i])
             if (w, h) != (width, height):
@@ -212,12 +219,13 @@ def _check_videos(message: Message, views: int, frames: int, width: int, height:
                                     f"{width}x{height}; it was not decoded.")
 
 
-def result_arrays(message: Message) -> dict[str, np.ndarray]:
-    """A RESULT's arrays by name, plus each video as ``<name>_video`` (V, T, H, W, 3) uint8."""
-    out = {name: blob_array(spec, message.blobs[spec["blob"]]) for name, spec in message.body["arrays"].items()}
-    diagnostics = message.body["diagnostics"]
-    for name, indices in message.body["videos"].items():
+def result_arrays(message: Message) -> list[dict[str, np.ndarray]]:
+    """A RESULT's variations, each its arrays by name, plus each video as ``<name>_video``
+    (V, T, H, W, 3) uint8."""
+    body = message.body
+    count, views = body["variations"], body["diagnostics"].get("views", 1)
+    out = {name: blob_array(spec, message.blobs[spec["blob"]]) for name, spec in body["arrays"].items()}
+    for name, indices in body["videos"].items():
         frames = np.stack([blob_png(message.blobs[i]) for i in indices])
-        views = diagnostics.get("views", 1)
-        out[f"{name}_video"] = frames.reshape(views, len(indices) // views, *frames.shape[1:])
-    return out
+        out[f"{name}_video"] = frames.reshape(count, views, len(indices) // (count * views), *frames.shape[1:])
+    return [{name: values[i] for name, values in out.items()} for i in range(count)]

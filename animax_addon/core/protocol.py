@@ -2,7 +2,7 @@
 
 A message is a list of byte frames. Frame 0 is a UTF-8 JSON header::
 
-    {"v": 1, "type": "submit", "job": "a1", "body": {...}, "blobs": 2}
+    {"v": 2, "type": "submit", "job": "a1", "body": {...}, "blobs": 2}
 
 and frames 1..n are binary payloads ("blobs"): PNG images, or raw little-endian numpy arrays.
 The body refers to a blob by its index ``i`` into ``Message.blobs`` (wire frame ``i + 1``); every
@@ -34,7 +34,7 @@ from PIL import Image
 
 from .rig import MAX_JOINTS
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ARRAY_DTYPES = ("float32", "float64", "int32", "int64", "uint8")
@@ -45,6 +45,7 @@ MAX_ERROR_CHARS = 4000
 MAX_STEPS = 200
 MAX_VIDEO_FRAMES = 161
 MAX_FPS = 1000.0  # the scene frame rate keys are resampled to: each frame costs memory and time
+MAX_VARIATIONS = 8  # seeds of one job, run as one batch; a worker's preset may allow fewer (job_limits)
 OUTPUTS = ("pose", "rgb")
 # The loaded model's generation defaults, sent in welcome (and ready): per-view image size,
 # frames, denoising steps, image-guidance scale, the frame rate the model generates at and the
@@ -405,10 +406,11 @@ def _check_submit(body: dict, refs: _Blobs) -> None:
     _obj(body["rig"], "rig")
     _obj(body["cameras"], "cameras")
     options = _obj(body["options"], "options")
-    _expect_keys(options, "options", ("steps", "guidance", "seed", "frames", "fps", "outputs"), "options.")
+    _expect_keys(options, "options", ("steps", "guidance", "seed", "frames", "fps", "outputs", "variations"),
+                 "options.")
     _int(options["steps"], "options.steps", 1, MAX_STEPS)
     _number(options["guidance"], "options.guidance", 1.0)
-    _int(options["seed"], "options.seed", 0, 2**63 - 1)  # fits a torch generator seed
+    _int(options["seed"], "options.seed", 0, 2**63 - 1)  # seed + i of each variation fits a torch generator seed
     frames = _int(options["frames"], "options.frames", 1, MAX_VIDEO_FRAMES)
     if (frames - 1) % 4:  # the video VAE compresses time 4x after the first frame
         raise _bad("options.frames", f"must be 1 + 4k (1, 5, 9, ... {MAX_VIDEO_FRAMES}), got {frames}")
@@ -417,6 +419,7 @@ def _check_submit(body: dict, refs: _Blobs) -> None:
     if not outputs or any(not isinstance(o, str) or o not in OUTPUTS for o in outputs) \
             or len(set(outputs)) != len(outputs):
         raise _bad("options.outputs", f"must be a non-empty list of distinct {OUTPUTS}, got {_show(outputs)}")
+    _int(options["variations"], "options.variations", 1, MAX_VARIATIONS)
     templates = _list(body["templates"], "templates")
     if not templates:
         raise _bad("templates", "must list at least one template image")
@@ -439,12 +442,15 @@ def _check_progress(body: dict, refs: _Blobs) -> None:
 
 
 def _check_result(body: dict, refs: _Blobs) -> None:
-    _expect_keys(body, "result body", ("arrays", "videos", "diagnostics"))
+    _expect_keys(body, "result body", ("variations", "arrays", "videos", "diagnostics"))
+    variations = _int(body["variations"], "variations", 1, MAX_VARIATIONS)
     for name, spec in _obj(body["arrays"], "arrays").items():
         where = f"arrays.{_text(name, 'arrays key')}"
         spec = _obj(spec, where)
         _expect_keys(spec, where, ("blob", "dtype", "shape"), f"{where}.")
         dtype, shape = _array_layout(spec, where)
+        if not shape or shape[0] != variations:
+            raise _bad(f"{where}.shape", f"must start with the {variations} variations, got {_show(list(shape))}")
         index = refs.take(spec["blob"], f"{where}.blob")
         expected = math.prod(shape) * dtype.itemsize
         if len(refs.blobs[index]) != expected:
@@ -452,8 +458,9 @@ def _check_result(body: dict, refs: _Blobs) -> None:
                        f"has {len(refs.blobs[index])}")
     for name, indices in _obj(body["videos"], "videos").items():
         where = f"videos.{_text(name, 'videos key')}"
-        if not _list(indices, where):
-            raise _bad(where, "must list at least one frame")
+        if not _list(indices, where) or len(indices) % variations:
+            raise _bad(where, f"must list the same number of frames, at least one, for each of the {variations} "
+                       f"variations, got {len(indices)}")
         for i, index in enumerate(indices):
             refs.take(index, f"{where}[{i}]", png=True)
     _obj(body["diagnostics"], "diagnostics")

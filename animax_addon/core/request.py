@@ -18,7 +18,8 @@ from .protocol import Message, MessageType, png_blob
 @dataclass(frozen=True)
 class Options:
     """How to generate: denoising steps, image-guidance scale, seed, frames the model makes, the
-    frame rate the keys are resampled to (the scene's) and the videos sent back."""
+    frame rate the keys are resampled to (the scene's), the videos sent back and the number of
+    variations (seeds ``seed``, ``seed + 1``, ...; one batch, so the templates are encoded once)."""
 
     steps: int
     guidance: float
@@ -26,6 +27,7 @@ class Options:
     frames: int
     fps: float
     outputs: tuple[str, ...] = ("pose",)
+    variations: int = 1
 
     def to_dict(self) -> dict:
         return dict(asdict(self), outputs=list(self.outputs))
@@ -33,7 +35,13 @@ class Options:
     @classmethod
     def from_dict(cls, options: dict) -> "Options":
         return cls(steps=options["steps"], guidance=float(options["guidance"]), seed=options["seed"],
-                   frames=options["frames"], fps=float(options["fps"]), outputs=tuple(options["outputs"]))
+                   frames=options["frames"], fps=float(options["fps"]), outputs=tuple(options["outputs"]),
+                   variations=options["variations"])
+
+    @property
+    def seeds(self) -> list[int]:
+        """Each variation's seed."""
+        return [self.seed + i for i in range(self.variations)]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""The largest job a worker of a preset takes: steps, frames, camera image size, and views and
-videos no more than one RESULT message carries.
+"""The largest job a worker of a preset takes: steps, frames, camera image size, variations, and
+views and videos no more than one RESULT message carries.
 
 One check, ``check_job_size``, called by the broker when a SUBMIT arrives (against the preset of
 its workers' READY) and by the worker before it decodes anything (against its own preset), so that
@@ -17,7 +17,13 @@ from animax_addon.core.protocol import Limits
 # worker from every other client; four times the default leaves room to trade time for quality.
 STEPS_PER_DEFAULT = 4
 
-# The arrays of a RESULT, each one blob; its videos add one PNG blob per view per frame per output.
+# The most denoising work a job may ask for, in runs of the preset's default steps: its variations
+# are one batch, so each of its steps costs as many videos. Eight, the panel's most variations at
+# the default steps, or fewer at more steps: a job holds the worker from every other client.
+RUNS_PER_JOB = 8
+
+# The arrays of a RESULT, each one blob with a leading variation axis; its videos add one PNG blob
+# per variation per view per frame per output.
 RESULT_ARRAYS = ("rotations", "root_translation", "joints", "confidence", "reprojection_error")
 
 
@@ -30,16 +36,22 @@ def max_steps(default_steps: int) -> int:
     return STEPS_PER_DEFAULT * default_steps
 
 
-def result_blobs(views: int, frames: int, outputs) -> int:
-    """The blobs of the RESULT of a job of ``views`` cameras, ``frames`` frames and videos ``outputs``."""
-    return len(RESULT_ARRAYS) + views * frames * len(outputs)
+def max_work(default_steps: int) -> int:
+    """The most steps times variations a job may ask of a worker whose preset's default is ``default_steps``."""
+    return RUNS_PER_JOB * default_steps
+
+
+def result_blobs(views: int, frames: int, outputs, variations: int = 1) -> int:
+    """The blobs of the RESULT of a job of ``views`` cameras, ``frames`` frames, videos ``outputs``
+    and ``variations`` seeds."""
+    return len(RESULT_ARRAYS) + variations * views * frames * len(outputs)
 
 
 def check_job_size(body: dict, model: str, size: int, frames: int, default_steps: int) -> CameraRig:
-    """The cameras of the SUBMIT ``body``, once its steps, frames and camera image size are within
-    what a worker of the preset ``model`` takes (``size`` px a view, ``frames`` frames,
-    ``default_steps`` steps by default) and its RESULT's blobs within a message's; otherwise a
-    ``JobInputError`` naming the limit.
+    """The cameras of the SUBMIT ``body``, once its steps, frames, variations and camera image size
+    are within what a worker of the preset ``model`` takes (``size`` px a view, ``frames`` frames,
+    ``default_steps`` steps by default; steps times variations within ``max_work``) and its
+    RESULT's blobs within a message's; otherwise a ``JobInputError`` naming the limit.
 
     Smaller cameras than the preset's are allowed: they cost less, and tests and benchmarks use them.
     The views are bounded by the result alone (the full preset's 81 frames of pose and RGB video
@@ -49,6 +61,12 @@ def check_job_size(body: dict, model: str, size: int, frames: int, default_steps
         raise JobInputError(f"{options['steps']} denoising steps were asked for, but {model}'s worker runs at "
                             f"most {max_steps(default_steps)} ({STEPS_PER_DEFAULT} times its default of "
                             f"{default_steps}); ask for fewer steps.")
+    steps, variations = options["steps"], options["variations"]
+    if steps * variations > max_work(default_steps):
+        raise JobInputError(f"{variations} variations of {steps} denoising steps were asked for, but {model}'s "
+                            f"worker runs at most {max_work(default_steps)} steps times variations a job "
+                            f"({RUNS_PER_JOB} times its default of {default_steps} steps); ask for fewer "
+                            "variations or steps.")
     if options["frames"] > frames:
         raise JobInputError(f"{options['frames']} frames were asked for, but {model} makes at most "
                             f"{frames}; ask for fewer frames.")
@@ -62,9 +80,12 @@ def check_job_size(body: dict, model: str, size: int, frames: int, default_steps
         raise JobInputError(f"The cameras render {cameras.width}x{cameras.height} images, but {model} works "
                             f"at {size}x{size} at most; render the templates at {size} px.")
     outputs, most = options["outputs"], Limits().max_frames - 1  # blobs: all frames but the header
-    if result_blobs(cameras.num_views, options["frames"], outputs) > most:
-        fewer = "fewer views or frames" + (", or for one of the videos" if len(outputs) > 1 else "")
-        raise JobInputError(f"{cameras.num_views} views x {options['frames']} frames of {' and '.join(outputs)} "
-                            f"video are {cameras.num_views * options['frames'] * len(outputs)} images, more than "
+    if result_blobs(cameras.num_views, options["frames"], outputs, variations) > most:
+        several = f"{variations} variations x " if variations > 1 else ""
+        fewer = ("fewer variations, views or frames" if variations > 1 else "fewer views or frames") \
+            + (", or for one of the videos" if len(outputs) > 1 else "")
+        raise JobInputError(f"{several}{cameras.num_views} views x {options['frames']} frames of "
+                            f"{' and '.join(outputs)} video are "
+                            f"{variations * cameras.num_views * options['frames'] * len(outputs)} images, more than "
                             f"a result carries ({most - len(RESULT_ARRAYS)}); ask for {fewer}.")
     return cameras

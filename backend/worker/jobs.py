@@ -1,7 +1,8 @@
 """One generation job: a SUBMIT message in, a RESULT / CANCELLED / ERROR message out.
 
 ``run_job`` is socket-free: the worker's compute thread calls it with a ``progress`` callback
-(stage, step, total) and a ``cancelled`` predicate that it polls once per denoising step.
+(stage, step, total) and a ``cancelled`` predicate that it polls once per denoising step and
+once per variation reconstructed.
 """
 
 from __future__ import annotations
@@ -88,7 +89,10 @@ def scene_motion(rig: Rig, cameras: CameraRig, pose_videos: np.ndarray, scene_fp
 def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[], bool],
             preset: Preset = TINY) -> Message:
     """Run one SUBMIT to the end; never raises for user input, returns an ERROR message instead.
-    ``preset``: the loaded model's, whose size, frames, steps and joints bound the job."""
+    ``preset``: the loaded model's, whose size, frames, steps and joints bound the job.
+
+    The variations are one batch of the pipeline (one prompt and template encode, one generator a
+    seed); each is then reconstructed, and the RESULT carries them all along a leading axis."""
     job = submit.job
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -119,8 +123,8 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
         output = pipeline(
             prompt=request.prompt, rgb_templates=rgb_templates, pose_templates=pose_templates, cameras=cameras,
             num_frames=options.frames, num_inference_steps=total, guidance_scale=options.guidance,
-            generator=torch.Generator().manual_seed(options.seed), decode_rgb="rgb" in options.outputs,
-            callback_on_step_end=on_step,
+            generator=[torch.Generator().manual_seed(seed) for seed in options.seeds],
+            decode_rgb="rgb" in options.outputs, callback_on_step_end=on_step,
         )
     except torch.cuda.OutOfMemoryError:
         return error_message(ErrorCode.OUT_OF_MEMORY, ErrorCode.OUT_OF_MEMORY.sentence, job)
@@ -130,32 +134,36 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
     if output.interrupted or cancelled():
         return Message(MessageType.CANCELLED, job)
 
-    progress("reconstruct", 0, 1)
+    count = options.variations
+    progress("reconstruct", 0, count)
     start = time.perf_counter()
-    motion, rotations, root_translation = scene_motion(rig, cameras, output.pose_videos, options.fps, shown)
+    motions = []
+    for i, pose_videos in enumerate(output.pose_videos):
+        motions.append(scene_motion(rig, cameras, pose_videos, options.fps, shown))
+        progress("reconstruct", i + 1, count)
+        if cancelled():
+            return Message(MessageType.CANCELLED, job)
     seconds["reconstruct"] = time.perf_counter() - start
-    progress("reconstruct", 1, 1)
-    if cancelled():
-        return Message(MessageType.CANCELLED, job)
 
     blobs: list[bytes] = []
     arrays = {}
-    for name, value in zip(RESULT_ARRAYS, (rotations, root_translation, motion.joints, motion.confidence,
-                                           motion.reprojection_error), strict=True):
-        spec, data = array_blob(np.asarray(value, dtype=np.float32))
+    per_variation = [(rotations, root_translation, motion.joints, motion.confidence, motion.reprojection_error)
+                     for motion, rotations, root_translation in motions]
+    for name, values in zip(RESULT_ARRAYS, zip(*per_variation), strict=True):
+        spec, data = array_blob(np.stack(values).astype(np.float32))
         arrays[name] = dict(spec, blob=len(blobs))
         blobs.append(data)
     videos = {}
     sources = {"pose": output.pose_videos, "rgb": output.rgb_videos}
     for name in options.outputs:
-        frames = sources[name]
         videos[name] = []
-        for view in frames:  # view-major: view 0's frames, then view 1's, ...
-            for frame in view:
-                videos[name].append(len(blobs))
-                blobs.append(png_blob(frame))
-    views, frames = output.pose_videos.shape[:2]
+        for variation in sources[name]:  # variation-major, then view-major: view 0's frames, then view 1's, ...
+            for view in variation:
+                for frame in view:
+                    videos[name].append(len(blobs))
+                    blobs.append(png_blob(frame))
+    views, frames = output.pose_videos.shape[1:3]
     diagnostics = {"seconds": seconds, "views": int(views), "frames": int(frames),
-                   "joint_names": motion.joint_names, "bone_names": rig.bone_names}
-    return Message(MessageType.RESULT, job, {"arrays": arrays, "videos": videos, "diagnostics": diagnostics},
-                   tuple(blobs))
+                   "joint_names": motions[0][0].joint_names, "bone_names": rig.bone_names}
+    return Message(MessageType.RESULT, job, {"variations": count, "arrays": arrays, "videos": videos,
+                                             "diagnostics": diagnostics}, tuple(blobs))

@@ -72,11 +72,19 @@ class _GeneratorState:
 
 
 def _pack(kwargs: dict) -> dict:
-    return {k: _GeneratorState.of(v) if isinstance(v, torch.Generator) else v for k, v in kwargs.items()}
+    def pack(value):
+        if isinstance(value, list):  # one generator a video
+            return [pack(item) for item in value]
+        return _GeneratorState.of(value) if isinstance(value, torch.Generator) else value
+    return {k: pack(v) for k, v in kwargs.items()}
 
 
 def _unpack(kwargs: dict) -> dict:
-    return {k: v.generator() if isinstance(v, _GeneratorState) else v for k, v in kwargs.items()}
+    def unpack(value):
+        if isinstance(value, list):
+            return [unpack(item) for item in value]
+        return value.generator() if isinstance(value, _GeneratorState) else value
+    return {k: unpack(v) for k, v in kwargs.items()}
 
 
 def _call_in_step(pipeline, group: dist.ProcessGroup | None, callback: Callable | None, kwargs: dict):
