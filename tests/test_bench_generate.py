@@ -5,6 +5,7 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from animax_addon.core.cameras import make_camera_rig
@@ -12,7 +13,9 @@ from animax_addon.core.protocol import MessageType
 from backend.data.rig_world import FAMILIES
 from animax_addon.core.client import result_arrays
 from backend.evaluation.bench_generate import main, submit_message
+from backend.model import samplers
 from backend.model.loading import build_tiny_pipeline, save_tiny
+from backend.model.samplers import use_fast_sampler
 from backend.worker.jobs import run_job
 
 
@@ -50,8 +53,13 @@ def test_request_round_trips_through_the_worker_job(tmp_path):
     assert np.array_equal(call["rgb_templates"], templates)
 
 
-def test_model_option_generates_with_that_model(tmp_path):
-    """``--model DIR`` runs the requests through the tiny model in DIR (a training run's) and says so."""
+@pytest.mark.parametrize("fast", [False, True])
+def test_model_option_generates_with_that_model(tmp_path, monkeypatch, fast):
+    """``--model DIR`` runs the requests through the tiny model in DIR (a training run's) and says so;
+    ``--fast`` switches it to the worker's fast sampler."""
+    switched = []
+    monkeypatch.setattr(samplers, "use_fast_sampler",
+                        lambda pipeline, preset: switched.append(pipeline) or use_fast_sampler(pipeline, preset))
     rig = FAMILIES["lamp"](np.random.default_rng(0)).rig
     cameras = make_camera_rig(*rig.bounding_sphere(), 32)
     folder = tmp_path / "out" / "requests" / "procedural_lamp"
@@ -65,8 +73,12 @@ def test_model_option_generates_with_that_model(tmp_path):
                        "variations": 1}}
     (folder / "jobs.json").write_text(json.dumps([job]))
     save_tiny(build_tiny_pipeline(), tmp_path / "model")
-    assert main([str(tmp_path / "out"), "--model", str(tmp_path / "model"), "--device", "cpu"]) == 0
+    assert main([str(tmp_path / "out"), "--model", str(tmp_path / "model"), "--device", "cpu"]
+                + ["--fast"] * fast) == 0
     record = json.loads((tmp_path / "out" / "generate.json").read_text())
     assert record["model"] == str(tmp_path / "model") and list(record["seconds"]) == ["procedural_lamp/nod_seed0.npz"]
+    assert record["fast"] is fast and len(switched) == fast
+    if fast:
+        assert type(switched[0].scheduler).__name__ == "UniPCMultistepScheduler" and switched[0].config.guidance_end == 0.5
     pose = np.load(tmp_path / "out" / "videos" / "procedural_lamp" / "nod_seed0.npz")["pose"]
     assert pose.shape == (4, 1, 32, 32, 3)

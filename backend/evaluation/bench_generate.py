@@ -1,6 +1,6 @@
 """Generate the pose-map videos of ``animax motion-bench --requests`` on a machine without Blender.
 
-    python -m backend.evaluation.bench_generate OUT [--model DIR] [--device cuda] [--text-cache FILE] [--shard I/N]
+    python -m backend.evaluation.bench_generate OUT [--model DIR] [--fast] [--device cuda] [--text-cache FILE] [--shard I/N]
 
 Reads OUT/requests/<rig>/ (rig.json, cameras.json, template_V.png, jobs.json) and runs each job
 through the worker's own ``run_job`` with the embedded model (or the tiny model in ``--model``,
@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-cache", type=Path,
                         help="prompt embeddings precomputed with the tiny preset's text encoder "
                              "(backend/train/text_cache.safetensors), where its package is not installed")
+    parser.add_argument("--fast", action="store_true",
+                        help="the fast sampler, as `animax-worker --fast` runs it (make the requests with "
+                             "`animax motion-bench --requests --steps 10`, its step count)")
     parser.add_argument("--shard", type=_shard, default=(0, 1),
                         help="I/N: only every N-th rig from the I-th (0-based), for N processes side by side")
     args = parser.parse_args(argv)
@@ -80,11 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     from animax_addon.core.client import result_arrays
     from animax_addon.core.protocol import MessageType
     from backend.model.loading import load_tiny
-    from backend.model.presets import TINY_WEIGHTS
+    from backend.model.presets import TINY, TINY_WEIGHTS
+    from backend.model.samplers import use_fast_sampler
     from backend.worker.jobs import run_job
 
     model = args.model or TINY_WEIGHTS
     pipeline = load_tiny(model, text_encoder=args.text_cache is None).to(args.device)
+    if args.fast:
+        use_fast_sampler(pipeline, TINY)
     pipeline.set_progress_bar_config(disable=True)
     generate = pipeline if args.text_cache is None else _CachedPrompts(pipeline, args.text_cache)
     seconds = {}
@@ -106,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{key}: " + ", ".join(f"{stage} {t:.1f} s" for stage, t in seconds[key].items()), flush=True)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
     name = "generate.json" if count == 1 else f"generate_{index}of{count}.json"
-    (args.out / name).write_text(json.dumps({"device": device, "model": str(model), "seconds": seconds}, indent=1))
+    (args.out / name).write_text(json.dumps({"device": device, "model": str(model), "fast": args.fast,
+                                              "seconds": seconds}, indent=1))
     return 0
 
 
