@@ -28,7 +28,8 @@ from backend.model.presets import FULL, TINY
 from backend.worker import jobs
 from backend.worker.fair_queue import client_cap
 from backend.worker.job_limits import JobInputError, check_job_size, max_steps
-from backend.worker.server import Worker, check_address
+from backend.worker.security import check_address
+from backend.worker.standalone import Standalone
 from test_protocol import png_chunk
 
 SIZE, FRAMES = 32, 5
@@ -61,7 +62,7 @@ def make_worker(pipeline):
     started = []
 
     def make(**kwargs):
-        worker = Worker(pipeline, "tcp://127.0.0.1:*", **kwargs)
+        worker = Standalone(pipeline, "tcp://127.0.0.1:*", **kwargs)
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         started.append((worker, thread))
@@ -183,14 +184,14 @@ def held_submits(job_ids) -> list[str]:
 
 
 def test_finished_jobs_leave_only_their_outcome(worker):
-    worker._finished.size = 5
+    worker.broker._finished.size = 5
     ids = [f"bad{i}" for i in range(15)]
     with Client(worker.address) as client:
         for job in ids:  # a rig the worker refuses: each job runs and fails at once
             client.submit(request(rig={"bones": []}), job=job)
             until(client, job, MessageType.ERROR)
         assert worker.job_states() == {job: "failed" for job in ids[10:]}
-        assert not worker._jobs
+        assert not worker.broker._jobs
         # The compute thread still refers to the job it ran last until it takes the next one.
         assert held_submits(ids[:-1]) == []
         client.cancel("bad14")
@@ -202,7 +203,8 @@ def test_finished_jobs_leave_only_their_outcome(worker):
 def test_sockets_drop_frames_over_the_protocol_limit_unread(make_worker):
     limits = Limits(max_frame_bytes=64 * 1024)
     worker = make_worker(limits=limits)
-    assert worker._socket.getsockopt(zmq.MAXMSGSIZE) == limits.max_part_bytes
+    for socket in (worker.broker._frontend, worker.broker._backend, worker.worker._socket):
+        assert socket.getsockopt(zmq.MAXMSGSIZE) == limits.max_part_bytes
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(worker.address)
@@ -494,12 +496,23 @@ def test_vanished_client_jobs_are_cancelled(make_worker):
     assert time.monotonic() - start < 2.5
 
 
-def test_client_heartbeat_gets_answered(worker):
-    with Client(worker.address) as client:
-        client.hello()
-        client._send(__import__("animax_addon.core.protocol", fromlist=["Message"]).Message(MessageType.HEARTBEAT))
-        reply = client._recv(2)
-        assert reply is not None and reply.type == MessageType.HEARTBEAT
+def test_heartbeats_go_to_clients_with_a_job_only(make_worker):
+    """A client's heartbeat is not answered: one whose job the service does not have (it restarted)
+    hears nothing and reports it gone, while one with a job hears the service's own beats."""
+    worker = make_worker(heartbeat_s=0.2)
+    with Client(worker.address) as idle, Client(worker.address) as busy:
+        idle.hello()
+        idle._send(Message(MessageType.HEARTBEAT))
+        assert idle._recv(1) is None
+        job = submit(busy, **LONG_JOB)
+        until(busy, job, MessageType.PROGRESS)
+        deadline = time.monotonic() + 60
+        while (message := busy._recv(60)).type != MessageType.HEARTBEAT:  # progress comes between
+            assert time.monotonic() < deadline and message.type == MessageType.PROGRESS, message
+        busy.cancel(job)
+        until(busy, job, MessageType.CANCELLED)
+        with pytest.raises(WorkerUnavailable, match="stopped answering"):
+            list(idle.events("a-job-it-never-had"))
 
 
 def test_no_worker_is_unavailable():
@@ -518,7 +531,7 @@ def test_non_loopback_refused(address, pipeline):
     with pytest.raises(ValueError, match="CurveZMQ"):
         check_address(address)
     with pytest.raises(ValueError, match="CurveZMQ"):
-        Worker(pipeline, address)
+        Standalone(pipeline, address)
 
 
 def test_loopback_allowed():

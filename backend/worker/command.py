@@ -1,4 +1,5 @@
-"""``animax-worker``: the command line of the worker (``server.py``), alone or split by views
+"""``animax-worker``: the command line of the worker, for a broker (``server.py``) or standalone
+with a broker of its own in front (``standalone.py``), alone or split by views
 (``view_parallel_worker.py``); ``animax-worker keygen`` writes CurveZMQ keys."""
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from backend.arguments import (
 
 from .pipeline_loading import load_pipeline
 from .security import check_address, keygen
-from .server import BROKER_KEYS_HINT, serve
+from .server import BROKER_KEYS_HINT
+from .standalone import serve
 
 
 def keygen_main(argv: list[str]) -> None:
