@@ -27,7 +27,7 @@ from backend.model.loading import build_tiny_pipeline
 from backend.model.presets import FULL, TINY
 from backend.worker import jobs
 from backend.worker.fair_queue import client_cap
-from backend.worker.job_limits import JobInputError, check_job_size, max_steps
+from backend.worker.job_limits import JobInputError, check_job_size, max_steps, png_bytes_most
 from backend.worker.security import check_address
 from backend.worker.standalone import Standalone
 from test_protocol import png_chunk
@@ -318,6 +318,39 @@ def test_the_largest_job_a_preset_admits_has_a_result_a_message_carries(monkeypa
     result = jobs.run_job(pipeline, largest, lambda *a: None, lambda: False, preset)
     assert result.type == MessageType.RESULT
     assert len(decode(encode(result)).blobs) == 5 + most_views * preset.num_frames * 2 <= Limits().max_frames - 1
+
+
+@pytest.mark.parametrize("width, height", [(1, 1), (7, 3), (64, 64), (480, 480)])
+def test_png_bytes_most_bounds_the_png_of_noise(width, height):
+    noise = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    png = len(png_blob(noise))
+    assert png <= png_bytes_most(width, height) <= 1.01 * png + 1024
+
+
+def test_a_job_whose_result_blobs_may_not_fit_a_frame_is_refused_before_it_runs(monkeypatch, make_worker):
+    """Each blob of the result at its worst (rotations of every bone at the scene's frame rate, a
+    PNG of noise) must fit the largest frame a socket takes: checked before the job runs."""
+    many_bones = {"bones": [{"name": f"b{i}", "parent": None, "head": [0, 0, 0], "tail": [0, 0, 1]}
+                            for i in range(250)]}
+
+    def at(fps: float) -> Message:
+        message = preset_submit(FULL.size, frames=FULL.num_frames, fps=fps)
+        return replace(message, body={**message.body, "rig": many_bones})
+
+    assert admitted(at(60.0), FULL)  # 301 scene frames x 250 bones: 1.2 MB of rotations
+    monkeypatch.setattr(jobs, "blob_png", lambda *a, **k: pytest.fail("a template was decoded"))
+    refused = jobs.run_job(None, at(1000.0), lambda *a: None, lambda: False, FULL)
+    assert refused.type == MessageType.ERROR and refused.body["code"] == "bad_field"
+    assert refused.body["message"] == ("The result's rotations could take 20004000 bytes (81 frames at 1000 fps, 250 "
+                                       "bones, 480 px views), more than one message frame carries (16777216); ask for "
+                                       "a lower frame rate, or animate fewer bones.")
+    worker = make_worker(limits=Limits(max_frame_bytes=4096))  # a 32 px PNG may take 4131 bytes
+    with Client(worker.address) as client:
+        messages = until(client, submit(client), MessageType.ERROR)
+    assert [m.type for m in messages] == [MessageType.ERROR] and messages[0].body["code"] == "bad_field"
+    assert "The result's video frames could take 4131 bytes" in messages[0].body["message"]
+    assert "render smaller templates" in messages[0].body["message"]
+    assert worker.job_states() == {} and worker.started == []
 
 
 def test_worker_refuses_more_frames_than_its_preset_makes(worker):

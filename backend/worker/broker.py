@@ -234,7 +234,8 @@ class Broker:
         preset = self._preset
         if preset is not None:  # refused here, not queued for a worker that would refuse it
             try:
-                check_job_size(message.body, preset["name"], preset["size"], preset["frames"], preset["steps"])
+                check_job_size(message.body, preset["name"], preset["size"], preset["frames"], preset["steps"],
+                               self.limits)
             except JobInputError as exc:
                 self._to_client(client, error_message(ErrorCode.BAD_FIELD, str(exc), message.job))
                 return

@@ -281,7 +281,8 @@ class Worker:
                     reply = Message(MessageType.CANCELLED, job.id)
                 else:
                     try:
-                        reply = run_job(self.pipeline, job.message, progress, job.cancel.is_set, self.preset)
+                        reply = run_job(self.pipeline, job.message, progress, job.cancel.is_set, self.preset,
+                                        self.limits)
                     except Exception:  # noqa: BLE001 - a bug must not kill the worker
                         log.exception("job %s failed", job.id)
                         reply = error_message(ErrorCode.INTERNAL, ErrorCode.INTERNAL.sentence, job.id)
