@@ -1,4 +1,4 @@
-"""Faults over real sockets: fuzzed messages, a worker SIGKILLed mid-job (direct and behind the broker)."""
+"""Faults over real sockets: fuzzed messages, a worker SIGKILLed mid-job (standalone and behind a broker)."""
 
 import signal
 import subprocess
@@ -40,7 +40,7 @@ def spawn_worker(*args) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def servers(link):
-    """Started together (each process imports torch: ~10 s): a direct subprocess worker, a broker
+    """Started together (each process imports torch: ~10 s): a standalone subprocess worker, a broker
     with one subprocess worker, and in-process pipelines for the workers that survive."""
     port = free_port()
     broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", **broker_keys(link))
