@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         prog="animax-worker", description="Run the AnimaX generation worker ('animax-worker keygen DIR' writes "
                                           "CurveZMQ keys).")
     parser.add_argument("--address", type=zmq_address, default=DEFAULT_ADDRESS,
-                        help="ZeroMQ address to bind; off loopback only with --curve-secret and --allow")
+                        help="the address clients connect to (this worker's own broker binds it); off loopback only "
+                             "with --curve-secret and --allow")
     parser.add_argument("--broker", type=zmq_address,
                         help="connect to this broker's worker address instead of binding --address; needs "
                              "--server-key and --client-key")
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as exc:
             parser.error(str(exc))
     elif args.curve_secret or args.allow:
-        parser.error("--curve-secret/--allow secure a bound worker; behind a broker, secure the broker instead")
+        parser.error("--curve-secret/--allow secure a standalone worker; behind a broker, secure the broker instead")
     elif not (args.server_key and args.client_key):
         parser.error(f"a worker joins its broker over CurveZMQ: {BROKER_KEYS_HINT}; animax-serve makes these keys "
                      "for the workers it starts")

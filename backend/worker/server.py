@@ -87,7 +87,7 @@ class Worker:
         if broker.startswith("inproc://"):
             if context is None:
                 raise ValueError("an inproc:// broker lives in this process: pass its context")
-            self._keys = None
+            self._keys = None  # no CurveZMQ: nothing outside this process can reach an inproc endpoint
         elif server_public_key is None or client_secret_file is None:
             raise ValueError(f"a worker joins its broker over CurveZMQ: {BROKER_KEYS_HINT}")
         else:
