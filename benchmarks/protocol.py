@@ -4,7 +4,8 @@
 
 1. Overhead per job: the client's round trip (submit to result) minus the worker's own compute
    time (its diagnostics: preparing the inputs, the "pipeline", reconstruction), one job at a time,
-   straight to a worker and through a broker. Everything runs in this process.
+   to a standalone worker (its broker in the same process, the worker over inproc) and through a
+   broker to a worker over CurveZMQ on loopback. Everything runs in this process.
 2. Dispatch rate: ``--clients`` clients, each submitting jobs back to back through one broker,
    with 1, 2 and 4 workers; the broker and every worker run in their own processes. Once with
    stand-in workers that answer every job at once with a canned real result (the broker's own
@@ -88,17 +89,18 @@ def worker_keys(keys: LinkKeys) -> dict:
 def overhead(jobs: int, request: Request, keys: LinkKeys) -> None:
     from backend.worker.broker import Broker
     from backend.worker.server import Worker
+    from backend.worker.standalone import Standalone
 
     print("| path | round trip ms (median) | worker compute ms | overhead ms (median) | overhead ms (p90) |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    worker = Worker(FixedPipeline(), "tcp://127.0.0.1:*")
+    worker = Standalone(FixedPipeline(), "tcp://127.0.0.1:*")
     broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", **broker_keys(keys))
-    behind = Worker(FixedPipeline(), broker=broker.backend, **worker_keys(keys))
+    behind = Worker(FixedPipeline(), broker.backend, **worker_keys(keys))
     services = [worker, broker, behind]
     threads = [serve_thread(s) for s in services]
     while broker.worker_count() < 1:
         time.sleep(0.01)
-    for name, address in (("direct to worker", worker.address), ("through broker", broker.address)):
+    for name, address in (("standalone worker", worker.address), ("through broker", broker.address)):
         with Client(address) as client:
             for _ in range(5):  # warm-up
                 run_one(client, request)
@@ -128,7 +130,7 @@ def worker_process(backend, keys, canned, request: Request):
     from backend.worker.server import Worker
 
     if not canned:
-        Worker(FixedPipeline(), broker=backend, **worker_keys(keys)).run()
+        Worker(FixedPipeline(), backend, **worker_keys(keys)).run()
         return
     # A stand-in worker with no compute at all: every submit gets the same (real) result at once,
     # so the rate is the broker's own (and the clients').

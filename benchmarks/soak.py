@@ -217,7 +217,7 @@ def worker_process(backend, keys) -> None:
     from backend.worker.server import Worker
 
     torch.set_num_threads(1)  # tiny tensors: a second thread only waits at barriers while the clients run
-    Worker(build_tiny_pipeline(), broker=backend, server_public_key=str(keys.broker_public),
+    Worker(build_tiny_pipeline(), backend, server_public_key=str(keys.broker_public),
            client_secret_file=str(keys.worker_secret)).run()
 
 

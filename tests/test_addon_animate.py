@@ -23,7 +23,7 @@ from animax_addon.snapshot import participating_bones
 from backend.data.blender_build import build_creature
 from backend.data.rig_world import FAMILIES
 from backend.model.pipeline_animax import AnimaXPipelineOutput
-from backend.worker.server import Worker
+from backend.worker.standalone import Standalone
 from blender_rigs import build_armature
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -336,7 +336,7 @@ class EndlessPipeline:
 def test_opening_another_file_cancels_the_job(addon):
     """Loading a file drops the timer that delivers the job: the job is cancelled as the file
     loads, the worker is told, and Animate is available in the new file."""
-    worker = Worker(EndlessPipeline(), "tcp://127.0.0.1:*")
+    worker = Standalone(EndlessPipeline(), "tcp://127.0.0.1:*")
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     online = bpy.context.preferences.system.use_online_access

@@ -13,14 +13,15 @@ import zmq.auth
 
 from animax_addon.core.client import Client, curve_keys, result_arrays
 from animax_addon.core.protocol import (
-    PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, png_blob,
+    PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, error_message, png_blob,
 )
 from backend.model.loading import build_tiny_pipeline
 from backend.model.presets import TINY
-from backend.worker import jobs
+from backend.worker import jobs, server
 from backend.worker.broker import Broker
-from backend.worker.security import keygen, link_keys
+from backend.worker.security import keygen, link_keys, load_keys
 from backend.worker.server import Worker, preset_body
+from backend.worker.standalone import Standalone
 from test_worker import (
     FRAMES, LONG_JOB, TEMPLATES, cancel_once_running, empty_frame_floods_beside_a_job, held_submits,
     one_client_cannot_fill_the_queue, preset_submit, submit, until,
@@ -74,7 +75,7 @@ def make_broker(pipelines, running, link):
     def make(workers=1, **kwargs):
         broker = running(Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", **broker_keys(link), **kwargs))
         for pipeline in pipelines[:workers]:
-            running(Worker(pipeline, broker=broker.backend, heartbeat_s=broker.heartbeat_s, **worker_keys(link)))
+            running(Worker(pipeline, broker.backend, heartbeat_s=broker.heartbeat_s, **worker_keys(link)))
         wait_for(lambda: broker.worker_count() == workers)
         return broker
 
@@ -94,7 +95,7 @@ def test_broker_answers_like_a_worker(make_broker, pipelines):
         == [1, 2]
     assert messages[-1].type == MessageType.RESULT and messages[-1].job == job
     # The same job straight to a worker (same weights, same seed) gives the same arrays bit for bit.
-    worker = Worker(pipelines[1], "tcp://127.0.0.1:*")
+    worker = Standalone(pipelines[1], "tcp://127.0.0.1:*")
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
@@ -146,7 +147,29 @@ def test_only_listed_workers_join_and_a_rogue_ready_changes_nothing(make_broker,
             sock.close(0)
 
 
-def test_a_result_from_a_worker_the_job_did_not_go_to_is_dropped(make_broker, link):
+def next_message(sock, timeout_s=60):
+    """The next message on ``sock`` other than the broker's heartbeats, which come in between."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert sock.poll(max(0.0, deadline - time.monotonic()) * 1000), "no message"
+        message = decode(sock.recv_multipart())
+        if message.type != MessageType.HEARTBEAT:
+            return message
+
+
+def drained(sock) -> set[MessageType]:
+    """The types of the messages waiting on ``sock``."""
+    types = set()
+    while sock.poll(0):
+        types.add(decode(sock.recv_multipart()).type)
+    return types
+
+
+def test_a_job_is_talked_over_with_the_worker_it_went_to_only(make_broker, link):
+    """A second listed worker (authenticated, so its messages reach the broker) that sends
+    progress, a result, an error and a cancelled of another worker's job changes nothing: the
+    client never sees them, the job stays with its worker, and the client's cancel goes to that
+    worker only."""
     broker = make_broker(workers=0, worker_liveness=600)  # the fake workers below send no heartbeats
     keys = curve_keys(link.broker_public, link.worker_secret)
     chosen, other = dealer(broker.backend, keys), dealer(broker.backend, keys)
@@ -157,26 +180,37 @@ def test_a_result_from_a_worker_the_job_did_not_go_to_is_dropped(make_broker, li
                 "diagnostics": {"views": 4, "by": sender}}
         return encode(Message(MessageType.RESULT, job, body, pngs))
 
+    def assignments():
+        with broker._lock:
+            return {identity: (worker.job, worker.key) for identity, worker in broker._workers.items()}, \
+                {job.id: (job.state, job.worker, job.wire) for job in broker._jobs.values()}
+
     try:
         chosen.send_multipart(ready())
         wait_for(lambda: broker.worker_count() == 1)
         with Client(broker.address) as client:
             job = submit(client)
-            assert chosen.poll(10_000)
-            work = decode(chosen.recv_multipart())
+            work = next_message(chosen)
             assert work.type == MessageType.SUBMIT
             other.send_multipart(ready())
             wait_for(lambda: broker.worker_count() == 2)
+            before = assignments()
             progress = {"stage": "denoise", "step": 1, "total": 2, "eta_s": None}
-            other.send_multipart(encode(Message(MessageType.PROGRESS, work.job, progress)))
+            for forged in (Message(MessageType.PROGRESS, work.job, progress),
+                           error_message(ErrorCode.INTERNAL, "forged", work.job),
+                           Message(MessageType.CANCELLED, work.job)):
+                other.send_multipart(encode(forged))
             other.send_multipart(result(work.job, "other"))
             # A READY of another preset after them is refused with an error: when it comes, the
             # broker has handled the messages before it on that connection.
             other.send_multipart(ready(dict(preset_body(TINY), size=2 * TINY.size)))
-            assert other.poll(10_000) and decode(other.recv_multipart()).body["code"] == "bad_field"
-            assert broker.job_states()[job] == "running" and broker.worker_count() == 2
-            chosen.send_multipart(result(work.job, "chosen"))
+            assert next_message(other).body["code"] == "bad_field"
+            assert assignments() == before and broker.job_states()[job] == "running" and broker.started == [job]
+            client.cancel(job)
+            assert next_message(chosen) == Message(MessageType.CANCEL, work.job)
+            chosen.send_multipart(result(work.job, "chosen"))  # it finished before it saw the cancel
             messages = until(client, job, MessageType.RESULT)
+        assert drained(other) <= {MessageType.HEARTBEAT}  # no job and no cancel went to it
         assert [m.type for m in messages] == [MessageType.ACCEPTED, MessageType.RESULT]
         assert messages[-1].body["diagnostics"]["by"] == "chosen" and broker.job_states()[job] == "done"
     finally:
@@ -277,13 +311,6 @@ def test_a_listed_worker_cannot_take_over_another_workers_identity(running, link
 def test_broker_refuses_a_job_past_its_workers_preset_as_the_worker_does(make_broker, link, size, changes):
     broker = make_broker(workers=0, worker_liveness=600, liveness_s=600)  # the fakes below send no heartbeats
     worker, client = dealer(broker.backend, curve_keys(link.broker_public, link.worker_secret)), dealer(broker.address)
-
-    def next_message(sock):
-        while True:  # the broker's heartbeats come in between
-            assert sock.poll(30_000)
-            message = decode(sock.recv_multipart())
-            if message.type != MessageType.HEARTBEAT:
-                return message
 
     try:
         worker.send_multipart(ready())
@@ -468,9 +495,43 @@ def test_worker_rejoins_a_restarted_broker(make_broker, pipelines, link):
     thread = threading.Thread(target=second.run, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: second.worker_count() == 1, timeout=5)  # silence for 3 beats, then READY again
+        wait_for(lambda: second.worker_count() == 1, timeout=60)  # silence for 3 beats, a wait, READY again
         with Client(second.address) as client:
             assert until(client, submit(client), MessageType.RESULT)
     finally:
         second.stop()
         thread.join(30)
+
+
+def test_a_worker_backs_off_exponentially_while_its_broker_is_silent(link, running, monkeypatch):
+    """Paranoid Pirate: a worker reconnects after 3 silent beats, waiting twice as long each time
+    up to the most (here 0.5 s doubling to 4 s), and starts again from the first wait once heard."""
+    monkeypatch.setattr(server, "RECONNECT_FIRST_S", 0.5)
+    monkeypatch.setattr(server, "RECONNECT_MOST_S", 4.0)
+    context = zmq.Context()  # of its own: without a ZAP handler, the CURVE server takes every key
+    silent = context.socket(zmq.ROUTER)  # a broker that reads and never answers
+    silent.setsockopt(zmq.LINGER, 0)
+    silent.curve_publickey, silent.curve_secretkey = load_keys(link.broker_secret, secret=True)
+    silent.curve_server = True
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+
+    def next_ready():
+        deadline = time.monotonic() + 60
+        while True:
+            assert silent.poll(max(0.0, deadline - time.monotonic()) * 1000), "no READY"
+            identity, *frames = silent.recv_multipart()
+            if decode(frames).type == MessageType.READY:
+                return identity, time.monotonic()
+
+    try:
+        running(Worker(None, f"tcp://127.0.0.1:{port}", heartbeat_s=0.2, **worker_keys(link)))
+        readies = [next_ready() for _ in range(6)]
+        gaps = [later - earlier for (_, earlier), (_, later) in zip(readies, readies[1:])]
+        assert all(gap >= wait for gap, wait in zip(gaps, (0.5, 1, 2, 4, 4))), gaps
+        assert gaps[-1] < 4 + 2.5, gaps  # no longer than the most, and the silence before it
+        silent.send_multipart([readies[-1][0], *encode(Message(MessageType.HEARTBEAT))])
+        _, heard_again = next_ready()
+        assert 0.5 <= heard_again - readies[-1][1] < 4, gaps  # the first wait again, not the most
+    finally:
+        silent.close(0)
+        context.term()

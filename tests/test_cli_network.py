@@ -13,7 +13,7 @@ from animax_addon.core.rig import Rig
 from backend.cli import main
 from backend.model.loading import build_tiny_pipeline
 from backend.model.presets import TINY
-from backend.worker.server import Worker
+from backend.worker.standalone import Standalone
 from test_worker import RIG, TEMPLATES
 
 SIZE, FRAMES = TEMPLATES.shape[1], 5
@@ -21,7 +21,7 @@ SIZE, FRAMES = TEMPLATES.shape[1], 5
 
 @pytest.fixture(scope="module")
 def worker():
-    worker = Worker(build_tiny_pipeline(), "tcp://127.0.0.1:*")
+    worker = Standalone(build_tiny_pipeline(), "tcp://127.0.0.1:*")
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     yield worker

@@ -15,6 +15,7 @@ from backend.worker import command
 from backend.worker.broker import Broker
 from backend.worker.security import Authenticator, LogThrottle
 from backend.worker.server import Worker
+from backend.worker.standalone import Standalone
 from test_broker import broker_keys, link, wait_for, worker_keys  # noqa: F401 - link is a fixture
 from test_worker import submit, until
 
@@ -63,8 +64,8 @@ def check_access(keys, address):
 
 @SILENT_WORKER_DEATH
 def test_worker_off_loopback_with_curve(keys, running):
-    worker = running(Worker(build_tiny_pipeline(), "tcp://0.0.0.0:*", curve_secret=str(keys / "server.key_secret"),
-                            allow=str(keys / "allow")))
+    worker = running(Standalone(build_tiny_pipeline(), "tcp://0.0.0.0:*", curve_secret=str(keys / "server.key_secret"),
+                                allow=str(keys / "allow")))
     check_access(keys, worker.address)
     with client(keys, worker.address) as alice:
         assert alice.hello()["model"] == "tiny"
@@ -89,16 +90,16 @@ def test_broker_frontend_with_curve(keys, link, running):
 
 def test_plain_tcp_off_loopback_is_refused(keys, link, capsys, tmp_path):
     with pytest.raises(ValueError, match="--curve-secret"):
-        Worker(None, "tcp://0.0.0.0:*")
+        Standalone(None, "tcp://0.0.0.0:*")
     with pytest.raises(ValueError, match="--curve-secret"):
         Broker("tcp://0.0.0.0:*", "tcp://127.0.0.1:*", **broker_keys(link))
     with pytest.raises(SystemExit) as info:
         command.main(["--address", "tcp://192.168.1.10:5555"])
     assert info.value.code == 2 and "CurveZMQ" in capsys.readouterr().err
     with pytest.raises(ValueError, match="holds no client public keys"):
-        Worker(None, "tcp://0.0.0.0:*", curve_secret=str(keys / "server.key_secret"), allow=str(tmp_path))
+        Standalone(None, "tcp://0.0.0.0:*", curve_secret=str(keys / "server.key_secret"), allow=str(tmp_path))
     with pytest.raises(ValueError, match="only a public key"):
-        Worker(None, "tcp://0.0.0.0:*", curve_secret=str(keys / "server.key"), allow=str(keys / "allow"))
+        Standalone(None, "tcp://0.0.0.0:*", curve_secret=str(keys / "server.key"), allow=str(keys / "allow"))
 
 
 def test_broker_refuses_to_start_without_a_list_of_worker_keys(link, tmp_path):

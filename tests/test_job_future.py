@@ -13,7 +13,7 @@ from animax_addon.job_future import (
     JobError, JobFuture, JobSpec, MainThreadFuture, Progress, Variation, Welcome, start_job,
 )
 from backend.model.loading import build_tiny_pipeline
-from backend.worker.server import Worker
+from backend.worker.standalone import Standalone
 from test_worker import request
 from test_worker_faults import free_port
 
@@ -129,7 +129,7 @@ def deliver_until_done(future: JobFuture, timeout_s: float = 120) -> None:
 
 
 def test_a_job_reports_the_welcome_and_progress_then_resolves_with_each_variation(pipeline, running, tmp_path):
-    worker = running(Worker(pipeline, "tcp://127.0.0.1:*"))
+    worker = running(Standalone(pipeline, "tcp://127.0.0.1:*"))
     future = start_job(JobSpec(worker.address, str(tmp_path)))
     updates = []
 
@@ -158,7 +158,7 @@ def test_a_job_reports_the_welcome_and_progress_then_resolves_with_each_variatio
 
 
 def test_a_cancel_mid_job_reaches_the_worker(pipeline, running, tmp_path):
-    worker = running(Worker(pipeline, "tcp://127.0.0.1:*"))
+    worker = running(Standalone(pipeline, "tcp://127.0.0.1:*"))
     future = start_job(JobSpec(worker.address, str(tmp_path)))
 
     def on_update(update):

@@ -1,7 +1,8 @@
-"""animax-serve: a broker and one worker process per device, restarted when one dies."""
+"""animax-serve: a broker and one worker process per device, each restarted when it dies."""
 
 import socket
 import stat
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -85,7 +86,30 @@ def run_job(address: str) -> MessageType:
                 return message.type
 
 
-def test_serves_through_the_broker_and_restarts_a_killed_worker(tmp_path):
+def welcome(address: str, seconds: float = 120) -> dict:
+    """The served address's welcome, once a broker is up and a worker has joined it (processes
+    that load torch and the model on a 2-core machine take a while)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with Client(address, timeout_s=3.0) as client:
+                return client.hello()
+        except (WorkerUnavailable, ProtocolError):  # broker not up yet / no worker connected yet
+            assert time.monotonic() < deadline, "the served address never answered"
+            time.sleep(0.5)
+
+
+def wait_restarted(process, seconds: float = 120) -> None:
+    old_pid = process.popen.pid
+    process.popen.kill()
+    deadline = time.monotonic() + seconds
+    while process.restarts == 0:
+        assert time.monotonic() < deadline, f"the killed {process.name} was not started again"
+        time.sleep(0.1)
+    assert process.popen.pid != old_pid
+
+
+def test_serves_through_the_broker_and_restarts_a_killed_worker_or_broker(tmp_path):
     address, backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     args = serve.argparse.Namespace(gpus="cpu:2", address=address, workers=backend, queue_size=4, model="tiny",
                                     curve_secret=None, allow=None, wan=None, adapter=None)
@@ -93,25 +117,15 @@ def test_serves_through_the_broker_and_restarts_a_killed_worker(tmp_path):
     thread = threading.Thread(target=supervisor.run, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 120  # two processes load torch and the model on a 2-core machine
-        while True:
-            try:
-                with Client(address, timeout_s=3.0) as client:
-                    welcome = client.hello()
-                break
-            except (WorkerUnavailable, ProtocolError):  # broker not up yet / no worker connected yet
-                assert time.monotonic() < deadline, "the served address never answered"
-                time.sleep(0.5)
-        assert welcome["preset"]["size"] == SIZE
+        assert welcome(address)["preset"]["size"] == SIZE
         assert run_job(address) == MessageType.RESULT
-        victim = supervisor.workers[0]
-        old_pid = victim.popen.pid
-        victim.popen.kill()
-        while victim.restarts == 0:
-            assert time.monotonic() < deadline + 30, "the killed worker was not started again"
-            time.sleep(0.1)
-        assert victim.popen.pid != old_pid
+        wait_restarted(supervisor.workers[0])
         assert run_job(address) == MessageType.RESULT  # the other worker, or the restarted one
+        workers = [worker.popen.pid for worker in supervisor.workers]
+        wait_restarted(supervisor.broker)
+        assert welcome(address)["preset"]["size"] == SIZE  # the workers rejoined the new broker
+        assert run_job(address) == MessageType.RESULT
+        assert [worker.popen.pid for worker in supervisor.workers] == workers  # they kept running
     finally:
         supervisor.stop()
         thread.join(30)
@@ -130,35 +144,51 @@ def run_in_thread(supervisor):
     return thread, status
 
 
-def test_a_broker_that_exits_stops_everything_with_status_1():
-    supervisor = serve.Supervisor(PYTHON + ["import sys; sys.exit(0)"], [(SLEEPER, {})], pause_s=0.1)
-    thread, status = run_in_thread(supervisor)
-    thread.join(120)
-    assert status == [1]
-    assert supervisor.workers[0].popen.poll() is not None  # the worker was stopped
+EXITS = PYTHON + ["import sys; sys.exit(3)"]
 
 
-def test_a_worker_that_exits_late_is_started_again(monkeypatch):
+@pytest.mark.parametrize("broker, worker", [(EXITS, SLEEPER), (SLEEPER, EXITS)], ids=["broker", "worker"])
+def test_a_process_that_exits_late_is_started_again(monkeypatch, broker, worker):
     monkeypatch.setattr(serve, "EARLY_EXIT_S", 0.0)  # an exit is never "early": restarts go on
-    supervisor = serve.Supervisor(SLEEPER, [(PYTHON + ["import sys; sys.exit(0)"], {})], pause_s=0.1)
+    supervisor = serve.Supervisor(broker, [(worker, {})], pause_s=0.1)
+    exiting, sleeping = (supervisor.broker, supervisor.workers[0]) if broker is EXITS else \
+        (supervisor.workers[0], supervisor.broker)
     thread, status = run_in_thread(supervisor)
     deadline = time.monotonic() + 120
-    while supervisor.workers[0].restarts < 4:
-        assert time.monotonic() < deadline and thread.is_alive(), "the worker was not started again"
+    while exiting.restarts < 4:
+        assert time.monotonic() < deadline and thread.is_alive(), f"the {exiting.name} was not started again"
         time.sleep(0.05)
+    assert sleeping.restarts == 0 and sleeping.popen.poll() is None  # the other runs on
     supervisor.stop()
     thread.join(120)
     assert status == [0]
 
 
-def test_a_worker_that_keeps_exiting_at_start_stops_everything_with_status_1(monkeypatch):
+@pytest.mark.parametrize("broker, worker", [(EXITS, SLEEPER), (SLEEPER, EXITS)], ids=["broker", "worker"])
+def test_a_process_that_keeps_exiting_at_start_stops_everything_with_status_1(monkeypatch, broker, worker):
     monkeypatch.setattr(serve, "EARLY_EXIT_S", 600.0)  # every exit of the test's quick processes is early
-    supervisor = serve.Supervisor(SLEEPER, [(PYTHON + ["import sys; sys.exit(3)"], {})], pause_s=0.1)
+    supervisor = serve.Supervisor(broker, [(worker, {})], pause_s=0.1)
+    exiting = supervisor.broker if broker is EXITS else supervisor.workers[0]
     thread, status = run_in_thread(supervisor)
     thread.join(120)
     assert status == [1]
-    assert supervisor.workers[0].restarts == serve.EARLY_EXITS - 1  # started 3 times, then given up
-    assert supervisor.broker.popen.poll() is not None  # the broker was stopped
+    assert exiting.restarts == serve.EARLY_EXITS - 1  # started 3 times, then given up
+    assert all(p.popen.poll() is not None for p in supervisor.workers + [supervisor.broker])  # all stopped
+
+
+def test_animax_serve_exits_1_when_its_broker_cannot_start():
+    """The broker's address is taken: the broker exits at once, three times, and so does
+    ``animax-serve``, with status 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        serving = subprocess.run([serve.sys.executable, "-m", "backend.worker.serve", "--gpus", "cpu:1",
+                                  "--address", address, "--workers", f"tcp://127.0.0.1:{free_port()}"],
+                                 cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                                 timeout=300)
+    assert serving.returncode == 1, serving.stderr
+    assert f"broker exited {serve.EARLY_EXITS} times right after starting" in serving.stderr
 
 
 def test_a_process_that_cannot_start_gives_status_1():

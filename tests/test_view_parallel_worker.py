@@ -18,8 +18,9 @@ from animax_addon.core.client import Client, result_arrays
 from animax_addon.core.protocol import MessageType
 from backend.model.loading import load_tiny
 from backend.model.presets import TINY_WEIGHTS
-from backend.worker import command, server
+from backend.worker import command
 from backend.worker.broker import Broker
+from backend.worker.standalone import Standalone
 from test_broker import broker_keys, link  # noqa: F401 - link is a fixture
 from test_worker import LONG_JOB, submit, until
 from test_worker_faults import free_port, wait_for, wait_up
@@ -72,7 +73,7 @@ def test_split_job_equals_the_one_process_job(split_worker, pipeline, running):
     address, log = split_worker
     seen = len(follower_lines(log))
     results = []
-    for where in (address, running(server.Worker(pipeline, "tcp://127.0.0.1:*")).address):
+    for where in (address, running(Standalone(pipeline, "tcp://127.0.0.1:*")).address):
         with Client(where) as client:
             job = submit(client, steps=3, outputs=["pose", "rgb"], variations=2)  # a generator each, to every rank
             results.append(result_arrays(until(client, job, MessageType.RESULT)[-1]))

@@ -27,8 +27,9 @@ from backend.model.loading import build_tiny_pipeline
 from backend.model.presets import FULL, TINY
 from backend.worker import jobs
 from backend.worker.fair_queue import client_cap
-from backend.worker.job_limits import JobInputError, check_job_size, max_steps
-from backend.worker.server import Worker, check_address
+from backend.worker.job_limits import JobInputError, check_job_size, max_steps, png_bytes_most
+from backend.worker.security import check_address
+from backend.worker.standalone import Standalone
 from test_protocol import png_chunk
 
 SIZE, FRAMES = 32, 5
@@ -61,7 +62,7 @@ def make_worker(pipeline):
     started = []
 
     def make(**kwargs):
-        worker = Worker(pipeline, "tcp://127.0.0.1:*", **kwargs)
+        worker = Standalone(pipeline, "tcp://127.0.0.1:*", **kwargs)
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         started.append((worker, thread))
@@ -183,14 +184,14 @@ def held_submits(job_ids) -> list[str]:
 
 
 def test_finished_jobs_leave_only_their_outcome(worker):
-    worker._finished.size = 5
+    worker.broker._finished.size = 5
     ids = [f"bad{i}" for i in range(15)]
     with Client(worker.address) as client:
         for job in ids:  # a rig the worker refuses: each job runs and fails at once
             client.submit(request(rig={"bones": []}), job=job)
             until(client, job, MessageType.ERROR)
         assert worker.job_states() == {job: "failed" for job in ids[10:]}
-        assert not worker._jobs
+        assert not worker.broker._jobs
         # The compute thread still refers to the job it ran last until it takes the next one.
         assert held_submits(ids[:-1]) == []
         client.cancel("bad14")
@@ -202,7 +203,8 @@ def test_finished_jobs_leave_only_their_outcome(worker):
 def test_sockets_drop_frames_over_the_protocol_limit_unread(make_worker):
     limits = Limits(max_frame_bytes=64 * 1024)
     worker = make_worker(limits=limits)
-    assert worker._socket.getsockopt(zmq.MAXMSGSIZE) == limits.max_part_bytes
+    for socket in (worker.broker._frontend, worker.broker._backend, worker.worker._socket):
+        assert socket.getsockopt(zmq.MAXMSGSIZE) == limits.max_part_bytes
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(worker.address)
@@ -316,6 +318,50 @@ def test_the_largest_job_a_preset_admits_has_a_result_a_message_carries(monkeypa
     result = jobs.run_job(pipeline, largest, lambda *a: None, lambda: False, preset)
     assert result.type == MessageType.RESULT
     assert len(decode(encode(result)).blobs) == 5 + most_views * preset.num_frames * 2 <= Limits().max_frames - 1
+
+
+@pytest.mark.parametrize("width, height", [(1, 1), (7, 3), (64, 64), (480, 480)])
+def test_png_bytes_most_bounds_the_png_of_noise(width, height):
+    noise = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    png = len(png_blob(noise))
+    assert png <= png_bytes_most(width, height) <= 1.01 * png + 1024
+
+
+def test_a_job_whose_result_blobs_may_not_fit_a_frame_is_refused_before_it_runs(monkeypatch, make_worker):
+    """Each blob of the result at its worst (rotations of every bone at the scene's frame rate, a
+    PNG of noise) must fit the largest frame a socket takes: checked before the job runs."""
+    many_bones = {"bones": [{"name": f"b{i}", "parent": None, "head": [0, 0, 0], "tail": [0, 0, 1]}
+                            for i in range(250)]}
+
+    def at(fps: float) -> Message:
+        message = preset_submit(FULL.size, frames=FULL.num_frames, fps=fps)
+        return replace(message, body={**message.body, "rig": many_bones})
+
+    assert admitted(at(60.0), FULL)  # 301 scene frames x 250 bones: 1.2 MB of rotations
+    monkeypatch.setattr(jobs, "blob_png", lambda *a, **k: pytest.fail("a template was decoded"))
+    refused = jobs.run_job(None, at(1000.0), lambda *a: None, lambda: False, FULL)
+    assert refused.type == MessageType.ERROR and refused.body["code"] == "bad_field"
+    assert refused.body["message"] == ("The result's rotations could take 20004000 bytes (81 frames at 1000 fps, 250 "
+                                       "bones, 480 px views), more than one message frame carries (16777216); ask for "
+                                       "a lower frame rate, or animate fewer bones.")
+    # the arrays carry every variation: 17 frames at 1000 fps take 4 MB of rotations, 8 variations 32 MB
+    def variations(count: int) -> Message:
+        message = at(1000.0)
+        return replace(message, body={**message.body, "options": {**message.body["options"], "frames": 17,
+                                                                      "variations": count}})
+
+    assert admitted(variations(1), FULL)
+    several = jobs.run_job(None, variations(8), lambda *a: None, lambda: False, FULL)
+    assert several.type == MessageType.ERROR and "The result's rotations could take" in several.body["message"]
+    assert "(8 variations of 17 frames at 1000 fps" in several.body["message"]
+    assert several.body["message"].endswith("ask for fewer variations or a lower frame rate, or animate fewer bones.")
+    worker = make_worker(limits=Limits(max_frame_bytes=4096))  # a 32 px PNG may take 4131 bytes
+    with Client(worker.address) as client:
+        messages = until(client, submit(client), MessageType.ERROR)
+    assert [m.type for m in messages] == [MessageType.ERROR] and messages[0].body["code"] == "bad_field"
+    assert "The result's video frames could take 4131 bytes" in messages[0].body["message"]
+    assert "render smaller templates" in messages[0].body["message"]
+    assert worker.job_states() == {} and worker.started == []
 
 
 def test_worker_refuses_more_frames_than_its_preset_makes(worker):
@@ -562,12 +608,23 @@ def test_vanished_client_jobs_are_cancelled(make_worker):
     assert time.monotonic() - start < 2.5
 
 
-def test_client_heartbeat_gets_answered(worker):
-    with Client(worker.address) as client:
-        client.hello()
-        client._send(__import__("animax_addon.core.protocol", fromlist=["Message"]).Message(MessageType.HEARTBEAT))
-        reply = client._recv(2)
-        assert reply is not None and reply.type == MessageType.HEARTBEAT
+def test_heartbeats_go_to_clients_with_a_job_only(make_worker):
+    """A client's heartbeat is not answered: one whose job the service does not have (it restarted)
+    hears nothing and reports it gone, while one with a job hears the service's own beats."""
+    worker = make_worker(heartbeat_s=0.2)
+    with Client(worker.address) as idle, Client(worker.address) as busy:
+        idle.hello()
+        idle._send(Message(MessageType.HEARTBEAT))
+        assert idle._recv(1) is None
+        job = submit(busy, **LONG_JOB)
+        until(busy, job, MessageType.PROGRESS)
+        deadline = time.monotonic() + 60
+        while (message := busy._recv(60)).type != MessageType.HEARTBEAT:  # progress comes between
+            assert time.monotonic() < deadline and message.type == MessageType.PROGRESS, message
+        busy.cancel(job)
+        until(busy, job, MessageType.CANCELLED)
+        with pytest.raises(WorkerUnavailable, match="stopped answering"):
+            list(idle.events("a-job-it-never-had"))
 
 
 def test_no_worker_is_unavailable():
@@ -586,7 +643,7 @@ def test_non_loopback_refused(address, pipeline):
     with pytest.raises(ValueError, match="CurveZMQ"):
         check_address(address)
     with pytest.raises(ValueError, match="CurveZMQ"):
-        Worker(pipeline, address)
+        Standalone(pipeline, address)
 
 
 def test_loopback_allowed():

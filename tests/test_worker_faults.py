@@ -1,4 +1,4 @@
-"""Faults over real sockets: fuzzed messages, a worker SIGKILLed mid-job (direct and behind the broker)."""
+"""Faults over real sockets: fuzzed messages, a worker SIGKILLed mid-job (standalone and behind a broker)."""
 
 import signal
 import subprocess
@@ -15,6 +15,7 @@ from animax_addon.core.protocol import MessageType, decode
 from backend.model.loading import build_tiny_pipeline
 from backend.worker.broker import Broker
 from backend.worker.server import Worker
+from backend.worker.standalone import Standalone
 from conftest import Services
 from test_broker import broker_keys, link, worker_keys  # noqa: F401 - link is a fixture
 from test_protocol import FRAME_LISTS
@@ -39,7 +40,7 @@ def spawn_worker(*args) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def servers(link):
-    """Started together (each process imports torch: ~10 s): a direct subprocess worker, a broker
+    """Started together (each process imports torch: ~10 s): a standalone subprocess worker, a broker
     with one subprocess worker, and in-process pipelines for the workers that survive."""
     port = free_port()
     broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", **broker_keys(link))
@@ -51,8 +52,8 @@ def servers(link):
     pipelines = [build_tiny_pipeline() for _ in range(2)]
     start = services.start
 
-    def start_worker(pipeline, *args, **kwargs):
-        return start(Worker(pipeline, *args, **kwargs))
+    def start_worker(pipeline, broker, **kwargs):
+        return start(Worker(pipeline, broker, **kwargs))
 
     yield dict(direct=f"tcp://127.0.0.1:{port}", broker=broker, processes=processes, pipelines=pipelines,
                start_worker=start_worker, start=start, link=link)
@@ -105,7 +106,7 @@ def fuzz_target(address):
 @pytest.mark.parametrize("target", ["worker", "broker"])
 def test_fuzzed_messages_then_a_real_job(servers, target):
     if target == "worker":
-        address = servers["start_worker"](servers["pipelines"][0], "tcp://127.0.0.1:*").address
+        address = servers["start"](Standalone(servers["pipelines"][0], "tcp://127.0.0.1:*")).address
     else:
         broker = servers["start"](Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", **broker_keys(servers["link"])))
         servers["start_worker"](servers["pipelines"][0], broker=broker.backend, **worker_keys(servers["link"]))

@@ -1,27 +1,30 @@
-"""The broker: one address in front of several workers (one per GPU), Majordomo / Paranoid Pirate style.
+"""The broker: the one side that faces clients, in front of one or more workers (the ZeroMQ
+guide's Paranoid Pirate queue, chapter 4).
 
-Clients talk to the broker's frontend ROUTER exactly as to a worker (docs/protocol.md): hello is
-answered with the workers' common preset, submit is checked against that preset's limits
-(``check_job_size``, as in the worker), queued in the broker's fair bounded queue (``FairQueue``,
-as in the worker) and answered with its position, cancel is answered at once for a queued job and
-forwarded for a running one. Workers CONNECT a DEALER to the backend ROUTER
-(``animax-worker --broker ADDRESS``) and announce themselves with ``ready``; the broker gives each
-idle worker one job at a time under a job id of its own (client job ids are only unique per
-client) and forwards the worker's progress and final message back under the client's job id,
-only from the worker the job went to.
+Clients talk to the broker's frontend ROUTER (docs/protocol.md): hello is answered with the
+workers' common preset, submit is checked against that preset's limits (``check_job_size``),
+queued in a fair bounded queue (``FairQueue``, with a cap per client) and answered with its
+position, cancel is answered at once for a queued job and forwarded to the worker of a running
+one. Workers connect a DEALER to the backend ROUTER (``server.py``: ``animax-worker --broker
+ADDRESS``, or the one behind a standalone ``animax-worker``, ``standalone.py``) and announce
+themselves with ``ready``; the broker gives each idle worker one job at a time under a job id of
+its own (client job ids are only unique per client) and forwards the worker's progress and final
+message back under the client's job id, only from the worker the job went to.
 
-The backend is a CurveZMQ server always, with an allow-list of worker keys (``--worker-secret``,
+The backend is a CurveZMQ server with an allow-list of worker keys (``--worker-secret``,
 ``--allow-workers``): a worker reads every job it is given, and what it answers goes to clients,
 so a process that is not a listed worker gets no handshake, hence no message through, at all.
+Only an ``inproc://`` backend, which nothing outside the process can reach, goes without.
 A worker is bound to the key it joined with: a message from its routing identity that came with
 another key (a listed worker that took the identity over once the first had gone) is dropped.
 
 Liveness, both ways: the broker sends ``heartbeat`` every ``heartbeat_s`` to every worker and to
-every client with a queued or running job. A worker silent for ``worker_liveness`` beats is
-dropped; its running job is re-queued once (to run on another worker) and otherwise reported as
-``worker_lost``. A client silent for ``liveness_s`` has its queued jobs dropped and its running
-jobs cancelled on their workers. One thread owns both sockets and answers their ZAP requests;
-nothing is shared.
+every client with a queued or running job. A client's heartbeat only shows it alive and is never
+answered, so a client whose job this broker does not have (a restarted one) hears nothing and
+reports the worker gone. A worker silent for ``worker_liveness`` beats is dropped; its running job
+is re-queued once (to run on another worker) and otherwise reported as ``worker_lost``. A client
+silent for ``liveness_s`` has its queued jobs dropped and its running jobs cancelled on their
+workers. One thread owns both sockets and answers their ZAP requests; nothing is shared.
 """
 
 from __future__ import annotations
@@ -37,17 +40,19 @@ import zmq
 
 from animax_addon.core.client import DEFAULT_ADDRESS
 from animax_addon.core.protocol import (
-    PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, Receiver, encode, error_message,
+    ErrorCode, Limits, Message, MessageType, ProtocolError, Receiver, encode, error_message,
 )
 from backend.arguments import ArgumentParser, curve_files_problem, number, zmq_address
 
 from .fair_queue import CANCELLED, DONE, FAILED, FINISHED_HISTORY, QUEUED, RUNNING, FairQueue, History, admit
 from .job_limits import JobInputError, check_job_size
 from .security import KEYGEN_HINT, Authenticator, check_address
-from .server import WORKER_VERSION
+from .server import FINAL_LINGER_MS, welcome_body
 
 log = logging.getLogger("animax.broker")
 DEFAULT_BACKEND = "tcp://127.0.0.1:5556"
+WORKER_KEYS_NEEDED = (f"workers join a broker over CurveZMQ only: pass --worker-secret BROKER.key_secret and "
+                      f"--allow-workers DIR_OF_WORKER_KEYS ({KEYGEN_HINT})")
 MAX_ATTEMPTS = 2  # a job whose worker dies runs once more, on another worker, then is reported
 _FINAL_STATES = {MessageType.RESULT: DONE, MessageType.CANCELLED: CANCELLED, MessageType.ERROR: FAILED}
 
@@ -78,19 +83,32 @@ class _Worker:
 
 
 class Broker:
-    def __init__(self, address: str = DEFAULT_ADDRESS, backend: str = DEFAULT_BACKEND, *, worker_secret: str,
-                 worker_allow: str, queue_size: int = 8, heartbeat_s: float = 1.0, liveness_s: float = 5.0,
-                 worker_liveness: int = 3, name: str = "animax-broker", limits: Limits = Limits(),
-                 curve_secret: str | None = None, allow: str | None = None):
+    """Clients on ``address``, workers on ``backend``.
+
+    ``worker_secret`` and ``worker_allow`` (no defaults: no broker without them) make the backend
+    a CurveZMQ server for the listed workers; they may be None for an ``inproc://`` backend only.
+    ``preset``: the workers' preset body when known before any joins (a standalone worker's), so
+    that clients are welcomed at once. The broker owns its ZeroMQ context unless given one
+    (``context``: shared with an in-process worker, whose inproc endpoint is per context).
+    """
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, backend: str = DEFAULT_BACKEND, *,
+                 worker_secret: str | None, worker_allow: str | None, queue_size: int = 8, heartbeat_s: float = 1.0,
+                 liveness_s: float = 5.0, worker_liveness: int = 3, name: str = "animax-broker",
+                 limits: Limits = Limits(), curve_secret: str | None = None, allow: str | None = None,
+                 preset: dict | None = None, context: zmq.Context | None = None):
         curve = curve_secret is not None or allow is not None
         if curve and (curve_secret is None or allow is None):
             raise ValueError("CurveZMQ needs both --curve-secret and --allow")
         check_address(address, curve)
+        if not backend.startswith("inproc://") and (worker_secret is None or worker_allow is None):
+            raise ValueError(WORKER_KEYS_NEEDED)
         check_address(backend, curve=True)
         self.queue_size, self.heartbeat_s, self.liveness_s = queue_size, heartbeat_s, liveness_s
         self.worker_liveness_s = worker_liveness * heartbeat_s
         self.name, self.limits = name, limits
-        self._context = zmq.Context()  # its own: ZAP is per context
+        self._own_context = context is None
+        self._context = zmq.Context() if context is None else context  # ZAP is per context
         self._auth = Authenticator(self._context)
         self._frontend = self._context.socket(zmq.ROUTER)
         self._backend = self._context.socket(zmq.ROUTER)
@@ -98,7 +116,8 @@ class Broker:
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.MAXMSGSIZE, limits.max_part_bytes)
         try:
-            self._auth.serve(self._backend, worker_secret, worker_allow, "workers", peers="worker")
+            if worker_secret is not None:
+                self._auth.serve(self._backend, worker_secret, worker_allow, "workers", peers="worker")
             if curve:
                 self._auth.serve(self._frontend, curve_secret, allow, "clients")
             self._frontend.bind(address)
@@ -116,7 +135,7 @@ class Broker:
         self._seq = itertools.count()
         self._queue = FairQueue()
         self._workers: dict[bytes, _Worker] = {}
-        self._preset: dict | None = None  # the first worker's; later workers must match it
+        self._preset = preset  # given, or the first worker's; later workers must match it
         self._client_seen: dict[bytes, float] = {}
         self.started: list[str] = []  # the last client job ids in dispatch order (introspection)
         self._lock = threading.Lock()  # guards the introspection reads from other threads
@@ -162,14 +181,19 @@ class Broker:
                         next_beat = now + self.heartbeat_s
                         self._heartbeats(now)
                     self._dispatch()
+            with self._lock:  # what workers sent before the stop (a job failed by it) still goes out
+                while (received := self._receivers[self._backend].receive(budget=None)) is not None:
+                    self._from_worker(received[0][0], received[1])
         finally:
             self._close()
 
     def _close(self) -> None:
-        self._frontend.close(0)
+        # A moment's linger, so that the last replies leave; the context's term() waits for it.
+        self._frontend.close(FINAL_LINGER_MS)
         self._backend.close(0)
         self._auth.close()
-        self._context.term()
+        if self._own_context:
+            self._context.term()
 
     # --- sending ---------------------------------------------------------------------------------
     def _to_client(self, client: bytes, message: Message) -> None:
@@ -195,11 +219,9 @@ class Broker:
                     ErrorCode.MODEL_UNAVAILABLE, f"No worker has connected to the broker yet; start one with "
                     f"'animax-worker --broker {self.backend} --server-key BROKER.key --client-key WORKER.key_secret'."))
             else:
-                self._to_client(client, Message(MessageType.WELCOME, None, {
-                    "worker": self.name, "version": WORKER_VERSION, "protocol": PROTOCOL_VERSION,
-                    "model": self._preset["name"], "preset": self._preset}))
+                self._to_client(client, Message(MessageType.WELCOME, None, welcome_body(self.name, self._preset)))
         elif kind == MessageType.HEARTBEAT:
-            self._to_client(client, Message(MessageType.HEARTBEAT))
+            pass  # it shows the client alive; the broker beats clients with jobs on its own clock
         elif kind == MessageType.SUBMIT:
             self._submit(client, message)
         elif kind == MessageType.CANCEL:
@@ -212,7 +234,8 @@ class Broker:
         preset = self._preset
         if preset is not None:  # refused here, not queued for a worker that would refuse it
             try:
-                check_job_size(message.body, preset["name"], preset["size"], preset["frames"], preset["steps"])
+                check_job_size(message.body, preset["name"], preset["size"], preset["frames"], preset["steps"],
+                               self.limits)
             except JobInputError as exc:
                 self._to_client(client, error_message(ErrorCode.BAD_FIELD, str(exc), message.job))
                 return
@@ -355,8 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow", help="folder of the client public keys (*.key) allowed to connect")
     args = parser.parse_args(argv)
     if not (args.worker_secret and args.allow_workers):
-        parser.error(f"workers join a broker over CurveZMQ only: pass --worker-secret BROKER.key_secret and "
-                     f"--allow-workers DIR_OF_WORKER_KEYS ({KEYGEN_HINT}); animax-serve makes them itself")
+        parser.error(f"{WORKER_KEYS_NEEDED}; animax-serve makes them itself")
     for problem in (curve_files_problem(args.worker_secret, args.allow_workers, "worker"),
                     curve_files_problem(args.curve_secret, args.allow)):
         if problem:

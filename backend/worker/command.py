@@ -1,4 +1,5 @@
-"""``animax-worker``: the command line of the worker (``server.py``), alone or split by views
+"""``animax-worker``: the command line of the worker, for a broker (``server.py``) or standalone
+with a broker of its own in front (``standalone.py``), alone or split by views
 (``view_parallel_worker.py``); ``animax-worker keygen`` writes CurveZMQ keys."""
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from backend.arguments import (
 
 from .pipeline_loading import load_pipeline
 from .security import check_address, keygen
-from .server import BROKER_KEYS_HINT, serve
+from .server import BROKER_KEYS_HINT
+from .standalone import serve
 
 
 def keygen_main(argv: list[str]) -> None:
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         prog="animax-worker", description="Run the AnimaX generation worker ('animax-worker keygen DIR' writes "
                                           "CurveZMQ keys).")
     parser.add_argument("--address", type=zmq_address, default=DEFAULT_ADDRESS,
-                        help="ZeroMQ address to bind; off loopback only with --curve-secret and --allow")
+                        help="the address clients connect to (this worker's own broker binds it); off loopback only "
+                             "with --curve-secret and --allow")
     parser.add_argument("--broker", type=zmq_address,
                         help="connect to this broker's worker address instead of binding --address; needs "
                              "--server-key and --client-key")
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as exc:
             parser.error(str(exc))
     elif args.curve_secret or args.allow:
-        parser.error("--curve-secret/--allow secure a bound worker; behind a broker, secure the broker instead")
+        parser.error("--curve-secret/--allow secure a standalone worker; behind a broker, secure the broker instead")
     elif not (args.server_key and args.client_key):
         parser.error(f"a worker joins its broker over CurveZMQ: {BROKER_KEYS_HINT}; animax-serve makes these keys "
                      "for the workers it starts")

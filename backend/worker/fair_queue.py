@@ -1,10 +1,10 @@
-"""The fair job queue shared by the worker and the broker: round robin by client, admission, and
-the bounded record of finished jobs.
+"""The broker's fair job queue: round robin by client, admission, and the bounded record of
+finished jobs.
 
 Jobs are any objects with a hashable ``client`` and an integer ``seq`` (lower = older). The queue
-is not thread-safe: the worker and the broker call it under their own lock or from one thread.
-A job table holds queued and running jobs only; a finished job leaves it for a ``History`` of its
-id and outcome, so a long-running worker or broker keeps no finished job's prompt or images.
+is not thread-safe: the broker calls it from its one IO thread. A job table holds queued and
+running jobs only; a finished job leaves it for a ``History`` of its id and outcome, so a
+long-running broker keeps no finished job's prompt or images.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import torch
 from animax_addon.core.cameras import CameraRig
 from animax_addon.core.pose_maps import render_pose_maps
 from animax_addon.core.protocol import (
-    ErrorCode, Message, MessageType, ProtocolError, array_blob, blob_png, error_message, png_blob, png_size,
+    ErrorCode, Limits, Message, MessageType, ProtocolError, array_blob, blob_png, error_message, png_blob, png_size,
 )
 from animax_addon.core.request import Request
 from animax_addon.core.rig import Rig, RigError
@@ -31,13 +31,14 @@ from .job_limits import RESULT_ARRAYS, JobInputError, check_job_size
 Progress = Callable[[str, int, int], None]
 
 
-def _inputs(submit: Message, preset: Preset) -> tuple[Request, Rig, CameraRig, np.ndarray]:
+def _inputs(submit: Message, preset: Preset, limits: Limits) -> tuple[Request, Rig, CameraRig, np.ndarray]:
     """The request, rig, cameras and RGB templates (V, H, W, 3) of a SUBMIT, checked against each other.
 
     The options' steps and frames and the cameras' image size are checked against the preset, and
     the templates' count and their PNG headers' sizes against the cameras, before any pixel is
     decoded: a request never costs more memory than the preset's own jobs, nor its cameras' images."""
-    cameras = check_job_size(submit.body, preset.name, preset.size, preset.num_frames, preset.num_inference_steps)
+    cameras = check_job_size(submit.body, preset.name, preset.size, preset.num_frames, preset.num_inference_steps,
+                             limits)
     request = Request.from_message(submit)
     try:
         rig = Rig.from_dict(request.rig, max_joints=preset.max_joints)
@@ -87,9 +88,10 @@ def scene_motion(rig: Rig, cameras: CameraRig, pose_videos: np.ndarray, scene_fp
 
 
 def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[], bool],
-            preset: Preset = TINY) -> Message:
+            preset: Preset = TINY, limits: Limits = Limits()) -> Message:
     """Run one SUBMIT to the end; never raises for user input, returns an ERROR message instead.
-    ``preset``: the loaded model's, whose size, frames, steps and joints bound the job.
+    ``preset``: the loaded model's, whose size, frames, steps and joints bound the job; ``limits``:
+    the messages', which bound its result.
 
     The variations are one batch of the pipeline (one prompt and template encode, one generator a
     seed); each is then reconstructed, and the RESULT carries them all along a leading axis."""
@@ -97,7 +99,7 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     try:
-        request, rig, cameras, rgb_templates = _inputs(submit, preset)
+        request, rig, cameras, rgb_templates = _inputs(submit, preset, limits)
         shown = model_body(rig, cameras)
         pose_templates = render_pose_maps(cameras, shown.rig.joints_rest[None], shown.rig.joint_parents,
                                           shown.colours)[:, 0]

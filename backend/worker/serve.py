@@ -1,14 +1,14 @@
 """``animax-serve``: a shared GPU server as one address: a broker and one worker per GPU, kept running.
 
 Each worker is its own process pinned to one GPU with ``CUDA_VISIBLE_DEVICES`` and connected to
-the broker (``animax-worker --broker``); a worker that exits is started again after a pause, so a
-crashed or killed GPU process costs its job one retry (the broker re-queues it) and not the
-server. The broker is not restarted: a new one would answer the heartbeats of clients whose jobs
-it never had, and they would wait for ever; so SIGINT / SIGTERM stop everything (exit status 0),
-and if the broker exits, a process cannot be started, or a worker keeps exiting right after it
-starts, everything is stopped and ``animax-serve`` exits with status 1 for its own supervisor
-(systemd, a container) to act on. NVLink multicast stays off in every process, because each
-starts with an environment of its own.
+the broker (``animax-worker --broker``). A process that exits, broker or worker, is started again
+after a pause: a crashed or killed GPU process costs its job one retry (the broker re-queues it),
+and a restarted broker costs the jobs it had (their clients hear no more heartbeats and report the
+worker gone; its workers reconnect, backing off). SIGINT / SIGTERM stop everything (exit status
+0); if a process cannot be started, or one keeps exiting right after it starts, everything is
+stopped and ``animax-serve`` exits with status 1 for its own supervisor (systemd, a container) to
+act on. NVLink multicast stays off in every process, because each starts with an environment of
+its own.
 
 Workers join the broker over CurveZMQ, as every worker must: ``animax-serve`` makes a key pair for
 the broker and one for its workers in a folder of its own (mode 0700, removed when it exits), and
@@ -79,7 +79,7 @@ class _Process:
 
 
 class Supervisor:
-    """Starts the broker and the workers, restarts workers that exit, stops them all."""
+    """Starts the broker and the workers, restarts those that exit, stops them all."""
 
     def __init__(self, broker: list[str], workers: list[tuple[list[str], dict[str, str]]],
                  pause_s: float = RESTART_PAUSE_S):
@@ -91,19 +91,15 @@ class Supervisor:
         self._stop = threading.Event()
 
     def run(self) -> int:
-        """Run until ``stop()`` (returns 0) or a failure (returns 1): the broker exited, a process
-        could not be started, or a worker exited within ``EARLY_EXIT_S`` of its start
-        ``EARLY_EXITS`` times in a row."""
+        """Run until ``stop()`` (returns 0) or a failure (returns 1): a process could not be
+        started, or one exited within ``EARLY_EXIT_S`` of its start ``EARLY_EXITS`` times in a row."""
         status = 1
+        processes = [self.broker, *self.workers]
         try:
-            self.broker.start()
-            for worker in self.workers:
-                worker.start()
+            for process in processes:
+                process.start()
             while not self._stop.wait(0.2):
-                if self.broker.popen.poll() is not None:
-                    log.error("the broker exited (status %s); stopping the workers", self.broker.popen.returncode)
-                    break
-                exited = [w for w in self.workers if w.popen.poll() is not None]
+                exited = [p for p in processes if p.popen.poll() is not None]
                 for process in exited:
                     early = time.monotonic() - process.started_at < EARLY_EXIT_S
                     process.early_exits = process.early_exits + 1 if early else 0
@@ -123,7 +119,7 @@ class Supervisor:
         except OSError as exc:
             log.error("cannot start a process: %s; stopping", exc)
         finally:
-            started = [p for p in self.workers + [self.broker] if p.popen is not None]
+            started = [p for p in reversed(processes) if p.popen is not None]  # the workers first
             for process in started:
                 if process.popen.poll() is None:
                     process.popen.terminate()

@@ -1,50 +1,51 @@
-"""The worker: a ZeroMQ ROUTER socket, a fair bounded job queue and one compute thread.
+"""The worker: a DEALER that serves one broker, and one compute thread (the ZeroMQ guide's
+Paranoid Pirate worker, chapter 4).
+
+A worker faces no client: the broker (``broker.py``) alone does (welcome, admission, the fair
+queue, client liveness). A standalone ``animax-worker`` runs a broker in front of its worker in
+the same process (``standalone.py``).
 
 Threads and sockets (ZeroMQ sockets are not thread-safe, so each is used by one thread only):
 
-- the IO thread (``Worker.run``) owns the ROUTER and polls it together with an inproc PAIR
-  socket. It decodes every request, keeps the queue (under ``_lock``), answers HELLO, SUBMIT,
-  CANCEL and HEARTBEAT, sends heartbeats to clients with work and cancels the jobs of clients
-  that went silent;
-- the compute thread takes the next job from the queue (round robin over client identities:
-  the client served least recently goes first), runs ``run_job`` and puts PROGRESS and the final
+- the IO thread (``Worker.run``) owns the DEALER and polls it together with an inproc PAIR
+  socket. It says READY on connecting, hands each SUBMIT to the compute thread, flags a CANCEL,
+  and heartbeats the broker every ``heartbeat_s``. When the broker has been silent for
+  ``BROKER_LIVENESS`` beats, it gives up its jobs (the broker re-queues them elsewhere), waits,
+  and connects a fresh socket that says READY again; the wait doubles from ``RECONNECT_FIRST_S``
+  to ``RECONNECT_MOST_S`` while the broker stays silent, and starts over once it is heard;
+- the compute thread runs ``run_job`` on each job in turn and puts PROGRESS and the final
   message on ``_outbox`` (a ``queue.Queue``), then pokes its end of the PAIR so the IO thread
   wakes up and sends them.
 
-Plain TCP is allowed on loopback only; a remote worker needs CurveZMQ (``security.py``). Behind a
-broker (``--broker``) the worker connects a DEALER instead of binding, always over CurveZMQ with
-keys of its own: the broker is then its one "client", it announces itself with READY, heartbeats
-the broker all the time and reconnects (a fresh socket, READY again) when the broker has been
-silent for ``BROKER_LIVENESS`` beats.
+A broker elsewhere is joined over CurveZMQ, as a client joins a server: with the broker's public
+key (``server_public_key``) and this worker's key pair (``client_secret_file``), whose public half
+is in the broker's allow-list of workers. A broker in this process (an ``inproc://`` address of
+the shared ``context``) is joined without: nothing outside the process can reach that endpoint.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import queue
-import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import zmq
 
-from animax_addon.core.client import DEFAULT_ADDRESS, curve_keys
+from animax_addon.core.client import curve_keys
 from animax_addon.core.protocol import (
     PROTOCOL_VERSION, ErrorCode, Limits, Message, MessageType, ProtocolError, Receiver, encode, error_message,
 )
 from backend.model import MODEL_FPS, TINY, Preset
 
-from .fair_queue import CANCELLED, DONE, FAILED, FINISHED_HISTORY, QUEUED, RUNNING, FairQueue, History, admit
-from .security import Authenticator, check_address
-
 log = logging.getLogger("animax.worker")
 WORKER_VERSION = "0.1.0"
 BROKER_LIVENESS = 3  # heartbeats the broker may miss before the worker reconnects
+RECONNECT_FIRST_S, RECONNECT_MOST_S = 1.0, 32.0  # the back-off before reconnecting, as the guide's ppworker
 BROKER_KEYS_HINT = ("pass --server-key BROKER.key (the broker's public key) and --client-key WORKER.key_secret "
                     "(this worker's, its WORKER.key in the broker's --allow-workers folder)")
-BROKER = b"broker"  # the broker's identity in the worker's tables (a DEALER sees no identities)
 FINAL_LINGER_MS = 1000  # how long closing waits for replies still queued in the socket
 
 
@@ -55,13 +56,17 @@ def preset_body(preset: Preset) -> dict:
             "joints": preset.max_joints}
 
 
+def welcome_body(name: str, preset: dict) -> dict:
+    """The body of a WELCOME (a broker's, to clients) and of a READY (a worker's, to its broker)."""
+    return {"worker": name, "version": WORKER_VERSION, "protocol": PROTOCOL_VERSION, "model": preset["name"],
+            "preset": preset}
+
+
 @dataclass(eq=False)
 class _Job:
-    client: bytes
-    message: Message
-    seq: int
-    state: str = QUEUED
+    message: Message  # the broker's SUBMIT, under the broker's job id
     cancel: threading.Event = field(default_factory=threading.Event)
+    abandoned: bool = False  # given up on reconnecting: the broker it came from has it re-queued
 
     @property
     def id(self) -> str:
@@ -69,79 +74,56 @@ class _Job:
 
 
 class Worker:
-    """Serves jobs on ``address`` (a bound ROUTER), or for the broker at ``broker`` (a DEALER).
+    """Runs the jobs of the broker at ``broker``, one at a time.
 
-    With ``curve_secret`` and ``allow`` the ROUTER is a CurveZMQ server (then any TCP address is
-    allowed). A broker is always joined over CurveZMQ, as a client joins a server: with the
-    broker's public key (``server_public_key``) and this worker's key pair
-    (``client_secret_file``), whose public half is in the broker's allow-list of workers. The
-    worker owns its ZeroMQ context (ZAP authentication is per context) and ends it when ``run``
+    The worker owns its ZeroMQ context unless given one (``context``: the in-process broker's,
+    which an ``inproc://`` broker address needs); it ends the context it owns when ``run``
     returns, which waits until the last replies have left: a process may exit next.
     """
 
-    def __init__(self, pipeline, address: str = DEFAULT_ADDRESS, *, queue_size: int = 8,
-                 heartbeat_s: float = 1.0, liveness_s: float = 5.0, name: str = "animax-worker",
-                 preset: Preset = TINY, limits: Limits = Limits(),
-                 broker: str | None = None, curve_secret: str | None = None, allow: str | None = None,
-                 server_public_key: str | None = None, client_secret_file: str | None = None):
-        curve = curve_secret is not None or allow is not None
-        if curve and (curve_secret is None or allow is None):
-            raise ValueError("CurveZMQ needs both --curve-secret and --allow")
-        if broker is None:
-            check_address(address, curve)
+    def __init__(self, pipeline, broker: str, *, heartbeat_s: float = 1.0, name: str = "animax-worker",
+                 preset: Preset = TINY, limits: Limits = Limits(), server_public_key: str | None = None,
+                 client_secret_file: str | None = None, context: zmq.Context | None = None):
+        if broker.startswith("inproc://"):
+            if context is None:
+                raise ValueError("an inproc:// broker lives in this process: pass its context")
+            self._keys = None  # no CurveZMQ: nothing outside this process can reach an inproc endpoint
         elif server_public_key is None or client_secret_file is None:
             raise ValueError(f"a worker joins its broker over CurveZMQ: {BROKER_KEYS_HINT}")
         else:
-            self._broker_keys = curve_keys(server_public_key, client_secret_file)
+            self._keys = curve_keys(server_public_key, client_secret_file)
         self.pipeline = pipeline
         if hasattr(pipeline, "set_progress_bar_config"):
             pipeline.set_progress_bar_config(disable=True)
-        self.queue_size, self.heartbeat_s, self.liveness_s = queue_size, heartbeat_s, liveness_s
-        self.name, self.preset, self.limits = name, preset, limits
-        self.broker = broker
-        self._context = zmq.Context()
-        self._auth = Authenticator(self._context) if curve else None
-        if broker is None:
-            self._socket = self._context.socket(zmq.ROUTER)
-            self._socket.setsockopt(zmq.LINGER, 0)
-            self._socket.setsockopt(zmq.MAXMSGSIZE, limits.max_part_bytes)
-            if curve:
-                self._auth.serve(self._socket, curve_secret, allow, "clients")
-            self._socket.bind(address)
-            self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
-            self._receiver = Receiver(self._socket, limits, route=1)
-        else:
-            self._socket = self._connect_broker()
-            self.address = broker
-        self._wake_address = f"inproc://animax-worker-{id(self)}"
+        self.broker, self.heartbeat_s, self.name, self.preset, self.limits = broker, heartbeat_s, name, preset, limits
+        self._own_context = context is None
+        self._context = zmq.Context() if context is None else context
+        self._wake_address = f"inproc://animax-worker-wake-{id(self)}"
         self._wake = self._context.socket(zmq.PAIR)
         self._wake.bind(self._wake_address)
-        self._outbox: queue.Queue[tuple[bytes, Message]] = queue.Queue()
+        self._outbox: queue.Queue[tuple[_Job, Message]] = queue.Queue()
         self._lock = threading.Condition()
-        self._jobs: dict[tuple[bytes, str], _Job] = {}  # queued and running, by (client identity, job id)
-        self._finished = History()
-        self._queue = FairQueue()
-        self._seq = itertools.count()
-        self._last_seen: dict[bytes, float] = {BROKER: time.monotonic()} if broker else {}
-        self.started: list[str] = []  # the last job ids in the order they started running (introspection)
+        self._jobs: dict[str, _Job] = {}  # given and not finished, by the broker's job id
+        self._pending: deque[_Job] = deque()  # given and not started
+        self._backoff_s = RECONNECT_FIRST_S
+        self._socket = self._connect()
         self._stop = threading.Event()
         self._compute = threading.Thread(target=self._compute_loop, name="animax-compute", daemon=True)
 
-    def _welcome_body(self) -> dict:
-        return {"worker": self.name, "version": WORKER_VERSION, "protocol": PROTOCOL_VERSION,
-                "model": self.preset.name, "preset": preset_body(self.preset)}
-
-    def _connect_broker(self) -> zmq.Socket:
+    def _connect(self) -> zmq.Socket:
         socket = self._context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_part_bytes)
-        socket.curve_serverkey, socket.curve_publickey, socket.curve_secretkey = self._broker_keys
+        if self._keys is not None:
+            socket.curve_serverkey, socket.curve_publickey, socket.curve_secretkey = self._keys
         socket.connect(self.broker)
+        self._receiver = Receiver(socket, self.limits)
+        self._last_heard = time.monotonic()
         try:  # no connection (a failed handshake can end it at once): READY goes again on reconnecting
-            socket.send_multipart(encode(Message(MessageType.READY, None, self._welcome_body())), zmq.NOBLOCK)
+            socket.send_multipart(encode(Message(MessageType.READY, None, welcome_body(
+                self.name, preset_body(self.preset)))), zmq.NOBLOCK)
         except zmq.Again:
             pass
-        self._receiver = Receiver(socket, self.limits)
         return socket
 
     # --- public ----------------------------------------------------------------------------------
@@ -152,10 +134,11 @@ class Worker:
                 job.cancel.set()
             self._lock.notify_all()
 
-    def job_states(self) -> dict[str, str]:
-        """{job id: queued | running | done | failed | cancelled}, for tests and logs."""
-        with self._lock:
-            return self._finished.states() | {job.id: job.state for job in self._jobs.values()}
+    @property
+    def stuck(self) -> bool:
+        """Whether the compute thread outlived ``run`` (stuck in a call): its socket is still open,
+        so the context cannot be ended."""
+        return self._compute.is_alive()
 
     def run(self) -> None:
         """The IO loop; returns after ``stop()``, closing the sockets."""
@@ -163,15 +146,11 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         poller.register(self._wake, zmq.POLLIN)
-        if self._auth is not None:
-            poller.register(self._auth.socket, zmq.POLLIN)
         next_beat = time.monotonic() + self.heartbeat_s
         try:
             while not self._stop.is_set():
                 timeout = max(0.0, min(next_beat - time.monotonic(), 0.1))
                 events = dict(poller.poll(timeout * 1000))
-                if self._auth is not None and self._auth.socket in events:
-                    self._auth.handle()
                 if self._wake in events:
                     while self._wake.poll(0):
                         self._wake.recv()
@@ -180,16 +159,15 @@ class Worker:
                         received = self._receiver.receive()
                         if received is None:  # none waiting, or a long message to go on with next time
                             break
-                        route, message = received
-                        self._receive(route[0] if route else BROKER, message)
+                        self._receive(received[1])
                 self._flush_outbox()
                 now = time.monotonic()
                 if now >= next_beat:
                     next_beat = now + self.heartbeat_s
-                    self._heartbeats(now)
-                    if self.broker is not None and not self._receiver.reading \
-                            and now - self._last_seen[BROKER] > BROKER_LIVENESS * self.heartbeat_s:
-                        self._reconnect_broker(poller)
+                    self._send(Message(MessageType.HEARTBEAT))
+                    # While a long message is read, what the broker sent after it waits behind it.
+                    if not self._receiver.reading and now - self._last_heard > BROKER_LIVENESS * self.heartbeat_s:
+                        self._reconnect(poller)
         finally:
             self.stop()
             self._compute.join(timeout=30)
@@ -198,133 +176,89 @@ class Worker:
             # before the socket goes; with 0 they are dropped whenever the stop comes first.
             self._socket.close(FINAL_LINGER_MS)
             self._wake.close(0)
-            if self._auth is not None:
-                self._auth.close()
-            if self._compute.is_alive():  # stuck in a call: term() would wait for its socket forever
+            if self.stuck:  # term() would wait for its socket forever
                 log.error("the compute thread did not stop within 30 s; leaving its socket open")
-            else:
+            elif self._own_context:
                 # Only term() waits for the linger: without it, a process that exits right after
                 # (a view-parallel worker whose follower died) can drop the job's error reply.
                 self._context.term()
 
     # --- IO thread --------------------------------------------------------------------------------
-    def _reconnect_broker(self, poller: zmq.Poller) -> None:
-        """Paranoid Pirate: a fresh socket and READY again (its jobs were cancelled as a silent client's)."""
-        log.warning("the broker at %s stopped answering (or refuses this worker's key); reconnecting", self.broker)
+    def _reconnect(self, poller: zmq.Poller) -> None:
+        """Paranoid Pirate: give up the jobs, wait, and a fresh socket says READY again."""
+        log.warning("the broker at %s stopped answering (or refuses this worker's key); reconnecting in %g s",
+                    self.broker, self._backoff_s)
         with self._lock:
-            jobs = [job.id for job in self._jobs.values() if job.client == BROKER]
-        for job_id in jobs:  # the broker re-queues them elsewhere; never finish them twice
-            self._cancel(BROKER, job_id, reason="the broker stopped answering")
+            for job in self._jobs.values():  # the broker re-queues them: never finish them twice
+                job.abandoned = True
+                job.cancel.set()
+            self._jobs.clear()
+            self._pending.clear()
         poller.unregister(self._socket)
         self._socket.close(0)
-        self._socket = self._connect_broker()
+        self._stop.wait(self._backoff_s)
+        self._backoff_s = min(2 * self._backoff_s, RECONNECT_MOST_S)
+        self._socket = self._connect()
         poller.register(self._socket, zmq.POLLIN)
-        self._last_seen[BROKER] = time.monotonic()
 
-    def _send(self, identity: bytes, message: Message) -> None:
-        route = [] if self.broker is not None else [identity]
+    def _send(self, message: Message) -> None:
         try:
             frames = encode(message, self.limits)
         except ProtocolError as exc:  # a result over the limits: tell the client instead
             log.error("cannot encode %s for %s: %s", message.type, message.job, exc.sentence)
             frames = encode(error_message(exc.code, exc.sentence, message.job))
         try:
-            self._socket.send_multipart(route + frames, zmq.NOBLOCK)
-        except zmq.Again:  # a DEALER without a connection: the broker is gone or refused this worker's key
+            self._socket.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:  # no connection: the broker is gone or refused this worker's key
             log.debug("no connection to the broker; dropped %s for %s", message.type.value, message.job)
 
     def _flush_outbox(self) -> None:
         while True:
             try:
-                identity, message = self._outbox.get_nowait()
+                job, message = self._outbox.get_nowait()
             except queue.Empty:
                 return
-            self._send(identity, message)
+            if not job.abandoned:
+                self._send(message)
 
-    def _receive(self, identity: bytes, message: Message | ProtocolError) -> None:
-        self._last_seen[identity] = time.monotonic()
+    def _receive(self, message: Message | ProtocolError) -> None:
+        self._last_heard = time.monotonic()
+        self._backoff_s = RECONNECT_FIRST_S
+        # Never answer the broker with an error: its answer could come back, and so on.
         if isinstance(message, ProtocolError):
-            self._send(identity, error_message(message.code, message.sentence))
-            return
-        kind = message.type
-        if kind == MessageType.HELLO:
-            self._send(identity, Message(MessageType.WELCOME, None, self._welcome_body()))
-        elif kind == MessageType.HEARTBEAT:
-            if self.broker is None:  # the broker beats on its own clock; answering would double it
-                self._send(identity, Message(MessageType.HEARTBEAT))
-        elif kind == MessageType.SUBMIT:
-            self._submit(identity, message)
-        elif kind == MessageType.CANCEL:
-            self._cancel(identity, message.job)
-        elif self.broker is not None:  # e.g. the broker refusing this worker: never answer it back
-            log.error("the broker sent %s: %s", kind.value, message.body.get("message", message.body))
-        else:
-            self._send(identity, error_message(ErrorCode.UNEXPECTED, f"A worker does not accept "
-                                               f"'{kind.value}' messages.", message.job))
-
-    def _submit(self, identity: bytes, message: Message) -> None:
-        with self._lock:
-            reply = admit(self._queue, self._jobs, self.queue_size, identity, message,
-                          lambda: _Job(identity, message, next(self._seq)))
-            if reply.type == MessageType.ACCEPTED:
+            log.warning("dropped a malformed message from the broker: %s", message.sentence)
+        elif message.type == MessageType.SUBMIT:
+            with self._lock:
+                job = _Job(message)
+                self._jobs[job.id] = job
+                self._pending.append(job)
                 self._lock.notify_all()
-        self._send(identity, reply)
-
-    def _cancel(self, identity: bytes, job_id: str, reason: str = "") -> None:
-        with self._lock:
-            job = self._jobs.get((identity, job_id))
-            if job is None:
-                reply = self._finished.cannot_cancel(identity, job_id)
-            elif job.state == QUEUED:
-                self._queue.remove(job)
-                self._finished.finish(self._jobs, job, CANCELLED)
+        elif message.type == MessageType.CANCEL:
+            with self._lock:
+                job = self._jobs.get(message.job)
+            if job is not None:  # the compute thread answers CANCELLED, after the current step if running
                 job.cancel.set()
-                reply = Message(MessageType.CANCELLED, job_id)
-            else:
-                job.cancel.set()  # the compute thread sees it after the current step and replies
-                reply = None
-        if reason:
-            log.info("cancelled job %s: %s", job_id, reason)
-        if reply is not None:
-            self._send(identity, reply)
+        elif message.type == MessageType.ERROR:  # e.g. the broker refusing this worker's preset
+            log.error("the broker sent an error: %s", message.body["message"])
+        elif message.type != MessageType.HEARTBEAT:
+            log.warning("ignored a %s message from the broker", message.type.value)
 
-    def _heartbeats(self, now: float) -> None:
-        with self._lock:
-            active: dict[bytes, list[str]] = {BROKER: []} if self.broker is not None else {}
-            for job in self._jobs.values():
-                active.setdefault(job.client, []).append(job.id)
-        # While a long message is read, every other peer's messages wait behind it: no silence counts.
-        deaf = self._receiver.reading
-        for identity, jobs in active.items():
-            if not deaf and now - self._last_seen.get(identity, now) > self.liveness_s:
-                for job_id in jobs:
-                    self._cancel(identity, job_id, reason="the client stopped answering")
-            else:
-                self._send(identity, Message(MessageType.HEARTBEAT))
-        for identity in [i for i, seen in self._last_seen.items() if i not in active and now - seen > self.liveness_s]:
-            del self._last_seen[identity]  # a client without jobs is remembered only while it talks
-
-    # --- queue ------------------------------------------------------------------------------------
+    # --- compute thread ----------------------------------------------------------------------------
     def _next_job(self) -> _Job | None:
         with self._lock:
             while not self._stop.is_set():
-                job = self._queue.pop()
-                if job is not None:
-                    job.state = RUNNING
-                    self.started.append(job.id)
-                    del self.started[:-FINISHED_HISTORY]
-                    return job
+                if self._pending:
+                    return self._pending.popleft()
                 self._lock.wait(0.5)
         return None
 
-    # --- compute thread ----------------------------------------------------------------------------
     def _compute_loop(self) -> None:
         wake = self._context.socket(zmq.PAIR)
         wake.setsockopt(zmq.LINGER, 0)
         wake.connect(self._wake_address)
 
-        def post(identity: bytes, message: Message) -> None:
-            self._outbox.put((identity, message))
+        def post(job: _Job, message: Message) -> None:
+            self._outbox.put((job, message))
             try:
                 wake.send(b"", zmq.NOBLOCK)
             except zmq.Again:  # the IO thread has wake-ups pending already
@@ -340,28 +274,22 @@ class Worker:
                     eta = None
                     if stage == "denoise" and step > 0:
                         eta = (time.monotonic() - started) / step * (total - step)
-                    post(job.client, Message(MessageType.PROGRESS, job.id,
-                                               {"stage": stage, "step": step, "total": total, "eta_s": eta}))
+                    post(job, Message(MessageType.PROGRESS, job.id,
+                                      {"stage": stage, "step": step, "total": total, "eta_s": eta}))
 
-                try:
-                    reply = run_job(self.pipeline, job.message, progress, job.cancel.is_set, self.preset)
-                except Exception:  # noqa: BLE001 - a bug must not kill the worker
-                    log.exception("job %s failed", job.id)
-                    reply = error_message(ErrorCode.INTERNAL, ErrorCode.INTERNAL.sentence, job.id)
+                if job.cancel.is_set():  # cancelled before it started
+                    reply = Message(MessageType.CANCELLED, job.id)
+                else:
+                    try:
+                        reply = run_job(self.pipeline, job.message, progress, job.cancel.is_set, self.preset,
+                                        self.limits)
+                    except Exception:  # noqa: BLE001 - a bug must not kill the worker
+                        log.exception("job %s failed", job.id)
+                        reply = error_message(ErrorCode.INTERNAL, ErrorCode.INTERNAL.sentence, job.id)
                 with self._lock:
-                    state = {MessageType.RESULT: DONE, MessageType.CANCELLED: CANCELLED}.get(reply.type, FAILED)
-                    self._finished.finish(self._jobs, job, state)
-                post(job.client, reply)
+                    if self._jobs.get(job.id) is job:  # not given up on reconnecting
+                        del self._jobs[job.id]
+                post(job, reply)
         finally:
             wake.close(0)
 
-
-def serve(address: str, pipeline, **options) -> None:
-    """Run a worker until SIGINT or SIGTERM."""
-    worker = Worker(pipeline, address, **options)
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: worker.stop())
-    where = f"serving the broker at {worker.broker}" if worker.broker else f"listening on {worker.address}"
-    log.info("AnimaX worker (%s) %s", worker.preset.name, where)
-    worker.run()

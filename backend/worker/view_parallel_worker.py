@@ -2,7 +2,7 @@
 
 N processes each load the same pipeline; process ``r`` uses ``cuda:r`` (NCCL), or the CPU (gloo)
 where there is no GPU. Rank 0 is the ``animax-worker`` process itself: it runs the normal
-``Worker`` (sockets, queue, heartbeats unchanged) with a :class:`ViewParallelPipeline` as its
+worker (standalone or for a broker, unchanged) with a :class:`ViewParallelPipeline` as its
 pipeline. Ranks 1..N-1 run :func:`follow`. Every call of the proxy is sent to the followers over
 a pipe, and all ranks then run the same call under ``shard_views`` (each computes ``4 / N`` views
 of every transformer forward), so that their schedulers, guidance and latents stay identical.
@@ -45,7 +45,7 @@ from backend.model.view_parallel import shard_views
 from backend.multi_gpu import turn_multicast_off
 
 from .pipeline_loading import load_pipeline
-from .server import serve
+from .standalone import serve
 
 log = logging.getLogger("animax.view_parallel")
 # How long a rank waits for the others inside a call before the job fails (gloo) or NCCL's
