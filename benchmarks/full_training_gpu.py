@@ -11,7 +11,7 @@ order, each timed (seconds on one H100 estimated before the first run):
 1. ``data`` (~20 s): ``--clips`` procedural clips at 480 px x 81 frames x 4 views
    (``build_samples``: the project's pose maps, capsule RGB rendered on the GPU a clip at a time)
    in the samples file that ``--dataset`` reads (224 MB a clip).
-2. ``wan`` (~60-90 s): ``benchmarks/wan_shaped_dir.py``'s directory in ``WORK/wan`` (28 GB of
+2. ``wan`` (~60-90 s): ``benchmarks/wan_shaped_dir.py``'s directory in ``WORK/wan`` (29 GB of
    float32 weights drawn on the GPU), unless ``--wan DIR`` is given or an earlier run left a
    complete one there.
 3. ``run`` (~100 s): ``python -m backend.train run --preset full --wan WAN --dataset
@@ -224,6 +224,7 @@ def main() -> None:
         if args.wan:
             raise SystemExit(f"--wan {wan}: model_index.json is missing; expected a diffusers-format Wan directory")
         part("wan", lambda: write_wan_dir(wan, DEVICE))
+        free_gpu()
     shutil.rmtree(args.work / "run", ignore_errors=True)
     argv = train_argv(args, wan, samples)
     print("python -m backend.train " + " ".join(argv) + " --deadline-min 1e-9", flush=True)

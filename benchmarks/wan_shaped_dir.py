@@ -11,7 +11,7 @@ defaults, which are Wan2.1's: z_dim 16, base_dim 96; float32); ``scheduler/`` (U
 3.0); ``tokenizer/`` (a T5 tokenizer of UMT5's size, 256,000 pieces and 300 extra ids, built
 offline: the procedural prompts' words and ASCII characters, the rest filler pieces that never
 match).
-About 28 GB on disk.
+About 29 GB on disk.
 
 Each model draws its weights with its own initialisation on ``--device`` (a GPU draws UMT5-XXL in
 seconds); saving copies a shard at a time to the CPU, so RAM holds about one 5 GB shard. What the
