@@ -10,8 +10,7 @@ most 5 GB with their index, as the real ones are (2 and 5 shards); ``vae/`` (``A
 defaults, which are Wan2.1's: z_dim 16, base_dim 96; float32); ``scheduler/`` (UniPC, flow shift
 3.0); ``tokenizer/`` (a T5 tokenizer of UMT5's size, 256,000 pieces and 300 extra ids, built
 offline: the procedural prompts' words and ASCII characters, the rest filler pieces that never
-match).
-About 29 GB on disk.
+match). About 29 GB on disk.
 
 Each model draws its weights with its own initialisation on ``--device`` (a GPU draws UMT5-XXL in
 seconds); saving copies a shard at a time to the CPU, so RAM holds about one 5 GB shard. What the
@@ -52,7 +51,7 @@ MODEL_INDEX = {
 def umt5_tokenizer(pieces: int = UMT5_PIECES, extra_ids: int = UMT5_EXTRA_IDS) -> T5TokenizerFast:
     """A sentencepiece-style (Unigram) tokenizer of ``pieces`` pieces plus ``extra_ids`` sentinel tokens,
     built from a vocabulary in code: the procedural prompts tokenise into words, other text into
-    characters, and the token ids span what UMT5's do."""
+    characters, and the vocabulary has UMT5's size."""
     text = " ".join(all_prompts())
     words = sorted(set(text.split()))
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<s>", 0.0), ("<unk>", 0.0)] + [("▁" + w, -1.0) for w in words]
@@ -93,6 +92,7 @@ def write_wan_dir(out: str | Path, device: str | torch.device = "cpu", transform
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     scheduler.save_pretrained(out / "scheduler")
     umt5_tokenizer(pieces, extra_ids).save_pretrained(out / "tokenizer")
+    # Written last, so that a directory holding it is complete.
     (out / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2) + "\n")
     return seconds
 
