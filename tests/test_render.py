@@ -7,6 +7,7 @@ from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.templates_style import TEMPLATE_BACKGROUND
 from backend.data.dataset import Samples, build_samples, draw_clip
 from backend.data.motions import MOTIONS
+import backend.data.render as render
 from backend.data.render import render_rgb
 
 SIZE = 64
@@ -59,6 +60,16 @@ def test_batched_dataset_renders_equal_single_renders(tmp_path):
     again = Samples.load(tmp_path / "d.npz")
     np.testing.assert_array_equal(again.rgb_rest, samples.rgb_rest)
     assert again.motions == samples.motions and again.families == samples.families
+
+
+def test_frames_rendered_a_few_at_a_time_equal_all_at_once(monkeypatch):
+    item = draw_clip(7, 32, 5, None, tuple(MOTIONS))
+    rig = item["clip"].creature.rig
+    args = (item["cameras"], item["clip"].joints, rig.joint_parents, item["colours"], item["radii"])
+    whole = render_rgb(*args)
+    edges = int((np.asarray(rig.joint_parents) >= 0).sum())
+    monkeypatch.setattr(render, "HITS_PER_CHUNK", 2 * (32 * render.SUPERSAMPLE) ** 2 * edges)  # 2 frames a chunk
+    np.testing.assert_array_equal(render_rgb(*args), whole)
 
 
 def test_build_samples_rejects_nothing_to_build():

@@ -63,6 +63,12 @@ def test_full_run_resumes_and_writes_an_adapter_of_lora_and_new_parameters(wan, 
     runs = train.recorded_runs(out)
     assert len(runs) == 2 and runs[1]["finished"] and runs[1]["steps"] == {"joint": 3, "multiview": 2}
     assert runs[1]["data"]["clips"] == 2 and (out / "loss.png").is_file()
+    # Each run records the speed of the steps it made: their number, the first's and the others' mean time.
+    assert first[0]["speed"]["joint"]["steps"] == 1
+    speed = runs[1]["speed"]
+    assert (speed["joint"]["steps"], speed["multiview"]["steps"]) == (2, 2)
+    assert all(s["seconds_per_step"] > 0 and s["first_step_seconds"] > 0 and s["peak_memory_gib"] is None
+               for s in speed.values())
 
     pipe = load_full(wan, out / "adapter", dtype=torch.float32)
     assert pipe.transformer.peft_config["default"].r == 4

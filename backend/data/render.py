@@ -17,6 +17,9 @@ from animax_addon.core.templates_style import TEMPLATE_BACKGROUND
 
 AMBIENT = 0.35
 SUPERSAMPLE = 2  # rays per pixel side; averaged down, so edges are anti-aliased like a real render
+# Ray-capsule tests per chunk of frames: each of the hit test's dozen temporaries holds this many floats
+# (512 MB), so 81 frames at 480 px (0.9 M rays a view, 20-60 capsules) render a few frames at a time.
+HITS_PER_CHUNK = 2**27
 
 
 def appearance(joints_rest: np.ndarray, joint_parents: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -85,19 +88,20 @@ def render_capsules(cameras: CameraRig, a: torch.Tensor, b: torch.Tensor, radius
     frames = a.shape[0]
     axis = b - a
     out = torch.empty(views, frames, height * width, 3, device=device)
-    for v in range(views):
+    chunk = max(1, HITS_PER_CHUNK // (height * width * a.shape[1]))
+    for v, f in ((v, slice(lo, lo + chunk)) for v in range(views) for lo in range(0, frames, chunk)):
         dirs = rays[v].reshape(-1, 3)
-        depth, nearest = _capsule_hits(origins[v], dirs, a, b, radius).min(dim=2)  # (F, P)
+        depth, nearest = _capsule_hits(origins[v], dirs, a[f], b[f], radius[f]).min(dim=2)  # (F, P)
         hit = torch.isfinite(depth)
         # Normal at the hit: away from the closest point on the nearest capsule's axis.
         pos = origins[v] + dirs * depth.nan_to_num(posinf=0.0)[..., None]
         index = nearest[..., None].expand(-1, -1, 3)
-        pa, pax = torch.gather(a, 1, index), torch.gather(axis, 1, index)
+        pa, pax = torch.gather(a[f], 1, index), torch.gather(axis[f], 1, index)
         s = (((pos - pa) * pax).sum(-1) / (pax * pax).sum(-1).clamp(min=1e-12)).clamp(0, 1)
         normal = torch.nn.functional.normalize(pos - pa - pax * s[..., None], dim=-1)
         light = AMBIENT + (1 - AMBIENT) * (-(normal * dirs).sum(-1)).clamp(min=0)
-        shade = torch.gather(colour, 1, index) * light[..., None]
-        out[v] = torch.where(hit[..., None], shade, background)
+        shade = torch.gather(colour[f], 1, index) * light[..., None]
+        out[v, f] = torch.where(hit[..., None], shade, background)
     small = torch.nn.functional.avg_pool2d(out.unflatten(2, (height, width)).flatten(0, 1).permute(0, 3, 1, 2),
                                            SUPERSAMPLE)
     return small.permute(0, 2, 3, 1).unflatten(0, (views, frames))

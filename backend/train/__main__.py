@@ -172,7 +172,8 @@ def train_diffusion(transformer, data: LatentSet, args, out: Path, deadline: flo
         params = trainable_parameters(transformer, name)
         began = time.time()
         losses[name], done = train_stage(name, transformer, params, diffusion_step(name, batch), steps, lr,
-                                         out / "checkpoints" / name, deadline, mixed_precision=precision)
+                                         out / "checkpoints" / name, deadline, mixed_precision=precision,
+                                         speed=record.setdefault("speed", {}).setdefault(name, {}))
         record["seconds"][name] = time.time() - began
         if not done:
             return False
@@ -224,7 +225,8 @@ def train_tiny_vae(vae, args, samples: Samples, out: Path, device, precision: st
 
     began = time.time()
     losses["vae"], finished = train_stage("vae", vae, list(vae.parameters()), vae_step, args.vae_steps, args.vae_lr,
-                                          out / "checkpoints" / "vae", deadline, mixed_precision=precision)
+                                          out / "checkpoints" / "vae", deadline, mixed_precision=precision,
+                                          speed=record.setdefault("speed", {}).setdefault("vae", {}))
     record["seconds"]["vae"] = time.time() - began
     if not finished:
         return None
@@ -322,6 +324,17 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
     return finished
 
 
+def full_transformer(wan, lora_rank: int, seed: int):
+    """AnimaX on the Wan transformer ``wan`` with a LoRA of ``lora_rank`` on its base blocks, as the full
+    preset trains it; returns (transformer, the LoRA's config)."""
+    torch.manual_seed(seed)  # AnimaX's new layers and the LoRA start the same in every run and process
+    transformer = AnimaXTransformer3DModel.from_wan(wan)
+    lora = make_lora_config(lora_rank)
+    transformer.add_adapter(lora)
+    transformer.enable_gradient_checkpointing()  # activations of 4 x 39,600 tokens otherwise exceed a GPU
+    return transformer, lora
+
+
 def run_full(args, out: Path, device, precision: str, deadline: float, record: dict, losses: dict) -> bool:
     if not args.wan or not args.dataset:
         raise SystemExit("--preset full needs --wan (a local diffusers-format Wan2.1-T2V-1.3B directory) and "
@@ -331,12 +344,8 @@ def run_full(args, out: Path, device, precision: str, deadline: float, record: d
     wan, vae, text_encoder, tokenizer = load_wan(Path(args.wan), text_dtype)
     vae.requires_grad_(False).eval()  # frozen: the full preset trains no VAE stage
     text_encoder.eval()
-    torch.manual_seed(args.seed)  # AnimaX's new layers and the LoRA start the same in every run and process
-    transformer = AnimaXTransformer3DModel.from_wan(wan)
+    transformer, lora = full_transformer(wan, args.lora_rank, args.seed)
     del wan  # its weights now live in `transformer`
-    lora = make_lora_config(args.lora_rank)
-    transformer.add_adapter(lora)
-    transformer.enable_gradient_checkpointing()  # activations of 4 x 39,600 tokens otherwise exceed a GPU
     record["seconds"]["load"] = time.time() - began
 
     began = time.time()

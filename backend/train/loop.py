@@ -55,11 +55,13 @@ def train_stage(
     checkpoint_every: int = 500,
     mixed_precision: str = "no",
     log: Callable[[str], None] = print,
+    speed: dict | None = None,
 ) -> tuple[list[float], bool]:
     """Run ``steps`` optimiser steps of ``loss_fn(model, step)``; returns (losses, finished).
 
     Resumes from ``checkpoint_dir`` when it holds this stage's state. Stops early (after saving) when
     ``time.time()`` passes ``deadline``, so a run that is stopped and resumed loses nothing.
+    ``speed``, when given, receives this call's :func:`step_speed`.
     """
     # One accelerator per stage: its saved state then holds exactly this stage's model and optimiser.
     # split_batches: the processes share each step's batch, so the schedule takes one step per step
@@ -99,8 +101,23 @@ def train_stage(
 
     wrapped.train()
     began = time.time()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    step_seconds = []  # each step's, checkpoints left out
+
+    def stop(finished: bool) -> tuple[list[float], bool]:
+        if step_seconds:
+            measured = step_speed(step_seconds)
+            log(f"[{name}] {measured['steps']} steps here: {measured['seconds_per_step']:.2f} s a step after the "
+                f"first ({measured['first_step_seconds']:.2f} s)" + (f", peak GPU memory "
+                f"{measured['peak_memory_gib']:.1f} GiB" if measured["peak_memory_gib"] is not None else ""))
+            if speed is not None:
+                speed.update(measured)
+        return losses, finished
+
     step = start
     for step in range(start + 1, steps + 1):
+        step_began = time.perf_counter()
         with accelerator.autocast():
             loss = wrapped(step)
         accelerator.backward(loss)
@@ -112,7 +129,8 @@ def train_stage(
         # at the same step, or the others would wait for it forever.
         loss, late = accelerator.reduce(torch.stack([loss.detach().float(),
                                                      torch.tensor(float(time.time() > deadline), device=loss.device)]),
-                                        "mean").tolist()
+                                        "mean").tolist()  # waits for the GPU: the step is done
+        step_seconds.append(time.perf_counter() - step_began)
         losses.append(loss)
         if step % 100 == 0 or step == steps:
             rate = (step - start) / (time.time() - began)
@@ -122,9 +140,19 @@ def train_stage(
             save(step)
             if late and step < steps:
                 log(f"[{name}] deadline reached at step {step}; resume with --resume")
-                return losses, False
+                return stop(False)
     wrapped.eval()
-    return losses, True
+    return stop(True)
+
+
+def step_speed(step_seconds: list[float]) -> dict:
+    """What a stage's steps in one call cost: their number, the first one's seconds (it warms up
+    kernels and the allocator), the mean of the others' (the first's when alone) and this process's
+    peak GPU memory in GiB (None on a CPU)."""
+    rest = step_seconds[1:] or step_seconds
+    return {"steps": len(step_seconds), "first_step_seconds": step_seconds[0],
+            "seconds_per_step": sum(rest) / len(rest),
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
 
 
 def save_loss_plot(losses: dict[str, list[float]], path: Path) -> None:
