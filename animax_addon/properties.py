@@ -41,7 +41,9 @@ class AnimaXSettings(bpy.types.PropertyGroup):
     duration: IntProperty(name="Duration", default=25, min=1, soft_max=250, subtype="TIME",
                           description="Length of the new Action in scene frames (the model may make fewer)")
     seed: IntProperty(name="Seed", default=0, min=0, description="Random seed; variations use seed, seed+1, ...")
-    steps: IntProperty(name="Steps", default=20, min=1, max=200, description="Denoising steps")
+    steps: IntProperty(name="Steps", default=0, min=0, max=200,
+                       description="Denoising steps; 0 takes the worker's own (20 for the embedded model, 10 for "
+                                   "a worker started with --fast)")
     guidance: FloatProperty(name="Guidance", default=3.0, min=1.0, soft_max=10.0,
                             description="Image guidance scale (1 turns guidance off)")
     variations: IntProperty(name="Variations", default=1, min=1, max=MAX_VARIATIONS,

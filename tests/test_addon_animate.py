@@ -288,9 +288,9 @@ def test_a_timer_delivers_the_job_as_blenders_event_loop_runs_it():
     assert bpy.context.window_manager.animax_state.stage == "Done"
 
 
-def run_until_denoising(obj) -> AnimateController:
+def run_until_denoising(obj, steps: int = 50) -> AnimateController:
     """Start Animate as the modal operator does and poll until the worker is denoising."""
-    configure(obj, steps=50)
+    configure(obj, steps=steps)
     controller = AnimateController(bpy.context, obj)
     controller.start()
     deadline = time.monotonic() + 120
@@ -319,6 +319,15 @@ def test_cancel_mid_job_writes_nothing():
     assert not bpy.data.actions and obj.animation_data is None
     state = bpy.context.window_manager.animax_state
     assert state.stage == "Cancelled" and not state.running and state.error == ""
+
+
+def test_steps_left_at_zero_take_the_workers_default():
+    """The panel's default, 0, asks for the steps the worker's welcome advertises (its sampler's)."""
+    controller = run_until_denoising(creature("lamp"), steps=0)
+    assert "/20" in bpy.context.window_manager.animax_state.stage  # the embedded model's 20
+    assert bpy.ops.animax.cancel() == {"FINISHED"}
+    finish(controller, 60)
+    assert controller.outcome == "CANCELLED"
 
 
 class EndlessPipeline:

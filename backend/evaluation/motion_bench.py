@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "e.g. procedural:quadruped,rigify:basic_human")
     parser.add_argument("--seeds", type=number(minimum=1), default=2,
                         help="seeds per prompt (default 2: the seed effect needs two)")
-    parser.add_argument("--steps", type=number(minimum=1), default=20, help="denoising steps (default 20, the panel's)")
+    parser.add_argument("--steps", type=number(minimum=1), default=20,
+                        help="denoising steps (default 20, what the panel asks of the embedded model)")
     parser.add_argument("--out", type=output_folder, default=Path("bench_out/motion"),
                         help="folder for results.json, the contact sheets and the generated pose-map videos "
                              "(default bench_out/motion)")
