@@ -4,7 +4,7 @@
     animax reconstruct --rig RIG.json --pose-maps DIR --out RESULT.npz [--smooth W]
     animax demo        [--blend IN.blend --armature NAME] --prompt TEXT --out OUT.blend [--preview OUT.mp4]
     animax dataset     ASSETS_DIR --out DIR [--frames 17] [--stride 8] [--size 64] [--min-motion 0.05]
-    animax motion-bench [--rigs NAMES] [--seeds 2] [--out DIR] [--requests | --videos DIR]
+    animax motion-bench [--rigs NAMES] [--seeds 2] [--out DIR] [--requests | --videos DIR] [--gifs]
     animax eval        [--count 12] [--split both|heldout-families|heldout-proportions|heldout-rests] [--oracle] [--out DIR]
     animax ping        ADDRESS [--server-key FILE --client-key FILE]
     animax generate    --rig RIG.json --templates DIR --prompt TEXT --out RESULT.npz [--address ...]

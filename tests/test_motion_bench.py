@@ -1,7 +1,11 @@
-"""``animax motion-bench``'s Blender side: its rigs, and reading an Action back as Blender plays it."""
+"""``animax motion-bench``'s Blender side: its rigs, reading an Action back as Blender plays it, its GIFs."""
+
+import argparse
+import importlib
 
 import numpy as np
 import pytest
+from PIL import Image, ImageSequence
 
 bpy = pytest.importorskip("bpy")
 
@@ -61,3 +65,32 @@ def test_unknown_rig_is_refused_with_the_names():
         motion_bench.select_rigs("procedural,dragon")
     chosen = motion_bench.select_rigs("rigify:wolf,procedural")
     assert chosen[0].name == "rigify:wolf" and {r.group for r in chosen[1:]} == {"procedural"}
+
+
+def test_gif_shows_every_scene_frame_of_the_actions_side_by_side(tmp_path, monkeypatch):
+    # the renderer reaches the add-on as the installed extension; here it is the source tree
+    monkeypatch.setattr(motion_bench, "_addon", lambda name: importlib.import_module(f"animax_addon.{name}"))
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.context.scene.render.fps = int(motion_bench.SCENE_FPS)
+    bench = bench_rigs()["procedural:quadruped"]
+    obj = bench.build(bpy)
+    walk = motion_bench.key_truth(bpy, obj, bench, "walk", 17, write_action)
+    jump = motion_bench.key_truth(bpy, obj, bench, "jump", 17, write_action)
+    motion_bench._setup_render(bpy, obj)
+    path = motion_bench.action_gif(bpy, obj, [("truth: walk", walk), ("jump", jump)], tmp_path / "gifs" / "q.gif",
+                                   tmp_path)
+    with Image.open(path) as gif:
+        assert gif.is_animated and gif.n_frames == len(motion_bench.action_frames(jump)) == 25
+        assert gif.size == (motion_bench.GIF_WIDTH, motion_bench.GIF_WIDTH // 2)
+        assert gif.info["loop"] == 0 and gif.info["duration"] == 40  # 24 fps to the format's 1/100 s
+        frames = [np.asarray(f.convert("RGB"), dtype=int) for f in ImageSequence.Iterator(gif)]
+    half = motion_bench.GIF_WIDTH // 2
+    for panel in (slice(None, half), slice(half, None)):  # the walk moves on the left, the jump on the right
+        changed = np.abs(frames[12][:, panel] - frames[0][:, panel]).max(axis=-1) > 40
+        assert changed.mean() > 0.005
+
+
+def test_gifs_are_refused_with_requests():
+    args = argparse.Namespace(requests=True, gifs=True, videos=None)
+    with pytest.raises(motion_bench.BenchError, match="--requests keys no Actions"):
+        motion_bench.run(args)

@@ -1,6 +1,7 @@
 """Animated GIFs of evaluated clips: generated pose maps, the ground truth, the reconstructed skeleton.
 
-One frame per video frame: the top row holds the four generated views, the row below the four
+``save_gif`` writes any frames as a small looping GIF (``animax motion-bench --gifs`` too). Here,
+one frame per video frame: the top row holds the four generated views, the row below the four
 ground-truth views, and the panel on the right an oblique projection of the reconstructed 3D
 skeleton (white, coloured joints) over the ground-truth one (grey).
 """
@@ -68,11 +69,18 @@ def gif_frames(item, videos: np.ndarray, motion: Reconstruction) -> list[Image.I
     return images
 
 
-def write_gif(path: str | Path, item, videos: np.ndarray, motion: Reconstruction) -> Path:
-    """Write the clip's GIF (looping) and return its path."""
+def save_gif(path: str | Path, frames: list[Image.Image], fps: float) -> Path:
+    """``frames`` as a looping GIF at ``fps`` (to the format's hundredths of a second), each frame
+    with its own 64-colour palette; returns its path. Pillow merges a frame identical to the one
+    before into it, adding up their times."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames = [f.quantize(colors=64, method=Image.Quantize.MEDIANCUT) for f in gif_frames(item, videos, motion)]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / FPS), loop=0,
+    frames = [f.quantize(colors=64, method=Image.Quantize.MEDIANCUT) for f in frames]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0,
                    optimize=True)
     return path
+
+
+def write_gif(path: str | Path, item, videos: np.ndarray, motion: Reconstruction) -> Path:
+    """Write the clip's GIF (looping) and return its path."""
+    return save_gif(path, gif_frames(item, videos, motion), FPS)

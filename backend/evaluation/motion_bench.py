@@ -1,7 +1,7 @@
 """``animax motion-bench``: motion as an animator sees it, through the real Animate operator.
 
     animax motion-bench [--rigs NAMES] [--seeds 2] [--steps 20] [--out bench_out/motion]
-                        [--requests | --videos DIR]
+                        [--requests | --videos DIR] [--gifs]
 
 Headless Blender with the extension installed as ``animax demo`` installs it and a local worker
 with the embedded model. For each rig of ``bench_rigs`` (procedural creatures of every family,
@@ -10,9 +10,10 @@ reads the written Action back from Blender frame by frame (the rotations the pos
 joints where Blender puts them), then scores it (``motion_metrics``) against the truth (the
 procedural motion of that label on that rig, keyed by the add-on's own Action writer and read back
 the same way) and against the goals of docs/quality.md. Contact sheets of every Action, rendered
-by Blender, go beside the numbers. Every generated pose-map video is kept, so that ``--videos``
-scores them again without the model; ``--requests`` writes what Animate would send instead, for
-``bench_generate`` on a machine without Blender. Needs ``bpy``; imports it only inside ``run``.
+by Blender, go beside the numbers; ``--gifs`` adds a GIF of every run's Action as Blender plays
+it. Every generated pose-map video is kept, so that ``--videos`` scores them again without the
+model; ``--requests`` writes what Animate would send instead, for ``bench_generate`` on a machine
+without Blender. Needs ``bpy``; imports it only inside ``run``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ SCENE_FPS = 24.0  # Blender's default scene
 CLIP_SECONDS = 1.0  # the tiny model's whole clip: 17 frames at 16 fps
 SHEET_FRAMES = 5
 SHEET_CELL = 112
+GIF_WIDTH = 320  # one Action, or truth | generated at half the width each
 GOALS = {
     "flips": ("flips (share of bone steps > 45°)", "< 1%", lambda v: v < 0.01),
     "jitter": ("jitter (angular acceleration / truth's, median)", "<= 2", lambda v: v <= 2.0),
@@ -77,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only write what Animate would send the worker for every rig, prompt and seed to "
                              "OUT/requests, for 'python -m backend.evaluation.bench_generate OUT' on a machine "
                              "without Blender (a GPU); then score its videos with --videos OUT")
+    parser.add_argument("--gifs", action="store_true",
+                        help="also write OUT/gifs/RIG_MOTION_seedS.gif per run: every scene frame of its Action as "
+                             "the contact sheets render it, the truth beside it on procedural rigs")
 
 
 def select_rigs(spec: str) -> list:
@@ -231,16 +236,16 @@ def _quiet_stdout():
             os.close(saved)
 
 
-def render_cells(bpy, obj, action, folder: Path) -> list:
-    """Workbench renders of ``action`` on ``obj`` at ``SHEET_FRAMES`` frames spread over its range."""
+def render_frames(bpy, obj, action, frames, size: int, folder: Path) -> list:
+    """Workbench renders (``size`` pixels square, through ``_setup_render``'s camera) of ``action``
+    on ``obj`` at ``frames``."""
     from PIL import Image
 
     _addon("job").use_action(obj, action)
-    frames = action_frames(action)
-    picks = frames[np.linspace(0, len(frames) - 1, SHEET_FRAMES).round().astype(int)]
     scene = bpy.context.scene
+    scene.render.resolution_x = scene.render.resolution_y = size
     cells = []
-    for frame in picks:
+    for frame in frames:
         scene.frame_set(int(frame))
         path = folder / f"cell_{frame}.png"
         scene.render.filepath = str(path)
@@ -249,6 +254,12 @@ def render_cells(bpy, obj, action, folder: Path) -> list:
         with Image.open(path) as image:
             cells.append(image.convert("RGB"))
     return cells
+
+
+def sheet_frames(action) -> np.ndarray:
+    """``SHEET_FRAMES`` frames spread over the Action's range."""
+    frames = action_frames(action)
+    return frames[np.linspace(0, len(frames) - 1, SHEET_FRAMES).round().astype(int)]
 
 
 def contact_sheet(rows: list[tuple[str, list]], path: Path) -> Path:
@@ -269,13 +280,35 @@ def contact_sheet(rows: list[tuple[str, list]], path: Path) -> Path:
     return path
 
 
+def action_gif(bpy, obj, panels: list[tuple[str, object]], path: Path, folder: Path) -> Path:
+    """A looping GIF at the scene's frame rate of the labelled Actions side by side on ``obj``, one
+    frame per scene frame of their range, rendered as the contact sheets are."""
+    from PIL import Image, ImageDraw
+
+    from .gifs import save_gif
+
+    size = GIF_WIDTH // len(panels)
+    ranges = np.array([action_frames(action)[[0, -1]] for _, action in panels])
+    frames = np.arange(ranges[:, 0].min(), ranges[:, 1].max() + 1)
+    films = [render_frames(bpy, obj, action, frames, size, folder) for _, action in panels]
+    images = []
+    for cells in zip(*films):
+        image = Image.new("RGB", (size * len(cells), size))
+        draw = ImageDraw.Draw(image)
+        for p, (cell, (label, _)) in enumerate(zip(cells, panels)):
+            image.paste(cell, (p * size, 0))
+            draw.multiline_text((p * size + 3, 2), label, fill=(0, 0, 0), spacing=1)
+        images.append(image)
+    render = bpy.context.scene.render
+    return save_gif(path, images, render.fps / render.fps_base)
+
+
 def _setup_render(bpy, obj) -> None:
     from backend.demo import add_preview_camera
 
     add_preview_camera(bpy, obj, SHEET_CELL)
     render = bpy.context.scene.render
     render.engine = "BLENDER_WORKBENCH"
-    render.resolution_x = render.resolution_y = SHEET_CELL
     render.resolution_percentage = 100
     render.image_settings.file_format = "PNG"
     scene = bpy.context.scene
@@ -296,8 +329,9 @@ def _empty_scene(bpy) -> None:
 
 
 def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, videos: Path | None = None,
-              requests: bool = False) -> dict:
-    """Every motion and seed of one rig: the scored runs, the truth's scores, the prompt effect."""
+              requests: bool = False, gifs: bool = False) -> dict:
+    """Every motion and seed of one rig: the scored runs, the truth's scores, the prompt effect;
+    with ``gifs``, a GIF per run (its Action, the truth's beside it)."""
     from backend.demo import DemoError, animate
     from backend.model import MODEL_FPS
     from backend.reconstruction.kinematics import resample_positions
@@ -322,18 +356,20 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
     def classify(joints):
         return predict(classifier, resample_positions(joints, SCENE_FPS, MODEL_FPS)[:FRAMES], rig)
 
-    truths, runs, motions, rows = {}, [], {}, []
+    truths, runs, motions, rows, films = {}, [], {}, [], []
     # A still rig read as each prompted motion: the classifier's chance level on this rig's shape.
     still = classify(np.repeat(rest[None], duration, axis=0))
     frame = _addon("snapshot").upright_frame(obj)
     sphere = _addon("templates").framing_sphere(obj, rig, frame.rotation) if videos is not None else None  # once
     for motion in bench_rig.motions:
+        truth_panel = []
         if bench_rig.creature is not None:
             action = key_truth(bpy, obj, bench_rig, motion, FRAMES, _addon("action").write_action)
             rotations, joints = read_motion(bpy, obj, rig, action_frames(action))
             truths[motion] = dict(motion_scores(rotations, joints, rest, SCENE_FPS), read_as=classify(joints))
             truths[motion]["joints"] = joints
             rows.append((f"truth: {motion}", action))
+            truth_panel = [(f"truth: {motion}", action)]
         for seed in seeds:
             text = bench_rig.prompt(motion)
             video_path = Path(_folder(bench_rig)) / video_name(motion, seed)
@@ -362,13 +398,19 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
             motions[text, seed] = joints
             runs.append(run)
             rows.append((f"{text} / seed {seed}: read as {run['read_as']}", action))
+            if gifs:
+                run["gif"] = str(out / "gifs" / f"{_folder(bench_rig)}_{motion}_seed{seed}.gif")
+                films.append((run["gif"], [*truth_panel, (f"{text}\nseed {seed}: read as {run['read_as']}", action)]))
             log(f"{bench_rig.name}: \"{text}\" seed {seed}: read as {run['read_as']}, flips {run['flips']:.1%}, "
                 f"range {run['range_deg']:.0f}°, movement {run['movement']:.2f}"
                 + ("" if seconds is None else f", {seconds:.1f} s"))
     _setup_render(bpy, obj)
     with tempfile.TemporaryDirectory(prefix="animax-sheet-") as folder:
-        sheet = contact_sheet([(label, render_cells(bpy, obj, action, Path(folder))) for label, action in rows],
-                              out / "sheets" / f"{_folder(bench_rig)}.png")
+        cells = [(label, render_frames(bpy, obj, action, sheet_frames(action), SHEET_CELL, Path(folder)))
+                 for label, action in rows]
+        sheet = contact_sheet(cells, out / "sheets" / f"{_folder(bench_rig)}.png")
+        for path, panels in films:
+            action_gif(bpy, obj, panels, Path(path), Path(folder))
     for truth in truths.values():
         del truth["joints"]
     return {"rig": bench_rig.name, "group": bench_rig.group, "family": bench_rig.family, "bones": rig.num_bones,
@@ -434,6 +476,8 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.requests and args.videos is not None:
         raise BenchError("--requests writes what the model needs and --videos scores what it made: give one")
+    if args.requests and args.gifs:
+        raise BenchError("--requests keys no Actions to make GIFs of; give --gifs to a run or to --videos")
     if args.videos is not None and not (args.videos / "videos").is_dir():
         raise BenchError(f"--videos {args.videos} holds no videos/ folder; give the --out folder of an earlier run")
     rigs = select_rigs(args.rigs)
@@ -452,7 +496,7 @@ def run(args: argparse.Namespace) -> dict:
         log(sentence)
         for bench in rigs:
             results.append(bench_rig(bpy, bench, list(range(args.seeds)), args.steps, classifier, args.out, log,
-                                     args.videos, args.requests))
+                                     args.videos, args.requests, args.gifs))
             report = {"command": " ".join(["animax", "motion-bench", *sys.argv[2:]]), "seeds": args.seeds,
                       "steps": args.steps, "videos": None if args.videos is None else str(args.videos),
                       "scene_fps": SCENE_FPS, "summary": summarise(results), "rigs": results}
