@@ -39,7 +39,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -328,10 +330,16 @@ def asset_key(name: str) -> str:
     return hashlib.sha1(name.encode("utf-8")).hexdigest()[:16]
 
 
-def _write_json(path: Path, value) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=1), encoding="utf-8")
+def _replace(path: Path, write) -> None:
+    """``write(temporary path)``, then the file renamed to ``path``; the temporary name is unique, since
+    machines sharing a folder all write its summaries."""
+    partial = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.partial")
+    write(partial)
     partial.replace(path)
+
+
+def _write_json(path: Path, value) -> None:
+    _replace(path, lambda partial: partial.write_text(json.dumps(value, indent=1), encoding="utf-8"))
 
 
 def _records(shards: Path, settings: dict) -> list[dict]:
@@ -416,7 +424,7 @@ def build_dataset(args) -> Report:
     _write_json(out / "report.json", {"clips": clips, **_settings(args), "shard": f"{part}/{machines}",
                                       **report.__dict__})
     _write_json(out / "index.json", [entry for r in records for entry in r["index"]])
-    make_camera_rig(np.zeros(3), 1.0, args.size).save(out / "cameras.json")
+    _replace(out / "cameras.json", make_camera_rig(np.zeros(3), 1.0, args.size).save)
     _print_summary(report, clips, out)
     if not clips:
         raise DatasetError(f"no clip was kept from {len(records)} assets; {out / 'report.json'} says why")
