@@ -4,7 +4,8 @@ A sample is what the model sees for one clip (paper §3.1): the four-view RGB an
 and the templates of the rig at rest in the same views, all from the product's camera rig around
 the rig's rest bounding sphere. Pose maps come from the project's one drawing function; RGB from
 the capsule renderer. Clips are sampled in worker processes (NumPy); RGB is rendered in the main
-process on ``device`` so a GPU can do it.
+process on ``device`` so a GPU can do it. ``SampleShards`` reads a dataset of ``Samples`` files
+(``animax dataset``'s folder) a file at a time.
 """
 
 from __future__ import annotations
