@@ -3,7 +3,7 @@
     animax pose-maps   --rig RIG.json --motion MOTION.npz --out DIR [--size 480]
     animax reconstruct --rig RIG.json --pose-maps DIR --out RESULT.npz [--smooth W]
     animax demo        [--blend IN.blend --armature NAME] --prompt TEXT --out OUT.blend [--preview OUT.mp4]
-    animax dataset     ASSETS_DIR --out DIR [--frames 17] [--stride 8] [--size 64] [--min-motion 0.05]
+    animax dataset     ASSETS_DIR --out DIR [--frames 17] [--stride 8] [--size 64] [--min-motion 0.05] [--shard I/N]
     animax motion-bench [--rigs NAMES] [--seeds 2] [--out DIR] [--requests | --videos DIR] [--gifs]
     animax eval        [--count 12] [--split both|heldout-families|heldout-proportions|heldout-rests] [--oracle] [--out DIR]
     animax ping        ADDRESS [--server-key FILE --client-key FILE]

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from animax_addon.core.templates_style import TEMPLATE_BACKGROUND  # noqa: E402
 from animax_addon.snapshot import rig_from_armature  # noqa: E402
 from backend.data import assets  # noqa: E402
 from backend.data.blender_build import build_creature  # noqa: E402
-from backend.data.dataset import Samples  # noqa: E402
+from backend.data.dataset import SHARDS, SampleShards  # noqa: E402
 from backend.data.rig_world import FAMILIES  # noqa: E402
 from backend.reconstruction.kinematics import forward_kinematics  # noqa: E402
 
@@ -72,12 +73,15 @@ def built(tmp_path_factory):
     (folder / "notes.md").write_text("not an asset", encoding="utf-8")
     (folder / "broken.glb").write_bytes(b"glTF but not really")
     out = tmp_path_factory.mktemp("dataset")
-    args = argparse.Namespace(assets=folder, out=out, frames=FRAMES, stride=STRIDE, size=SIZE,
-                              min_motion=assets.MIN_MOTION)
-    assets.build_dataset(args)
+    assets.build_dataset(_settings(folder, out))
     index = json.loads((out / "index.json").read_text())
     report = json.loads((out / "report.json").read_text())
-    return folder, out, Samples.load(out / "samples.npz"), index, report
+    return folder, out, SampleShards(out).load_all(), index, report
+
+
+def _settings(folder, out, **changed):
+    return argparse.Namespace(**{**dict(assets=folder, out=out, frames=FRAMES, stride=STRIDE, size=SIZE,
+                                        min_motion=assets.MIN_MOTION, shard=(0, 1)), **changed})
 
 
 def test_clips_skips_and_captions(built, capsys):
@@ -104,6 +108,34 @@ def test_clips_skips_and_captions(built, capsys):
     assert reasons[("broken.glb", None)][0].startswith("Blender could not open it")
     assert len(report["skipped"]) == 7 and report["ignored"] == ["notes.md"]
     assert [a["clips"] for a in report["assets"]] == [2, 0, 4, 0]
+
+
+def test_a_stopped_build_resumes_with_the_asset_it_was_on(built, tmp_path, capsys, monkeypatch):
+    """The fox's build stopped while writing its first part: its record is missing, a temporary file
+    lies there. The rerun builds the fox alone, and the same clips."""
+    folder, out, samples, index, report = built
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    fox = assets.asset_key("fox.blend")
+    (again / SHARDS / f"{fox}.json").unlink()
+    for part in (again / SHARDS).glob(f"{fox}-*.npz"):
+        part.unlink()
+    (again / SHARDS / f"{fox}-000.partial.npz").write_bytes(b"PK\x03\x04 cut short")
+    kept = {p.name: p.stat().st_mtime_ns for p in (again / SHARDS).iterdir()}
+    monkeypatch.setattr(assets, "PART_CLIPS", 3)  # the fox's 4 clips in two files this time
+    capsys.readouterr()
+    assets.build_dataset(_settings(folder, again))
+    printed = capsys.readouterr().out
+    assert printed.count("built earlier") == 3 and "fox.blend — 4 clips" in printed
+    files = {p.name for p in (again / SHARDS).iterdir()}
+    assert {f"{fox}-000.npz", f"{fox}-001.npz", f"{fox}.json"} <= files and f"{fox}-000.partial.npz" not in files
+    assert all((again / SHARDS / name).stat().st_mtime_ns == ns for name, ns in kept.items() if name in files)
+    assert json.loads((again / "index.json").read_text()) == index
+    rebuilt = SampleShards(again)
+    assert len(rebuilt.files) == 3 and rebuilt.counts == [2, 3, 1]
+    np.testing.assert_array_equal(rebuilt.load_all().pose, samples.pose)
+    with pytest.raises(assets.DatasetError, match="other settings \\(size 32 \\(now 48\\)"):
+        assets.build_dataset(_settings(folder, again, size=48))
 
 
 def test_pose_maps_are_those_of_the_posed_armature(built):
@@ -147,7 +179,7 @@ def test_rgb_videos_show_the_character_moving(built):
 
 
 def test_bad_options_are_refused_with_a_sentence(tmp_path):
-    args = argparse.Namespace(assets=tmp_path, out=tmp_path / "out", frames=16, stride=4, size=SIZE, min_motion=0.05)
+    args = _settings(tmp_path, tmp_path / "out", frames=16)
     with pytest.raises(assets.DatasetError, match=r"--frames must be 1 \+ 4k"):
         assets.build_dataset(args)
     args.frames = 5
@@ -158,3 +190,38 @@ def test_bad_options_are_refused_with_a_sentence(tmp_path):
 def test_readable_action_names():
     assert assets.readable("FoxWalk_cycle.001") == "fox walk cycle"
     assert assets.readable("Armature|Jump-high") == "armature jump high"
+
+
+def test_shards_of_n_machines_build_every_asset_once(tmp_path, monkeypatch):
+    """--shard I/N on N machines sharing one folder: each asset built once, one dataset in the end."""
+    folder = tmp_path / "assets"
+    (folder / "sub").mkdir(parents=True)
+    names = [f"a{k}.glb" for k in range(4)] + [f"sub/b{k}.blend" for k in range(3)]
+    for name in names:
+        (folder / name).write_bytes(b"")
+    built = []
+
+    def fake_build(asset, name, args, shards):  # one record per asset, no clips: the split is what is tested
+        built.append(name)
+        return {"asset": name, "settings": assets._settings(args), "entry": {"asset": name, "clips": 1},
+                "parts": [], "index": [{"asset": name}], "skipped": []}
+
+    monkeypatch.setattr(assets, "_build_asset", fake_build)
+    for machines in (1, 2, 3):
+        out = tmp_path / f"out{machines}"
+        built.clear()
+        shares = []
+        for part in range(machines):
+            assets.build_dataset(_settings(folder, out, shard=(part, machines)))
+            shares.append(list(built))
+            built.clear()
+        assert sorted(sum(shares, [])) == sorted(names)  # every asset exactly once over the machines
+        assert all(len(share) in (len(names) // machines, len(names) // machines + 1) for share in shares)
+        assert [e["asset"] for e in json.loads((out / "index.json").read_text())] == sorted(names)
+        assets.build_dataset(_settings(folder, out, shard=(0, machines)))  # a rerun: all built earlier
+        assert built == []
+    parser = argparse.ArgumentParser()
+    assets.add_dataset_arguments(parser)
+    assert parser.parse_args([str(folder), "--out", str(tmp_path / "o"), "--shard", "1/2"]).shard == (1, 2)
+    with pytest.raises(SystemExit):
+        parser.parse_args([str(folder), "--out", str(tmp_path / "o"), "--shard", "2/2"])

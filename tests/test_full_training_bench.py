@@ -59,5 +59,5 @@ def test_wan_shaped_directory_has_the_real_layout_and_loads_as_wan(tmp_path):
 def test_benchmark_samples_fit_the_full_preset_path(tmp_path):
     path = tmp_path / "samples.npz"
     make_samples(path, clips=1, size=32, frames=5, device="cpu")
-    samples = train.load_dataset(path, AutoencoderKLWan(base_dim=8), 2, "full")  # Wan's 8x / 4x compression
+    samples = train.load_dataset(path, AutoencoderKLWan(base_dim=8), 2, "full").load_all()  # Wan's 8x / 4x
     assert samples.rgb.shape == (1, 4, 5, 32, 32, 3) and samples.pose_rest.shape == (1, 4, 32, 32, 3)

@@ -1,6 +1,6 @@
 """``animax dataset``: training samples from a folder of rigged, animated assets, with Blender.
 
-    animax dataset ASSETS_DIR --out DIR [--frames 17] [--stride 8] [--size 64] [--min-motion 0.05]
+    animax dataset ASSETS_DIR --out DIR [--frames 17] [--stride 8] [--size 64] [--min-motion 0.05] [--shard I/N]
 
 Every .blend, .glb/.gltf and .fbx in ASSETS_DIR (sorted, subfolders included) is opened in a fresh
 factory scene. For every armature and every Action that animates it, the Action is sampled at the
@@ -17,19 +17,31 @@ one clip, and clips whose motion is negligible (paper A.1): every joint stays wi
 Captions: ``<asset stem>.<action name>.txt`` beside the asset, else ``<asset stem>.txt``, else the
 Action's name made readable ("FoxWalk_cycle.001" -> "fox walk cycle").
 
-Outputs: ``samples.npz`` (``Samples``; ``motions`` holds the readable Action name when that is the
-caption, "" for a sidecar caption; ``families`` the asset's file name), ``cameras.json`` (the camera
-rig in normalised rig space, shared by all samples), ``index.json`` (per sample: asset, armature,
-action, scene frames, caption, and the rest bounding sphere's centre and radius that map world
-space to normalised space), ``report.json``.
+Outputs: ``shards/`` (per asset, ``<key>.json``, the record of a finished asset: its clips' ``index``
+entries, its skips, the settings, and the ``<key>-<part>.npz`` files that hold its clips, at most
+``PART_CLIPS`` each, in the format training reads, ``Samples``; ``motions`` holds the readable Action
+name when that is the caption, "" for a sidecar caption; ``families`` the asset's file name),
+``cameras.json`` (the camera rig in normalised rig space, shared by all samples), ``index.json`` (per
+sample of every finished asset: asset, armature, action, scene frames, caption, and the rest bounding
+sphere's centre and radius that map world space to normalised space), ``report.json``.
+
+Resumable and shared: an asset whose record exists is not built again, and every file is written
+under a temporary name and then renamed, so a stopped build loses at most the asset it was on.
+``--shard I/N`` builds the assets i (in sorted order) with i % N == I, so N machines writing into one
+folder build each asset once; ``index.json`` and ``report.json`` list the finished assets of the
+folder, whoever built them (the last machine to finish writes the complete ones).
 
 ``bpy`` is imported inside the functions: the CLI imports this module on machines without it.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
+import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +57,8 @@ MIN_MOTION = 0.05
 """Default negligible-motion threshold: the largest joint displacement from a clip's first frame,
 as a fraction of the rest bounding-sphere radius (0.05 is about one pixel at 64 px, where the
 sphere spans 60% of the frame)."""
+PART_CLIPS = 8
+"""Clips per shard file: what training holds in RAM while it encodes a file (1.8 GB at 480 px x 81 frames)."""
 
 
 class DatasetError(ValueError):
@@ -53,12 +67,27 @@ class DatasetError(ValueError):
 
 def add_dataset_arguments(parser) -> None:
     parser.add_argument("assets", type=Path, help="folder of .blend / .glb / .gltf / .fbx files with Actions")
-    parser.add_argument("--out", type=output_folder, required=True, help="output folder (samples.npz, index.json, ...)")
+    parser.add_argument("--out", type=output_folder, required=True,
+                        help="output folder (shards/, index.json, ...); a rerun goes on where it stopped")
     parser.add_argument("--frames", type=int, default=17, help="frames per clip, 1 + 4k (default 17: tiny; full: 81)")
     parser.add_argument("--stride", type=int, default=8, help="samples between clip starts (default 8)")
     parser.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
     parser.add_argument("--min-motion", type=float, default=MIN_MOTION,
                         help=f"skip clips whose joints all move less than this x the rig's radius (default {MIN_MOTION})")
+    parser.add_argument("--shard", type=shard_part, default=(0, 1), metavar="I/N",
+                        help="build only the assets i (sorted by path) with i %% N == I: one of N machines sharing "
+                             "--out (default 0/1: all)")
+
+
+def shard_part(text: str) -> tuple[int, int]:
+    """``--shard I/N`` as (I, N), 0 <= I < N."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"expected 0 <= I < N, got {text!r}")
+    return i, n
 
 
 def readable(name: str) -> str:
@@ -178,7 +207,41 @@ def pose_joints(obj, rig, times: np.ndarray) -> np.ndarray:
     return out
 
 
-def _armature_samples(asset: Path, name: str, obj, args, report: Report, collected: list[dict]) -> int:
+class _Parts:
+    """An asset's clips, written to ``folder/<stem>-<part>.npz`` every ``PART_CLIPS`` clips, each file
+    under a temporary name and then renamed: a file of that name is whole."""
+
+    def __init__(self, folder: Path, stem: str):
+        self.folder, self.stem = folder, stem
+        self.clips: list[dict] = []
+        self.files: list[str] = []
+        self.index: list[dict] = []
+
+    def append(self, clip: dict) -> None:
+        self.clips.append(clip)
+        self.index.append(clip["index"])
+        if len(self.clips) == PART_CLIPS:
+            self.flush()
+
+    def flush(self) -> None:
+        from .dataset import Samples
+
+        if not self.clips:
+            return
+        name = f"{self.stem}-{len(self.files):03d}"
+        clips, self.clips = self.clips, []
+        partial = self.folder / f"{name}.partial.npz"
+        Samples(
+            rgb=np.stack([c["rgb"] for c in clips]), pose=np.stack([c["pose"] for c in clips]),
+            rgb_rest=np.stack([c["rgb_rest"] for c in clips]), pose_rest=np.stack([c["pose_rest"] for c in clips]),
+            prompts=[c["prompt"] for c in clips], motions=[c["motion"] for c in clips],
+            families=[c["family"] for c in clips],
+        ).save(partial)
+        partial.replace(self.folder / f"{name}.npz")
+        self.files.append(f"{name}.npz")
+
+
+def _armature_samples(asset: Path, name: str, obj, args, report: Report, collected: _Parts) -> int:
     """Clips of every Action of one armature into ``collected``; returns how many."""
     import bpy
 
@@ -262,54 +325,109 @@ def _validate(args) -> None:
         raise DatasetError(f"asset folder not found: {args.assets}")
 
 
+def asset_key(name: str) -> str:
+    """The file stem of an asset's shard: its path's hash, the same on every machine."""
+    return hashlib.sha1(name.encode("utf-8")).hexdigest()[:16]
+
+
+def _replace(path: Path, write) -> None:
+    """``write(temporary path)``, then the file renamed to ``path``; the temporary name is unique, since
+    machines sharing a folder all write its summaries."""
+    partial = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.partial")
+    write(partial)
+    partial.replace(path)
+
+
+def _write_json(path: Path, value) -> None:
+    _replace(path, lambda partial: partial.write_text(json.dumps(value, indent=1), encoding="utf-8"))
+
+
+def _records(shards: Path, settings: dict) -> list[dict]:
+    """The records of the finished assets in ``shards``, by asset; a folder of other settings is refused."""
+    records = sorted((json.loads(p.read_text(encoding="utf-8")) for p in shards.glob("*.json")),
+                     key=lambda r: r["asset"])
+    for record in records:
+        if record["settings"] != settings:
+            changed = ", ".join(f"{k} {record['settings'].get(k)} (now {v})" for k, v in settings.items()
+                                if record["settings"].get(k) != v)
+            raise DatasetError(f"{shards.parent} holds clips built with other settings ({changed}): give the "
+                               "same settings to add to it, or another --out")
+    return records
+
+
+def _build_asset(asset: Path, name: str, args, shards: Path) -> dict:
+    """One asset's clips into shard files and its record, which is written last."""
+    import bpy
+
+    stem = asset_key(name)
+    for stale in shards.glob(f"{stem}-*"):  # an earlier build of this asset that stopped before its record
+        stale.unlink()
+    report = Report()
+    parts = _Parts(shards, stem)
+    entry = {"asset": name, "clips": 0}
+    try:
+        load_asset(asset)
+    except DatasetError as exc:
+        report.skip(str(exc), asset=name)
+        entry["skipped"] = str(exc)
+    else:
+        armatures = [o for o in bpy.context.scene.objects if o.type == "ARMATURE"]
+        if not armatures:
+            report.skip("no armature in the file", asset=name)
+        for obj in armatures:
+            entry["clips"] += _armature_samples(asset, name, obj, args, report, parts)
+    parts.flush()
+    return {"asset": name, "settings": _settings(args), "entry": entry, "parts": parts.files, "index": parts.index,
+            "skipped": report.skipped}
+
+
+def _settings(args) -> dict:
+    return {"frames": args.frames, "stride": args.stride, "size": args.size, "fps": MODEL_FPS,
+            "min_motion": args.min_motion}
+
+
 def build_dataset(args) -> Report:
-    """Build the dataset described by ``args`` (see ``add_dataset_arguments``) into ``args.out``."""
+    """Build the dataset described by ``args`` (see ``add_dataset_arguments``) into ``args.out``: this
+    machine's share of the assets that have no record yet. Returns the report of the whole folder."""
+    from .dataset import SHARDS  # torch, in seconds: not for the CLI's other commands
+
     _validate(args)
     assets, others = find_assets(Path(args.assets))
     if not assets:
         raise DatasetError(f"{args.assets} holds no {', '.join(ASSET_SUFFIXES)} files")
-    try:
-        import bpy  # seconds to import: after the checks above
-    except ImportError:
-        raise DatasetError("the dataset builder runs Blender: install its Python module "
-                           "(pip install bpy==5.0.1, Python 3.11)") from None
-    from .dataset import Samples
-
-    report = Report(ignored=[str(p.relative_to(args.assets)) for p in others])
-    collected: list[dict] = []
-    for i, asset in enumerate(assets, 1):
-        name = str(asset.relative_to(args.assets))
-        entry = {"asset": name, "clips": 0}
-        try:
-            load_asset(asset)
-        except DatasetError as exc:
-            report.skip(str(exc), asset=name)
-            entry["skipped"] = str(exc)
-        else:
-            armatures = [o for o in bpy.context.scene.objects if o.type == "ARMATURE"]
-            if not armatures:
-                report.skip("no armature in the file", asset=name)
-            for obj in armatures:
-                entry["clips"] += _armature_samples(asset, name, obj, args, report, collected)
-        report.assets.append(entry)
-        print(f"asset {i}/{len(assets)}: {name} — {entry['clips']} clips", flush=True)
-
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = {"clips": len(collected), "frames": args.frames, "stride": args.stride, "size": args.size,
-               "fps": MODEL_FPS, "min_motion": args.min_motion, **report.__dict__}
-    (out / "report.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    (out / "index.json").write_text(json.dumps([c["index"] for c in collected], indent=1), encoding="utf-8")
-    make_camera_rig(np.zeros(3), 1.0, args.size).save(out / "cameras.json")
-    _print_summary(report, len(collected), out)
-    if not collected:
-        raise DatasetError(f"no clip was kept from {len(assets)} assets; {out / 'report.json'} says why")
-    Samples(
-        rgb=np.stack([c["rgb"] for c in collected]), pose=np.stack([c["pose"] for c in collected]),
-        rgb_rest=np.stack([c["rgb_rest"] for c in collected]), pose_rest=np.stack([c["pose_rest"] for c in collected]),
-        prompts=[c["prompt"] for c in collected], motions=[c["motion"] for c in collected],
-        families=[c["family"] for c in collected],
-    ).save(out / "samples.npz")
+    shards = out / SHARDS
+    shards.mkdir(parents=True, exist_ok=True)
+    done = {r["asset"] for r in _records(shards, _settings(args))}
+    part, machines = args.shard
+    names = [asset.relative_to(args.assets).as_posix() for asset in assets]
+    mine = [(asset, name) for k, (asset, name) in enumerate(zip(assets, names)) if k % machines == part]
+    todo = [(asset, name) for asset, name in mine if name not in done]
+    if todo:
+        try:
+            import bpy  # noqa: F401 - seconds to import: after the checks above
+        except ImportError:
+            raise DatasetError("the dataset builder runs Blender: install its Python module "
+                               "(pip install bpy==5.0.1, Python 3.11)") from None
+    for i, (asset, name) in enumerate(mine, 1):
+        if name in done:
+            print(f"asset {i}/{len(mine)}: {name} — built earlier", flush=True)
+            continue
+        record = _build_asset(asset, name, args, shards)
+        _write_json(shards / f"{asset_key(name)}.json", record)
+        print(f"asset {i}/{len(mine)}: {name} — {record['entry']['clips']} clips", flush=True)
+
+    records = _records(shards, _settings(args))
+    report = Report(assets=[r["entry"] for r in records], skipped=[s for r in records for s in r["skipped"]],
+                    ignored=[p.relative_to(args.assets).as_posix() for p in others])
+    clips = sum(r["entry"]["clips"] for r in records)
+    _write_json(out / "report.json", {"clips": clips, **_settings(args), "shard": f"{part}/{machines}",
+                                      **report.__dict__})
+    _write_json(out / "index.json", [entry for r in records for entry in r["index"]])
+    _replace(out / "cameras.json", make_camera_rig(np.zeros(3), 1.0, args.size).save)
+    _print_summary(report, clips, out)
+    if not clips:
+        raise DatasetError(f"no clip was kept from {len(records)} assets; {out / 'report.json'} says why")
     return report
 
 

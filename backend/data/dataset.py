@@ -4,11 +4,14 @@ A sample is what the model sees for one clip (paper §3.1): the four-view RGB an
 and the templates of the rig at rest in the same views, all from the product's camera rig around
 the rig's rest bounding sphere. Pose maps come from the project's one drawing function; RGB from
 the capsule renderer. Clips are sampled in worker processes (NumPy); RGB is rendered in the main
-process on ``device`` so a GPU can do it.
+process on ``device`` so a GPU can do it. ``SampleShards`` reads a dataset of ``Samples`` files
+(``animax dataset``'s folder) a file at a time.
 """
 
 from __future__ import annotations
 
+import json
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,12 +51,74 @@ class Samples:
 
     @classmethod
     def load(cls, path: str | Path) -> "Samples":
-        with np.load(path) as data:
-            if int(data["format_version"]) != DATASET_FORMAT_VERSION:
-                raise ValueError(f"{path} is a version {int(data['format_version'])} dataset; this code reads "
-                                 f"version {DATASET_FORMAT_VERSION}: build it again")
+        with _opened(path) as data:
             return cls(data["rgb"], data["pose"], data["rgb_rest"], data["pose_rest"],
                        data["prompts"].tolist(), data["motions"].tolist(), data["families"].tolist())
+
+    @classmethod
+    def concatenate(cls, parts: list["Samples"]) -> "Samples":
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("rgb", "pose", "rgb_rest", "pose_rest")),
+                   *([x for p in parts for x in getattr(p, k)] for k in ("prompts", "motions", "families")))
+
+
+def _opened(path: str | Path):
+    data = np.load(path)
+    if int(data["format_version"]) != DATASET_FORMAT_VERSION:
+        data.close()
+        raise ValueError(f"{path} is a version {int(data['format_version'])} dataset; this code reads "
+                         f"version {DATASET_FORMAT_VERSION}: build it again")
+    return data
+
+
+SHARDS = "shards"
+"""The folder of a dataset's shards: ``<name>.json`` records, each listing the ``.npz`` parts (``Samples``
+files) it completed."""
+
+
+class SampleShards:
+    """The clips of a dataset, read one shard (a ``Samples`` file) at a time, so that RAM holds one
+    shard, never the dataset. ``path`` is a dataset folder (``animax dataset``: ``shards/*.json`` and
+    the parts they list, in the order of their assets) or one ``Samples`` file, a dataset of one shard.
+    What describes the clips (their count, shape and captions) is read without their images."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if path.is_dir():
+            records = sorted((json.loads(p.read_text(encoding="utf-8")) for p in (path / SHARDS).glob("*.json")),
+                             key=lambda r: r["asset"])
+            self.files = [path / SHARDS / part for record in records for part in record["parts"]]
+            if not self.files:
+                raise ValueError(f"{path} holds no complete shard with clips ({path / SHARDS}/*.json): "
+                                 "build it with `animax dataset ASSETS --out DIR`")
+        else:
+            self.files = [path]
+        self.prompts, self.motions, self.families, self.counts = [], [], [], []
+        for file in self.files:
+            with _opened(file) as data:
+                prompts = data["prompts"].tolist()
+                self.prompts += prompts
+                self.motions += data["motions"].tolist()
+                self.families += data["families"].tolist()
+            self.counts.append(len(prompts))
+        self.shape = _array_shape(self.files[0], "rgb")[1:]  # (V, T, S, S, 3)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __iter__(self):
+        return (Samples.load(file) for file in self.files)
+
+    def load_all(self) -> Samples:
+        """Every clip in RAM: for small datasets (the tiny preset's VAE stage, tests)."""
+        return Samples.concatenate(list(self))
+
+
+def _array_shape(path: Path, name: str) -> tuple[int, ...]:
+    """The shape of array ``name`` of an .npz file, from its header alone."""
+    with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as member:
+        major, _ = np.lib.format.read_magic(member)
+        header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        return header(member)[0]
 
 
 def draw_clip(seed: int, size: int, frames: int, families, motions, rested: bool = False) -> dict:

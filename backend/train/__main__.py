@@ -1,8 +1,8 @@
 """``python -m backend.train``: training both presets, resumable after a stop.
 
-    python -m backend.train text-cache [--dataset SAMPLES.npz]  # once, where MiniLM is installed
-    python -m backend.train run --out runs/tiny [--dataset SAMPLES.npz] [--resume]  # vae -> joint -> multiview
-    python -m backend.train run --preset full --wan WAN_DIR --dataset SAMPLES.npz --out runs/full [--resume]
+    python -m backend.train text-cache [--dataset DATASET]  # once, where MiniLM is installed
+    python -m backend.train run --out runs/tiny [--dataset DATASET] [--resume]  # vae -> joint -> multiview
+    python -m backend.train run --preset full --wan WAN_DIR --dataset DATASET --out runs/full [--resume]
     python -m backend.train recipe backend/train/recipes/tiny.json --out runs/tiny  # the shipped model, stage by stage
 
 A tiny run writes ``OUT/model`` (a tiny-model directory that ``load_tiny`` reads); a full run writes
@@ -31,7 +31,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from diffusers import AutoencoderKLWan
 
-from backend.data.dataset import Samples, build_samples
+from backend.data.dataset import Samples, SampleShards, build_samples
 from backend.data.motions import all_prompts
 from backend.model.adapter import make_lora_config, save_adapter
 from backend.model.checked_files import DIFFUSERS_WEIGHTS
@@ -77,7 +77,7 @@ def text_cache_main(args) -> None:
     from backend.model.loading import build_tiny_pipeline
 
     kept = TextCache(args.out).prompts if Path(args.out).is_file() else []
-    captions = [caption for path in args.dataset for caption in Samples.load(path).prompts]
+    captions = [caption for path in args.dataset for caption in SampleShards(path).prompts]
     procedural = all_prompts()
     prompts = list(dict.fromkeys(kept + procedural + captions))  # ordered, without repeats
     build_text_cache(build_tiny_pipeline(), prompts, args.out)
@@ -85,10 +85,11 @@ def text_cache_main(args) -> None:
           f"({len(set(captions) - set(procedural))} dataset captions)")
 
 
-def load_dataset(path: Path, vae, patch_size: int, preset: str) -> Samples:
-    """``animax dataset``'s samples, checked against the VAE's compression and the patch size."""
-    samples = Samples.load(path)
-    frames, size = samples.rgb.shape[2], samples.rgb.shape[3]
+def load_dataset(path: Path, vae, patch_size: int, preset: str) -> SampleShards:
+    """``animax dataset``'s samples (a dataset folder or one samples file), checked against the VAE's
+    compression and the patch size."""
+    samples = SampleShards(path)
+    frames, size = samples.shape[1], samples.shape[2]
     multiple = vae.config.scale_factor_spatial * patch_size
     step = vae.config.scale_factor_temporal
     problems = ([f"its images are {size} px, not a multiple of {multiple}"] if size % multiple else []) + \
@@ -135,7 +136,7 @@ def encode_full(args, vae, text_encoder, tokenizer, transformer, device) -> tupl
 
 
 def _encode_full(args, vae, text_encoder, tokenizer, transformer, device) -> tuple[LatentSet, dict]:
-    samples = load_dataset(Path(args.dataset), vae, transformer.config.patch_size[1], "full")
+    samples = load_dataset(Path(args.dataset), vae, transformer.config.patch_size[1], "full").load_all()
     # Embedded as AnimaXPipeline.encode_prompt does at inference: FULL's 512 tokens, padding zeroed.
     pipeline = AnimaXPipeline(tokenizer, text_encoder.to(device), vae, transformer,
                               make_scheduler(), FULL.max_sequence_length)
@@ -191,7 +192,7 @@ def tiny_samples(args, vae, transformer, text_cache: TextCache, device) -> Sampl
     if not args.dataset:
         return build_samples(args.samples, args.seed, TINY.size, TINY.num_frames, device=str(device),
                              processes=args.processes)
-    samples = load_dataset(args.dataset, vae, transformer.config.patch_size[1], "tiny")
+    samples = load_dataset(args.dataset, vae, transformer.config.patch_size[1], "tiny").load_all()
     unknown = sorted(set(samples.prompts) - set(text_cache.prompts))
     if unknown:
         raise SystemExit(f"{len(unknown)} captions of {args.dataset} are not in {args.text_cache} (e.g. "
@@ -338,7 +339,7 @@ def full_transformer(wan, lora_rank: int, seed: int):
 def run_full(args, out: Path, device, precision: str, deadline: float, record: dict, losses: dict) -> bool:
     if not args.wan or not args.dataset:
         raise SystemExit("--preset full needs --wan (a local diffusers-format Wan2.1-T2V-1.3B directory) and "
-                         "--dataset (a samples.npz from `animax dataset ... --size 480 --frames 81`)")
+                         "--dataset (a folder from `animax dataset ... --size 480 --frames 81`)")
     began = time.time()
     text_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     wan, vae, text_encoder, tokenizer = load_wan(Path(args.wan), text_dtype)
@@ -505,14 +506,15 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--out", type=Path, default=DEFAULT_TEXT_CACHE,
                        help="the cache; prompts it already holds are kept")
     cache.add_argument("--dataset", type=Path, action="append", default=[],
-                       help="a samples.npz from `animax dataset` whose captions to add (repeatable)")
+                       help="a dataset (`animax dataset`'s folder, or a samples file) whose captions to add "
+                            "(repeatable)")
     run = sub.add_parser("run", help="train a preset: tiny from scratch (vae, joint, multiview); full as a "
                                      "LoRA adapter on a local Wan2.1 (joint, multiview)")
     run.add_argument("--out", required=True)
     run.add_argument("--preset", choices=sorted(STAGE_DEFAULTS), default="tiny")
     run.add_argument("--resume", action="store_true", help="continue the checkpoints in --out")
-    run.add_argument("--dataset", type=Path, help="train on this samples.npz (`animax dataset`) instead of "
-                                                  "procedural clips; required for full")
+    run.add_argument("--dataset", type=Path, help="train on this dataset (`animax dataset`'s folder, or a samples "
+                                                  "file) instead of procedural clips; required for full")
     run.add_argument("--seed", type=int, default=0)
     tiny = run.add_argument_group("tiny preset")
     tiny.add_argument("--samples", type=int, default=6000, help="procedural clips (4 views each)")
