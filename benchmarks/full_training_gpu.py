@@ -37,6 +37,7 @@ stage checkpoints (7 and 9 GB).
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -65,6 +66,31 @@ def make_samples(path: Path, clips: int, size: int = FULL.size, frames: int = FU
     samples = build_samples(clips, seed, size, frames, device=str(device), processes=min(clips, os.cpu_count() or 1),
                             render_batch=1)
     samples.save(path)
+
+
+def timed(seconds: dict, name: str, fn):
+    """``fn()``, announced and timed as one part of the command, its seconds in ``seconds[name]``."""
+    print(f"--- {name}", flush=True)
+    start = time.time()
+    value = fn()
+    seconds[name] = time.time() - start
+    print(f"--- {name}: {seconds[name]:.0f} s", flush=True)
+    return value
+
+
+def samples_and_wan(work: Path, wan: Path | None, clips: int, seconds: dict) -> tuple[Path, Path]:
+    """``clips`` procedural clips in WORK/samples.npz and the Wan directory: ``wan``, or WORK/wan,
+    written unless an earlier run left a complete one (model_index.json is written last)."""
+    samples = work / "samples.npz"  # before CUDA starts: its clips are drawn in forked processes
+    timed(seconds, "data", lambda: make_samples(samples, clips))
+    free_gpu()  # the renders' buffers
+    directory = wan or work / "wan"
+    if not (directory / "model_index.json").is_file():
+        if wan:
+            raise SystemExit(f"--wan {wan}: model_index.json is missing; expected a diffusers-format Wan directory")
+        timed(seconds, "wan", lambda: write_wan_dir(directory, DEVICE))
+        free_gpu()
+    return samples, directory
 
 
 def train_argv(args, wan: Path, samples: Path) -> list[str]:
@@ -208,23 +234,9 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     results = {"clips": args.clips, "batch": args.batch, "multiview_batch": args.multiview_batch, "seconds": {}}
 
-    def part(name: str, fn):
-        print(f"--- {name}", flush=True)
-        start = time.time()
-        value = fn()
-        results["seconds"][name] = time.time() - start
-        print(f"--- {name}: {results['seconds'][name]:.0f} s", flush=True)
-        return value
-
-    samples = args.work / "samples.npz"  # before CUDA starts: its clips are drawn in forked processes
-    part("data", lambda: make_samples(samples, args.clips))
+    part = functools.partial(timed, results["seconds"])
+    samples, wan = samples_and_wan(args.work, args.wan, args.clips, results["seconds"])
     results.update(device=torch.cuda.get_device_name(), torch=torch.__version__)
-    wan = args.wan or args.work / "wan"
-    if not (wan / "model_index.json").is_file():  # written last: an interrupted directory is written again
-        if args.wan:
-            raise SystemExit(f"--wan {wan}: model_index.json is missing; expected a diffusers-format Wan directory")
-        part("wan", lambda: write_wan_dir(wan, DEVICE))
-        free_gpu()
     shutil.rmtree(args.work / "run", ignore_errors=True)
     argv = train_argv(args, wan, samples)
     print("python -m backend.train " + " ".join(argv) + " --deadline-min 1e-9", flush=True)

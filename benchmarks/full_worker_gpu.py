@@ -25,6 +25,7 @@ Prints a Markdown table and writes the results to ``--out`` (JSON).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -37,9 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from full_training_gpu import free_gpu, make_samples  # beside this script
+from full_training_gpu import free_gpu, samples_and_wan, timed  # beside this script
 from PIL import Image
-from wan_shaped_dir import write_wan_dir
 
 from animax_addon.core.client import Client, WorkerUnavailable
 from backend.cli import TEMPLATE_NAMES, rig_cameras
@@ -141,22 +141,9 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     results = {"fast": args.fast, "seconds": {}}
 
-    def part(name: str, fn):
-        print(f"--- {name}", flush=True)
-        start = time.time()
-        value = fn()
-        results["seconds"][name] = time.time() - start
-        print(f"--- {name}: {results['seconds'][name]:.0f} s", flush=True)
-        return value
-
-    samples = args.work / "samples.npz"  # before CUDA starts: its clips are drawn in forked processes
-    part("data", lambda: make_samples(samples, 2))
-    free_gpu()  # the renders' buffers: the training run and the worker below need the GPU's memory
+    part = functools.partial(timed, results["seconds"])
+    samples, wan = samples_and_wan(args.work, args.wan, 2, results["seconds"])
     results.update(device=torch.cuda.get_device_name(), torch=torch.__version__)
-    wan = args.wan or args.work / "wan"
-    if not (wan / "model_index.json").is_file():
-        part("wan", lambda: write_wan_dir(wan, "cuda"))
-        free_gpu()
     run = args.work / "run"
     train = [sys.executable, "-m", "backend.train", "run", "--preset", "full", "--wan", str(wan), "--dataset",
              str(samples), "--out", str(run), "--joint-steps", "1", "--batch", "1", "--multiview-steps", "1"]
