@@ -7,7 +7,7 @@ The broker and the worker run in processes of their own (the worker joins over C
 ``--threads`` client threads share the jobs, each kind in turn (``PLAN``):
 
 - valid: 32 px cameras, 1 frame, 1 step, pose video out: a real RESULT;
-- refused by the schema: steps 0, an unknown body key, not JSON, protocol version 2, a bad job id;
+- refused by the schema: steps 0, an unknown body key, not JSON, the previous protocol version, a bad job id;
 - past the preset (steps 81, frames 21, 128 px cameras: the broker refuses them at admission);
 - too large: 1101 frames, a 70 KB header, a template PNG that declares 4096 x 4096 (the worker
   refuses it before decoding), a 17 MiB frame (libzmq drops the connection: no answer);
