@@ -44,6 +44,17 @@ def number(kind=int, minimum: float | None = None, above: float | None = None, m
     return parse
 
 
+def shard(text: str) -> tuple[int, int]:
+    """An argparse type: ``I/N``, the I-th (0-based) of N processes or machines sharing work, as (I, N)."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"I must be from 0 to N-1 in I/N, got {text!r}")
+    return index, count
+
+
 def zmq_address(text: str) -> str:
     """An argparse type: a ZeroMQ endpoint, ``tcp://HOST:PORT`` or ``ipc://PATH``.
 

@@ -49,7 +49,7 @@ import numpy as np
 
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.pose_maps import render_pose_maps
-from backend.arguments import output_folder
+from backend.arguments import output_folder, shard
 from backend.model import MODEL_FPS
 
 ASSET_SUFFIXES = (".blend", ".glb", ".gltf", ".fbx")
@@ -74,20 +74,9 @@ def add_dataset_arguments(parser) -> None:
     parser.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
     parser.add_argument("--min-motion", type=float, default=MIN_MOTION,
                         help=f"skip clips whose joints all move less than this x the rig's radius (default {MIN_MOTION})")
-    parser.add_argument("--shard", type=shard_part, default=(0, 1), metavar="I/N",
+    parser.add_argument("--shard", type=shard, default=(0, 1), metavar="I/N",
                         help="build only the assets i (sorted by path) with i %% N == I: one of N machines sharing "
                              "--out (default 0/1: all)")
-
-
-def shard_part(text: str) -> tuple[int, int]:
-    """``--shard I/N`` as (I, N), 0 <= I < N."""
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"expected 0 <= I < N, got {text!r}")
-    return i, n
 
 
 def readable(name: str) -> str:

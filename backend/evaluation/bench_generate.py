@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.arguments import shard
+
 
 def submit_message(folder: Path, job: dict):
     """The SUBMIT message the add-on's client would send for ``job`` of the rig in ``folder``."""
@@ -32,16 +34,6 @@ def submit_message(folder: Path, job: dict):
                                   json.loads((folder / "cameras.json").read_text()), templates,
                                   Options.from_dict(job["options"]))
     return request.to_message(job["video"])
-
-
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
-    if not 0 <= index < count:
-        raise argparse.ArgumentTypeError(f"I must be from 0 to N-1 in I/N, got {text!r}")
-    return index, count
 
 
 class _CachedPrompts:
@@ -70,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true",
                         help="the fast sampler, as `animax-worker --fast` runs it (make the requests with "
                              "`animax motion-bench --requests --steps 10`, its step count)")
-    parser.add_argument("--shard", type=_shard, default=(0, 1),
+    parser.add_argument("--shard", type=shard, default=(0, 1),
                         help="I/N: only every N-th rig from the I-th (0-based), for N processes side by side")
     args = parser.parse_args(argv)
     requests = args.out / "requests"
