@@ -14,10 +14,10 @@ side in one run, the ways of encoding them on the frames a job sends:
   size, repeated: the renderer takes seconds a frame on a CPU), clean and with the same noise.
 
 Encoders: Pillow's defaults (the previous ``png_blob``: zlib level 6, five filters tried a row,
-``optimize=False``), Pillow at lower ``compress_level`` and with ``Z_RLE``, rows written by NumPy
-with one filter for the whole image and zlib, ``png_blob`` as it is, and ``png_blob`` and Pillow in
-a thread pool (zlib releases the GIL). Every encoder's first frame of each kind is decoded back and
-compared with its input. Prints Markdown tables: seconds for all the frames, MB a job (the frames of
+``optimize=False``), Pillow at lower ``compress_level``, ``png_blob`` as it is (level 1 with
+``Z_RLE``), and ``png_blob`` and Pillow's defaults in a thread pool, as the worker encodes
+(``png_blobs``: Pillow's encoder releases the GIL). Every encoder's first frame of each kind is
+decoded back and compared with its input. Prints Markdown tables: seconds for all the frames, MB a job (the frames of
 one video), and both as ratios to Pillow's defaults.
 """
 
@@ -27,7 +27,6 @@ import argparse
 import io
 import os
 import platform
-import struct
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +37,7 @@ from PIL import Image
 
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.pose_maps import render_pose_maps
-from animax_addon.core.protocol import PNG_SIGNATURE, blob_png, png_blob
+from animax_addon.core.protocol import blob_png, png_blob
 from backend.data.motions import MOTIONS
 from backend.data.rig_world import FAMILIES
 from backend.reconstruction.kinematics import forward_kinematics
@@ -54,30 +53,6 @@ def pillow(image: np.ndarray, **options) -> bytes:
     return buffer.getvalue()
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
-
-
-def rows_png(image: np.ndarray, row_filter: int, strategy: int, level: int = 1) -> bytes:
-    """A PNG whose rows all take ``row_filter`` (0: none, 1: Sub, 2: Up), deflated by zlib."""
-    height, width = image.shape[:2]
-    pixels = image.reshape(height, 3 * width)
-    rows = np.empty((height, 1 + 3 * width), np.uint8)
-    rows[:, 0] = row_filter
-    if row_filter == 0:
-        rows[:, 1:] = pixels
-    elif row_filter == 1:
-        rows[:, 1:4] = pixels[:, :3]
-        np.subtract(pixels[:, 3:], pixels[:, :-3], out=rows[:, 4:])
-    else:
-        rows[0, 1:] = pixels[0]
-        np.subtract(pixels[1:], pixels[:-1], out=rows[1:, 1:])
-    deflate = zlib.compressobj(level, zlib.DEFLATED, 15, 8, strategy)
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"".join((PNG_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", deflate.compress(rows) + deflate.flush()),
-                     _chunk(b"IEND", b"")))
-
-
 def in_threads(encode, threads: int):
     def run(frames):
         with ThreadPoolExecutor(threads) as pool:
@@ -90,17 +65,11 @@ def one_by_one(encode):
 
 
 def encoders(threads: list[int]) -> list[tuple[str, object]]:
-    rle = zlib.Z_RLE
     rows = [
         ("Pillow defaults (the previous `png_blob`: level 6, adaptive filters)", one_by_one(pillow)),
         ("Pillow `compress_level=1`", one_by_one(lambda f: pillow(f, compress_level=1))),
         ("Pillow `compress_level=3`", one_by_one(lambda f: pillow(f, compress_level=3))),
-        ("Pillow `compress_level=1, compress_type=Z_RLE`",
-         one_by_one(lambda f: pillow(f, compress_level=1, compress_type=rle))),
-        ("no filter, zlib level 1", one_by_one(lambda f: rows_png(f, 0, zlib.Z_DEFAULT_STRATEGY))),
-        ("no filter, zlib level 1 `Z_RLE`", one_by_one(lambda f: rows_png(f, 0, rle))),
-        ("Up filter, zlib level 1", one_by_one(lambda f: rows_png(f, 2, zlib.Z_DEFAULT_STRATEGY))),
-        ("**`png_blob`**: Up filter, zlib level 1 `Z_RLE`", one_by_one(png_blob)),
+        ("**`png_blob`**: Pillow `compress_level=1, compress_type=Z_RLE`", one_by_one(png_blob)),
     ]
     for n in threads:
         rows.append((f"**`png_blob`, {n} threads**", in_threads(png_blob, n)))

@@ -455,7 +455,7 @@ def test_png_bomb_is_refused_without_decoding(monkeypatch):
 
 
 def _stripes() -> np.ndarray:
-    """Rows of 255 under rows of 0 and back: the Up filter's differences wrap around modulo 256."""
+    """Rows of 255 under rows of 0 and back: the differences PNG's row filters store wrap around modulo 256."""
     image = np.zeros((9, 5, 3), np.uint8)
     image[1::2] = 255
     image[:, :, 1] = np.arange(5, dtype=np.uint8)[None] * 60

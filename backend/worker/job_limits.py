@@ -50,11 +50,8 @@ def result_blobs(views: int, frames: int, outputs, variations: int = 1) -> int:
 
 def png_bytes_most(width: int, height: int) -> int:
     """More bytes than the PNG of any ``width`` x ``height`` RGB image takes, noise included: its
-    rows with a filter byte each, three times zlib's bound for data it cannot compress (at
-    ``png_blob``'s level 1, window and memory level, ``deflateBound``: a 5-byte stored block header
-    each 16 KiB, about 1 byte in 3,300), and 1 KiB for the file's own chunks. ``png_blob`` writes one
-    IDAT chunk; an encoder that splits it every 64 KiB (Pillow) adds 12 bytes in 64 KiB, within the
-    margin."""
+    rows with a filter byte each, twice zlib's bound for data it cannot compress (about 1 byte in
+    3,300) and PNG's chunk headers (12 bytes in 64 KiB), and 1 KiB for the file's own chunks."""
     raw = height * (3 * width + 1)
     return raw + raw // 1024 + 1024
 

@@ -33,7 +33,7 @@ from .job_limits import RESULT_ARRAYS, JobInputError, check_job_size
 Progress = Callable[[str, int, int], None]
 
 # The most threads that encode a RESULT's video frames (the full preset's pose video alone is 324
-# PNGs of 480 px): zlib and NumPy release the GIL, so frames encode in parallel while the GPU is
+# PNGs of 480 px): Pillow's encoder releases the GIL, so frames encode in parallel while the GPU is
 # idle; bounded so that the workers of a machine (one a GPU) do not each start one a core.
 PNG_THREADS = max(1, min(8, os.cpu_count() or 1))
 
