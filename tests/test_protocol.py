@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import zlib
@@ -11,8 +12,11 @@ import pytest
 import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from animax_addon.core import protocol
+from animax_addon.core.cameras import make_camera_rig
+from animax_addon.core.pose_maps import render_pose_maps
 from animax_addon.core.protocol import (
     ErrorCode,
     Limits,
@@ -28,6 +32,7 @@ from animax_addon.core.protocol import (
     error_message,
     png_blob,
 )
+from animax_addon.core.rig import Rig
 
 RNG = np.random.default_rng(0)
 IMAGES = [RNG.integers(0, 256, (8, 6, 3), dtype=np.uint8) for _ in range(3)]
@@ -447,6 +452,46 @@ def test_png_bomb_is_refused_without_decoding(monkeypatch):
     with pytest.raises(ProtocolError) as info:
         blob_png(png_blob(IMAGES[0]), max_pixels=47)  # 8x6 = 48 pixels
     assert info.value.code is ErrorCode.TOO_LARGE
+
+
+def _stripes() -> np.ndarray:
+    """Rows of 255 under rows of 0 and back: the differences PNG's row filters store wrap around modulo 256."""
+    image = np.zeros((9, 5, 3), np.uint8)
+    image[1::2] = 255
+    image[:, :, 1] = np.arange(5, dtype=np.uint8)[None] * 60
+    return image
+
+
+def _pose_maps() -> np.ndarray:
+    """A frame as a worker sends it: pose maps drawn on black, with a decoder's noise of a few levels."""
+    rig = Rig.from_dict({"bones": [{"name": "root", "parent": None, "head": [0, 0, 0], "tail": [0, 0, 0.5]},
+                                   {"name": "arm", "parent": "root", "head": [0, 0, 0.5], "tail": [0.4, 0, 0.8]}]})
+    cameras = make_camera_rig(np.array([0.0, 0.0, 0.4]), 0.7, 64)
+    drawn = render_pose_maps(cameras, rig.joints_rest[None], rig.joint_parents)[1, 0]
+    noise = np.random.default_rng(1).normal(0, 2, drawn.shape).round().astype(int)
+    return np.clip(drawn + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("image", [
+    np.zeros((64, 64, 3), np.uint8), np.full((3, 4, 3), 255, np.uint8), _stripes(), _pose_maps(),
+    *(RNG.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(1, 1), (1, 9), (9, 1), (31, 17), (480, 480)]),
+    np.asfortranarray(RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)),  # not C-contiguous
+], ids=["black", "white", "stripes", "pose maps", "1x1", "1x9", "9x1", "31x17", "480x480", "fortran"])
+def test_png_blob_is_lossless(image):
+    data = png_blob(image)
+    assert protocol.png_size(data) == (image.shape[1], image.shape[0])
+    np.testing.assert_array_equal(blob_png(data), image)
+    with Image.open(io.BytesIO(data)) as png:
+        png.verify()  # chunk checksums
+    with Image.open(io.BytesIO(data)) as png:
+        assert (png.format, png.mode) == ("PNG", "RGB")
+
+
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**32 - 1), st.integers(1, 256))
+@settings(max_examples=50, deadline=None)
+def test_png_blob_round_trips_any_image(height, width, seed, levels):
+    image = np.random.default_rng(seed).integers(0, levels, (height, width, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(blob_png(png_blob(image)), image)
 
 
 @pytest.mark.parametrize("data", [b"", b"GIF89a" + b"\0" * 40, protocol.PNG_SIGNATURE + b"\0" * 30])

@@ -1,6 +1,7 @@
 """The worker over real ZeroMQ sockets on 127.0.0.1, with the tiny random pipeline."""
 
 import gc
+import io
 import json
 import struct
 import subprocess
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import zmq
+from PIL import Image
 
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.client import Client, WorkerUnavailable, result_arrays
@@ -287,6 +289,14 @@ def admitted(submit: Message, preset) -> bool:
     return True
 
 
+def shaped_motion(rig, cameras, pose_videos, fps, body):
+    """``jobs.scene_motion``'s shapes, without the reconstruction's work."""
+    frames, joints = pose_videos.shape[1], body.rig.num_joints
+    motion = SimpleNamespace(joints=np.zeros((frames, joints, 3)), confidence=np.zeros((frames, joints)),
+                             reprojection_error=np.zeros((frames, joints)), joint_names=body.rig.joint_names)
+    return motion, np.zeros((frames, rig.num_bones, 4)), np.zeros((frames, 3))
+
+
 @pytest.mark.parametrize("preset, most_views", [(TINY, 29), (FULL, 6)])
 def test_the_largest_job_a_preset_admits_has_a_result_a_message_carries(monkeypatch, preset, most_views):
     """A result carries 5 arrays and a PNG per view, frame and video: the product's 4 views of the
@@ -307,12 +317,7 @@ def test_the_largest_job_a_preset_admits_has_a_result_a_message_carries(monkeypa
         videos = np.zeros((1, most_views, num_frames, SIZE, SIZE, 3), np.uint8)
         return AnimaXPipelineOutput(pose_videos=videos, rgb_videos=videos)
 
-    def scene_motion(rig, cameras, pose_videos, fps, body):  # the reconstruction's shapes, without its work
-        frames, joints = pose_videos.shape[1], body.rig.num_joints
-        motion = SimpleNamespace(joints=np.zeros((frames, joints, 3)), confidence=np.zeros((frames, joints)),
-                                 reprojection_error=np.zeros((frames, joints)), joint_names=body.rig.joint_names)
-        return motion, np.zeros((frames, rig.num_bones, 4)), np.zeros((frames, 3))
-    monkeypatch.setattr(jobs, "scene_motion", scene_motion)
+    monkeypatch.setattr(jobs, "scene_motion", shaped_motion)
     templates = tuple(png_blob(np.zeros((SIZE, SIZE, 3), np.uint8)) for _ in range(most_views))
     largest = replace(views_submit(most_views, preset), blobs=templates)
     result = jobs.run_job(pipeline, largest, lambda *a: None, lambda: False, preset)
@@ -320,11 +325,52 @@ def test_the_largest_job_a_preset_admits_has_a_result_a_message_carries(monkeypa
     assert len(decode(encode(result)).blobs) == 5 + most_views * preset.num_frames * 2 <= Limits().max_frames - 1
 
 
+def test_result_frames_encoded_in_threads_keep_their_order(monkeypatch):
+    """The worker encodes a RESULT's frames in a thread pool, finishing in any order; the client
+    still gets every variation's, view's and frame's image back in its place, pixel for pixel."""
+    rng = np.random.default_rng(3)
+    shape = (2, 4, FRAMES, SIZE, SIZE, 3)  # variations, views, frames
+    pose, rgb = (rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(2))
+    monkeypatch.setattr(jobs, "scene_motion", shaped_motion)
+    monkeypatch.setattr(jobs, "PNG_THREADS", 4)
+
+    def slow_png_blob(frame):  # a delay of up to 3 ms, from the frame's noise: later frames often finish first
+        time.sleep(frame[0, 0, 0] / 255 * 0.003)
+        return protocol.png_blob(frame)
+    monkeypatch.setattr(jobs, "png_blob", slow_png_blob)
+    threads = []
+    monkeypatch.setattr(jobs, "ThreadPoolExecutor",
+                        lambda *a, **k: threads.append(a) or ThreadPoolExecutor(*a, **k))
+
+    def pipeline(**kwargs):
+        return AnimaXPipelineOutput(pose_videos=pose, rgb_videos=rgb)
+    submit = request(variations=2, outputs=("pose", "rgb")).to_message("order")
+    result = jobs.run_job(pipeline, submit, lambda *a: None, lambda: False)
+    assert threads == [(4,), (4,)]  # a pool of 4 threads for each video
+    assert result.type == MessageType.RESULT and result.body["diagnostics"]["seconds"]["encode"] > 0
+    variations = result_arrays(decode(encode(result)))
+    for i, variation in enumerate(variations):
+        np.testing.assert_array_equal(variation["pose_video"], pose[i])
+        np.testing.assert_array_equal(variation["rgb_video"], rgb[i])
+
+
 @pytest.mark.parametrize("width, height", [(1, 1), (7, 3), (64, 64), (480, 480)])
 def test_png_bytes_most_bounds_the_png_of_noise(width, height):
     noise = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
     png = len(png_blob(noise))
     assert png <= png_bytes_most(width, height) <= 1.01 * png + 1024
+
+
+def test_png_bytes_most_bounds_pillows_png_of_noise_and_the_largest_frame_admitted():
+    """The bound holds for Pillow's PNGs too (its default level 6, IDAT chunks of 64 KiB), and at the
+    largest square view whose bound a message frame takes, ``png_blob``'s noise fits the frame."""
+    noise = np.random.default_rng(0).integers(0, 256, (480, 480, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    assert len(buffer.getvalue()) <= png_bytes_most(480, 480)
+    size = max(s for s in range(2000, 3000) if png_bytes_most(s, s) <= Limits().max_frame_bytes)
+    noise = np.random.default_rng(1).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    assert len(png_blob(noise)) <= png_bytes_most(size, size) <= Limits().max_frame_bytes
 
 
 def test_a_job_whose_result_blobs_may_not_fit_a_frame_is_refused_before_it_runs(monkeypatch, make_worker):
