@@ -293,7 +293,7 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
                                        args.blocks, args.rgb_video).to(device)
     else:
         transformer = tiny_transformer(vae.config.z_dim, args.pooled_text, args.blocks or TINY_BLOCKS,
-                                       args.rgb_video is not False).to(device)
+                                       bool(args.rgb_video)).to(device)
 
     def build() -> Samples:
         began = time.time()
@@ -541,9 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "transformer gains blocks spread among its own, each starting as an identity "
                            "(default: as many as it has)")
     tiny.add_argument("--rgb-video", action=argparse.BooleanOptionalAction, default=None,
-                      help="generate the RGB video beside the pose video (the paper's joint sequence); "
-                           "--no-rgb-video generates the pose video alone from both templates, at about 0.4x "
-                           "the work a step (default: as the transformer of --transformer-from does, else on)")
+                      help="generate the RGB video beside the pose video (the paper's joint sequence, about "
+                           "2.2x the work a step) or, with --no-rgb-video, the pose video alone from both "
+                           "templates, as the shipped model does (default: as the transformer of "
+                           "--transformer-from does, else the pose video alone)")
     tiny.add_argument("--text-guidance-scale", type=float, default=TEXT_GUIDANCE_SCALE,
                       help="the prompt guidance that OUT/model/animax.json records for generation (default "
                            "%(default)s)")
