@@ -55,7 +55,8 @@ class AnimaXSettings(bpy.types.PropertyGroup):
                                   description="Drop keys that interpolation reproduces within this tolerance "
                                               "(0 keeps every frame)")
     decode_rgb: BoolProperty(name="RGB Preview", default=False,
-                             description="Also decode the generated RGB videos for the preview (slower)")
+                             description="Also decode the generated RGB videos for the preview (slower; "
+                                         "a worker with the full model: the embedded one draws pose maps alone)")
     results: CollectionProperty(type=AnimaXVariation)
     result_index: IntProperty(name="Variation")
 

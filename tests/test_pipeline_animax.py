@@ -244,3 +244,24 @@ def test_both_samplers_give_the_transformer_the_timesteps_it_was_trained_with(pi
 def test_bad_inputs(pipe, changes, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         generate(pipe, **changes)
+
+
+def test_a_transformer_without_the_rgb_video_denoises_the_pose_video_alone(pipe, monkeypatch):
+    pose_only = AnimaXPipeline(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.transformer.with_rgb_video(False),
+                               pipe.scheduler, max_sequence_length=16)
+    frames_seen = []
+    forward = pose_only.transformer.forward
+    monkeypatch.setattr(pose_only.transformer, "forward",
+                        lambda x, *a, **k: frames_seen.append(x.shape[3]) or forward(x, *a, **k))
+    out = generate(pose_only)
+    assert out.pose_videos.shape == (4, FRAMES, SIZE, SIZE, 3) and out.rgb_videos is None
+    assert frames_seen == [4] * 3  # [c_rgb, c_pose, x_pose]: 1 + 1 + 2 latent frames at each step
+    latents = generate(pose_only, output_type="latent", num_videos_per_prompt=2).pose_videos
+    assert latents.shape == (2, 4, 4, 2, 8, 8)
+    noise = torch.randn(1, 1, 4, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(generate(pose_only, latents=noise, generator=None).pose_videos,
+                                  generate(pose_only, generator=torch.Generator().manual_seed(0)).pose_videos)
+    with pytest.raises(ValueError, match="no RGB video to decode"):
+        generate(pose_only, decode_rgb=True)
+    with pytest.raises(ValueError, match=re.escape("(N, generated videos, V, C, f + 1, h, w) = (1, 1, 4, 4, 2, 8, 8)")):
+        generate(pose_only, latents=torch.zeros(1, 2, 4, 4, 2, 8, 8))

@@ -33,6 +33,13 @@ def toy_vae():
     return AutoencoderKLWan(**TOY_VAE).eval()
 
 
+def with_forward(forward, rgb_video=True):
+    """A toy transformer (its sequence layout) whose forward is ``forward``."""
+    model = AnimaXTransformer3DModel(**TOY_TRANSFORMER, rgb_video=rgb_video)
+    model.forward = forward
+    return model
+
+
 def _falls(losses, factor):
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     assert last < factor * first, (first, last)
@@ -73,10 +80,11 @@ def test_flow_loss_draws_the_conditions_it_is_told(samples, toy_vae, rest_probab
     data = encode_samples(toy_vae, samples, torch.randn(len(samples), 32, 384) + 3.0, "cpu", frame_choices=2)
     seen = {}
 
-    def model(sequence, timestep, text, rays, return_dict):  # notes what the transformer is given
+    def noting(sequence, timestep, text, rays, return_dict):  # notes what the transformer is given
         seen.update(sequence=sequence, text=text)
         return (torch.zeros_like(sequence),)
 
+    model = with_forward(noting)
     index = torch.tensor([0, 1, 2] * 6)
     flow_loss(model, data, index, "multiview", torch.Generator().manual_seed(0), rest_probability=rest_probability,
               text_drop=text_drop)
@@ -98,11 +106,11 @@ def test_flow_loss_weighs_the_pose_half_as_told(samples, toy_vae):
     frames = data.video.shape[4] + 1  # per half: [condition, video frames]
 
     def model_guessing(pose_value):  # zero flow for the RGB half, a constant for the pose half
-        def model(sequence, timestep, text, rays, return_dict):
+        def guess(sequence, timestep, text, rays, return_dict):
             out = torch.zeros_like(sequence)
             out[:, :, :, frames:] = pose_value
             return (out,)
-        return model
+        return with_forward(guess)
 
     def loss(pose_value, pose_weight):
         return flow_loss(model_guessing(pose_value), data, torch.tensor([0, 1, 2]), "multiview",
@@ -154,3 +162,28 @@ def test_runs_recorded_under_the_older_key_are_read(tmp_path):
     assert recorded_runs(tmp_path) == [{"joint_steps": 5}]
     (tmp_path / "training.json").write_text(json.dumps({"runs": [{"joint_steps": 6}]}))
     assert recorded_runs(tmp_path) == [{"joint_steps": 6}]
+
+
+def test_without_the_rgb_video_the_loss_is_the_pose_videos_alone(samples, toy_vae):
+    """The pose-only layout gets [c_rgb, c_pose, x_pose] and is scored on the pose video alone: its
+    loss is the pose half's error of the joint layout on the same draws."""
+    data = encode_samples(toy_vae, samples, torch.randn(len(samples), 32, 384), "cpu", frame_choices=2)
+    frames = data.video.shape[4]
+    seen = []
+
+    def guess(value, joint_frames):
+        def forward(sequence, timestep, text, rays, return_dict):
+            seen.append(sequence.shape[3])
+            out = torch.full_like(sequence, value)
+            out[:, :, :, :joint_frames] = 0.0  # the joint layout's RGB half: not counted with pose weight 1e9
+            return (out,)
+        return forward
+
+    def loss(model, **kwargs):
+        return flow_loss(model, data, torch.tensor([0, 1, 2]), "multiview", torch.Generator().manual_seed(0),
+                         **kwargs).item()
+
+    pose_only = loss(with_forward(guess(2.0, 0), rgb_video=False))
+    joint = loss(with_forward(guess(2.0, frames + 1)), pose_weight=1e9)
+    assert seen == [frames + 2, 2 * (frames + 1)]
+    assert pose_only == pytest.approx(joint, rel=1e-5)

@@ -240,3 +240,61 @@ def test_the_output_is_the_reference_the_model_gave_before_its_conditioning_was_
     modality, pooled prompt) moved into a module of its own: same keys, same output."""
     model, case = reference_case()
     torch.testing.assert_close(model(**case).sample, load_file(REFERENCE)["sample"], rtol=1e-5, atol=1e-6)
+
+
+# --- without the RGB video: [c_rgb, c_pose, x_pose] -----------------------------------------
+P = F // 2 + 1  # c_rgb, c_pose and the f + 1 = 2 noisy pose frames
+
+
+@pytest.fixture
+def pose_only(model):
+    return model.with_rgb_video(False)
+
+
+def test_without_the_rgb_video_the_rgb_template_shares_the_pose_template_rotary_positions():
+    rope = AnimaXRotaryPosEmbed(12, (1, 2, 2), 64, rgb_video=False)
+    stock = WanRotaryPosEmbed(12, (1, 2, 2), 64)
+    x = torch.zeros(1, 4, P, H, W)
+    frame = (H // 2) * (W // 2)
+    for table, stock_table in zip(rope(x), stock(x[:, :, 1:])):
+        assert table.shape[1] == P * frame
+        assert torch.equal(table[:, frame:], stock_table)  # [c_pose, x_pose] as Wan places [c, x]
+        assert torch.equal(table[:, :frame], stock_table[:, :frame])  # c_rgb at c_pose's position
+    with pytest.raises(ValueError, match="at least 3 latent frames"):
+        rope(torch.zeros(1, 4, 2, H, W))
+
+
+def test_without_the_rgb_video_the_layout_has_both_templates_then_the_pose_video(model, pose_only):
+    condition, modality = pose_only.layout(P)
+    assert condition.tolist() == [True, True, False, False]
+    assert modality.tolist() == [0, 1, 1, 1]
+    assert pose_only.generated == (1,) and model.generated == (0, 1)
+    both, _ = model.layout(F)
+    assert both.tolist() == [True, False, False, True, False, False]
+
+
+@pytest.mark.parametrize("rgb_video", [True, False])
+def test_sequence_puts_the_noisy_videos_where_generated_flow_reads_them_back(model, rgb_video):
+    model = model.with_rgb_video(rgb_video)
+    generated = len(model.generated)
+    condition = torch.randn(2, 2, V, C, 1, H, W)
+    noisy = torch.randn(2, generated, V, C, F // 2 - 1, H, W)
+    sequence = model.sequence(condition, noisy)
+    assert sequence.shape == (2, V, C, F if rgb_video else P, H, W)
+    condition_frames, _ = model.layout(sequence.shape[3])
+    templates = sequence[:, :, :, condition_frames]  # the clean frames, RGB template first
+    assert torch.equal(templates, condition[:, :, :, :, 0].permute(0, 2, 3, 1, 4, 5))
+    assert torch.equal(model.generated_flow(sequence), noisy)
+    with pytest.raises(ValueError, match="this model generates"):
+        model.sequence(condition, torch.randn(2, 3 - generated, V, C, 2, H, W))
+
+
+def test_with_rgb_video_keeps_every_weight_and_runs_the_shorter_sequence(model, pose_only):
+    assert pose_only.config.rgb_video is False and model.config.rgb_video is True
+    assert model.with_rgb_video(True) is model
+    for (name, a), (_, b) in zip(model.state_dict().items(), pose_only.state_dict().items()):
+        assert torch.equal(a, b), name
+    x = inputs()
+    out = run(pose_only, hidden_states=x["hidden_states"][:, :, :, :P])
+    assert out.shape == (B, V, C, P, H, W) and torch.isfinite(out).all()
+    assert torch.equal(pose_only.with_rgb_video(True).state_dict()["proj_out.weight"], model.state_dict()["proj_out.weight"])

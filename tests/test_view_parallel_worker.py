@@ -75,14 +75,14 @@ def test_split_job_equals_the_one_process_job(split_worker, pipeline, running):
     results = []
     for where in (address, running(Standalone(pipeline, "tcp://127.0.0.1:*")).address):
         with Client(where) as client:
-            job = submit(client, steps=3, outputs=["pose", "rgb"], variations=2)  # a generator each, to every rank
+            job = submit(client, steps=3, variations=2)  # a generator each, to every rank
             results.append(result_arrays(until(client, job, MessageType.RESULT)[-1]))
     split, alone = results
     # the follower ran the job in step with rank 0 (alone, rank 0 would have given the same result)
     assert new_follower_lines(log, seen, 1) == ["rank 1: done after 3 of 3 steps"]
     assert len(split) == len(alone) == 2
     for split_variation, alone_variation in zip(split, alone):
-        assert set(split_variation) == set(alone_variation) >= {"rotations", "joints", "pose_video", "rgb_video"}
+        assert set(split_variation) == set(alone_variation) >= {"rotations", "joints", "pose_video"}
         for name in alone_variation:
             np.testing.assert_allclose(split_variation[name], alone_variation[name], atol=1e-4, err_msg=name)
 

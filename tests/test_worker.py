@@ -24,7 +24,7 @@ from animax_addon.core.protocol import (
     ErrorCode, Limits, Message, MessageType, ProtocolError, decode, encode, png_blob,
 )
 from animax_addon.core.request import Options, Request
-from backend.model.pipeline_animax import AnimaXPipelineOutput
+from backend.model.pipeline_animax import AnimaXPipeline, AnimaXPipelineOutput
 from backend.model.loading import build_tiny_pipeline
 from backend.model.presets import FULL, TINY
 from backend.worker import jobs
@@ -260,6 +260,18 @@ def test_preset_limits_are_checked_before_decoding(monkeypatch, size, changes, s
     reply = jobs.run_job(None, preset_submit(size, **changes), lambda *a: None, lambda: False, TINY)
     assert reply.type == MessageType.ERROR and reply.body["code"] == "bad_field"
     assert reply.body["message"] == sentence
+
+
+def test_an_rgb_video_asked_of_a_model_that_draws_pose_maps_alone_is_refused_before_it_runs(pipeline, monkeypatch):
+    pose_only = AnimaXPipeline(None, None, pipeline.vae, pipeline.transformer.with_rgb_video(False), pipeline.scheduler)
+    monkeypatch.setattr(AnimaXPipeline, "__call__", lambda *a, **k: pytest.fail("the model ran"))
+    body = preset_submit(TINY.size, frames=TINY.num_frames, outputs=("pose", "rgb")).body
+    templates = tuple(png_blob(np.zeros((TINY.size, TINY.size, 3), np.uint8)) for _ in range(4))
+    reply = jobs.run_job(pose_only, Message(MessageType.SUBMIT, "t", body, templates), lambda *a: None, lambda: False,
+                         TINY)
+    assert reply.type == MessageType.ERROR and reply.body["code"] == "bad_field"
+    assert reply.body["message"] == ("This worker's model draws the pose maps alone, so it has no RGB video to show: "
+                                     "turn off RGB Preview in the AnimaX panel, or use a worker with the full model.")
 
 
 def test_a_job_at_the_preset_limits_runs():

@@ -41,11 +41,13 @@ WAN_EXPECTED = "a diffusers-format Wan2.1-T2V-1.3B directory"
 
 
 # --- tiny ----------------------------------------------------------------------------------------
-def tiny_transformer(z_dim: int, pooled_text: bool = False, num_layers: int | None = None) -> AnimaXTransformer3DModel:
+def tiny_transformer(z_dim: int, pooled_text: bool = False, num_layers: int | None = None,
+                     rgb_video: bool = True) -> AnimaXTransformer3DModel:
     """A randomly initialised tiny transformer for latents of ``z_dim`` channels (``num_layers``
-    blocks instead of the preset's)."""
+    blocks instead of the preset's; ``rgb_video`` False: the pose video generated alone)."""
     config = {**TINY_TRANSFORMER, **({"num_layers": num_layers} if num_layers else {})}
-    return AnimaXTransformer3DModel(**config, in_channels=z_dim, out_channels=z_dim, pooled_text=pooled_text)
+    return AnimaXTransformer3DModel(**config, in_channels=z_dim, out_channels=z_dim, pooled_text=pooled_text,
+                                    rgb_video=rgb_video)
 
 
 def build_tiny_pipeline(seed: int = 0) -> AnimaXPipeline:

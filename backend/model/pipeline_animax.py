@@ -1,9 +1,10 @@
 """AnimaXPipeline: four-view videos and pose-map videos of a rig from its templates and a prompt.
 
 Follows diffusers' ``WanPipeline``: text encoder -> VAE-encoded templates -> flow-matching
-denoising of the joint sequence ``[c_rgb, x_rgb, c_pose, x_pose]`` of every view with
-classifier-free guidance on the image condition (paper: scale 3.0, 50 steps) -> VAE decode of
-the pose videos (and the RGB videos on request).
+denoising of the joint sequence ``[c_rgb, x_rgb, c_pose, x_pose]`` of every view (``[c_rgb, c_pose,
+x_pose]`` for a transformer without the RGB video) with classifier-free guidance on the image
+condition (paper: scale 3.0, 50 steps) -> VAE decode of the pose videos (and the RGB videos on
+request).
 
 Two additions to the paper's sampler, both off by default: guidance on the prompt as well
 (``text_guidance_scale``; the null prompt is all zeros, as training drops it) and guidance on the
@@ -26,14 +27,15 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from animax_addon.core.cameras import CameraRig
 
-from .transformer_animax import AnimaXTransformer3DModel
+from .transformer_animax import POSE, RGB, AnimaXTransformer3DModel
 
 
 @dataclass
 class AnimaXPipelineOutput(BaseOutput):
     """pose_videos / rgb_videos: (V, T, H, W, 3) uint8 for one video, (N, V, T, H, W, 3) for a batch
     (a list of generators or ``num_videos_per_prompt``); None when not decoded or interrupted. With
-    ``output_type="latent"`` they are the normalised latents, (V, C, f + 1, h, w) or (N, V, C, f + 1, h, w)."""
+    ``output_type="latent"`` they are the normalised latents, (V, C, f + 1, h, w) or (N, V, C, f + 1, h, w).
+    ``rgb_videos`` is None too for a transformer that generates no RGB video (``rgb_video=False``)."""
 
     pose_videos: np.ndarray | torch.Tensor | None
     rgb_videos: np.ndarray | torch.Tensor | None
@@ -125,7 +127,7 @@ class AnimaXPipeline(DiffusionPipeline):
 
     def prepare_latents(self, shape: tuple[int, ...], generator, device: torch.device,
                         latents: torch.Tensor | None = None) -> torch.Tensor:
-        """The starting noise (N, 2, V, C, f + 1, h, w): ``latents`` where given, else drawn; a list of
+        """The starting noise (N, G, V, C, f + 1, h, w) of the G generated videos: ``latents`` where given, else drawn; a list of
         generators draws video n from generator n, as a one-video call with that generator does."""
         if latents is not None:
             return latents.to(device, torch.float32)
@@ -134,7 +136,7 @@ class AnimaXPipeline(DiffusionPipeline):
     def check_inputs(self, prompt, rgb_templates, pose_templates, cameras, intrinsics, rotations, translations,
                      num_frames, num_inference_steps, guidance_scale, callback_on_step_end_tensor_inputs,
                      prompt_embeds=None, text_guidance_scale=1.0, guidance_end=1.0, generator=None,
-                     num_videos=1, latents=None, output_type="np") -> None:
+                     num_videos=1, latents=None, output_type="np", decode_rgb=False) -> None:
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of `prompt` and `prompt_embeds`")
         if prompt_embeds is not None:
@@ -196,11 +198,14 @@ class AnimaXPipeline(DiffusionPipeline):
             raise ValueError(f"{len(generator)} generators were passed for {num_videos} videos; pass one per video")
         if latents is not None:
             latent_size = width // self.vae_scale_factor_spatial
-            shape = (num_videos, 2, views, self.transformer.config.in_channels, (num_frames - 1) // step + 1,
-                     latent_size, latent_size)
+            shape = (num_videos, len(self.transformer.generated), views, self.transformer.config.in_channels,
+                     (num_frames - 1) // step + 1, latent_size, latent_size)
             if not torch.is_tensor(latents) or tuple(latents.shape) != shape:
-                raise ValueError(f"`latents` must be a tensor of shape (N, rgb/pose, V, C, f + 1, h, w) = {shape}, got "
-                                 f"{getattr(latents, 'shape', type(latents).__name__)}")
+                raise ValueError(f"`latents` must be a tensor of shape (N, generated videos, V, C, f + 1, h, w) = "
+                                 f"{shape}, got {getattr(latents, 'shape', type(latents).__name__)}")
+        if decode_rgb and not self.transformer.config.rgb_video:
+            raise ValueError("this transformer generates the pose video alone (its config's rgb_video is false): "
+                             "there is no RGB video to decode")
         if output_type not in self._output_types:
             raise ValueError(f"`output_type` must be one of {self._output_types}, got {output_type!r}")
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
@@ -246,7 +251,8 @@ class AnimaXPipeline(DiffusionPipeline):
                 call with generator n gives).
             num_videos_per_prompt: videos of this prompt and rig in one batch; None is one video
                 without the batch axis (or as many as ``generator`` lists).
-            latents: (N, 2, V, C, f + 1, h, w) starting noise (RGB and pose halves) instead of drawing it.
+            latents: (N, G, V, C, f + 1, h, w) starting noise of the generated videos (RGB and pose, or the
+                pose alone: ``transformer.generated``) instead of drawing it.
             output_type: ``"np"`` (uint8 videos) or ``"latent"`` (the normalised latents, not decoded).
             text_guidance_scale: guidance on the prompt (towards it, away from the null prompt)
                 added to the image guidance; 1 (the paper's sampler) turns it off; None takes the
@@ -266,7 +272,8 @@ class AnimaXPipeline(DiffusionPipeline):
             len(generator) if isinstance(generator, list) else 1)
         self.check_inputs(prompt, rgb_templates, pose_templates, cameras, intrinsics, rotations, translations,
                           num_frames, num_inference_steps, guidance_scale, callback_on_step_end_tensor_inputs,
-                          prompt_embeds, text_guidance_scale, guidance_end, generator, num_videos, latents, output_type)
+                          prompt_embeds, text_guidance_scale, guidance_end, generator, num_videos, latents, output_type,
+                          decode_rgb)
         if cameras is not None:
             intrinsics, rotations, translations = cameras.K, cameras.R, cameras.t
         self._guidance_scale = guidance_scale
@@ -284,9 +291,10 @@ class AnimaXPipeline(DiffusionPipeline):
                             device)
 
         latent_frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
-        shape = (num_videos, 2, views, channels, latent_frames, height, width)  # (N, rgb/pose, V, C, f+1, h, w)
+        generated = self.transformer.generated
+        shape = (num_videos, len(generated), views, channels, latent_frames, height, width)  # (N, G, V, C, f+1, h, w)
         latents = self.prepare_latents(shape, generator, device, latents)
-        condition = torch.stack([c_rgb, c_pose])[None].expand(num_videos, *shape[1:4], 1, height, width)
+        condition = torch.stack([c_rgb, c_pose])[None].expand(num_videos, 2, views, channels, 1, height, width)
         text = text.expand(num_videos, -1, -1)
         # Branches of one batch: [conditional, templates dropped, prompt dropped], the last two when
         # guided; each (N, ...), so the transformer's batch is branch-major.
@@ -313,11 +321,10 @@ class AnimaXPipeline(DiffusionPipeline):
                 branches = len(condition) if i < guided_steps else 1
                 batch = branches * num_videos
                 noisy = latents.to(dtype).expand(branches, *shape)
-                sequence = torch.cat([condition[:branches], noisy], dim=5).flatten(0, 1)  # per half: [c, x] in time
-                sequence = torch.cat([sequence[:, 0], sequence[:, 1]], dim=3)  # [c_rgb, x_rgb, c_pose, x_pose]
+                sequence = self.transformer.sequence(condition[:branches].flatten(0, 1), noisy.flatten(0, 1))
                 flow = self.transformer(sequence, t.expand(batch), text[:branches].flatten(0, 1), rays[:batch],
                                         return_dict=False)[0]
-                flow = flow.unflatten(3, (2, -1))[:, :, :, :, 1:].permute(0, 3, 1, 2, 4, 5, 6).float()
+                flow = self.transformer.generated_flow(flow).float()
                 conditional, *dropped = flow.unflatten(0, (branches, num_videos))
                 # cond + sum of (s - 1)(cond - dropped): with image guidance alone this is Wan's
                 # uncond + s (cond - uncond).
@@ -332,11 +339,13 @@ class AnimaXPipeline(DiffusionPipeline):
         if self._interrupt:
             self.maybe_free_model_hooks()
             return AnimaXPipelineOutput(pose_videos=None, rgb_videos=None, interrupted=True)
+        pose_index = generated.index(POSE)
+        rgb_index = generated.index(RGB) if RGB in generated else None
         if output_type == "latent":
-            pose, rgb = latents[:, 1], latents[:, 0]
+            pose, rgb = latents[:, pose_index], None if rgb_index is None else latents[:, rgb_index]
         else:  # one video at a time: decoding holds all frames of its views at full size
-            pose = np.stack([self.decode(video[1]) for video in latents])
-            rgb = np.stack([self.decode(video[0]) for video in latents]) if decode_rgb else None
+            pose = np.stack([self.decode(video[pose_index]) for video in latents])
+            rgb = np.stack([self.decode(video[rgb_index]) for video in latents]) if decode_rgb else None
         self.maybe_free_model_hooks()
         if not batched:
             pose, rgb = pose[0], None if rgb is None else rgb[0]

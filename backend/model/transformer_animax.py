@@ -2,7 +2,9 @@
 
 Per view the token sequence is ``[c_rgb, x_rgb, c_pose, x_pose]`` along latent time: the clean
 template latent, the noisy RGB video, the clean pose-map template, the noisy pose video, so
-``2 * (f + 2)`` latent frames for ``f + 1`` generated ones (paper Eq. 3). On top of Wan:
+``2 * (f + 2)`` latent frames for ``f + 1`` generated ones (paper Eq. 3). A model without the RGB
+video (``rgb_video=False``, the tiny preset) reads ``[c_rgb, c_pose, x_pose]``, ``f + 3`` frames:
+the RGB template still conditions, the pose video is generated alone. On top of Wan:
 
 - shared RoPE (Eq. 4): the pose half's positions equal the RGB half's;
 - a modality embedding (0 = RGB, 1 = pose; frequency encoding -> MLP) added to every token's
@@ -47,14 +49,23 @@ RGB, POSE = 0, 1
 
 
 class AnimaXRotaryPosEmbed(WanRotaryPosEmbed):
-    """Wan's 3D RoPE over one half ``[c, x]`` of the sequence, repeated for the other half."""
+    """Wan's 3D RoPE over ``[c, x]`` of the pose half, shared by the RGB half: its frames, or with
+    ``rgb_video`` False its one template frame alone, take the positions of the pose half's."""
+
+    def __init__(self, *args, rgb_video: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rgb_video = rgb_video
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         frames = hidden_states.shape[2]
-        if frames % 2:
+        if self.rgb_video and frames % 2:
             raise ValueError(f"the joint sequence needs an even number of latent frames, got {frames}")
-        cos, sin = super().forward(hidden_states[:, :, : frames // 2])  # reads only the shape
-        return torch.cat([cos, cos], dim=1), torch.cat([sin, sin], dim=1)
+        if not self.rgb_video and frames < 3:
+            raise ValueError(f"the sequence [c_rgb, c_pose, x_pose] needs at least 3 latent frames, got {frames}")
+        rgb_frames = frames // 2 if self.rgb_video else 1
+        cos, sin = super().forward(hidden_states[:, :, rgb_frames:])  # reads only the shape
+        tokens = rgb_frames * cos.shape[1] // (frames - rgb_frames)
+        return torch.cat([cos[:, :tokens], cos], dim=1), torch.cat([sin[:, :tokens], sin], dim=1)
 
 
 class AnimaXTimeTextEmbedding(nn.Module):
@@ -207,6 +218,11 @@ class AnimaXTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
             the paper: through cross-attention alone the tiny preset gives the prompted motion on
             only 60% of its own training clips (docs/quality.md). Zero-initialised, it starts as the
             model without it.
+        rgb_video (`bool`, defaults to True): generate the RGB video beside the pose video, as the
+            paper does (``[c_rgb, x_rgb, c_pose, x_pose]``); False generates the pose video alone
+            from both templates (``[c_rgb, c_pose, x_pose]``), at about 0.4x the tiny preset's work
+            per step. Not in the paper: the tiny preset, trained from scratch, has no video prior
+            for an RGB video to bring, and its users see only the pose video's motion.
     """
 
     _supports_gradient_checkpointing = True
@@ -235,6 +251,7 @@ class AnimaXTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         rope_max_seq_len: int = 1024,
         ray_channels: int = 6,
         pooled_text: bool = False,
+        rgb_video: bool = True,
         image_dim: int | None = None,
         added_kv_proj_dim: int | None = None,
         pos_embed_seq_len: int | None = None,
@@ -248,7 +265,7 @@ class AnimaXTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
 
         # Wan's modules in Wan's order (the parameters' order, which optimiser states follow), then
         # what AnimaX adds.
-        self.rope = AnimaXRotaryPosEmbed(attention_head_dim, patch_size, rope_max_seq_len)
+        self.rope = AnimaXRotaryPosEmbed(attention_head_dim, patch_size, rope_max_seq_len, rgb_video=rgb_video)
         self.patch_embedding = nn.Conv3d(in_channels + ray_channels, inner_dim, kernel_size=patch_size, stride=patch_size)
         with torch.no_grad():  # the ray channels start at zero, so the model starts camera-blind as Wan
             self.patch_embedding.weight[:, in_channels:].zero_()
@@ -324,15 +341,49 @@ class AnimaXTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         return (key.startswith(("patch_embedding.", "modality_embedder.", "pooled_text_embedder."))
                 or ".attn_mv." in key or ".norm_mv." in key)
 
-    @staticmethod
-    def layout(num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per latent frame of the joint sequence: is it a clean condition frame, and its modality."""
-        half = num_frames // 2
+    def with_rgb_video(self, rgb_video: bool) -> "AnimaXTransformer3DModel":
+        """This model's weights generating the RGB video beside the pose video or not (``rgb_video``);
+        itself if it already does as asked. No weight belongs to either layout, so both start trained."""
+        if rgb_video == self.config.rgb_video:
+            return self
+        return self._starting_from(self, self.state_dict(), rgb_video=rgb_video)
+
+    @property
+    def generated(self) -> tuple[int, ...]:
+        """The modalities whose videos the model generates, in the order of ``sequence``'s ``noisy``."""
+        return (RGB, POSE) if self.config.rgb_video else (POSE,)
+
+    def layout(self, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per latent frame of the sequence: is it a clean condition frame, and its modality."""
+        rgb_frames = num_frames // 2 if self.config.rgb_video else 1
         condition = torch.zeros(num_frames, dtype=torch.bool)
-        condition[[0, half]] = True
+        condition[[0, rgb_frames]] = True
         modality = torch.full((num_frames,), POSE)
-        modality[:half] = RGB
+        modality[:rgb_frames] = RGB
         return condition, modality
+
+    def sequence(self, condition: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+        """The model's input from the templates and the noisy videos.
+
+        Args:
+            condition: (B, 2, V, C, 1, h, w) the RGB and pose-map templates' latents.
+            noisy: (B, G, V, C, f + 1, h, w) the noisy videos of ``generated`` (G of them).
+
+        Returns:
+            (B, V, C, frames, h, w): ``[c_rgb, x_rgb, c_pose, x_pose]``, or ``[c_rgb, c_pose, x_pose]``.
+        """
+        if noisy.shape[1] != len(self.generated):
+            raise ValueError(f"noisy has {noisy.shape[1]} videos a sample; this model generates {len(self.generated)}")
+        if self.config.rgb_video:
+            halves = torch.cat([condition, noisy], dim=4)  # per half: [c, x] in time
+            return torch.cat([halves[:, 0], halves[:, 1]], dim=3)
+        return torch.cat([condition[:, 0], condition[:, 1], noisy[:, 0]], dim=3)
+
+    def generated_flow(self, flow: torch.Tensor) -> torch.Tensor:
+        """(B, V, C, frames, h, w) output -> (B, G, V, C, f + 1, h, w): the flow of the generated videos."""
+        if self.config.rgb_video:
+            return flow.unflatten(3, (2, -1))[:, :, :, :, 1:].permute(0, 3, 1, 2, 4, 5, 6)
+        return flow[:, :, :, 2:][:, None]
 
     def forward(
         self,
@@ -345,13 +396,14 @@ class AnimaXTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         """Predict the flow of every latent frame of every view.
 
         Args:
-            hidden_states: (B, V, C, 2 * (f + 2), h, w) the joint sequence of each view.
+            hidden_states: (B, V, C, frames, h, w) the sequence of each view (``sequence``).
             timestep: (B,) the noise level of the noisy frames; condition frames get 0.
             encoder_hidden_states: (B, L, text_dim) the prompt.
             plucker: (B, V, ray_channels, h, w) ray maps at latent resolution.
 
         Returns:
-            (B, V, out_channels, 2 * (f + 2), h, w); only the noisy frames' entries are trained.
+            (B, V, out_channels, frames, h, w); only the noisy frames' entries are trained
+            (``generated_flow``).
         """
         batch, views, channels, frames, height, width = hidden_states.shape
         if plucker.shape != (batch, views, self.config.ray_channels, height, width):

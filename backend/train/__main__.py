@@ -250,11 +250,12 @@ def trained_part(flag: str, model_dir: Path, part: str) -> Path:
 
 
 def kept_transformer(model_dir: Path, z_dim: int, pooled_text: bool = False,
-                     blocks: int | None = None) -> AnimaXTransformer3DModel:
+                     blocks: int | None = None, rgb_video: bool | None = None) -> AnimaXTransformer3DModel:
     """The trained transformer of a tiny model directory, for ``--transformer-from``: training goes on
     from it (new stages, new data or switches) instead of from random weights. ``pooled_text`` adds the
     pooled-prompt embedding where it has none and ``blocks`` deepens it to that many blocks, each new
-    part at its neutral start, so the model starts as the kept one."""
+    part at its neutral start, so the model starts as the kept one; ``rgb_video`` (where not None)
+    switches the RGB video it generates on or off."""
     path = trained_part("--transformer-from", model_dir, "transformer")
     transformer = AnimaXTransformer3DModel.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
     if transformer.config.out_channels != z_dim:
@@ -266,7 +267,8 @@ def kept_transformer(model_dir: Path, z_dim: int, pooled_text: bool = False,
     except ValueError as error:  # fewer blocks than it has: say so in the flags' terms
         raise SystemExit(f"--blocks {blocks}: the transformer of --transformer-from {model_dir} has "
                          f"{transformer.config.num_layers} blocks; a kept transformer only gains blocks") from error
-    return transformer.with_pooled_text() if pooled_text else transformer
+    transformer = transformer.with_pooled_text() if pooled_text else transformer
+    return transformer if rgb_video is None else transformer.with_rgb_video(rgb_video)
 
 
 def run_tiny(args, out: Path, device, precision: str, deadline: float, record: dict, losses: dict) -> bool:
@@ -288,9 +290,10 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
         raise SystemExit(f"--blocks {args.blocks}: a transformer needs at least one block")
     if args.transformer_from:
         transformer = kept_transformer(args.transformer_from, vae.config.z_dim, args.pooled_text,
-                                       args.blocks).to(device)
+                                       args.blocks, args.rgb_video).to(device)
     else:
-        transformer = tiny_transformer(vae.config.z_dim, args.pooled_text, args.blocks or TINY_BLOCKS).to(device)
+        transformer = tiny_transformer(vae.config.z_dim, args.pooled_text, args.blocks or TINY_BLOCKS,
+                                       bool(args.rgb_video)).to(device)
 
     def build() -> Samples:
         began = time.time()
@@ -537,6 +540,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"transformer blocks (default {TINY_BLOCKS}); with --transformer-from, the kept "
                            "transformer gains blocks spread among its own, each starting as an identity "
                            "(default: as many as it has)")
+    tiny.add_argument("--rgb-video", action=argparse.BooleanOptionalAction, default=None,
+                      help="generate the RGB video beside the pose video (the paper's joint sequence, about "
+                           "2.2x the work a step) or, with --no-rgb-video, the pose video alone from both "
+                           "templates, as the shipped model does (default: as the transformer of "
+                           "--transformer-from does, else the pose video alone)")
     tiny.add_argument("--text-guidance-scale", type=float, default=TEXT_GUIDANCE_SCALE,
                       help="the prompt guidance that OUT/model/animax.json records for generation (default "
                            "%(default)s)")

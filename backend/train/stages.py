@@ -4,7 +4,7 @@
 colour weigh more: the colours are what reconstruction clusters) plus a small KL term.
 ``joint`` / ``multiview``: rectified-flow matching as Wan trains (x_t = (1 - s) x_0 + s e, target
 e - x_0, s shifted like the sampler's schedule) on the noisy frames of ``[c_rgb, x_rgb, c_pose,
-x_pose]``; the image condition is the rest template or a frame of the clip, zeroed 20% of the time
+x_pose]`` (of ``[c_rgb, c_pose, x_pose]`` for a transformer without the RGB video); the image condition is the rest template or a frame of the clip, zeroed 20% of the time
 so that image classifier-free guidance has an unconditional branch to use. The prompt is zeroed too
 (independently), for the pipeline's guidance on the prompt; the paper drops only the image.
 ``pose_weight`` weighs the pose half of the loss against the RGB half (the pose maps are what
@@ -76,7 +76,8 @@ def flow_loss(model, data: LatentSet, index: torch.Tensor, stage: str, generator
 
     The image condition is the rest template with ``rest_probability``, else a frame of the clip;
     the prompt is zeroed with ``text_drop``; the pose half's error weighs ``pose_weight`` times the
-    RGB half's. The random choices are drawn for all of ``index``, so
+    RGB half's (a transformer without the RGB video learns the pose video alone). The random
+    choices are drawn for all of ``index``, so
     that N data-parallel processes, each given its ``part``, draw exactly what one process draws
     for the whole batch."""
     device = data.video.device
@@ -99,10 +100,14 @@ def flow_loss(model, data: LatentSet, index: torch.Tensor, stage: str, generator
     noise = torch.randn(x0.shape, generator=generator, device=device)
     s = sigma.view(-1, 1, 1, 1, 1, 1, 1)
     noisy = (1 - s) * x0 + s * noise
-    sequence = torch.cat([condition, noisy], dim=4)  # per half: [c, x] along time
-    sequence = torch.cat([sequence[:, 0], sequence[:, 1]], dim=3)  # (B, V, C, 2 (f + 2), h, w)
+    generated = model.generated
+    if len(generated) == 1:  # the pose video alone; the same draws as with both, so runs compare
+        noisy, noise, x0 = noisy[:, 1:], noise[:, 1:], x0[:, 1:]
+    sequence = model.sequence(condition, noisy)
     text = data.text[index].float() * (draw(batch) >= text_drop).float().view(-1, 1, 1)
     flow = model(sequence[part], (sigma * 1000)[part], text[part], rays[part], return_dict=False)[0]
-    flow = flow.unflatten(3, (2, -1))[:, :, :, :, 1:].permute(0, 3, 1, 2, 4, 5, 6)  # (B, 2, V, C, t, h, w)
+    flow = model.generated_flow(flow)  # (B, G, V, C, t, h, w)
+    if len(generated) == 1:
+        return F.mse_loss(flow.float(), (noise - x0)[part])
     halves = torch.tensor([1.0, pose_weight], device=device).view(1, 2, 1, 1, 1, 1, 1) * 2 / (1 + pose_weight)
     return (halves * F.mse_loss(flow.float(), (noise - x0)[part], reduction="none")).mean()

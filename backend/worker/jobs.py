@@ -46,6 +46,13 @@ def png_blobs(frames: list[np.ndarray]) -> list[bytes]:
         return list(pool.map(png_blob, frames))
 
 
+def _draws_rgb(pipeline) -> bool:
+    """Whether the pipeline's model generates an RGB video beside the pose video (the embedded tiny
+    model does not); a pipeline given as a bare callable is taken to."""
+    transformer = getattr(pipeline, "transformer", None)
+    return transformer is None or transformer.config.rgb_video
+
+
 def _inputs(submit: Message, preset: Preset, limits: Limits) -> tuple[Request, Rig, CameraRig, np.ndarray]:
     """The request, rig, cameras and RGB templates (V, H, W, 3) of a SUBMIT, checked against each other.
 
@@ -115,6 +122,9 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
     start = time.perf_counter()
     try:
         request, rig, cameras, rgb_templates = _inputs(submit, preset, limits)
+        if "rgb" in request.options.outputs and not _draws_rgb(pipeline):
+            raise JobInputError("This worker's model draws the pose maps alone, so it has no RGB video to show: turn "
+                                "off RGB Preview in the AnimaX panel, or use a worker with the full model.")
         shown = model_body(rig, cameras)
         pose_templates = render_pose_maps(cameras, shown.rig.joints_rest[None], shown.rig.joint_parents,
                                           shown.colours)[:, 0]
