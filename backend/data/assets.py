@@ -36,7 +36,6 @@ folder, whoever built them (the last machine to finish writes the complete ones)
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -331,15 +330,16 @@ def _write_json(path: Path, value) -> None:
     _replace(path, lambda partial: partial.write_text(json.dumps(value, indent=1), encoding="utf-8"))
 
 
-def _records(shards: Path, settings: dict) -> list[dict]:
-    """The records of the finished assets in ``shards``, by asset; a folder of other settings is refused."""
-    records = sorted((json.loads(p.read_text(encoding="utf-8")) for p in shards.glob("*.json")),
-                     key=lambda r: r["asset"])
+def _records(out: Path, settings: dict) -> list[dict]:
+    """The records of the finished assets in ``out``, by asset; a folder of other settings is refused."""
+    from .dataset import shard_records
+
+    records = shard_records(out)
     for record in records:
         if record["settings"] != settings:
             changed = ", ".join(f"{k} {record['settings'].get(k)} (now {v})" for k, v in settings.items()
                                 if record["settings"].get(k) != v)
-            raise DatasetError(f"{shards.parent} holds clips built with other settings ({changed}): give the "
+            raise DatasetError(f"{out} holds clips built with other settings ({changed}): give the "
                                "same settings to add to it, or another --out")
     return records
 
@@ -387,7 +387,7 @@ def build_dataset(args) -> Report:
     out = Path(args.out)
     shards = out / SHARDS
     shards.mkdir(parents=True, exist_ok=True)
-    done = {r["asset"] for r in _records(shards, _settings(args))}
+    done = {r["asset"] for r in _records(out, _settings(args))}
     part, machines = args.shard
     names = [asset.relative_to(args.assets).as_posix() for asset in assets]
     mine = [(asset, name) for k, (asset, name) in enumerate(zip(assets, names)) if k % machines == part]
@@ -406,7 +406,7 @@ def build_dataset(args) -> Report:
         _write_json(shards / f"{asset_key(name)}.json", record)
         print(f"asset {i}/{len(mine)}: {name} — {record['entry']['clips']} clips", flush=True)
 
-    records = _records(shards, _settings(args))
+    records = _records(out, _settings(args))
     report = Report(assets=[r["entry"] for r in records], skipped=[s for r in records for s in r["skipped"]],
                     ignored=[p.relative_to(args.assets).as_posix() for p in others])
     clips = sum(r["entry"]["clips"] for r in records)

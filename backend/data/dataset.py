@@ -75,6 +75,12 @@ SHARDS = "shards"
 files) it completed."""
 
 
+def shard_records(folder: str | Path) -> list[dict]:
+    """The records of a dataset folder's finished assets (``shards/*.json``), in the order of their assets."""
+    return sorted((json.loads(p.read_text(encoding="utf-8")) for p in (Path(folder) / SHARDS).glob("*.json")),
+                  key=lambda record: record["asset"])
+
+
 class SampleShards:
     """The clips of a dataset, read one shard (a ``Samples`` file) at a time, so that RAM holds one
     shard, never the dataset. ``path`` is a dataset folder (``animax dataset``: ``shards/*.json`` and
@@ -84,9 +90,7 @@ class SampleShards:
     def __init__(self, path: str | Path):
         path = Path(path)
         if path.is_dir():
-            records = sorted((json.loads(p.read_text(encoding="utf-8")) for p in (path / SHARDS).glob("*.json")),
-                             key=lambda r: r["asset"])
-            self.files = [path / SHARDS / part for record in records for part in record["parts"]]
+            self.files = [path / SHARDS / part for record in shard_records(path) for part in record["parts"]]
             if not self.files:
                 raise ValueError(f"{path} holds no complete shard with clips ({path / SHARDS}/*.json): "
                                  "build it with `animax dataset ASSETS --out DIR`")
