@@ -237,8 +237,9 @@ class AnimateController:
             templates = render_templates(obj, cameras, preset["size"])
         except ValueError as exc:
             raise AnimateError(str(exc)) from None
-        options = Options(steps=self.steps or preset["steps"], guidance=self.guidance, seed=self.seeds[0], frames=frames, fps=scene_fps,
-                          outputs=("pose", "rgb") if self.decode_rgb else ("pose",), variations=len(self.seeds))
+        options = Options(steps=self.steps or preset["steps"], guidance=self.guidance, seed=self.seeds[0],
+                          frames=frames, fps=scene_fps, outputs=("pose", "rgb") if self.decode_rgb else ("pose",),
+                          variations=len(self.seeds))
         self.future.send_request(Request.from_images(self.prompt, self.rig.to_dict(), cameras.to_dict(), templates,
                                                      options))
         self._show("Sending the job")

@@ -64,7 +64,8 @@ def test_the_tiny_recipe_states_what_the_shipped_model_records():
     config = json.loads((SHIPPED / "transformer" / "config.json").read_text())
     lineage = {}  # the architecture settings down to the last stage, each from the last stage that gives it
     for stage in recipe.stages:
-        lineage.update({key: stage.settings[key] for key in ("blocks", "pooled_text", "rgb_video") if key in stage.settings})
+        lineage.update({key: stage.settings[key] for key in ("blocks", "pooled_text", "rgb_video")
+                        if key in stage.settings})
     assert (lineage["blocks"], lineage["pooled_text"], lineage["rgb_video"]) == \
         (config["num_layers"], config["pooled_text"], config["rgb_video"])
     last = recipe.stages[-1].settings

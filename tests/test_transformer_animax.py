@@ -297,4 +297,6 @@ def test_with_rgb_video_keeps_every_weight_and_runs_the_shorter_sequence(model, 
     x = inputs()
     out = run(pose_only, hidden_states=x["hidden_states"][:, :, :, :P])
     assert out.shape == (B, V, C, P, H, W) and torch.isfinite(out).all()
-    assert torch.equal(pose_only.with_rgb_video(True).state_dict()["proj_out.weight"], model.state_dict()["proj_out.weight"])
+    back = pose_only.with_rgb_video(True)
+    assert back.config.rgb_video is True
+    assert torch.equal(back.state_dict()["proj_out.weight"], model.state_dict()["proj_out.weight"])

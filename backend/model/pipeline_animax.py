@@ -127,8 +127,9 @@ class AnimaXPipeline(DiffusionPipeline):
 
     def prepare_latents(self, shape: tuple[int, ...], generator, device: torch.device,
                         latents: torch.Tensor | None = None) -> torch.Tensor:
-        """The starting noise (N, G, V, C, f + 1, h, w) of the G generated videos: ``latents`` where given, else drawn; a list of
-        generators draws video n from generator n, as a one-video call with that generator does."""
+        """The starting noise (N, G, V, C, f + 1, h, w) of the G generated videos: ``latents`` where
+        given, else drawn; a list of generators draws video n from generator n, as a one-video call
+        with that generator does."""
         if latents is not None:
             return latents.to(device, torch.float32)
         return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)

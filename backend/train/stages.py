@@ -4,8 +4,9 @@
 colour weigh more: the colours are what reconstruction clusters) plus a small KL term.
 ``joint`` / ``multiview``: rectified-flow matching as Wan trains (x_t = (1 - s) x_0 + s e, target
 e - x_0, s shifted like the sampler's schedule) on the noisy frames of ``[c_rgb, x_rgb, c_pose,
-x_pose]`` (of ``[c_rgb, c_pose, x_pose]`` for a transformer without the RGB video); the image condition is the rest template or a frame of the clip, zeroed 20% of the time
-so that image classifier-free guidance has an unconditional branch to use. The prompt is zeroed too
+x_pose]`` (of ``[c_rgb, c_pose, x_pose]`` for a transformer without the RGB video); the image
+condition is the rest template or a frame of the clip, zeroed 20% of the time so that image
+classifier-free guidance has an unconditional branch to use. The prompt is zeroed too
 (independently), for the pipeline's guidance on the prompt; the paper drops only the image.
 ``pose_weight`` weighs the pose half of the loss against the RGB half (the pose maps are what
 reconstruction reads); the weights keep a mean of 1, so 1 is the plain loss.
@@ -77,9 +78,8 @@ def flow_loss(model, data: LatentSet, index: torch.Tensor, stage: str, generator
     The image condition is the rest template with ``rest_probability``, else a frame of the clip;
     the prompt is zeroed with ``text_drop``; the pose half's error weighs ``pose_weight`` times the
     RGB half's (a transformer without the RGB video learns the pose video alone). The random
-    choices are drawn for all of ``index``, so
-    that N data-parallel processes, each given its ``part``, draw exactly what one process draws
-    for the whole batch."""
+    choices are drawn for all of ``index``, so that N data-parallel processes, each given its
+    ``part``, draw exactly what one process draws for the whole batch."""
     device = data.video.device
     batch = len(index)
     draw = lambda *shape: torch.rand(*shape, generator=generator, device=device)  # noqa: E731
