@@ -13,18 +13,15 @@ from diffusers import AutoencoderKLWan
 from safetensors.torch import load_file
 
 import backend.train.latent_shards as latent_shards
-from backend.data.dataset import SHARDS, SampleShards, build_samples
+from backend.data.dataset import SHARDS, Samples, SampleShards, build_samples
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 from backend.train.__main__ import linked
 from backend.train.batches import MemoryBatches, StreamedBatches, step_batches
 from backend.train.latent_shards import INDEX, LatentShards, encode_library
 from backend.train.latents import encode_samples
 from backend.train.stages import flow_loss
+from test_train import TOY_TRANSFORMER, TOY_VAE
 
-TOY_TRANSFORMER = dict(num_attention_heads=2, attention_head_dim=32, in_channels=4, out_channels=4, text_dim=384,
-                       freq_dim=32, ffn_dim=64, num_layers=1)
-TOY_VAE = dict(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[True],
-               scale_factor_temporal=2, scale_factor_spatial=2, latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
 SHARD_CLIPS = (2, 1, 2)
 KEY = dict(vae="toy", seed=0)
 
@@ -38,9 +35,8 @@ def dataset(tmp_path_factory):
     first = 0
     for number, count in enumerate(SHARD_CLIPS):
         clips = slice(first, first + count)
-        part = type(samples)(samples.rgb[clips], samples.pose[clips], samples.rgb_rest[clips],
-                             samples.pose_rest[clips], samples.prompts[clips], samples.motions[clips],
-                             samples.families[clips])
+        part = Samples(samples.rgb[clips], samples.pose[clips], samples.rgb_rest[clips], samples.pose_rest[clips],
+                       samples.prompts[clips], samples.motions[clips], samples.families[clips])
         part.save(folder / SHARDS / f"asset{number}-000.npz")
         (folder / SHARDS / f"asset{number}.json").write_text(
             json.dumps({"asset": f"asset{number}", "parts": [f"asset{number}-000.npz"]}))
