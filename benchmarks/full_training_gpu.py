@@ -10,15 +10,16 @@ order, each timed (seconds on one H100 estimated before the first run):
 
 1. ``data`` (~20 s): ``--clips`` procedural clips at 480 px x 81 frames x 4 views
    (``build_samples``: the project's pose maps, capsule RGB rendered on the GPU a clip at a time)
-   in the samples file that ``--dataset`` reads (224 MB a clip).
+   in the samples file that ``--dataset`` reads (453 MB a clip: two uint8 videos of 4 x 81 x 480 x 480 x 3
+   and 8 templates).
 2. ``wan`` (~60-90 s): ``benchmarks/wan_shaped_dir.py``'s directory in ``WORK/wan`` (29 GB of
    float32 weights drawn on the GPU), unless ``--wan DIR`` is given or an earlier run left a
    complete one there.
 3. ``run`` (~100 s): ``python -m backend.train run --preset full --wan WAN --dataset
    WORK/samples.npz --out WORK/run --joint-steps 4 --batch 4 --multiview-steps 3 --multiview-batch 1
    --deadline-min 1e-9``, in this process: loads Wan (UMT5-XXL in bf16), encodes the clips and
-   captions into ``WORK/run/latents.pt``, trains one step of stage joint and stops at its deadline
-   with a checkpoint.
+   captions into the latent shards of ``WORK/run/latents``, trains one step of stage joint (the
+   shards streamed by the DataLoader) and stops at its deadline with a checkpoint.
 4. ``resume`` (~150 s): the same with ``--resume``: stage joint goes on from step 2 (the latents
    reused), then stage multiview trains. The run's own record (``WORK/run/training.json``) gives
    each stage's seconds a step after the process's first step (which warms kernels up) and its
@@ -53,6 +54,8 @@ import backend.train.__main__ as train
 from backend.data.dataset import build_samples
 from backend.model.checked_files import load_diffusers
 from backend.model.presets import FULL
+from backend.train.batches import StreamedBatches
+from backend.train.latent_shards import LATENTS, LatentShards
 from backend.train.stages import flow_loss, trainable_parameters
 
 VIEWS = 4
@@ -111,9 +114,9 @@ def training_step(model, params, optimizer, data, stage: str, batch: int, settin
     generator = torch.Generator(DEVICE).manual_seed(batch)
     began = time.perf_counter()
     try:
-        index = torch.randint(len(data), (batch,), generator=generator, device=DEVICE)
+        clips = StreamedBatches(data, batch, batch, 1, DEVICE, workers=0)(1)
         with torch.autocast(DEVICE.type, torch.bfloat16):
-            loss = flow_loss(model, data, index, stage, generator, rest_probability=settings.rest_template_probability,
+            loss = flow_loss(model, clips, stage, generator, rest_probability=settings.rest_template_probability,
                              text_drop=settings.text_drop, pose_weight=settings.pose_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -167,15 +170,15 @@ def largest_batch(model, data, stage: str, settings, deadline: float, sample_sec
 
 
 def batch_search(args, wan: Path, samples: Path, deadline: float, speed: dict) -> dict:
-    """Both stages' largest batches, on the run's cached latents and a fresh adapter on the same base;
+    """Both stages' largest batches, on the run's latent shards and a fresh adapter on the same base;
     ``speed`` is the resumed run's record of its stages' speed."""
     settings = train.with_preset_defaults(train.build_parser().parse_args(train_argv(args, wan, samples)))
     base = load_diffusers(WanTransformer3DModel, wan / "transformer", torch.float32)
     model, _ = train.full_transformer(base, settings.lora_rank, settings.seed)
     del base
     model.to(DEVICE).train()
-    # The run's cache holds the latents: nothing is encoded again, so no VAE or text encoder is needed.
-    data, _ = train.encode_full(settings, None, None, None, None, DEVICE)
+    # The run's shards hold the latents: nothing is encoded again, so no VAE or text encoder is needed.
+    data = LatentShards(args.work / "run" / LATENTS)
     # Stage multiview first: its memory is the one never measured, and its search is short.
     batches = {"multiview": args.multiview_batch, "joint": args.batch}
     return {stage: largest_batch(model, data, stage, settings, deadline,

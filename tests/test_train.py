@@ -64,7 +64,7 @@ def test_flow_loss_falls_and_resumes(samples, toy_vae, tmp_path):
 
     def step_fn(model, step):
         generator.manual_seed(step % 4)  # four fixed batches: the model can fit them
-        return flow_loss(model, data, torch.arange(3), "multiview", generator)
+        return flow_loss(model, data.take(torch.arange(3)), "multiview", generator)
 
     params = trainable_parameters(model, "joint")
     first, finished = train_stage("joint", model, params, step_fn, 60, 3e-3, tmp_path, deadline=0.0)
@@ -86,7 +86,7 @@ def test_flow_loss_draws_the_conditions_it_is_told(samples, toy_vae, rest_probab
 
     model = with_forward(noting)
     index = torch.tensor([0, 1, 2] * 6)
-    flow_loss(model, data, index, "multiview", torch.Generator().manual_seed(0), rest_probability=rest_probability,
+    flow_loss(model, data.take(index), "multiview", torch.Generator().manual_seed(0), rest_probability=rest_probability,
               text_drop=text_drop)
     frames = data.video.shape[4]  # per half: [condition, video frames]
     conditions = seen["sequence"].unflatten(3, (2, frames + 1))[:, :, :, :, :1]  # (B, V, C, 2, 1, h, w)
@@ -113,7 +113,7 @@ def test_flow_loss_weighs_the_pose_half_as_told(samples, toy_vae):
         return with_forward(guess)
 
     def loss(pose_value, pose_weight):
-        return flow_loss(model_guessing(pose_value), data, torch.tensor([0, 1, 2]), "multiview",
+        return flow_loss(model_guessing(pose_value), data.take(torch.tensor([0, 1, 2])), "multiview",
                          torch.Generator().manual_seed(0), pose_weight=pose_weight).item()
 
     assert loss(0.0, 0.0) == pytest.approx(loss(5.0, 0.0))  # weight 0: the pose half does not count
@@ -180,7 +180,7 @@ def test_without_the_rgb_video_the_loss_is_the_pose_videos_alone(samples, toy_va
         return forward
 
     def loss(model, **kwargs):
-        return flow_loss(model, data, torch.tensor([0, 1, 2]), "multiview", torch.Generator().manual_seed(0),
+        return flow_loss(model, data.take(torch.tensor([0, 1, 2])), "multiview", torch.Generator().manual_seed(0),
                          **kwargs).item()
 
     pose_only = loss(with_forward(guess(2.0, 0), rgb_video=False))

@@ -37,9 +37,9 @@ def recording(patch) -> dict:
     rank = os.environ.get("RANK", "0")
     flow_loss, vae_loss, train_stage = train.flow_loss, train.vae_loss, train.train_stage
 
-    def flow(model, data, index, stage, generator, part, *choices):
-        seen["batches"].append([stage, index[part].tolist()])
-        return flow_loss(model, data, index, stage, generator, part, *choices)
+    def flow(model, clips, stage, generator, part, *choices):
+        seen["batches"].append([stage, [digest([clip]) for clip in clips.video[part]]])
+        return flow_loss(model, clips, stage, generator, part, *choices)
 
     def vae(model, video, is_pose):
         seen["batches"].append(["vae", digest([video])])
@@ -106,9 +106,9 @@ def test_two_processes_share_each_batch_and_train_what_one_process_trains(datase
     (run,) = train.recorded_runs(out)  # one record: written once
     assert run["processes"] == 2 and not run["finished"]
     assert run["steps"] == {"vae": 2, "joint": 3, "multiview": 1} and "deadline reached at step 1" in output
-    # Files once: the main process writes; it encodes the dataset while the other waits for its cache.
+    # Files once: the main process writes; it encodes the dataset's shard while the other waits for it.
     assert sorted(ranks[0]["wrote"]) == ["save_loss_plot", "save_tiny"] and ranks[1]["wrote"] == []
-    assert output.count("latents: reusing") == 1
+    assert output.count("latents: shard 1/1 encoded") == 1
     assert ranks[0]["environment"] == ranks[1]["environment"] == MULTICAST_OFF  # NVLink multicast off
 
     train.main(argv + ["--resume"])  # the two processes' checkpoint resumes in one

@@ -116,7 +116,7 @@ def test_full_loss_of_a_fixed_batch_falls(wan, dataset, tmp_path):
 
     def step_fn(model, step):
         generator.manual_seed(0)  # one fixed batch
-        return flow_loss(model, data, torch.arange(2), "joint", generator)
+        return flow_loss(model, data.take(torch.arange(2)), "joint", generator)
 
     losses, finished = train_stage("joint", model, trainable_parameters(model, "joint"), step_fn, 30, 3e-3, tmp_path)
     assert finished
@@ -184,12 +184,12 @@ def test_tiny_keeps_a_trained_vae_and_reuses_its_cached_latents(dataset, tmp_pat
     first = tmp_path / "first"
     base = ["--dataset", str(dataset[0]), *STEPS]  # procedural prompts: in the shipped text cache
     train.main(["run", "--out", str(first), "--vae-steps", "2", "--vae-batch", "2", *base])
-    assert (first / "vae" / "config.json").is_file() and (first / "latents.pt").is_file()
+    assert (first / "vae" / "config.json").is_file() and (first / "latents" / "index.json").is_file()
 
     second = tmp_path / "second"
     train.main(["run", "--out", str(second), "--vae-from", str(first / "model"), *base, "--deadline-min", "1e-9"])
     record = train.recorded_runs(second)[-1]
-    assert "vae" not in record["steps"] and "dataset" in record["seconds"]  # no VAE stage; the data was built
+    assert "vae" not in record["steps"] and "encode" in record["seconds"]  # no VAE stage; the data was encoded
     kept = load_file(first / "model" / "vae" / "diffusion_pytorch_model.safetensors")
     saved = load_file(second / "model" / "vae" / "diffusion_pytorch_model.safetensors")
     assert kept.keys() == saved.keys() and all(torch.equal(kept[k], saved[k]) for k in kept)
@@ -198,7 +198,7 @@ def test_tiny_keeps_a_trained_vae_and_reuses_its_cached_latents(dataset, tmp_pat
     train.main(["run", "--out", str(second), "--vae-from", str(first / "model"), *base, "--resume"])
     assert "latents: reusing" in capsys.readouterr().out
     record = train.recorded_runs(second)[-1]
-    assert record["finished"] and "dataset" not in record["seconds"] and record["data"]["clips"] == 2
+    assert record["finished"] and "encode" not in record["seconds"] and record["data"]["clips"] == 2
     joint_only = tmp_path / "joint-only"  # a stage of no steps is skipped, not trained with a schedule of 0
     train.main(["run", "--out", str(joint_only), "--vae-from", str(first / "model"), *base, "--multiview-steps", "0"])
     record = train.recorded_runs(joint_only)[-1]
@@ -304,7 +304,7 @@ def test_tiny_trains_only_a_vae_when_the_diffusion_stages_have_no_steps(dataset,
                 "--joint-steps", "0", "--multiview-steps", "0"])
     record = train.recorded_runs(out)[-1]
     assert record["finished"] and record["steps"] == {"vae": 2}
-    assert not (out / "latents.pt").exists()  # no diffusion stage, so no encoded dataset
+    assert not (out / "latents").exists()  # no diffusion stage, so no encoded dataset
     pipe = load_tiny(out / "model")
     vae = pipe.vae.config
     assert (vae.base_dim, vae.z_dim, vae.scale_factor_temporal) == (32, 16, 2)  # the tiny preset's VAE

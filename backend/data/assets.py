@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +47,7 @@ import numpy as np
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.pose_maps import render_pose_maps
 from backend.arguments import output_folder, shard
+from backend.files import write_atomically
 from backend.model import MODEL_FPS
 
 ASSET_SUFFIXES = (".blend", ".glb", ".gltf", ".fbx")
@@ -57,7 +56,7 @@ MIN_MOTION = 0.05
 as a fraction of the rest bounding-sphere radius (0.05 is about one pixel at 64 px, where the
 sphere spans 60% of the frame)."""
 PART_CLIPS = 8
-"""Clips per shard file: what training holds in RAM while it encodes a file (1.8 GB at 480 px x 81 frames)."""
+"""Clips per shard file: what training holds in RAM while it encodes a file (3.6 GB at 480 px x 81 frames)."""
 
 
 class DatasetError(ValueError):
@@ -318,16 +317,8 @@ def asset_key(name: str) -> str:
     return hashlib.sha1(name.encode("utf-8")).hexdigest()[:16]
 
 
-def _replace(path: Path, write) -> None:
-    """``write(temporary path)``, then the file renamed to ``path``; the temporary name is unique, since
-    machines sharing a folder all write its summaries."""
-    partial = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.partial")
-    write(partial)
-    partial.replace(path)
-
-
 def _write_json(path: Path, value) -> None:
-    _replace(path, lambda partial: partial.write_text(json.dumps(value, indent=1), encoding="utf-8"))
+    write_atomically(path, lambda partial: partial.write_text(json.dumps(value, indent=1), encoding="utf-8"))
 
 
 def _records(out: Path, settings: dict) -> list[dict]:
@@ -413,7 +404,7 @@ def build_dataset(args) -> Report:
     _write_json(out / "report.json", {"clips": clips, **_settings(args), "shard": f"{part}/{machines}",
                                       **report.__dict__})
     _write_json(out / "index.json", [entry for r in records for entry in r["index"]])
-    _replace(out / "cameras.json", make_camera_rig(np.zeros(3), 1.0, args.size).save)
+    write_atomically(out / "cameras.json", make_camera_rig(np.zeros(3), 1.0, args.size).save)
     _print_summary(report, clips, out)
     if not clips:
         raise DatasetError(f"no clip was kept from {len(records)} assets; {out / 'report.json'} says why")

@@ -44,6 +44,11 @@ class Samples:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """A clip's (V, T, S, S, 3), as ``SampleShards.shape``."""
+        return self.rgb.shape[1:]
+
     def save(self, path: str | Path) -> None:
         np.savez(path, format_version=DATASET_FORMAT_VERSION, rgb=self.rgb, pose=self.pose,
                  rgb_rest=self.rgb_rest, pose_rest=self.pose_rest, prompts=np.array(self.prompts),

@@ -17,6 +17,7 @@ on N GPUs: each step's batch is split over the processes (docs/training.md, "Sev
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -42,6 +43,8 @@ from backend.model.samplers import make_scheduler
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 from backend.multi_gpu import turn_multicast_off
 
+from .batches import LOADER_WORKERS, step_batches
+from .latent_shards import LATENTS, LatentShards, encode_library, file_key
 from .latents import LatentSet, encode_samples, latent_stats, to_video
 from .loop import batch_part, save_loss_plot, train_stage
 from .recipe import RecipeError, changed_settings, load_recipe
@@ -102,16 +105,11 @@ def load_dataset(path: Path, vae, patch_size: int, preset: str) -> SampleShards:
     return samples
 
 
-def file_key(path: Path) -> dict:
-    """What identifies a file's contents cheaply (for the latents cache)."""
-    path = Path(path).resolve()
-    return dict(path=str(path), bytes=path.stat().st_size, mtime_ns=path.stat().st_mtime_ns)
-
-
 def cached_latents(out: Path, key: dict, device, encode) -> tuple[LatentSet, dict]:
     """``encode()``'s (latents, description of the data), kept in ``OUT/latents.pt`` under ``key``, so
-    that a resumed run skips building and encoding the dataset when nothing it depends on changed.
-    The file is replaced, never rewritten in place: a recipe's stages share it through hard links."""
+    that a resumed run skips building and encoding the procedural clips when nothing they depend on
+    changed. The file is replaced, never rewritten in place: a recipe's stages share it through hard
+    links."""
     cache = out / "latents.pt"
     state = PartialState()
     with state.main_process_first():  # several processes: the main one encodes, the others load its cache
@@ -128,41 +126,59 @@ def cached_latents(out: Path, key: dict, device, encode) -> tuple[LatentSet, dic
         return data, description
 
 
-def encode_full(args, vae, text_encoder, tokenizer, transformer, device) -> tuple[LatentSet, dict]:
-    """The dataset's latents under the frozen Wan VAE and its captions under UMT5 (cached)."""
-    key = dict(dataset=file_key(args.dataset), wan=str(Path(args.wan).resolve()), seed=args.seed)
-    return cached_latents(Path(args.out), key, device,
-                          lambda: _encode_full(args, vae, text_encoder, tokenizer, transformer, device))
+def streamed_latents(out: Path, key: dict, shards: SampleShards, encode, source: str) -> tuple[LatentShards, dict]:
+    """A library's latents in ``OUT/latents``, one latent shard per shard of ``shards``, each encoded
+    with ``encode(samples, first)`` unless an earlier run (or a stopped one) encoded it under ``key``;
+    returns them to be streamed, and the description of the data. The main process encodes."""
+    state = PartialState()
+    if state.is_main_process:
+        encode_library(shards, out / LATENTS, key, encode, describe(shards, source))
+    state.wait_for_everyone()
+    latents = LatentShards(out / LATENTS)
+    return latents, latents.description
 
 
-def _encode_full(args, vae, text_encoder, tokenizer, transformer, device) -> tuple[LatentSet, dict]:
-    samples = load_dataset(Path(args.dataset), vae, transformer.config.patch_size[1], "full").load_all()
-    # Embedded as AnimaXPipeline.encode_prompt does at inference: FULL's 512 tokens, padding zeroed.
-    pipeline = AnimaXPipeline(tokenizer, text_encoder.to(device), vae, transformer,
-                              make_scheduler(), FULL.max_sequence_length)
-    captions = sorted(set(samples.prompts))
-    with torch.no_grad():
-        embedded = torch.cat([pipeline.encode_prompt(caption, device) for caption in captions]).float()
-    text = embedded[[captions.index(p) for p in samples.prompts]]
-    data = encode_samples(vae.to(device), samples, text, device, seed=args.seed, chunk=1)  # full-size videos: one at a time
-    return data, describe(samples, str(args.dataset))
+def encode_full(args, vae, text_encoder, tokenizer, transformer, device) -> tuple[LatentShards, dict]:
+    """The dataset's latents under the frozen Wan VAE and its captions under UMT5, a shard at a time
+    (kept in ``OUT/latents``)."""
+    shards = load_dataset(Path(args.dataset), vae, transformer.config.patch_size[1], "full")
+
+    @functools.cache
+    def pipeline() -> AnimaXPipeline:  # UMT5 goes to the device only where a shard is encoded
+        return AnimaXPipeline(tokenizer, text_encoder.to(device), vae.to(device), transformer, make_scheduler(),
+                              FULL.max_sequence_length)
+
+    def encode(samples: Samples, first: int) -> LatentSet:
+        text = embedded_captions(pipeline(), samples.prompts, device)
+        # chunk=1: full-size videos go through the VAE one at a time
+        return encode_samples(pipeline().vae, samples, text, device, seed=args.seed, chunk=1, first=first)
+    key = dict(wan=str(Path(args.wan).resolve()), seed=args.seed)
+    return streamed_latents(Path(args.out), key, shards, encode, str(args.dataset))
 
 
-def train_diffusion(transformer, data: LatentSet, args, out: Path, deadline: float, precision: str,
-                    record: dict, losses: dict) -> bool:
-    """Stages ``joint`` and ``multiview``; whether both finished before the deadline."""
-    device = data.video.device
+@torch.no_grad()
+def embedded_captions(pipeline: AnimaXPipeline, captions: list[str], device) -> torch.Tensor:
+    """(N, L, D) float embeddings of ``captions``, as ``AnimaXPipeline.encode_prompt`` gives at inference
+    (FULL's 512 tokens, padding zeroed); each distinct caption encoded once."""
+    distinct = sorted(set(captions))
+    embedded = torch.cat([pipeline.encode_prompt(caption, device) for caption in distinct]).float()
+    return embedded[[distinct.index(caption) for caption in captions]]
+
+
+def train_diffusion(transformer, data: LatentSet | LatentShards, args, out: Path, device, deadline: float,
+                    precision: str, record: dict, losses: dict) -> bool:
+    """Stages ``joint`` and ``multiview`` on latents on the device or streamed from shards; whether both
+    finished before the deadline."""
     generator = torch.Generator(device)
     if args.compile:  # diffusers' regional compilation: each block compiles once, reused four (or 30) times
         transformer.compile_repeated_blocks(fullgraph=True)
 
-    def diffusion_step(stage, batch):
+    def diffusion_step(stage, batch, batches):
         part = batch_part(batch)
 
         def step_fn(model, step):  # every process draws the whole batch and trains on its part
             generator.manual_seed(args.seed * 1_000_003 + step)
-            index = torch.randint(len(data), (batch,), generator=generator, device=device)
-            return flow_loss(model, data, index, stage, generator, part, args.rest_template_probability,
+            return flow_loss(model, batches(step), stage, generator, part, args.rest_template_probability,
                              args.text_drop, args.pose_weight)
         return step_fn
 
@@ -171,19 +187,23 @@ def train_diffusion(transformer, data: LatentSet, args, out: Path, deadline: flo
         if not steps:  # e.g. stage joint alone, to be followed by stage multiview in a later run
             continue
         params = trainable_parameters(transformer, name)
+        batches = step_batches(data, batch, args.seed, steps, device, args.loader_workers)
         began = time.time()
-        losses[name], done = train_stage(name, transformer, params, diffusion_step(name, batch), steps, lr,
-                                         out / "checkpoints" / name, deadline, mixed_precision=precision,
-                                         speed=record.setdefault("speed", {}).setdefault(name, {}))
+        try:
+            losses[name], done = train_stage(name, transformer, params, diffusion_step(name, batch, batches), steps,
+                                             lr, out / "checkpoints" / name, deadline, mixed_precision=precision,
+                                             speed=record.setdefault("speed", {}).setdefault(name, {}))
+        finally:
+            batches.close()
         record["seconds"][name] = time.time() - began
         if not done:
             return False
     return True
 
 
-def describe(samples: Samples, source: str) -> dict:
-    return {"source": source, "clips": len(samples), "views": samples.rgb.shape[1], "frames": samples.rgb.shape[2],
-            "size": samples.rgb.shape[3], "families": sorted(set(samples.families)),
+def describe(samples: Samples | SampleShards, source: str) -> dict:
+    return {"source": source, "clips": len(samples), "views": samples.shape[0], "frames": samples.shape[1],
+            "size": samples.shape[2], "families": sorted(set(samples.families)),
             "motions": sorted(set(samples.motions)), "prompts": len(set(samples.prompts))}
 
 
@@ -192,13 +212,18 @@ def tiny_samples(args, vae, transformer, text_cache: TextCache, device) -> Sampl
     if not args.dataset:
         return build_samples(args.samples, args.seed, TINY.size, TINY.num_frames, device=str(device),
                              processes=args.processes)
-    samples = load_dataset(args.dataset, vae, transformer.config.patch_size[1], "tiny").load_all()
-    unknown = sorted(set(samples.prompts) - set(text_cache.prompts))
+    return tiny_dataset(args, vae, transformer, text_cache).load_all()
+
+
+def tiny_dataset(args, vae, transformer, text_cache: TextCache) -> SampleShards:
+    """``--dataset``'s shards for the tiny preset; its captions must be in the text cache."""
+    shards = load_dataset(args.dataset, vae, transformer.config.patch_size[1], "tiny")
+    unknown = sorted(set(shards.prompts) - set(text_cache.prompts))
     if unknown:
         raise SystemExit(f"{len(unknown)} captions of {args.dataset} are not in {args.text_cache} (e.g. "
                          f"{unknown[0]!r}): add them with `python -m backend.train text-cache --dataset "
                          f"{args.dataset} --out {args.text_cache}` where MiniLM is installed")
-    return samples
+    return shards
 
 
 def train_tiny_vae(vae, args, samples: Samples, out: Path, device, precision: str, deadline: float, record: dict,
@@ -273,12 +298,13 @@ def kept_transformer(model_dir: Path, z_dim: int, pooled_text: bool = False,
 
 def run_tiny(args, out: Path, device, precision: str, deadline: float, record: dict, losses: dict) -> bool:
     """Stage ``vae`` (unless ``--vae-from`` gives a trained one), then the diffusion stages on the
-    dataset's latents, which are cached in ``OUT`` once the VAE is final. With ``--joint-steps 0
-    --multiview-steps 0`` only the VAE trains (to score it with ``animax eval --oracle vae``)."""
+    dataset's latents, which are encoded into ``OUT`` once the VAE is final: procedural clips into
+    ``OUT/latents.pt``, held on the device; a ``--dataset`` into the shards of ``OUT/latents``, streamed.
+    With ``--joint-steps 0 --multiview-steps 0`` only the VAE trains (to score it with ``animax eval
+    --oracle vae``)."""
     text_cache = TextCache(args.text_cache)
     # The kept VAE, or this run's own, which is OUT/vae once its stage ends.
     vae_dir = trained_part("--vae-from", args.vae_from, "vae") if args.vae_from else out / "vae"
-    source = file_key(args.dataset) if args.dataset else dict(procedural=args.samples, seed=args.seed)
     trained = (vae_dir / "config.json").is_file()
     if trained:
         vae = AutoencoderKLWan.from_pretrained(vae_dir, local_files_only=True, torch_dtype=torch.float32).to(device)
@@ -302,11 +328,15 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
         print(f"dataset: {len(samples)} clips in {record['seconds']['dataset']:.0f} s", flush=True)
         return samples
 
-    def encode(samples: Samples) -> tuple[LatentSet, dict]:
+    def encode(samples: Samples, first: int = 0) -> LatentSet:  # all clips, or a shard's
         began = time.time()
-        data = encode_samples(vae, samples, text_cache[samples.prompts], device, seed=args.seed)
-        record["seconds"]["encode"] = time.time() - began
-        return data, describe(samples, str(args.dataset) if args.dataset else "procedural")
+        data = encode_samples(vae, samples, text_cache[samples.prompts], device, seed=args.seed, first=first)
+        record["seconds"]["encode"] = record["seconds"].get("encode", 0.0) + time.time() - began
+        return data
+
+    def encoded(clips: Samples | None) -> tuple[LatentSet, dict]:  # procedural clips, built unless stage vae did
+        clips = build() if clips is None else clips
+        return encode(clips), describe(clips, "procedural")
 
     samples = None
     if not trained:  # the dataset's size checks use the new VAE's config
@@ -316,11 +346,16 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
             return False
     finished = True
     if args.joint_steps or args.multiview_steps:
-        key = dict(source=source, seed=args.seed, vae=file_key(vae_dir / DIFFUSERS_WEIGHTS))
-        data, record["data"] = cached_latents(out, key, device,
-                                              lambda: encode(build() if samples is None else samples))
-        samples = None  # free the clips (gigabytes) for training
-        finished = train_diffusion(transformer, data, args, out, deadline, precision, record, losses)
+        key = dict(seed=args.seed, vae=file_key(vae_dir / DIFFUSERS_WEIGHTS))
+        if args.dataset:  # a library: its latents streamed from shards on disk
+            samples = None  # the clips stage vae trained on: the encode reads a shard at a time
+            data, record["data"] = streamed_latents(out, key, tiny_dataset(args, vae, transformer, text_cache),
+                                                    encode, str(args.dataset))
+        else:  # procedural clips, built here: a few thousand small ones, held on the device
+            key["source"] = dict(procedural=args.samples, seed=args.seed)
+            data, record["data"] = cached_latents(out, key, device, lambda: encoded(samples))
+            samples = None  # free the clips (gigabytes) for training
+        finished = train_diffusion(transformer, data, args, out, device, deadline, precision, record, losses)
     if PartialState().is_main_process:
         save_tiny(AnimaXPipeline(None, None, vae.cpu().eval(), transformer.cpu().eval(),
                                  make_scheduler(), TINY.max_sequence_length, args.text_guidance_scale),
@@ -360,7 +395,7 @@ def run_full(args, out: Path, device, precision: str, deadline: float, record: d
     record["seconds"]["encode"] = time.time() - began
     print(f"dataset: {len(data)} clips encoded in {record['seconds']['encode']:.0f} s", flush=True)
 
-    finished = train_diffusion(transformer.to(device), data, args, out, deadline, precision, record, losses)
+    finished = train_diffusion(transformer.to(device), data, args, out, device, deadline, precision, record, losses)
     if PartialState().is_main_process:
         save_adapter(transformer, out / "adapter", lora)
     return finished
@@ -473,13 +508,11 @@ def recipe_main(args, parser: argparse.ArgumentParser) -> bool:
         if trained_here and main_process_says(time.time() > deadline):  # every process stops, or none
             say(f"deadline reached before stage {stage.name!r}: the same command continues")
             return False
-        encoded = [p for p in (out / s.name / "latents.pt" for s, _, _ in planned[:number]) if p.is_file()]
-        if state.is_main_process and encoded and not (stage_out / "latents.pt").exists():
-            stage_out.mkdir(parents=True, exist_ok=True)  # the data of an earlier stage, used if its key fits
-            try:
-                os.link(encoded[-1], stage_out / "latents.pt")
-            except OSError:  # another file system
-                shutil.copy2(encoded[-1], stage_out / "latents.pt")
+        for name in ("latents.pt", LATENTS):  # the data of an earlier stage, used if its key fits
+            encoded = [p for p in (out / s.name / name for s, _, _ in planned[:number]) if p.exists()]
+            if state.is_main_process and encoded and not (stage_out / name).exists():
+                stage_out.mkdir(parents=True, exist_ok=True)
+                linked(encoded[-1], stage_out / name)
         state.wait_for_everyone()
         settings.resume = any((stage_out / "checkpoints").glob("*/progress.json"))
         settings.deadline_min = max(deadline - time.time(), 1e-3) / 60 if deadline < math.inf else 0.0
@@ -501,6 +534,20 @@ def recipe_main(args, parser: argparse.ArgumentParser) -> bool:
     return True
 
 
+def linked(source: Path, target: Path) -> None:
+    """``source`` (a file, or a folder of files) hard-linked at ``target``, or copied on another file system.
+    Encoded data is replaced, never rewritten in place, so stages can share its files."""
+    if source.is_dir():
+        target.mkdir()
+        for file in source.iterdir():
+            linked(file, target / file.name)
+        return
+    try:
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copy2(source, target)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend.train", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -519,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", type=Path, help="train on this dataset (`animax dataset`'s folder, or a samples "
                                                   "file) instead of procedural clips; required for full")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--loader-workers", type=int, default=LOADER_WORKERS,
+                     help="processes that read a --dataset's encoded latents ahead of the diffusion stages "
+                          "(0: read in the training process; default %(default)s)")
     tiny = run.add_argument_group("tiny preset")
     tiny.add_argument("--samples", type=int, default=6000, help="procedural clips (4 views each)")
     tiny.add_argument("--processes", type=int, default=0, help="processes that sample clips and draw pose maps")

@@ -34,6 +34,10 @@ class LatentSet:
     def __len__(self) -> int:
         return self.video.shape[0]
 
+    def take(self, index: torch.Tensor) -> "LatentSet":
+        """The clips ``index`` (a step's batch), with the shared rays."""
+        return LatentSet(self.video[index], self.condition[index], self.text[index], self.rays)
+
 
 @torch.no_grad()
 def latent_stats(vae, samples: Samples, device, count: int = 64) -> tuple[list[float], list[float]]:
@@ -48,8 +52,10 @@ def latent_stats(vae, samples: Samples, device, count: int = 64) -> tuple[list[f
 
 @torch.no_grad()
 def encode_samples(vae, samples: Samples, text: torch.Tensor, device, frame_choices: int = 3, seed: int = 0,
-                   chunk: int = 64) -> LatentSet:
-    """Encode every video and template with ``vae`` (whose config holds the latent mean/std)."""
+                   chunk: int = 64, first: int = 0) -> LatentSet:
+    """Encode every video and template with ``vae`` (whose config holds the latent mean/std). ``first``
+    is the dataset index of the first clip: a clip's condition frames depend only on (``seed``, its
+    index), so a dataset encoded a shard at a time equals one encoded whole."""
     shape = (1, vae.config.z_dim, 1, 1, 1)
     mean = torch.tensor(vae.config.latents_mean, device=device).view(shape)
     std = torch.tensor(vae.config.latents_std, device=device).view(shape)
@@ -64,8 +70,8 @@ def encode_samples(vae, samples: Samples, text: torch.Tensor, device, frame_choi
     video = torch.stack([encode(flat(samples.rgb)), encode(flat(samples.pose))], dim=1)
     video = video.unflatten(0, (n, views)).transpose(1, 2)  # (N, 2, V, C, t, h, w)
 
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(1, frames, size=(n, frame_choices))
+    picks = np.stack([np.random.default_rng((seed, first + i)).integers(1, frames, size=frame_choices)
+                      for i in range(n)])
     rows = np.arange(n)
     choices = [(samples.rgb_rest, samples.pose_rest)] + [
         (samples.rgb[rows, :, picks[:, k]], samples.pose[rows, :, picks[:, k]]) for k in range(frame_choices)
@@ -74,8 +80,12 @@ def encode_samples(vae, samples: Samples, text: torch.Tensor, device, frame_choi
         torch.stack([encode(flat(rgb)[:, None]), encode(flat(pose)[:, None])], dim=1).unflatten(0, (n, views))
         .transpose(1, 2) for rgb, pose in choices
     ], dim=1)  # (N, K, 2, V, C, 1, h, w)
-
-    size, latent = samples.rgb.shape[3], video.shape[-1]
-    cameras = make_camera_rig(np.zeros(3), 1.0, size).resized(latent, latent)  # rays live in normalised space
-    rays = torch.from_numpy(cameras.plucker_rays()).permute(0, 3, 1, 2).float().to(device)
+    rays = latent_rays(samples.rgb.shape[3], video.shape[-1], device)
     return LatentSet(video, condition, text.to(device).half(), rays)
+
+
+def latent_rays(size: int, latent: int, device) -> torch.Tensor:
+    """(V, 6, latent, latent) Plücker rays of the camera rig's views of ``size`` px, at latent resolution.
+    The rig lives in normalised rig space, so the rays are the same for every clip."""
+    cameras = make_camera_rig(np.zeros(3), 1.0, size).resized(latent, latent)
+    return torch.from_numpy(cameras.plucker_rays()).permute(0, 3, 1, 2).float().to(device)

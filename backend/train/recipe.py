@@ -19,7 +19,8 @@ RUNNER_OPTIONS = ("out", "resume", "deadline_min")
 """Options the recipe command sets for each stage itself."""
 STAGE_REFERENCES = ("vae_from", "transformer_from")
 """Settings that name an earlier stage (its ``model`` directory)."""
-RESTARTABLE = ("command", "out", "resume", "deadline_min", "processes", "text_cache") + STAGE_REFERENCES
+RESTARTABLE = ("command", "out", "resume", "deadline_min", "processes", "loader_workers", "text_cache") + \
+    STAGE_REFERENCES
 """Settings that may differ between the invocations of one stage (paths and how the work is split); the
 others must stay what the stage began with."""
 

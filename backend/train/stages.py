@@ -70,27 +70,28 @@ def trainable_parameters(model: AnimaXTransformer3DModel, stage: str) -> list[to
     return params
 
 
-def flow_loss(model, data: LatentSet, index: torch.Tensor, stage: str, generator: torch.Generator,
-              part: slice = slice(None), rest_probability: float = REST_TEMPLATE_PROBABILITY,
-              text_drop: float = TEXT_DROP, pose_weight: float = POSE_WEIGHT) -> torch.Tensor:
-    """The flow-matching loss of samples ``index[part]``: one random view each in stage 1, all in stage 2.
+def flow_loss(model, clips: LatentSet, stage: str, generator: torch.Generator, part: slice = slice(None),
+              rest_probability: float = REST_TEMPLATE_PROBABILITY, text_drop: float = TEXT_DROP,
+              pose_weight: float = POSE_WEIGHT) -> torch.Tensor:
+    """The flow-matching loss of ``clips[part]`` (``clips``: a step's batch, from memory or streamed from
+    shards): one random view each in stage 1, all in stage 2.
 
     The image condition is the rest template with ``rest_probability``, else a frame of the clip;
     the prompt is zeroed with ``text_drop``; the pose half's error weighs ``pose_weight`` times the
     RGB half's (a transformer without the RGB video learns the pose video alone). The random
-    choices are drawn for all of ``index``, so that N data-parallel processes, each given its
+    choices are drawn for all of ``clips``, so that N data-parallel processes, each given its
     ``part``, draw exactly what one process draws for the whole batch."""
-    device = data.video.device
-    batch = len(index)
+    device = clips.video.device
+    batch = len(clips)
     draw = lambda *shape: torch.rand(*shape, generator=generator, device=device)  # noqa: E731
-    x0 = data.video[index].float()  # (B, 2, V, C, t, h, w)
-    choices = data.condition.shape[1]
+    x0 = clips.video.float()  # (B, 2, V, C, t, h, w)
+    choices = clips.condition.shape[1]
     rest = draw(batch) < rest_probability
     choice = torch.where(rest, 0, 1 + (draw(batch) * (choices - 1)).long().clamp(max=choices - 2))
-    condition = data.condition[index, choice].float()  # (B, 2, V, C, 1, h, w)
+    condition = clips.condition[torch.arange(batch, device=device), choice].float()  # (B, 2, V, C, 1, h, w)
     keep = (draw(batch) >= CONDITION_DROP).float().view(-1, 1, 1, 1, 1, 1, 1)
     condition = condition * keep
-    rays = data.rays.expand(batch, *data.rays.shape)
+    rays = clips.rays.expand(batch, *clips.rays.shape)
     if stage == "joint":  # single views, camera-blind: the ray channels see zeros until stage 2
         view = (draw(batch) * x0.shape[2]).long().clamp(max=x0.shape[2] - 1)
         pick = lambda t: t[torch.arange(batch, device=device), :, view].unsqueeze(2)  # noqa: E731
@@ -104,7 +105,7 @@ def flow_loss(model, data: LatentSet, index: torch.Tensor, stage: str, generator
     if len(generated) == 1:  # the pose video alone; the same draws as with both, so runs compare
         noisy, noise, x0 = noisy[:, 1:], noise[:, 1:], x0[:, 1:]
     sequence = model.sequence(condition, noisy)
-    text = data.text[index].float() * (draw(batch) >= text_drop).float().view(-1, 1, 1)
+    text = clips.text.float() * (draw(batch) >= text_drop).float().view(-1, 1, 1)
     flow = model(sequence[part], (sigma * 1000)[part], text[part], rays[part], return_dict=False)[0]
     flow = model.generated_flow(flow)  # (B, G, V, C, t, h, w)
     if len(generated) == 1:
