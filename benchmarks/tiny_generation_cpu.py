@@ -1,12 +1,14 @@
 """Seconds per generation of tiny models on the CPU, side by side in one run.
 
     .venv/bin/python benchmarks/tiny_generation_cpu.py --model backend/model/weights/tiny --model OTHER_DIR [--fast]
+    .venv/bin/python benchmarks/tiny_generation_cpu.py --sizes 64 96 128
 
 Each model generates the same held-out clips as the worker would (prompt through the MiniLM text
 encoder, 4 views, 17 frames at 64 px, the model's own prompt guidance, 20 Euler steps), after one
 warm-up generation; with ``--fast`` each model is timed a second time with the worker's ``--fast``
-sampler (``presets.FAST_SAMPLER``). The first row is the baseline of the ratio column. Prints a
-Markdown table.
+sampler (``presets.FAST_SAMPLER``). ``--sizes`` times each model at other view sizes too (the
+weights do not depend on the size, so this prices a larger preset before one is trained). The
+first row is the baseline of the ratio column. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -30,27 +32,32 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=3, help="timed generations per model")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--fast", action="store_true", help="also time each model with the worker's --fast sampler")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[TINY.size],
+                        help=f"view sizes in pixels, a row each (default {TINY.size}, the preset's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    items = draw_items(args.clips + 1, seed=0, split="heldout-proportions")
+    items = {size: draw_items(args.clips + 1, seed=0, split="heldout-proportions", size=size) for size in args.sizes}
     rows = []
     for directory in args.model or [TINY_WEIGHTS]:
-        pipeline = load_tiny(directory)
-        pipeline.set_progress_bar_config(disable=True)
-        rows.append((directory, "20 Euler steps", pipeline, median_seconds(model_generator(pipeline), items)))
-        if args.fast:
-            preset = use_fast_sampler(pipeline, TINY)
-            generate = model_generator(pipeline, steps=preset.num_inference_steps,
-                                       guidance_end=pipeline.config.guidance_end)
-            rows.append((directory, "--fast", pipeline, median_seconds(generate, items)))
+        for size in args.sizes:
+            pipeline = load_tiny(directory)
+            pipeline.set_progress_bar_config(disable=True)
+            rows.append((directory, size, "20 Euler steps", pipeline,
+                         median_seconds(model_generator(pipeline), items[size])))
+            if args.fast:
+                preset = use_fast_sampler(pipeline, TINY)
+                generate = model_generator(pipeline, steps=preset.num_inference_steps,
+                                           guidance_end=pipeline.config.guidance_end)
+                rows.append((directory, size, "--fast", pipeline, median_seconds(generate, items[size])))
     print(f"{args.clips} generations a model, {args.threads} threads\n")
-    print("| model | sampler | blocks | transformer parameters | prompt guidance | s / generation (median) | ratio |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
-    for directory, sampler, pipeline, median in rows:
+    print("| model | px | sampler | blocks | transformer parameters | prompt guidance | s / generation (median) "
+          "| ratio |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    for directory, size, sampler, pipeline, median in rows:
         transformer = pipeline.transformer
         params = sum(p.numel() for p in transformer.parameters())
-        print(f"| {directory} | {sampler} | {transformer.config.num_layers} | {params / 1e6:.2f} M | "
-              f"{pipeline.config.text_guidance_scale:g} | {median:.1f} | {median / rows[0][3]:.2f}x |")
+        print(f"| {directory} | {size} | {sampler} | {transformer.config.num_layers} | {params / 1e6:.2f} M | "
+              f"{pipeline.config.text_guidance_scale:g} | {median:.1f} | {median / rows[0][4]:.2f}x |")
 
 
 def median_seconds(generate, items) -> float:

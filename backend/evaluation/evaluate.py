@@ -90,9 +90,9 @@ def draw_item(seed: int, families, size: int = TINY.size, frames: int = TINY.num
     )
 
 
-def draw_items(count: int, seed: int, split: str) -> list[EvalItem]:
+def draw_items(count: int, seed: int, split: str, size: int = TINY.size) -> list[EvalItem]:
     seeds = np.random.SeedSequence((seed, SPLIT_SEEDS[split])).generate_state(count, dtype=np.uint64)
-    return [draw_item(int(s), SPLITS[split], rested=split in RESTED_SPLITS) for s in seeds]
+    return [draw_item(int(s), SPLITS[split], size, rested=split in RESTED_SPLITS) for s in seeds]
 
 
 def model_generator(pipeline, steps: int = TINY.num_inference_steps, guidance: float = TINY.guidance_scale,
