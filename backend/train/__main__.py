@@ -43,7 +43,7 @@ from backend.model.samplers import make_scheduler
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 from backend.multi_gpu import turn_multicast_off
 
-from .batches import LOADER_WORKERS, step_batches
+from .batches import LOADER_WORKERS, step_batches, step_seed
 from .latent_shards import LATENTS, LatentShards, encode_library, file_key
 from .latents import LatentSet, encode_samples, latent_stats, to_video
 from .loop import batch_part, save_loss_plot, train_stage
@@ -177,7 +177,7 @@ def train_diffusion(transformer, data: LatentSet | LatentShards, args, out: Path
         part = batch_part(batch)
 
         def step_fn(model, step):  # every process draws the whole batch and trains on its part
-            generator.manual_seed(args.seed * 1_000_003 + step)
+            generator.manual_seed(step_seed(args.seed, step))
             return flow_loss(model, batches(step), stage, generator, part, args.rest_template_probability,
                              args.text_drop, args.pose_weight)
         return step_fn

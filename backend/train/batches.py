@@ -24,9 +24,15 @@ from .latents import LatentSet
 LOADER_WORKERS = min(8, os.cpu_count() or 1)
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The seed of step ``step``'s random draws (its clips here, its noise in ``flow_loss``): a resumed
+    stage draws what an unbroken one would."""
+    return seed * 1_000_003 + step
+
+
 def step_clips(clips: int, batch: int, seed: int, step: int) -> torch.Tensor:
     """The dataset indices of step ``step``'s ``batch`` clips, drawn from all ``clips``."""
-    return torch.randint(clips, (batch,), generator=torch.Generator().manual_seed(seed * 1_000_003 + step))
+    return torch.randint(clips, (batch,), generator=torch.Generator().manual_seed(step_seed(seed, step)))
 
 
 class MemoryBatches:
