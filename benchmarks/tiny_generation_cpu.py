@@ -40,7 +40,7 @@ def main() -> None:
     rows = []
     for directory in args.model or [TINY_WEIGHTS]:
         for size in args.sizes:
-            pipeline = load_tiny(directory)
+            pipeline = load_tiny(directory)  # afresh: use_fast_sampler below swaps its scheduler
             pipeline.set_progress_bar_config(disable=True)
             rows.append((directory, size, "20 Euler steps", pipeline,
                          median_seconds(model_generator(pipeline), items[size])))
