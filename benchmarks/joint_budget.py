@@ -1,12 +1,13 @@
 """How many joints the embedded model's pose maps keep apart: the rest pose of each benchmark rig,
 chosen at several joint budgets, through the tiny preset's VAE and back through the reconstruction.
 
-    .venv/bin/python benchmarks/joint_budget.py [--budgets 28,24,22,20] [--rigs procedural,rigify,gltf]
+    .venv/bin/python benchmarks/joint_budget.py [--budgets 28,24,22,20] [--rigs procedural,rigify,gltf] [--size 64]
 
 For each rig of ``animax motion-bench`` (built in Blender, the extension installed headless) and
 each budget, the add-on's default bone choice (``snapshot.rig_from_armature(..., max_joints)``),
 reduced to the bones the worker animates and in its colours (``jobs.model_body``), is drawn as
-pose maps at the preset's size from the product cameras (9 frames of the rest pose), encoded
+pose maps at the preset's size (or ``--size``: the VAE is convolutional, so a larger view prices
+what a larger image would keep before any training) from the product cameras (9 frames of the rest pose), encoded
 and decoded by the shipped VAE, and reconstructed as the worker does. Whatever the transformer
 draws is decoded by this VAE, so the confidence and joint error here are the ceiling of the
 generated motion on that rig. Prints a Markdown table: mean joint confidence (two views
@@ -25,6 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budgets", default="28,24,22,20", help="comma-separated joint budgets")
     parser.add_argument("--rigs", default="procedural,rigify,gltf", help="rig groups or names, as motion-bench's")
+    parser.add_argument("--size", type=int, help="view size in pixels (default: the tiny preset's)")
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
 
@@ -36,6 +38,7 @@ def main() -> None:
     from backend.reconstruction.reconstruct import GENERATED, reconstruct
     from backend.worker.jobs import model_body
 
+    size = args.size or TINY.size
     pipeline = load_tiny(TINY_WEIGHTS, text_encoder=False)
     rows = []
     with installed_extension() as (bpy, _):
@@ -50,7 +53,7 @@ def main() -> None:
                 except ValueError:
                     cells.append(None)
                     continue
-                cameras = _addon("templates").camera_rig(obj, rig, TINY.size)
+                cameras = _addon("templates").camera_rig(obj, rig, size)
                 body = model_body(rig, cameras)  # what the worker draws: its bones, in their colours
                 truth = render_pose_maps(cameras, np.repeat(body.rig.joints_rest[None], 9, axis=0),
                                          body.rig.joint_parents, body.colours)
@@ -61,7 +64,7 @@ def main() -> None:
                 cells.append((body.rig.num_joints, float(np.mean(motion.confidence)), 100 * float(error)))
             rows.append((bench_rig.name, cells))
 
-    print(f"Rest pose maps through the shipped VAE ({TINY.size} px); each cell: joints, mean confidence, "
+    print(f"Rest pose maps through the shipped VAE ({size} px); each cell: joints, mean confidence, "
           "mean joint error (% of radius)\n")
     print("| rig | " + " | ".join(f"budget {b}" for b in budgets) + " |")
     print("| --- |" + " ---: |" * len(budgets))

@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/tiny_generation_cpu.py --sizes 64 96 128
 
 Each model generates the same held-out clips as the worker would (prompt through the MiniLM text
-encoder, 4 views, 17 frames at 64 px, the model's own prompt guidance, 20 Euler steps), after one
+encoder, 4 views, 17 frames at the model's own view size, the model's own prompt guidance, 20 Euler
+steps), after one
 warm-up generation; with ``--fast`` each model is timed a second time with the worker's ``--fast``
 sampler (``presets.FAST_SAMPLER``). ``--sizes`` times each model at other view sizes too (the
 weights do not depend on the size, so this prices a larger preset before one is trained). The
@@ -21,8 +22,8 @@ from pathlib import Path
 import torch
 
 from backend.evaluation.evaluate import draw_items, model_generator
-from backend.model.loading import load_tiny
-from backend.model.presets import TINY, TINY_WEIGHTS
+from backend.model.loading import load_tiny, tiny_preset
+from backend.model.presets import TINY_WEIGHTS
 from backend.model.samplers import use_fast_sampler
 
 
@@ -32,20 +33,22 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=3, help="timed generations per model")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--fast", action="store_true", help="also time each model with the worker's --fast sampler")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[TINY.size],
-                        help=f"view sizes in pixels, a row each (default {TINY.size}, the preset's)")
+    parser.add_argument("--sizes", type=int, nargs="+",
+                        help="view sizes in pixels, a row each (default: the size each model was trained at)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    items = {size: draw_items(args.clips + 1, seed=0, split="heldout-proportions", size=size) for size in args.sizes}
+    items = {}
     rows = []
     for directory in args.model or [TINY_WEIGHTS]:
-        for size in args.sizes:
+        for size in args.sizes or [tiny_preset(directory).size]:
+            if size not in items:
+                items[size] = draw_items(args.clips + 1, seed=0, split="heldout-proportions", size=size)
             pipeline = load_tiny(directory)  # afresh: use_fast_sampler below swaps its scheduler
             pipeline.set_progress_bar_config(disable=True)
             rows.append((directory, size, "20 Euler steps", pipeline,
                          median_seconds(model_generator(pipeline), items[size])))
             if args.fast:
-                preset = use_fast_sampler(pipeline, TINY)
+                preset = use_fast_sampler(pipeline, tiny_preset(directory))
                 generate = model_generator(pipeline, steps=preset.num_inference_steps,
                                            guidance_end=pipeline.config.guidance_end)
                 rows.append((directory, size, "--fast", pipeline, median_seconds(generate, items[size])))

@@ -53,6 +53,22 @@ def test_request_round_trips_through_the_worker_job(tmp_path):
     assert np.array_equal(call["rgb_templates"], templates)
 
 
+def write_lamp_request(out, size):
+    """A benchmark request of one nod of a procedural lamp, its templates ``size`` px, in ``out``."""
+    rig = FAMILIES["lamp"](np.random.default_rng(0)).rig
+    cameras = make_camera_rig(*rig.bounding_sphere(), size)
+    folder = out / "requests" / "procedural_lamp"
+    folder.mkdir(parents=True)
+    (folder / "rig.json").write_text(json.dumps(rig.to_dict()))
+    (folder / "cameras.json").write_text(json.dumps(cameras.to_dict()))
+    for v in range(4):
+        Image.fromarray(np.full((size, size, 3), 128, dtype=np.uint8)).save(folder / f"template_{v}.png")
+    job = {"video": "nod_seed0.npz", "prompt": "the lamp nods",
+           "options": {"steps": 1, "guidance": 3.0, "frames": 1, "fps": 24.0, "outputs": ["pose"], "seed": 0,
+                       "variations": 1}}
+    (folder / "jobs.json").write_text(json.dumps([job]))
+
+
 @pytest.mark.parametrize("fast", [False, True])
 def test_model_option_generates_with_that_model(tmp_path, monkeypatch, fast):
     """``--model DIR`` runs the requests through the tiny model in DIR (a training run's) and says so;
@@ -60,18 +76,7 @@ def test_model_option_generates_with_that_model(tmp_path, monkeypatch, fast):
     switched = []
     monkeypatch.setattr(samplers, "use_fast_sampler",
                         lambda pipeline, preset: switched.append(pipeline) or use_fast_sampler(pipeline, preset))
-    rig = FAMILIES["lamp"](np.random.default_rng(0)).rig
-    cameras = make_camera_rig(*rig.bounding_sphere(), 32)
-    folder = tmp_path / "out" / "requests" / "procedural_lamp"
-    folder.mkdir(parents=True)
-    (folder / "rig.json").write_text(json.dumps(rig.to_dict()))
-    (folder / "cameras.json").write_text(json.dumps(cameras.to_dict()))
-    for v in range(4):
-        Image.fromarray(np.full((32, 32, 3), 128, dtype=np.uint8)).save(folder / f"template_{v}.png")
-    job = {"video": "nod_seed0.npz", "prompt": "the lamp nods",
-           "options": {"steps": 1, "guidance": 3.0, "frames": 1, "fps": 24.0, "outputs": ["pose"], "seed": 0,
-                       "variations": 1}}
-    (folder / "jobs.json").write_text(json.dumps([job]))
+    write_lamp_request(tmp_path / "out", 32)
     save_tiny(build_tiny_pipeline(), tmp_path / "model")
     assert main([str(tmp_path / "out"), "--model", str(tmp_path / "model"), "--device", "cpu"]
                 + ["--fast"] * fast) == 0
@@ -82,3 +87,16 @@ def test_model_option_generates_with_that_model(tmp_path, monkeypatch, fast):
         assert type(switched[0].scheduler).__name__ == "UniPCMultistepScheduler" and switched[0].config.guidance_end == 0.5
     pose = np.load(tmp_path / "out" / "videos" / "procedural_lamp" / "nod_seed0.npz")["pose"]
     assert pose.shape == (4, 1, 32, 32, 3)
+
+
+def test_a_model_trained_at_a_larger_size_takes_requests_of_its_size(tmp_path, capsys):
+    """The worker's preset bounds the templates' size, so a model of 80 px needs its own size from its
+    directory: with the tiny preset's 64 px the job would be refused."""
+    write_lamp_request(tmp_path / "out", 80)
+    save_tiny(build_tiny_pipeline(), tmp_path / "default")
+    assert main([str(tmp_path / "out"), "--model", str(tmp_path / "default"), "--device", "cpu"]) == 1
+    assert "cameras render 80x80 images, but the tiny model works at 64x64 at most" in capsys.readouterr().err
+    save_tiny(build_tiny_pipeline(), tmp_path / "larger", size=80)
+    assert main([str(tmp_path / "out"), "--model", str(tmp_path / "larger"), "--device", "cpu"]) == 0
+    pose = np.load(tmp_path / "out" / "videos" / "procedural_lamp" / "nod_seed0.npz")["pose"]
+    assert pose.shape == (4, 1, 80, 80, 3)

@@ -90,7 +90,10 @@ def test_gif_shows_every_scene_frame_of_the_actions_side_by_side(tmp_path, monke
         assert changed.mean() > 0.005
 
 
-def test_gifs_are_refused_with_requests():
-    args = argparse.Namespace(requests=True, gifs=True, videos=None)
+def test_gifs_are_refused_with_requests_and_a_size_without_them():
+    args = argparse.Namespace(requests=True, gifs=True, videos=None, size=None)
     with pytest.raises(motion_bench.BenchError, match="--requests keys no Actions"):
+        motion_bench.run(args)
+    args = argparse.Namespace(requests=False, gifs=False, videos=None, size=96)
+    with pytest.raises(motion_bench.BenchError, match="--size sets the templates that --requests writes"):
         motion_bench.run(args)

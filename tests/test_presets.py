@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from animax_addon.core.cameras import make_camera_rig
 from backend.model.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, make_lora_config, save_adapter
 from backend.model.checked_files import WeightsError
-from backend.model.loading import build_tiny_pipeline, load_full, load_tiny, save_tiny
+from backend.model.loading import build_tiny_pipeline, load_full, load_tiny, save_tiny, tiny_preset
 from backend.model.presets import TINY, TINY_TRANSFORMER, TINY_WEIGHTS, tiny_vae_config
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 from wan_stand_in import WAN, WAN_FILES, save_wan_stand_in
@@ -91,6 +91,22 @@ def test_tiny_keeps_its_prompt_guidance_and_older_directories_load_without_it(ti
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "text_guidance_scale": 0.5}))
     with pytest.raises(WeightsError, match="text_guidance_scale >= 1"):
         load_tiny(tmp_path / "guided")
+
+
+def test_tiny_records_the_view_size_it_was_trained_at_for_its_worker(tiny, tmp_path):
+    pipe, directory = tiny
+    assert tiny_preset(directory) == TINY and tiny_preset(TINY_WEIGHTS).size == TINY.size
+    save_tiny(pipe, tmp_path / "large", size=96)
+    preset = tiny_preset(tmp_path / "large")
+    assert preset.size == 96 and preset.num_frames == TINY.num_frames and preset.name == TINY.name
+    meta = tmp_path / "large" / "animax.json"
+    written = json.loads(meta.read_text())
+    meta.write_text(json.dumps({k: v for k, v in written.items() if k != "size"}))
+    assert tiny_preset(tmp_path / "large").size == TINY.size  # written before other sizes were trained
+    for bad in (90, 0, "96"):
+        meta.write_text(json.dumps({**written, "size": bad}))
+        with pytest.raises(WeightsError, match="a multiple of 16"):
+            tiny_preset(tmp_path / "large")
 
 
 def test_build_tiny_pipeline_is_seeded_and_leaves_the_global_rng_alone():

@@ -13,7 +13,7 @@ import backend.train.__main__ as train
 from backend.data.dataset import Samples, build_samples
 from backend.model.adapter import make_lora_config
 from backend.model.checked_files import WeightsError
-from backend.model.loading import build_tiny_pipeline, load_full, load_tiny, save_tiny, tiny_transformer
+from backend.model.loading import build_tiny_pipeline, load_full, load_tiny, save_tiny, tiny_preset, tiny_transformer
 from backend.model.presets import tiny_vae_config
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 from backend.train.latents import encode_samples
@@ -244,6 +244,20 @@ def test_tiny_trains_on_from_a_kept_transformer(dataset, kept_model, tmp_path):
     with pytest.raises(SystemExit, match="latents of 16 channels, the VAE's have 4; give --vae-from"):
         train.main(["run", "--out", str(tmp_path / "other-vae"), "--transformer-from", str(kept_model),
                     "--vae-from", str(tmp_path / "narrow"), *base])
+
+
+def test_tiny_trains_a_kept_model_at_another_view_size_and_records_it(dataset, kept_model, tmp_path):
+    assert tiny_preset(kept_model).size == 32  # the dataset's own size
+    source = ["--vae-from", str(kept_model), "--transformer-from", str(kept_model), "--no-pooled-text"]
+    out = tmp_path / "larger"
+    train.main(["run", "--out", str(out), *source, "--samples", "2", "--size", "48", *STEPS])
+    record = train.recorded_runs(out)[-1]
+    assert record["finished"] and record["data"]["size"] == 48 and tiny_preset(out / "model").size == 48
+    with pytest.raises(SystemExit, match="--size 40: .*a multiple of 16"):
+        train.main(["run", "--out", str(tmp_path / "odd"), *source, "--samples", "2", "--size", "40", *STEPS])
+    with pytest.raises(SystemExit, match="--size 48: .*a --dataset keeps its own"):
+        train.main(["run", "--out", str(tmp_path / "both"), *source, "--dataset", str(dataset[0]), "--size", "48",
+                    *STEPS])
 
 
 def test_pooled_text_joins_a_kept_transformer_at_zero_and_then_trains(dataset, kept_model, tmp_path):

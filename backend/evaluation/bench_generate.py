@@ -74,15 +74,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from animax_addon.core.client import result_arrays
     from animax_addon.core.protocol import MessageType
-    from backend.model.loading import load_tiny
-    from backend.model.presets import TINY, TINY_WEIGHTS
+    from backend.model.loading import load_tiny, tiny_preset
+    from backend.model.presets import TINY_WEIGHTS
     from backend.model.samplers import use_fast_sampler
     from backend.worker.jobs import run_job
 
     model = args.model or TINY_WEIGHTS
     pipeline = load_tiny(model, text_encoder=args.text_cache is None).to(args.device)
+    preset = tiny_preset(model)
     if args.fast:
-        use_fast_sampler(pipeline, TINY)
+        use_fast_sampler(pipeline, preset)
     pipeline.set_progress_bar_config(disable=True)
     generate = pipeline if args.text_cache is None else _CachedPrompts(pipeline, args.text_cache)
     seconds = {}
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in sorted(p for p in requests.iterdir() if p.is_dir())[index::count]:
         for job in json.loads((folder / "jobs.json").read_text()):
             start = time.perf_counter()
-            result = run_job(generate, submit_message(folder, job), lambda *_: None, lambda: False)
+            result = run_job(generate, submit_message(folder, job), lambda *_: None, lambda: False, preset)
             if result.type != MessageType.RESULT:
                 print(f"{folder.name} {job['video']}: {result.body}", file=sys.stderr)
                 return 1

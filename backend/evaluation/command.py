@@ -9,6 +9,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from backend.arguments import number, output_folder
+from backend.model.presets import TINY
 
 from . import HELDOUT_SPLITS, SPLITS
 
@@ -47,6 +48,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of the steps, from the first, that are guided (default 1: all)")
     parser.add_argument("--sampler", choices=("euler", "unipc"), default="euler",
                         help="the scheduler: euler (the preset's) or unipc (Wan's multistep solver)")
+    parser.add_argument("--size", type=number(minimum=16), default=TINY.size,
+                        help=f"view size in pixels (default the tiny preset's {TINY.size}; the VAE and the transformer "
+                             "are convolutional and rotary, so any size runs)")
     parser.add_argument("--device", default="cpu", help="where the model runs, e.g. cuda (default cpu)")
     parser.add_argument("--text-cache", help="precomputed prompt embeddings (python -m backend.train text-cache) "
                                              "instead of the MiniLM encoder, for machines without it")
@@ -165,7 +169,7 @@ def eval_command(args) -> None:
         for split in splits:
             try:
                 result = evaluate(generate, args.count, args.seed, split, classifier, keep=args.gifs,
-                                  log=lambda line: print(line, flush=True), pool=pool)
+                                  log=lambda line: print(line, flush=True), pool=pool, size=args.size)
             except SavedVideosMissing as exc:  # a clip that --videos lacks
                 raise EvalError(str(exc)) from None
             report["splits"][split] = {"summary": result.summary, "families": result.families, "clips": result.clips}

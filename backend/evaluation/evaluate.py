@@ -290,8 +290,9 @@ def scoring_pool(processes: int, classifier) -> ProcessPoolExecutor:
 
 def evaluate(generate: Generator, count: int, seed: int = 0, split: str = "heldout-families", classifier=None,
              keep: int = 0, log: Callable[[str], None] | None = None,
-             pool: ProcessPoolExecutor | None = None) -> SplitResult:
-    """Score ``generate`` on ``count`` clips of ``split``; the first ``keep`` are kept for GIFs.
+             pool: ProcessPoolExecutor | None = None, size: int = TINY.size) -> SplitResult:
+    """Score ``generate`` on ``count`` clips of ``split`` at ``size`` px a view; the first ``keep`` are kept
+    for GIFs.
 
     With a ``pool`` (:func:`scoring_pool`, holding the same classifier) the clips are generated
     first, one after another (the model is the one GPU user), then reconstructed and scored there.
@@ -301,7 +302,7 @@ def evaluate(generate: Generator, count: int, seed: int = 0, split: str = "heldo
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     classifier = train_classifier() if classifier is None else classifier
-    items = draw_items(count, seed, split)
+    items = draw_items(count, seed, split, size)
     rows, examples = [], []
 
     def record(i: int, item: EvalItem, videos: np.ndarray, result: Reconstruction, row: dict, seconds: float):

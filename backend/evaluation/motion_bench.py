@@ -79,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only write what Animate would send the worker for every rig, prompt and seed to "
                              "OUT/requests, for 'python -m backend.evaluation.bench_generate OUT' on a machine "
                              "without Blender (a GPU); then score its videos with --videos OUT")
+    parser.add_argument("--size", type=number(minimum=16),
+                        help="with --requests: the templates' view size in pixels, for a model trained at that size "
+                             "(bench_generate --model; default the tiny preset's)")
     parser.add_argument("--gifs", action="store_true",
                         help="also write OUT/gifs/RIG_MOTION_seedS.gif per run: every scene frame of its Action as "
                              "the contact sheets render it, the truth beside it on procedural rigs")
@@ -195,9 +198,11 @@ def video_name(motion: str, seed: int) -> str:
     return f"{motion}_seed{seed}.npz"
 
 
-def write_request(bpy, obj, rig, bench_rig, seeds, steps: int, duration: int, folder: Path) -> None:
+def write_request(bpy, obj, rig, bench_rig, seeds, steps: int, duration: int, folder: Path,
+                  size: int | None = None) -> None:
     """What Animate sends the worker for each prompt and seed of this rig, in ``folder``: rig.json,
-    cameras.json, the template renders (template_V.png) and jobs.json (prompt, seed, options)."""
+    cameras.json, the template renders (template_V.png, ``size`` px, default the tiny preset's) and
+    jobs.json (prompt, seed, options)."""
     from PIL import Image
 
     from animax_addon.core.request import Options
@@ -206,8 +211,9 @@ def write_request(bpy, obj, rig, bench_rig, seeds, steps: int, duration: int, fo
 
     job = _addon("job")
     panel = bpy.context.scene.animax
-    cameras = _addon("templates").camera_rig(obj, rig, TINY.size)  # as Animate places them
-    templates = _addon("templates").render_templates(obj, cameras, TINY.size)
+    size = size or TINY.size
+    cameras = _addon("templates").camera_rig(obj, rig, size)  # as Animate places them
+    templates = _addon("templates").render_templates(obj, cameras, size)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "rig.json").write_text(json.dumps(rig.to_dict()))
     (folder / "cameras.json").write_text(json.dumps(cameras.to_dict()))
@@ -329,9 +335,10 @@ def _empty_scene(bpy) -> None:
 
 
 def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, videos: Path | None = None,
-              requests: bool = False, gifs: bool = False) -> dict:
+              requests: bool = False, gifs: bool = False, size: int | None = None) -> dict:
     """Every motion and seed of one rig: the scored runs, the truth's scores, the prompt effect;
-    with ``gifs``, a GIF per run (its Action, the truth's beside it)."""
+    with ``gifs``, a GIF per run (its Action, the truth's beside it). ``requests`` writes what Animate
+    would send a worker instead, templates of ``size`` px (default the tiny preset's)."""
     from backend.demo import DemoError, animate
     from backend.model import MODEL_FPS
     from backend.reconstruction.kinematics import resample_positions
@@ -349,7 +356,8 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
     rest = rig.joints_rest
     duration = int(round(CLIP_SECONDS * SCENE_FPS)) + 1
     if requests:
-        write_request(bpy, obj, rig, bench_rig, seeds, steps, duration, out / "requests" / _folder(bench_rig))
+        write_request(bpy, obj, rig, bench_rig, seeds, steps, duration, out / "requests" / _folder(bench_rig),
+                      size)
         log(f"{bench_rig.name}: request written ({len(bench_rig.motions) * len(seeds)} generations)")
         return {"rig": bench_rig.name, "group": bench_rig.group, "request": True}
 
@@ -476,6 +484,9 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.requests and args.videos is not None:
         raise BenchError("--requests writes what the model needs and --videos scores what it made: give one")
+    if args.size and not args.requests:
+        raise BenchError("--size sets the templates that --requests writes; a run or --videos takes the size of the "
+                         "worker or of the videos")
     if args.requests and args.gifs:
         raise BenchError("--requests keys no Actions to make GIFs of; give --gifs to a run or to --videos")
     if args.videos is not None and not (args.videos / "videos").is_dir():
@@ -496,7 +507,7 @@ def run(args: argparse.Namespace) -> dict:
         log(sentence)
         for bench in rigs:
             results.append(bench_rig(bpy, bench, list(range(args.seeds)), args.steps, classifier, args.out, log,
-                                     args.videos, args.requests, args.gifs))
+                                     args.videos, args.requests, args.gifs, args.size))
             report = {"command": " ".join(["animax", "motion-bench", *sys.argv[2:]]), "seeds": args.seeds,
                       "steps": args.steps, "videos": None if args.videos is None else str(args.videos),
                       "scene_fps": SCENE_FPS, "summary": summarise(results), "rigs": results}

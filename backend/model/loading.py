@@ -13,6 +13,7 @@ Nothing is ever downloaded; every bad file is a :class:`~.checked_files.WeightsE
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -32,7 +33,7 @@ from .checked_files import (
     require,
 )
 from .pipeline_animax import AnimaXPipeline
-from .presets import FULL, TINY, TINY_TRANSFORMER, TINY_VAE
+from .presets import FULL, TINY, TINY_TRANSFORMER, TINY_VAE, Preset
 from .samplers import make_scheduler
 from .transformer_animax import AnimaXTransformer3DModel
 
@@ -60,8 +61,10 @@ def build_tiny_pipeline(seed: int = 0) -> AnimaXPipeline:
                           TINY.max_sequence_length)
 
 
-def save_tiny(pipeline: AnimaXPipeline, directory: str | Path, weights_dtype: torch.dtype = torch.float16) -> None:
-    """Write ``transformer/``, ``vae/``, ``scheduler/`` and ``animax.json`` (no text encoder).
+def save_tiny(pipeline: AnimaXPipeline, directory: str | Path, weights_dtype: torch.dtype = torch.float16,
+              size: int = TINY.size) -> None:
+    """Write ``transformer/``, ``vae/``, ``scheduler/`` and ``animax.json`` (no text encoder);
+    ``size`` is the view size in pixels the model was trained at, which its worker asks templates of.
 
     The weights are stored in ``weights_dtype``: 16-bit by default, half the bytes of the 20 MB
     budget the shipped model must fit, while :func:`load_tiny` computes in float32 whatever the
@@ -79,7 +82,7 @@ def save_tiny(pipeline: AnimaXPipeline, directory: str | Path, weights_dtype: to
     pipeline.scheduler.save_pretrained(directory / "scheduler")
     meta = dict(preset=TINY.name, format_version=TINY_FORMAT_VERSION,
                 max_sequence_length=pipeline.config.max_sequence_length,
-                text_guidance_scale=pipeline.config.text_guidance_scale)
+                text_guidance_scale=pipeline.config.text_guidance_scale, size=size)
     (directory / "animax.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -118,6 +121,16 @@ def load_tiny(directory: str | Path, text_encoder: bool = True) -> AnimaXPipelin
         raise WeightsError(f"{directory / 'transformer' / 'config.json'}: text_dim is {transformer.config.text_dim}, "
                            f"expected {hidden} (the MiniLM text encoder's width)")
     return pipeline
+
+
+def tiny_preset(directory: str | Path) -> Preset:
+    """The tiny preset as the model of ``directory`` runs it: the view size its ``animax.json`` records
+    (absent: the preset's own, written before other sizes were trained)."""
+    meta_path = Path(directory) / "animax.json"
+    size = read_json(meta_path).get("size", TINY.size)
+    if not isinstance(size, int) or size < 16 or size % 16:
+        raise WeightsError(f"{meta_path}: expected a view size in pixels, a multiple of 16, found {size!r}")
+    return replace(TINY, size=size)
 
 
 def _tiny_pipeline(transformer, vae, scheduler, max_sequence_length: int,

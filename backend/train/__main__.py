@@ -210,7 +210,7 @@ def describe(samples: Samples | SampleShards, source: str) -> dict:
 def tiny_samples(args, vae, transformer, text_cache: TextCache, device) -> Samples:
     """``--dataset``'s samples (whose captions must be in the text cache) or procedural clips."""
     if not args.dataset:
-        return build_samples(args.samples, args.seed, TINY.size, TINY.num_frames, device=str(device),
+        return build_samples(args.samples, args.seed, args.size or TINY.size, TINY.num_frames, device=str(device),
                              processes=args.processes)
     return tiny_dataset(args, vae, transformer, text_cache).load_all()
 
@@ -338,9 +338,10 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
         clips = build() if clips is None else clips
         return encode(clips), describe(clips, "procedural")
 
-    samples = None
+    samples, size = None, args.size or TINY.size
     if not trained:  # the dataset's size checks use the new VAE's config
         samples = build()
+        size = samples.shape[2]
         vae = train_tiny_vae(vae, args, samples, out, device, precision, deadline, record, losses)
         if vae is None:
             return False
@@ -349,17 +350,18 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
         key = dict(seed=args.seed, vae=file_key(vae_dir / DIFFUSERS_WEIGHTS))
         if args.dataset:  # a library: its latents streamed from shards on disk
             samples = None  # the clips stage vae trained on: the encode reads a shard at a time
-            data, record["data"] = streamed_latents(out, key, tiny_dataset(args, vae, transformer, text_cache),
-                                                    encode, str(args.dataset))
+            shards = tiny_dataset(args, vae, transformer, text_cache)
+            size = shards.shape[2]
+            data, record["data"] = streamed_latents(out, key, shards, encode, str(args.dataset))
         else:  # procedural clips, built here: a few thousand small ones, held on the device
-            key["source"] = dict(procedural=args.samples, seed=args.seed)
+            key["source"] = dict(procedural=args.samples, seed=args.seed, size=size)
             data, record["data"] = cached_latents(out, key, device, lambda: encoded(samples))
             samples = None  # free the clips (gigabytes) for training
         finished = train_diffusion(transformer, data, args, out, device, deadline, precision, record, losses)
     if PartialState().is_main_process:
         save_tiny(AnimaXPipeline(None, None, vae.cpu().eval(), transformer.cpu().eval(),
                                  make_scheduler(), TINY.max_sequence_length, args.text_guidance_scale),
-                  out / "model")
+                  out / "model", size=size)
     return finished
 
 
@@ -436,6 +438,9 @@ def run_main(args) -> bool:
                          "or choose another --out")
     deadline = time.time() + 60 * args.deadline_min if args.deadline_min else math.inf
     state = process_state()
+    if args.size is not None and (args.dataset or args.preset != "tiny" or args.size < 16 or args.size % 16):
+        raise SystemExit(f"--size {args.size}: the view size of the tiny preset's procedural clips, a multiple of "
+                         "16 pixels; a --dataset keeps its own")
     trains_vae = args.preset == "tiny" and not args.vae_from
     for flag in ["batch", "multiview_batch"] + (["vae_batch"] if trains_vae else []):
         batch_part(getattr(args, flag), "--" + flag.replace("_", "-"))  # stop now, not after the dataset
@@ -573,6 +578,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--samples", type=int, default=6000, help="procedural clips (4 views each)")
     tiny.add_argument("--processes", type=int, default=0, help="processes that sample clips and draw pose maps")
     tiny.add_argument("--text-cache", type=Path, default=DEFAULT_TEXT_CACHE)
+    tiny.add_argument("--size", type=int,
+                      help=f"view size in pixels of the procedural clips (default {TINY.size}; a --dataset has its "
+                           "own), recorded in OUT/model/animax.json for the worker's templates; the VAE and the "
+                           "transformer are convolutional and rotary, so --vae-from and --transformer-from may "
+                           "come from another size")
     tiny.add_argument("--vae-steps", type=int, default=3000)
     tiny.add_argument("--vae-batch", type=int, default=128,
                       help="windows of single views per step (default %(default)s)")
