@@ -99,7 +99,8 @@ def samples_and_wan(work: Path, wan: Path | None, clips: int, seconds: dict) -> 
 def train_argv(args, wan: Path, samples: Path) -> list[str]:
     return ["run", "--preset", "full", "--wan", str(wan), "--dataset", str(samples), "--out", str(args.work / "run"),
             "--joint-steps", str(args.joint_steps), "--batch", str(args.batch),
-            "--multiview-steps", str(args.multiview_steps), "--multiview-batch", str(args.multiview_batch)]
+            "--multiview-steps", str(args.multiview_steps), "--multiview-batch", str(args.multiview_batch),
+            "--rgb-video" if args.rgb_video else "--no-rgb-video"]
 
 
 def free_gpu() -> None:
@@ -174,7 +175,7 @@ def batch_search(args, wan: Path, samples: Path, deadline: float, speed: dict) -
     ``speed`` is the resumed run's record of its stages' speed."""
     settings = train.with_preset_defaults(train.build_parser().parse_args(train_argv(args, wan, samples)))
     base = load_diffusers(WanTransformer3DModel, wan / "transformer", torch.float32)
-    model, _ = train.full_transformer(base, settings.lora_rank, settings.seed)
+    model, _ = train.full_transformer(base, settings.lora_rank, settings.seed, settings.rgb_video)
     del base
     model.to(DEVICE).train()
     # The run's shards hold the latents: nothing is encoded again, so no VAE or text encoder is needed.
@@ -229,13 +230,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=train.STAGE_DEFAULTS["full"]["batch"])
     parser.add_argument("--multiview-steps", type=int, default=3)
     parser.add_argument("--multiview-batch", type=int, default=train.STAGE_DEFAULTS["full"]["multiview_batch"])
+    parser.add_argument("--rgb-video", action=argparse.BooleanOptionalAction, default=True,
+                        help="train the paper's joint RGB and pose sequence, or with --no-rgb-video the pose video "
+                             "alone (about half the tokens)")
     parser.add_argument("--budget-min", type=float, default=8.5,
                         help="the whole command's time; the batch search stops trying past it (default %(default)s)")
     args = parser.parse_args()
     began = time.time()
     deadline = began + 60 * args.budget_min
     args.work.mkdir(parents=True, exist_ok=True)
-    results = {"clips": args.clips, "batch": args.batch, "multiview_batch": args.multiview_batch, "seconds": {}}
+    results = {"clips": args.clips, "batch": args.batch, "multiview_batch": args.multiview_batch,
+               "rgb_video": args.rgb_video, "seconds": {}}
 
     part = functools.partial(timed, results["seconds"])
     samples, wan = samples_and_wan(args.work, args.wan, args.clips, results["seconds"])

@@ -1,6 +1,7 @@
 """The whole AnimaXPipeline at full size on one GPU, broken down by stage.
 
     python benchmarks/pipeline_gpu.py [--steps 3] [--fast-steps 10 --fast-sampler unipc --fast-guidance-end 0.5]
+                                      [--layouts joint pose-only]
 
 Random bf16 weights with the real geometry of every component: UMT5-XXL text encoder (Wan2.1's),
 the AnimaX transformer at Wan2.1-T2V-1.3B's size, the Wan VAE. 4 views x 81 frames x 480 x 480,
@@ -8,7 +9,9 @@ image CFG 3.0. Runs ``--steps`` denoising steps of the paper's sampler (Euler, g
 step) through the real ``__call__`` and times each stage (each wrapped to synchronise the GPU); the
 50-step figure scales the measured DiT time. Then, in the same process, the fast sampler end to end,
 every step measured: ``--fast-steps`` of ``--fast-sampler``, guided on the first ``--fast-guidance-end``
-of them.
+of them. Each of ``--layouts`` is timed in turn on the same weights: ``joint`` generates the RGB
+video beside the pose video (the paper's sequence of 2f + 4 latent frames a view), ``pose-only``
+the pose video alone from both templates (f + 3 frames), as the embedded tiny model does.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from animax_addon.core.cameras import make_camera_rig
 from backend.model.pipeline_animax import AnimaXPipeline
 from backend.model.samplers import SAMPLERS, make_scheduler
 from backend.model.transformer_animax import AnimaXTransformer3DModel
+
+LAYOUTS = {"joint": True, "pose-only": False}
+"""What the transformer generates: the RGB video beside the pose video (``rgb_video``) or not."""
 
 UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
                 feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)
@@ -84,39 +90,60 @@ def main() -> None:
     parser.add_argument("--fast-steps", type=int, default=10)
     parser.add_argument("--fast-sampler", choices=SAMPLERS, default="unipc")
     parser.add_argument("--fast-guidance-end", type=float, default=0.5)
+    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS),
+                        help="what the transformer generates, each timed in turn (default: both)")
     args = parser.parse_args()
     torch.manual_seed(0)
     dev, dt = torch.device("cuda"), torch.bfloat16
     torch.set_default_dtype(dt)  # build the 5.7B text encoder in bf16 directly
     with torch.device(dev):
         text_encoder = UMT5EncoderModel(UMT5Config(**UMT5_XXL)).eval()
-        transformer = away_from_zero(AnimaXTransformer3DModel(**WAN_1_3B).eval())
+        weights = away_from_zero(AnimaXTransformer3DModel(**WAN_1_3B).eval()).state_dict()
         vae = AutoencoderKLWan().eval()
     torch.set_default_dtype(torch.float32)
-    pipe = AnimaXPipeline(word_tokenizer(), text_encoder, vae, transformer, make_scheduler("euler"))
+    pipe = AnimaXPipeline(word_tokenizer(), text_encoder, vae, None, make_scheduler("euler"))
     pipe.set_progress_bar_config(disable=True)
 
     stages = defaultdict(list)
     pipe.encode_prompt = timing(stages, "text encoder", pipe.encode_prompt)
     pipe.encode_templates = timing(stages, "VAE encode (templates)", pipe.encode_templates)
     pipe.decode = timing(stages, "VAE decode (4 pose videos)", pipe.decode)
-    transformer.forward = timing(stages, "DiT forward (a batch of 2 when guided)", transformer.forward)
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (2, 4, 480, 480, 3), dtype=np.uint8)
     call = dict(prompt="the fox pounces forward", rgb_templates=images[0], pose_templates=images[1],
                 cameras=make_camera_rig(np.zeros(3), 1.0, 480), num_frames=81, num_inference_steps=args.steps)
-    print(f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}\n")
-    print(f"### Paper's sampler: Euler, image guidance 3.0 on every step ({args.steps} steps measured)\n")
-    total, peak = measure(pipe, call, stages)
-    report(stages, total, peak, 50, args.steps)
-
-    pipe.scheduler = make_scheduler(args.fast_sampler)
     fast = dict(call, num_inference_steps=args.fast_steps, guidance_end=args.fast_guidance_end)
-    print(f"### Fast sampler: {args.fast_steps} {args.fast_sampler} steps, image guidance 3.0 on the first "
-          f"{args.fast_guidance_end:.0%} (every step measured)\n")
-    total, peak = measure(pipe, fast, stages)
-    report(stages, total, peak, None, args.fast_steps)
+    print(f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}\n")
+    summary = []
+    for layout in args.layouts:
+        torch.set_default_dtype(dt)
+        with torch.device(dev):  # the same weights in each layout: none depends on it
+            transformer = AnimaXTransformer3DModel(**WAN_1_3B, rgb_video=LAYOUTS[layout]).eval()
+        torch.set_default_dtype(torch.float32)
+        transformer.load_state_dict(weights)
+        transformer.forward = timing(stages, "DiT forward (a batch of 2 when guided)", transformer.forward)
+        pipe.register_modules(transformer=transformer)
+        pipe.scheduler = make_scheduler("euler")
+        print(f"### {layout}: paper's sampler, Euler, image guidance 3.0 on every step ({args.steps} steps "
+              "measured)\n")
+        total, peak = measure(pipe, call, stages)
+        report(stages, total, peak, 50, args.steps)
+
+        pipe.scheduler = make_scheduler(args.fast_sampler)
+        print(f"### {layout}: fast sampler, {args.fast_steps} {args.fast_sampler} steps, image guidance 3.0 on the "
+              f"first {args.fast_guidance_end:.0%} (every step measured)\n")
+        total, peak = measure(pipe, fast, stages)
+        report(stages, total, peak, None, args.fast_steps)
+        summary.append((layout, total, {name: sum(times) for name, times in stages.items()}, peak))
+        del transformer
+        pipe.register_modules(transformer=None)
+        torch.cuda.empty_cache()
+    print("| layout | fast sampler end to end | DiT | VAE decode | peak GiB | ratio |\n| --- | ---: | ---: | ---: | ---: | ---: |")
+    for layout, total, times, peak in summary:
+        dit = sum(t for name, t in times.items() if name.startswith("DiT"))
+        print(f"| {layout} | {total:.1f} s | {dit:.1f} s | {times.get('VAE decode (4 pose videos)', 0.0):.1f} s | "
+              f"{peak:.1f} | {total / summary[0][1]:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Training the full preset's LoRA adapter on a stand-in Wan2.1, and training on `animax dataset` samples."""
 
+import json
 import re
 import shutil
 
@@ -10,12 +11,13 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from safetensors.torch import load_file
 
 import backend.train.__main__ as train
+from animax_addon.core.cameras import make_camera_rig
 from backend.data.dataset import Samples, build_samples
 from backend.model.adapter import make_lora_config
 from backend.model.checked_files import WeightsError
 from backend.model.loading import build_tiny_pipeline, load_full, load_tiny, save_tiny, tiny_preset, tiny_transformer
 from backend.model.presets import tiny_vae_config
-from backend.model.transformer_animax import AnimaXTransformer3DModel
+from backend.model.transformer_animax import POSE, AnimaXTransformer3DModel
 from backend.train.latents import encode_samples
 from backend.train.loop import train_stage
 from backend.train.stages import flow_loss, trainable_parameters
@@ -86,6 +88,28 @@ def test_full_run_resumes_and_writes_an_adapter_of_lora_and_new_parameters(wan, 
     assert state["blocks.1.attn_mv.to_out.0.weight"].abs().max() > 0
     adapter = load_file(out / "adapter" / "animax_adapter.safetensors")
     assert all(is_trained_here(k) for k in adapter)
+
+
+def test_full_run_of_the_pose_video_alone_writes_an_adapter_that_loads_as_such(wan, dataset, full_run, tmp_path):
+    out = tmp_path / "pose-only"
+    train.main(["run", "--preset", "full", "--wan", str(wan), "--dataset", str(dataset[0]), "--out", str(out),
+                "--lora-rank", "4", "--no-rgb-video", *STEPS])
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["rgb_video"] is False
+    assert json.loads((full_run[0] / "adapter" / "adapter_config.json").read_text())["rgb_video"] is True
+    pipe = load_full(wan, out / "adapter", dtype=torch.float32)
+    assert pipe.transformer.generated == (POSE,)
+    assert train.recorded_runs(out)[-1]["finished"]
+    images = np.random.default_rng(0).integers(0, 255, (2, 4, 32, 32, 3), dtype=np.uint8)
+    output = pipe(prompt="the fox pounces forward", rgb_templates=images[0], pose_templates=images[1],
+                  cameras=make_camera_rig(np.zeros(3), 1.0, 32), num_frames=5, num_inference_steps=1)
+    assert output.pose_videos.shape == (4, 5, 32, 32, 3) and output.rgb_videos is None
+    del config["rgb_video"]  # an adapter written before the layout was recorded generates both videos
+    (out / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    assert load_full(wan, out / "adapter", dtype=torch.float32).transformer.config.rgb_video is True
+    (out / "adapter" / "adapter_config.json").write_text(json.dumps({**config, "rgb_video": "no"}))
+    with pytest.raises(WeightsError, match="expected rgb_video true or false"):
+        load_full(wan, out / "adapter", dtype=torch.float32)
 
 
 def test_full_joint_stage_trains_lora_and_the_new_inputs_only():

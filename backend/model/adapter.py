@@ -58,7 +58,7 @@ def save_adapter(transformer: AnimaXTransformer3DModel, adapter_dir: str | Path,
     adapter_dir.mkdir(parents=True, exist_ok=True)
     config = dict(format=ADAPTER_FORMAT, format_version=ADAPTER_FORMAT_VERSION,
                   base_geometry={key: transformer.config[key] for key in GEOMETRY},
-                  ray_channels=transformer.config.ray_channels, lora=lora)
+                  ray_channels=transformer.config.ray_channels, rgb_video=transformer.config.rgb_video, lora=lora)
     (adapter_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     state = {key: tensor.detach().contiguous() for key, tensor in _adapter_state_dict(transformer).items()}
     save_file(state, adapter_dir / ADAPTER_WEIGHTS, metadata={"format": "pt"})
@@ -79,6 +79,9 @@ def read_adapter_config(adapter_dir: Path, wan_config_path: Path, wan_config: di
         raise WeightsError(f"{path}: expected lora with the entries r, lora_alpha, target_modules")
     if not isinstance(config.get("ray_channels"), int):
         raise WeightsError(f"{path}: expected an integer ray_channels, found {config.get('ray_channels')!r}")
+    config.setdefault("rgb_video", True)  # absent: written before the pose video could be generated alone
+    if not isinstance(config["rgb_video"], bool):
+        raise WeightsError(f"{path}: expected rgb_video true or false, found {config['rgb_video']!r}")
     differ = [f"{key}={geometry[key]!r} but the base has {key}={wan_config.get(key)!r}"
               for key in GEOMETRY if as_json(geometry[key]) != as_json(wan_config.get(key))]
     if differ:

@@ -164,7 +164,8 @@ def load_full(wan_dir: str | Path, adapter_dir: str | Path, dtype: torch.dtype =
     adapter = read_adapter_config(adapter_dir, wan_dir / "transformer" / "config.json", wan_config)
 
     wan, vae, text_encoder, tokenizer = _load_wan_parts(wan_dir, dtype, dtype)
-    transformer = AnimaXTransformer3DModel.from_wan(wan, ray_channels=adapter["ray_channels"])
+    transformer = AnimaXTransformer3DModel.from_wan(wan, ray_channels=adapter["ray_channels"],
+                                                    rgb_video=adapter["rgb_video"])
     del wan  # the base weights now live in `transformer`; free the copy before adding the adapter
     load_adapter(transformer, adapter_dir, adapter)
     _cast_keeping_fp32_modules(transformer, dtype)

@@ -285,13 +285,15 @@ class AnimaXTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         self.gradient_checkpointing = False
 
     @classmethod
-    def from_wan(cls, wan: WanTransformer3DModel, ray_channels: int = 6) -> "AnimaXTransformer3DModel":
-        """An AnimaX model that starts as ``wan``: Wan's weights, the new parts at their neutral start."""
+    def from_wan(cls, wan: WanTransformer3DModel, ray_channels: int = 6,
+                 rgb_video: bool = True) -> "AnimaXTransformer3DModel":
+        """An AnimaX model that starts as ``wan``: Wan's weights, the new parts at their neutral start;
+        ``rgb_video`` False generates the pose video alone (no weight depends on it)."""
         state = wan.state_dict()
         patch = state["patch_embedding.weight"]  # the ray channels join Wan's latent channels at zero
         state["patch_embedding.weight"] = torch.cat([patch, patch.new_zeros(patch.shape[0], ray_channels,
                                                                              *patch.shape[2:])], dim=1)
-        return cls._starting_from(wan, state, ray_channels=ray_channels)
+        return cls._starting_from(wan, state, ray_channels=ray_channels, rgb_video=rgb_video)
 
     def with_pooled_text(self) -> "AnimaXTransformer3DModel":
         """This model with the pooled-prompt embedding added at its zero start (so it computes what

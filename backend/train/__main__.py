@@ -365,11 +365,12 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
     return finished
 
 
-def full_transformer(wan, lora_rank: int, seed: int):
+def full_transformer(wan, lora_rank: int, seed: int, rgb_video: bool = True):
     """AnimaX on the Wan transformer ``wan`` with a LoRA of ``lora_rank`` on its base blocks, as the full
-    preset trains it; returns (transformer, the LoRA's config)."""
+    preset trains it, generating the RGB video beside the pose video or not (``rgb_video``); returns
+    (transformer, the LoRA's config)."""
     torch.manual_seed(seed)  # AnimaX's new layers and the LoRA start the same in every run and process
-    transformer = AnimaXTransformer3DModel.from_wan(wan)
+    transformer = AnimaXTransformer3DModel.from_wan(wan, rgb_video=rgb_video)
     lora = make_lora_config(lora_rank)
     transformer.add_adapter(lora)
     transformer.enable_gradient_checkpointing()  # activations of 4 x 39,600 tokens otherwise exceed a GPU
@@ -385,7 +386,7 @@ def run_full(args, out: Path, device, precision: str, deadline: float, record: d
     wan, vae, text_encoder, tokenizer = load_wan(Path(args.wan), text_dtype)
     vae.requires_grad_(False).eval()  # frozen: the full preset trains no VAE stage
     text_encoder.eval()
-    transformer, lora = full_transformer(wan, args.lora_rank, args.seed)
+    transformer, lora = full_transformer(wan, args.lora_rank, args.seed, args.rgb_video is not False)
     del wan  # its weights now live in `transformer`
     record["seconds"]["load"] = time.time() - began
 
@@ -600,11 +601,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"transformer blocks (default {TINY_BLOCKS}); with --transformer-from, the kept "
                            "transformer gains blocks spread among its own, each starting as an identity "
                            "(default: as many as it has)")
-    tiny.add_argument("--rgb-video", action=argparse.BooleanOptionalAction, default=None,
-                      help="generate the RGB video beside the pose video (the paper's joint sequence, about "
-                           "2.2x the work a step) or, with --no-rgb-video, the pose video alone from both "
-                           "templates, as the shipped model does (default: as the transformer of "
-                           "--transformer-from does, else the pose video alone)")
     tiny.add_argument("--text-guidance-scale", type=float, default=TEXT_GUIDANCE_SCALE,
                       help="the prompt guidance that OUT/model/animax.json records for generation (default "
                            "%(default)s)")
@@ -613,6 +609,11 @@ def build_parser() -> argparse.ArgumentParser:
     full.add_argument("--lora-rank", type=int, default=32, help="rank (and alpha) of the LoRA on the base blocks")
     stages = run.add_argument_group("diffusion stages (defaults per preset: " + "; ".join(
         f"{p}: " + ", ".join(f"{k}={v}" for k, v in d.items()) for p, d in STAGE_DEFAULTS.items()) + ")")
+    stages.add_argument("--rgb-video", action=argparse.BooleanOptionalAction, default=None,
+                        help="generate the RGB video beside the pose video (the paper's joint sequence, about "
+                             "2.2x the work a step at 64 px) or, with --no-rgb-video, the pose video alone from "
+                             "both templates (default: full, the paper's; tiny, as the transformer of "
+                             "--transformer-from does, else the pose video alone, as the shipped model does)")
     stages.add_argument("--joint-steps", type=int)
     stages.add_argument("--batch", type=int, help="single views per step in stage 1")
     stages.add_argument("--lr", type=float)
