@@ -10,7 +10,8 @@ Parts, in this order, each timed:
 1. ``data``: two procedural clips at 480 px x 81 frames (``full_training_gpu.make_samples``).
 2. ``wan``: ``wan_shaped_dir.py``'s directory of random weights in ``WORK/wan``, unless ``--wan``.
 3. ``adapter``: ``python -m backend.train run --preset full`` on those clips, one step of each
-   stage; its ``adapter/`` is what the worker loads.
+   stage (with ``--no-rgb-video``, an adapter that generates the pose video alone); its
+   ``adapter/`` is what the worker loads.
 4. ``start``: ``python -m backend.worker.command --model full --wan ... --adapter ...`` (with
    ``--fast`` if asked) until it answers a hello: loading Wan, UMT5 and the adapter.
 5. ``job``: a procedural biped's rest pose rendered at 480 px by the capsule renderer as the four
@@ -137,16 +138,20 @@ def main() -> None:
                         help="the Wan directory, the training run and the request (about 35 GB)")
     parser.add_argument("--wan", type=Path, help="an existing Wan2.1-T2V-1.3B(-shaped) directory to use")
     parser.add_argument("--fast", action="store_true", help="the worker's fast sampler (10 UniPC steps)")
+    parser.add_argument("--rgb-video", action=argparse.BooleanOptionalAction, default=True,
+                        help="an adapter of the paper's joint RGB and pose sequence, or with --no-rgb-video one that "
+                             "generates the pose video alone")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    results = {"fast": args.fast, "seconds": {}}
+    results = {"fast": args.fast, "rgb_video": args.rgb_video, "seconds": {}}
 
     part = functools.partial(timed, results["seconds"])
     samples, wan = samples_and_wan(args.work, args.wan, 2, results["seconds"])
     results.update(device=torch.cuda.get_device_name(), torch=torch.__version__)
-    run = args.work / "run"
+    run = args.work / ("run" if args.rgb_video else "run-pose-only")
     train = [sys.executable, "-m", "backend.train", "run", "--preset", "full", "--wan", str(wan), "--dataset",
-             str(samples), "--out", str(run), "--joint-steps", "1", "--batch", "1", "--multiview-steps", "1"]
+             str(samples), "--out", str(run), "--joint-steps", "1", "--batch", "1", "--multiview-steps", "1",
+             "--rgb-video" if args.rgb_video else "--no-rgb-video"]
     part("adapter", lambda: subprocess.run(train, check=True))
     request = write_request(args.work / "request")
     free_gpu()
