@@ -1,7 +1,7 @@
 """The whole AnimaXPipeline at full size on one GPU, broken down by stage.
 
     python benchmarks/pipeline_gpu.py [--steps 3] [--fast-steps 10 --fast-sampler unipc --fast-guidance-end 0.5]
-                                      [--layouts joint pose-only]
+                                      [--layouts joint pose-only] [--first-block-cache 0.05 0.1]
 
 Random bf16 weights with the real geometry of every component: UMT5-XXL text encoder (Wan2.1's),
 the AnimaX transformer at Wan2.1-T2V-1.3B's size, the Wan VAE. 4 views x 81 frames x 480 x 480,
@@ -11,7 +11,9 @@ step) through the real ``__call__`` and times each stage (each wrapped to synchr
 every step measured: ``--fast-steps`` of ``--fast-sampler``, guided on the first ``--fast-guidance-end``
 of them. Each of ``--layouts`` is timed in turn on the same weights: ``joint`` generates the RGB
 video beside the pose video (the paper's sequence of 2f + 4 latent frames a view), ``pose-only``
-the pose video alone from both templates (f + 3 frames), as the embedded tiny model does.
+the pose video alone from both templates (f + 3 frames), as the embedded tiny model does. Each
+``--first-block-cache`` threshold times the fast sampler again with diffusers' first-block cache,
+with how many steps ran every block and how far its pose maps are from the uncached ones.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKLWan
+from diffusers import AutoencoderKLWan, FirstBlockCacheConfig
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformer_gpu import WAN_1_3B, away_from_zero  # beside this script
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
@@ -59,14 +61,15 @@ def timing(stages: dict, name: str, fn):
     return wrapped
 
 
-def measure(pipe, call: dict, stages: dict) -> tuple[float, float]:
-    """One timed call after a one-step warm-up (kernels, cuDNN plans): (seconds, peak GiB)."""
+def measure(pipe, call: dict, stages: dict) -> tuple[float, float, np.ndarray]:
+    """One timed call after a one-step warm-up (kernels, cuDNN plans), from seed 0: (seconds, peak
+    GiB, the pose videos)."""
     pipe(**{**call, "num_inference_steps": 1})
     stages.clear()
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    pipe(**call)
-    return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30
+    videos = pipe(**call, generator=torch.Generator().manual_seed(0)).pose_videos
+    return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30, videos
 
 
 def report(stages: dict, total: float, peak: float, scale_to: int | None, steps: int) -> None:
@@ -90,6 +93,10 @@ def main() -> None:
     parser.add_argument("--fast-steps", type=int, default=10)
     parser.add_argument("--fast-sampler", choices=SAMPLERS, default="unipc")
     parser.add_argument("--fast-guidance-end", type=float, default=0.5)
+    parser.add_argument("--first-block-cache", type=float, nargs="*", default=[],
+                        help="thresholds of diffusers' first-block cache to time with the fast sampler, each "
+                             "against the uncached pose maps of the same seed (random weights change across "
+                             "steps otherwise than trained ones: this prices the lever, not its quality)")
     parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS),
                         help="what the transformer generates, each timed in turn (default: both)")
     args = parser.parse_args()
@@ -127,23 +134,36 @@ def main() -> None:
         pipe.scheduler = make_scheduler("euler")
         print(f"### {layout}: paper's sampler, Euler, image guidance 3.0 on every step ({args.steps} steps "
               "measured)\n")
-        total, peak = measure(pipe, call, stages)
+        total, peak, _ = measure(pipe, call, stages)
         report(stages, total, peak, 50, args.steps)
 
         pipe.scheduler = make_scheduler(args.fast_sampler)
         print(f"### {layout}: fast sampler, {args.fast_steps} {args.fast_sampler} steps, image guidance 3.0 on the "
               f"first {args.fast_guidance_end:.0%} (every step measured)\n")
-        total, peak = measure(pipe, fast, stages)
+        total, peak, reference = measure(pipe, fast, stages)
         report(stages, total, peak, None, args.fast_steps)
-        summary.append((layout, total, {name: sum(times) for name, times in stages.items()}, peak))
+        summary.append((layout, total, {name: sum(times) for name, times in stages.items()}, peak, None))
+        computed = []  # the last block runs only on the steps a cache does not skip
+        transformer.blocks[-1].ffn.register_forward_hook(lambda *_: computed.append(1))
+        for threshold in args.first_block_cache:
+            transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+            total, peak, videos = measure(pipe, fast, stages)
+            computed.clear()
+            pipe(**fast, generator=torch.Generator().manual_seed(0))  # count the steps computed
+            transformer.disable_cache()
+            error = np.linalg.norm(videos.astype(np.float64) - reference) / np.linalg.norm(reference.astype(np.float64))
+            summary.append((f"{layout}, first-block cache {threshold:g}", total,
+                            {name: sum(times) for name, times in stages.items()}, peak,
+                            f"{len(computed)} of {args.fast_steps} steps whole; pose maps {error:.1%} off"))
         del transformer
         pipe.register_modules(transformer=None)
         torch.cuda.empty_cache()
-    print("| layout | fast sampler end to end | DiT | VAE decode | peak GiB | ratio |\n| --- | ---: | ---: | ---: | ---: | ---: |")
-    for layout, total, times, peak in summary:
+    print("| layout | fast sampler end to end | DiT | VAE decode | peak GiB | ratio | output |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for layout, total, times, peak, output in summary:
         dit = sum(t for name, t in times.items() if name.startswith("DiT"))
         print(f"| {layout} | {total:.1f} s | {dit:.1f} s | {times.get('VAE decode (4 pose videos)', 0.0):.1f} s | "
-              f"{peak:.1f} | {total / summary[0][1]:.2f}x |")
+              f"{peak:.1f} | {total / summary[0][1]:.2f}x | {output or 'reference'} |")
 
 
 if __name__ == "__main__":

