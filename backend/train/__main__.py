@@ -34,6 +34,7 @@ from diffusers import AutoencoderKLWan
 
 from backend.data.dataset import Samples, SampleShards, build_samples
 from backend.data.motions import all_prompts
+from backend.data.rig_world import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES
 from backend.model.adapter import make_lora_config, save_adapter
 from backend.model.checked_files import DIFFUSERS_WEIGHTS
 from backend.model.loading import load_wan, save_tiny, tiny_transformer
@@ -210,8 +211,8 @@ def describe(samples: Samples | SampleShards, source: str) -> dict:
 def tiny_samples(args, vae, transformer, text_cache: TextCache, device) -> Samples:
     """``--dataset``'s samples (whose captions must be in the text cache) or procedural clips."""
     if not args.dataset:
-        return build_samples(args.samples, args.seed, args.size or TINY.size, TINY.num_frames, device=str(device),
-                             processes=args.processes)
+        return build_samples(args.samples, args.seed, args.size or TINY.size, TINY.num_frames, args.families,
+                             device=str(device), processes=args.processes)
     return tiny_dataset(args, vae, transformer, text_cache).load_all()
 
 
@@ -263,6 +264,16 @@ def train_tiny_vae(vae, args, samples: Samples, out: Path, device, precision: st
         vae.cpu().save_pretrained(out / "vae", safe_serialization=True)
     state.wait_for_everyone()  # the others read the saved file's key next
     return vae.to(device)
+
+
+def families_list(text: str) -> tuple[str, ...]:
+    """``--families``: procedural family names, comma-separated."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in FAMILIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{','.join(unknown) or 'none given'}: name families of "
+                                         f"{','.join(FAMILIES)}")
+    return names
 
 
 def trained_part(flag: str, model_dir: Path, part: str) -> Path:
@@ -354,7 +365,8 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
             size = shards.shape[2]
             data, record["data"] = streamed_latents(out, key, shards, encode, str(args.dataset))
         else:  # procedural clips, built here: a few thousand small ones, held on the device
-            key["source"] = dict(procedural=args.samples, seed=args.seed, size=size)
+            key["source"] = dict(procedural=args.samples, seed=args.seed, size=size,
+                                 families=list(args.families or TRAIN_FAMILIES))
             data, record["data"] = cached_latents(out, key, device, lambda: encoded(samples))
             samples = None  # free the clips (gigabytes) for training
         finished = train_diffusion(transformer, data, args, out, device, deadline, precision, record, losses)
@@ -442,6 +454,8 @@ def run_main(args) -> bool:
     if args.size is not None and (args.dataset or args.preset != "tiny" or args.size < 16 or args.size % 16):
         raise SystemExit(f"--size {args.size}: the view size of the tiny preset's procedural clips, a multiple of "
                          "16 pixels; a --dataset keeps its own")
+    if args.families and (args.dataset or args.preset != "tiny"):
+        raise SystemExit("--families: the procedural families of the tiny preset's clips; a --dataset keeps its own")
     trains_vae = args.preset == "tiny" and not args.vae_from
     for flag in ["batch", "multiview_batch"] + (["vae_batch"] if trains_vae else []):
         batch_part(getattr(args, flag), "--" + flag.replace("_", "-"))  # stop now, not after the dataset
@@ -577,6 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "(0: read in the training process; default %(default)s)")
     tiny = run.add_argument_group("tiny preset")
     tiny.add_argument("--samples", type=int, default=6000, help="procedural clips (4 views each)")
+    tiny.add_argument("--families", type=families_list,
+                      help="comma-separated procedural families the clips are drawn from (default: "
+                           f"{','.join(TRAIN_FAMILIES)}; the others, {','.join(HELDOUT_FAMILIES)}, are held out "
+                           "for animax eval's heldout-families split)")
     tiny.add_argument("--processes", type=int, default=0, help="processes that sample clips and draw pose maps")
     tiny.add_argument("--text-cache", type=Path, default=DEFAULT_TEXT_CACHE)
     tiny.add_argument("--size", type=int,
