@@ -91,12 +91,14 @@ def test_model_option_generates_with_that_model(tmp_path, monkeypatch, fast):
 
 def test_a_model_trained_at_a_larger_size_takes_requests_of_its_size(tmp_path, capsys):
     """The worker's preset bounds the templates' size, so a model of 80 px needs its own size from its
-    directory: with the tiny preset's 64 px the job would be refused."""
+    directory: with the tiny preset's 64 px the job would be refused. The videos record the model's
+    training families."""
     write_lamp_request(tmp_path / "out", 80)
     save_tiny(build_tiny_pipeline(), tmp_path / "default")
     assert main([str(tmp_path / "out"), "--model", str(tmp_path / "default"), "--device", "cpu"]) == 1
     assert "cameras render 80x80 images, but the tiny model works at 64x64 at most" in capsys.readouterr().err
-    save_tiny(build_tiny_pipeline(), tmp_path / "larger", size=80)
+    save_tiny(build_tiny_pipeline(), tmp_path / "larger", size=80, families=("lamp", "laptop"))
     assert main([str(tmp_path / "out"), "--model", str(tmp_path / "larger"), "--device", "cpu"]) == 0
-    pose = np.load(tmp_path / "out" / "videos" / "procedural_lamp" / "nod_seed0.npz")["pose"]
-    assert pose.shape == (4, 1, 80, 80, 3)
+    saved = np.load(tmp_path / "out" / "videos" / "procedural_lamp" / "nod_seed0.npz")
+    assert saved["pose"].shape == (4, 1, 80, 80, 3)
+    assert tuple(saved["families"]) == ("lamp", "laptop")  # whose colours the replay reads them in

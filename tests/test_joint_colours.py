@@ -151,3 +151,15 @@ def test_a_turned_rig_is_matched_in_its_upright_frame():
     moved = Rig([Bone(b.name, b.parent, tuple(turn @ b.head + 5), tuple(turn @ b.tail + 5)) for b in other.bones])
     got = {name: tuple(c) for name, c in zip(moved.joint_names, joint_colours(moved, turn))}
     assert got == training_colours(rig)
+
+
+def test_a_family_drawn_as_its_own_kind_once_the_model_was_trained_on_it():
+    """A laptop, never trained on, takes its colours from another family; a model trained on every
+    family draws it as training drew laptops, and keeps its whole body."""
+    rig = FAMILIES["laptop"](np.random.default_rng(500)).rig
+    assert match(rig)[0] != "laptop"
+    every = tuple(FAMILIES)
+    family, _, score = match(rig, families=every)
+    assert family == "laptop" and score < match(rig)[2]
+    assert (joint_colours(rig, families=every) == palette(rig.num_joints)).all()
+    assert training_body(rig, families=every).all()

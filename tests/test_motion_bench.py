@@ -97,3 +97,39 @@ def test_gifs_are_refused_with_requests_and_a_size_without_them():
     args = argparse.Namespace(requests=False, gifs=False, videos=None, size=96)
     with pytest.raises(motion_bench.BenchError, match="--size sets the templates that --requests writes"):
         motion_bench.run(args)
+
+
+def test_replayed_videos_are_read_in_the_colours_of_the_model_that_drew_them(tmp_path, monkeypatch):
+    """Saved videos carry the training families of the model that drew them: a model trained on
+    laptops draws a laptop in its own colours, which another family's would misread."""
+    from animax_addon.core.cameras import make_camera_rig
+    from animax_addon.core.pose_maps import render_pose_maps
+    from backend.data.rig_world import FAMILIES
+    from backend.worker.jobs import model_body
+
+    monkeypatch.setattr(motion_bench, "_addon", lambda name: importlib.import_module(f"animax_addon.{name}"))
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.context.scene.render.fps = int(motion_bench.SCENE_FPS)
+    bench = bench_rigs()["procedural:laptop"]
+    obj = bench.build(bpy)
+    rig = rig_from_armature(obj)
+    truth = motion_bench.key_truth(bpy, obj, bench, "open", 17, write_action)
+    _, truth_joints = motion_bench.read_motion(bpy, obj, rig, motion_bench.action_frames(truth))
+    frame = motion_bench._addon("snapshot").upright_frame(obj)
+    sphere = motion_bench._addon("templates").framing_sphere(obj, rig, frame.rotation)
+    cameras = make_camera_rig(*sphere, 64, rotation=frame.rotation)
+    every = tuple(FAMILIES)
+    body = model_body(rig, cameras, every)
+    source = bench.creature.rig
+    _, joints = forward_kinematics(source, *MOTIONS["open"](bench.creature, np.random.default_rng(0), 17, FPS))
+    joints = joints[:, [source.joint_names.index(name) for name in body.rig.joint_names]]
+    pose = render_pose_maps(cameras, joints, body.rig.joint_parents, body.colours)
+    errors = {}
+    for name, extra in (("every", dict(families=np.array(every))), ("unsaid", {})):
+        path = tmp_path / name / "open_seed0.npz"
+        path.parent.mkdir()
+        np.savez_compressed(path, pose=pose, **extra)
+        action = motion_bench.replay(bpy, obj, rig, sphere, path, "the laptop opens", frame.rotation)
+        _, replayed = motion_bench.read_motion(bpy, obj, rig, motion_bench.action_frames(action))
+        errors[name] = np.linalg.norm(replayed - truth_joints, axis=-1).mean() / sphere[1]
+    assert errors["every"] < 0.05 < errors["unsaid"]  # unsaid: read as the training families drew it

@@ -17,6 +17,7 @@ from animax_addon.core.cameras import make_camera_rig
 from backend.model.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, make_lora_config, save_adapter
 from backend.model.checked_files import WeightsError
 from backend.model.loading import build_tiny_pipeline, load_full, load_tiny, save_tiny, tiny_preset
+from backend.data.rig_world import FAMILIES, TRAIN_FAMILIES
 from backend.model.presets import TINY, TINY_TRANSFORMER, TINY_WEIGHTS, tiny_vae_config
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 from wan_stand_in import WAN, WAN_FILES, save_wan_stand_in
@@ -107,6 +108,19 @@ def test_tiny_records_the_view_size_it_was_trained_at_for_its_worker(tiny, tmp_p
         meta.write_text(json.dumps({**written, "size": bad}))
         with pytest.raises(WeightsError, match="a multiple of 16"):
             tiny_preset(tmp_path / "large")
+
+
+def test_tiny_records_the_families_it_was_trained_on_for_its_joint_colours(tiny, tmp_path):
+    pipe, directory = tiny
+    assert tiny_preset(directory).families == TRAIN_FAMILIES
+    save_tiny(pipe, tmp_path / "every", families=tuple(FAMILIES))
+    assert tiny_preset(tmp_path / "every").families == tuple(FAMILIES)
+    meta = tmp_path / "every" / "animax.json"
+    written = json.loads(meta.read_text())
+    for bad in ([], ["dragon"], "laptop"):
+        meta.write_text(json.dumps({**written, "families": bad}))
+        with pytest.raises(WeightsError, match="expected families"):
+            tiny_preset(tmp_path / "every")
 
 
 def test_build_tiny_pipeline_is_seeded_and_leaves_the_global_rng_alone():

@@ -78,22 +78,23 @@ def _shape(parents: np.ndarray) -> str:
     return "".join(sorted(form(root) for root in np.flatnonzero(parents < 0)))
 
 
-@lru_cache(maxsize=1)
-def _references() -> tuple[tuple[str, str, np.ndarray], ...]:
-    """(family, joint tree's shape, matching features) of each reference creature."""
+@lru_cache(maxsize=4)
+def _references(families: tuple[str, ...]) -> tuple[tuple[str, str, np.ndarray], ...]:
+    """(family, joint tree's shape, matching features) of each reference creature of ``families``."""
     references = []
-    for family in TRAIN_FAMILIES:
+    for family in families:
         for seed in range(REFERENCE_SEEDS):
             rig = FAMILIES[family](np.random.default_rng(seed)).rig
             references.append((family, _shape(rig.joint_parents), _normalised(rig)))
     return tuple(references)
 
 
-def _best(features: np.ndarray, shape: str) -> tuple[float, str, np.ndarray, np.ndarray]:
-    """The reference that fits joints of ``features`` best: (mean cost, family, rows, cols) of
-    the assignment. A training creature's tree, whatever the order of its joints (``shape``),
-    is matched among its kind."""
-    candidates = [r for r in _references() if r[1] == shape] or _references()
+def _best(features: np.ndarray, shape: str, families: tuple[str, ...]) -> tuple[float, str, np.ndarray, np.ndarray]:
+    """The reference of ``families`` that fits joints of ``features`` best: (mean cost, family, rows,
+    cols) of the assignment. A training creature's tree, whatever the order of its joints
+    (``shape``), is matched among its kind."""
+    references = _references(tuple(families))
+    candidates = [r for r in references if r[1] == shape] or references
     best = None
     for family, _, reference in candidates:
         cost = cdist(features, reference)
@@ -105,12 +106,13 @@ def _best(features: np.ndarray, shape: str) -> tuple[float, str, np.ndarray, np.
     return best
 
 
-def match(rig: Rig, rotation: np.ndarray | None = None) -> tuple[str, np.ndarray, float]:
+def match(rig: Rig, rotation: np.ndarray | None = None,
+          families: tuple[str, ...] = TRAIN_FAMILIES) -> tuple[str, np.ndarray, float]:
     """The training family whose reference fits ``rig`` best, the palette index of each of its
     joints (J,) and the mean matching cost. ``rotation``: the character's upright frame, as the
-    cameras' (``CameraRig.rotation``)."""
+    cameras' (``CameraRig.rotation``); ``families``: those the model was trained on."""
     features = _normalised(rig, rotation)
-    score, family, rows, cols = _best(features, _shape(rig.joint_parents))
+    score, family, rows, cols = _best(features, _shape(rig.joint_parents), families)
     index = np.full(len(features), -1, dtype=np.int64)
     index[rows] = cols
     spare = np.setdiff1d(np.arange(MAX_JOINTS), cols)
@@ -145,7 +147,8 @@ def _droppable(body: Rig, kept: np.ndarray, heads: np.ndarray, tails: np.ndarray
     return droppable
 
 
-def training_body(rig: Rig, rotation: np.ndarray | None = None) -> np.ndarray:
+def training_body(rig: Rig, rotation: np.ndarray | None = None,
+                  families: tuple[str, ...] = TRAIN_FAMILIES) -> np.ndarray:
     """(B,) bool: the bones the model animates, the rest held at their rest pose.
 
     The model learnt the joint trees of its training creatures; a rig's body often has bones
@@ -153,10 +156,10 @@ def training_body(rig: Rig, rotation: np.ndarray | None = None) -> np.ndarray:
     trained to move. Such bones are left out, one (or a mirrored pair) at a time, while that
     brings the rig nearer its best reference (:func:`match`'s mean cost): the end of a chain,
     a bone inside a chain on the midline, or a limb's root that starts on the midline. A rig of
-    a training creature's tree is kept whole. ``rotation``: as for :func:`match`."""
+    a training creature's tree is kept whole. ``rotation``, ``families``: as for :func:`match`."""
     kept = np.ones(rig.num_bones, dtype=bool)
     shape = _shape(rig.joint_parents)
-    if any(r[1] == shape for r in _references()):
+    if any(r[1] == shape for r in _references(tuple(families))):
         return kept
     centre, radius = rig.bounding_sphere(rotation)
     frame = np.eye(3) if rotation is None else rotation
@@ -166,7 +169,7 @@ def training_body(rig: Rig, rotation: np.ndarray | None = None) -> np.ndarray:
 
     def fit(mask: np.ndarray) -> tuple[float, Rig]:
         body = rig.subset(mask)
-        return _best(_normalised(body, rotation), _shape(body.joint_parents))[0], body
+        return _best(_normalised(body, rotation), _shape(body.joint_parents), families)[0], body
 
     score, body = fit(kept)
     while kept.sum() > 2:
@@ -184,7 +187,8 @@ def training_body(rig: Rig, rotation: np.ndarray | None = None) -> np.ndarray:
     return kept
 
 
-def joint_colours(rig: Rig, rotation: np.ndarray | None = None) -> np.ndarray:
+def joint_colours(rig: Rig, rotation: np.ndarray | None = None,
+                  families: tuple[str, ...] = TRAIN_FAMILIES) -> np.ndarray:
     """(J, 3) uint8: the colour each joint of ``rig`` is drawn in, for the model and for reading
-    its pose maps back; ``rotation`` as for :func:`match`."""
-    return palette(MAX_JOINTS)[match(rig, rotation)[1]]
+    its pose maps back; ``rotation``, ``families`` as for :func:`match`."""
+    return palette(MAX_JOINTS)[match(rig, rotation, families)[1]]

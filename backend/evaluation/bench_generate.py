@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(folder / "rig.json", target.with_name("rig.json"))  # what the videos were made for
             (arrays,) = result_arrays(result)  # jobs.json asks for one variation a job
-            np.savez_compressed(target, pose=arrays["pose_video"])
+            np.savez_compressed(target, pose=arrays["pose_video"], families=np.array(preset.families))
             key = f"{folder.name}/{job['video']}"
             seconds[key] = dict(result.body["diagnostics"]["seconds"], total=time.perf_counter() - start)
             print(f"{key}: " + ", ".join(f"{stage} {t:.1f} s" for stage, t in seconds[key].items()), flush=True)

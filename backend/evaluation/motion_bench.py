@@ -173,6 +173,7 @@ def replay(bpy, obj, rig, sphere, path: Path, prompt: str, rotation=None):
     frame ``rotation``, ``snapshot.upright_frame``'s), then the add-on's Action writer; returns the
     Action."""
     from animax_addon.core.cameras import make_camera_rig
+    from backend.data.rig_world import TRAIN_FAMILIES
     from backend.worker.jobs import model_body, scene_motion
 
     if not path.is_file():
@@ -183,8 +184,10 @@ def replay(bpy, obj, rig, sphere, path: Path, prompt: str, rotation=None):
                          f"'{obj.name}' now (bone choice or rest changed); generate them again")
     with np.load(path) as data:
         pose = data["pose"]
+        # The training families of the model that drew them, whose colours it drew the rig in.
+        families = tuple(data["families"]) if "families" in data else TRAIN_FAMILIES
     cameras = make_camera_rig(*sphere, pose.shape[2], rotation=rotation)
-    _, rotations, root_translation = scene_motion(rig, cameras, pose, SCENE_FPS, model_body(rig, cameras))
+    _, rotations, root_translation = scene_motion(rig, cameras, pose, SCENE_FPS, model_body(rig, cameras, families))
     return _addon("action").write_action(obj, f"AnimaX {prompt}"[:56], rig.bone_names, rotations,
                                          rig.bones[rig.roots[0]].name, root_translation,
                                          frame_start=bpy.context.scene.frame_start)
@@ -341,6 +344,8 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
     would send a worker instead, templates of ``size`` px (default the tiny preset's)."""
     from backend.demo import DemoError, animate
     from backend.model import MODEL_FPS
+    from backend.model.loading import tiny_preset
+    from backend.model.presets import TINY_WEIGHTS
     from backend.reconstruction.kinematics import resample_positions
 
     from .classifier import FRAMES, predict
@@ -392,7 +397,8 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
                     return {"rig": bench_rig.name, "group": bench_rig.group, "refused": str(exc)}
                 action = obj.animation_data.action
                 (out / "videos" / video_path).parent.mkdir(parents=True, exist_ok=True)
-                np.savez_compressed(out / "videos" / video_path, pose=generated_pose_video(bpy))
+                np.savez_compressed(out / "videos" / video_path, pose=generated_pose_video(bpy),
+                                    families=np.array(tiny_preset(TINY_WEIGHTS).families))  # the worker's model
                 (out / "videos" / video_path).with_name("rig.json").write_text(json.dumps(rig.to_dict()))
             rotations, joints = read_motion(bpy, obj, rig, action_frames(action))
             run = dict(motion_scores(rotations, joints, rest, SCENE_FPS), motion=motion, prompt=text, seed=seed,

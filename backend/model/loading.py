@@ -21,6 +21,8 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTran
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer, UMT5EncoderModel
 
+from backend.data.rig_world import FAMILIES
+
 from .adapter import load_adapter, read_adapter_config
 from .checked_files import (
     DIFFUSERS_WEIGHTS,
@@ -62,9 +64,10 @@ def build_tiny_pipeline(seed: int = 0) -> AnimaXPipeline:
 
 
 def save_tiny(pipeline: AnimaXPipeline, directory: str | Path, weights_dtype: torch.dtype = torch.float16,
-              size: int = TINY.size) -> None:
+              size: int = TINY.size, families: tuple[str, ...] = TINY.families) -> None:
     """Write ``transformer/``, ``vae/``, ``scheduler/`` and ``animax.json`` (no text encoder);
-    ``size`` is the view size in pixels the model was trained at, which its worker asks templates of.
+    ``size`` is the view size in pixels the model was trained at, which its worker asks templates of,
+    and ``families`` the procedural families it was trained on, whose creatures' colours it draws.
 
     The weights are stored in ``weights_dtype``: 16-bit by default, half the bytes of the 20 MB
     budget the shipped model must fit, while :func:`load_tiny` computes in float32 whatever the
@@ -82,7 +85,7 @@ def save_tiny(pipeline: AnimaXPipeline, directory: str | Path, weights_dtype: to
     pipeline.scheduler.save_pretrained(directory / "scheduler")
     meta = dict(preset=TINY.name, format_version=TINY_FORMAT_VERSION,
                 max_sequence_length=pipeline.config.max_sequence_length,
-                text_guidance_scale=pipeline.config.text_guidance_scale, size=size)
+                text_guidance_scale=pipeline.config.text_guidance_scale, size=size, families=list(families))
     (directory / "animax.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -124,13 +127,16 @@ def load_tiny(directory: str | Path, text_encoder: bool = True) -> AnimaXPipelin
 
 
 def tiny_preset(directory: str | Path) -> Preset:
-    """The tiny preset as the model of ``directory`` runs it: the view size its ``animax.json`` records
-    (absent: the preset's own, written before other sizes were trained)."""
+    """The tiny preset as the model of ``directory`` runs it: the view size and training families its
+    ``animax.json`` records (absent: the preset's own, written before others were trained)."""
     meta_path = Path(directory) / "animax.json"
-    size = read_json(meta_path).get("size", TINY.size)
+    meta = read_json(meta_path)
+    size, families = meta.get("size", TINY.size), meta.get("families", list(TINY.families))
     if not isinstance(size, int) or size < 16 or size % 16:
         raise WeightsError(f"{meta_path}: expected a view size in pixels, a multiple of 16, found {size!r}")
-    return replace(TINY, size=size)
+    if not isinstance(families, list) or not families or not set(families) <= set(FAMILIES):
+        raise WeightsError(f"{meta_path}: expected families, a list of {', '.join(FAMILIES)}; found {families!r}")
+    return replace(TINY, size=size, families=tuple(families))
 
 
 def _tiny_pipeline(transformer, vae, scheduler, max_sequence_length: int,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from animax_addon.core.rig import BODY_JOINTS
+from backend.data.rig_world import TRAIN_FAMILIES
 
 # Wan2.1 generates at 16 frames per second: every preset, training clip and raw result uses it.
 MODEL_FPS = 16
@@ -27,6 +28,9 @@ class Preset:
     guidance_scale: float
     max_sequence_length: int
     max_joints: int = BODY_JOINTS  # the most joints it tells apart (animax_addon.core.rig)
+    # The procedural families it was trained on: a user's rig is drawn in the colours of its best
+    # counterpart among their creatures (backend.data.joint_colours).
+    families: tuple[str, ...] = TRAIN_FAMILIES
 
 
 TINY = Preset("tiny", size=64, num_frames=17, num_inference_steps=20, guidance_scale=3.0, max_sequence_length=32)

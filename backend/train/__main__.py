@@ -349,7 +349,8 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
         clips = build() if clips is None else clips
         return encode(clips), describe(clips, "procedural")
 
-    samples, size = None, args.size or TINY.size
+    # What the saved model records: a library's clips are drawn in the training families' colours.
+    samples, size, families = None, args.size or TINY.size, args.families or TRAIN_FAMILIES
     if not trained:  # the dataset's size checks use the new VAE's config
         samples = build()
         size = samples.shape[2]
@@ -373,7 +374,7 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
     if PartialState().is_main_process:
         save_tiny(AnimaXPipeline(None, None, vae.cpu().eval(), transformer.cpu().eval(),
                                  make_scheduler(), TINY.max_sequence_length, args.text_guidance_scale),
-                  out / "model", size=size)
+                  out / "model", size=size, families=families)
     return finished
 
 

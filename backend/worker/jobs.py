@@ -88,12 +88,12 @@ class ModelBody:
     colours: np.ndarray
 
 
-def model_body(rig: Rig, cameras: CameraRig) -> ModelBody:
-    """The rig as the model knows it: reduced to its training counterpart's bones
-    (``training_body``), each joint in its counterpart's colour (``joint_colours``)."""
-    kept = training_body(rig, cameras.rotation)
+def model_body(rig: Rig, cameras: CameraRig, families: tuple[str, ...] = TINY.families) -> ModelBody:
+    """The rig as a model trained on ``families`` knows it: reduced to its training counterpart's
+    bones (``training_body``), each joint in its counterpart's colour (``joint_colours``)."""
+    kept = training_body(rig, cameras.rotation, families)
     body = rig.subset(kept)
-    return ModelBody(kept, body, joint_colours(body, cameras.rotation))
+    return ModelBody(kept, body, joint_colours(body, cameras.rotation, families))
 
 
 def scene_motion(rig: Rig, cameras: CameraRig, pose_videos: np.ndarray, scene_fps: float, body: ModelBody):
@@ -125,7 +125,7 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
         if "rgb" in request.options.outputs and not _draws_rgb(pipeline):
             raise JobInputError("This worker's model draws the pose maps alone, so it has no RGB video to show: turn "
                                 "off RGB Preview in the AnimaX panel, or use a worker with the full model.")
-        shown = model_body(rig, cameras)
+        shown = model_body(rig, cameras, preset.families)
         pose_templates = render_pose_maps(cameras, shown.rig.joints_rest[None], shown.rig.joint_parents,
                                           shown.colours)[:, 0]
     except ProtocolError as exc:
