@@ -31,7 +31,7 @@ from scipy.spatial.distance import cdist
 from animax_addon.core.pose_maps import palette
 from animax_addon.core.rig import MAX_JOINTS, Rig, tree_depths
 
-from .rig_world import FAMILIES, TRAIN_FAMILIES
+from .rig_world import FAMILIES, TRAIN_FAMILIES, Creature
 
 REFERENCE_SEEDS = 64
 """Creatures drawn of each training family as references: enough to draw every joint tree a
@@ -79,30 +79,31 @@ def _shape(parents: np.ndarray) -> str:
 
 
 @lru_cache(maxsize=4)
-def _references(families: tuple[str, ...]) -> tuple[tuple[str, str, np.ndarray], ...]:
-    """(family, joint tree's shape, matching features) of each reference creature of ``families``."""
+def _references(families: tuple[str, ...]) -> tuple[tuple[str, int, str, np.ndarray], ...]:
+    """(family, seed, joint tree's shape, matching features) of each reference creature of ``families``."""
     references = []
     for family in families:
         for seed in range(REFERENCE_SEEDS):
             rig = FAMILIES[family](np.random.default_rng(seed)).rig
-            references.append((family, _shape(rig.joint_parents), _normalised(rig)))
+            references.append((family, seed, _shape(rig.joint_parents), _normalised(rig)))
     return tuple(references)
 
 
-def _best(features: np.ndarray, shape: str, families: tuple[str, ...]) -> tuple[float, str, np.ndarray, np.ndarray]:
-    """The reference of ``families`` that fits joints of ``features`` best: (mean cost, family, rows,
-    cols) of the assignment. A training creature's tree, whatever the order of its joints
+def _best(features: np.ndarray, shape: str,
+          families: tuple[str, ...]) -> tuple[float, str, int, np.ndarray, np.ndarray]:
+    """The reference of ``families`` that fits joints of ``features`` best: (mean cost, family, seed,
+    rows, cols) of the assignment. A training creature's tree, whatever the order of its joints
     (``shape``), is matched among its kind."""
     references = _references(tuple(families))
-    candidates = [r for r in references if r[1] == shape] or references
+    candidates = [r for r in references if r[2] == shape] or references
     best = None
-    for family, _, reference in candidates:
+    for family, seed, _, reference in candidates:
         cost = cdist(features, reference)
         rows, cols = linear_sum_assignment(cost)
         unshared = abs(len(features) - len(reference))
         score = (cost[rows, cols].sum() + UNSHARED_COST * unshared) / max(len(features), len(reference))
         if best is None or score < best[0]:
-            best = (float(score), family, rows, cols)
+            best = (float(score), family, seed, rows, cols)
     return best
 
 
@@ -112,12 +113,23 @@ def match(rig: Rig, rotation: np.ndarray | None = None,
     joints (J,) and the mean matching cost. ``rotation``: the character's upright frame, as the
     cameras' (``CameraRig.rotation``); ``families``: those the model was trained on."""
     features = _normalised(rig, rotation)
-    score, family, rows, cols = _best(features, _shape(rig.joint_parents), families)
+    score, family, _, rows, cols = _best(features, _shape(rig.joint_parents), families)
     index = np.full(len(features), -1, dtype=np.int64)
     index[rows] = cols
     spare = np.setdiff1d(np.arange(MAX_JOINTS), cols)
     index[index < 0] = spare[: int((index < 0).sum())]
     return family, index, score
+
+
+def counterpart(rig: Rig, rotation: np.ndarray | None = None,
+                families: tuple[str, ...] = TRAIN_FAMILIES) -> tuple[Creature, np.ndarray]:
+    """The training creature that fits ``rig`` best (what :func:`match` draws it as) and, for each of
+    the rig's joints, the creature's joint it matches (-1 where it has none); arguments as for
+    :func:`match`."""
+    _, family, seed, rows, cols = _best(_normalised(rig, rotation), _shape(rig.joint_parents), families)
+    joints = np.full(rig.num_joints, -1, dtype=np.int64)
+    joints[rows] = cols
+    return FAMILIES[family](np.random.default_rng(seed)), joints
 
 
 def _mirrors(heads: np.ndarray, tails: np.ndarray, midline: float) -> np.ndarray:
@@ -159,7 +171,7 @@ def training_body(rig: Rig, rotation: np.ndarray | None = None,
     a training creature's tree is kept whole. ``rotation``, ``families``: as for :func:`match`."""
     kept = np.ones(rig.num_bones, dtype=bool)
     shape = _shape(rig.joint_parents)
-    if any(r[1] == shape for r in _references(tuple(families))):
+    if any(r[2] == shape for r in _references(tuple(families))):
         return kept
     centre, radius = rig.bounding_sphere(rotation)
     frame = np.eye(3) if rotation is None else rotation
