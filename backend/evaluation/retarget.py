@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from animax_addon.core.rig import Rig, tree_depths
+from backend.data.motions import FPS, MOTIONS
 from backend.data.rig_world import Creature
 from backend.reconstruction.kinematics import forward_kinematics
 
@@ -65,8 +66,6 @@ def counterpart_truth(rig: Rig, creature: Creature, counterparts: np.ndarray, mo
                       frames: int, rotation: np.ndarray | None = None) -> np.ndarray:
     """(frames, J, 3): the true ``motion`` (drawn from ``seed``) of ``creature`` at the model's frame
     rate, carried onto ``rig`` by :func:`retarget`."""
-    from backend.data.motions import FPS, MOTIONS
-
     rotations, locations = MOTIONS[motion](creature, np.random.default_rng(seed), frames, FPS)
     _, joints = forward_kinematics(creature.rig, rotations, locations)
     return retarget(rig, joints, creature, counterparts, rotation)
