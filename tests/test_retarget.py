@@ -2,30 +2,17 @@
 did not make), checked against forward kinematics."""
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from animax_addon.core.rig import Rig
 from backend.data.joint_colours import counterpart
 from backend.data.motions import FPS, MOTIONS
 from backend.data.rig_world import FAMILIES
-from backend.evaluation.retarget import counterpart_truth, retarget, shortest_arcs
+from backend.evaluation.retarget import counterpart_truth, retarget
 from backend.reconstruction.kinematics import forward_kinematics
 
 
 def true_joints(creature, motion, seed=0, frames=17):
     return forward_kinematics(creature.rig, *MOTIONS[motion](creature, np.random.default_rng(seed), frames, FPS))[1]
-
-
-def test_shortest_arcs_turn_one_direction_onto_others():
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=3), rng.normal(size=(50, 3))
-    arcs = shortest_arcs(a, b)
-    np.testing.assert_allclose(arcs @ np.swapaxes(arcs, 1, 2), np.broadcast_to(np.eye(3), arcs.shape), atol=1e-9)
-    np.testing.assert_allclose(np.linalg.det(arcs), 1.0, atol=1e-9)
-    turned = arcs @ (a / np.linalg.norm(a))
-    np.testing.assert_allclose(turned, b / np.linalg.norm(b, axis=1, keepdims=True), atol=1e-9)
-    axes = Rotation.from_matrix(arcs).as_rotvec()  # about the normal of the two: no twist
-    np.testing.assert_allclose(axes @ a, 0.0, atol=1e-9)
 
 
 def test_a_creature_retargeted_onto_itself_moves_as_it_does():

@@ -17,20 +17,7 @@ import numpy as np
 from animax_addon.core.rig import Rig, tree_depths
 from backend.data.motions import FPS, MOTIONS
 from backend.data.rig_world import Creature
-from backend.reconstruction.kinematics import forward_kinematics
-
-
-def shortest_arcs(rest: np.ndarray, posed: np.ndarray) -> np.ndarray:
-    """(T, 3, 3) rotations taking the direction ``rest`` (3,) to each of ``posed`` (T, 3) by the
-    shortest arc (Rodrigues' formula about their common normal)."""
-    a = rest / np.linalg.norm(rest)
-    b = posed / np.linalg.norm(posed, axis=-1, keepdims=True)
-    v, c = np.cross(a, b), b @ a
-    cross = np.zeros(b.shape[:1] + (3, 3))
-    cross[:, [2, 0, 1], [1, 2, 0]] = v
-    cross[:, [1, 2, 0], [2, 0, 1]] = -v
-    # c = -1 (a half turn) has no single shortest arc; clamping keeps the formula finite there.
-    return np.eye(3) + cross + cross @ cross / np.maximum(1.0 + c, 1e-6)[:, None, None]
+from backend.reconstruction.kinematics import forward_kinematics, shortest_arc
 
 
 def retarget(rig: Rig, creature_joints: np.ndarray, creature: Creature, counterparts: np.ndarray,
@@ -57,7 +44,7 @@ def retarget(rig: Rig, creature_joints: np.ndarray, creature: Creature, counterp
         if span is None or np.linalg.norm(span) < 1e-9:
             moved[:, joint] = moved[:, parent] + bone
             continue
-        arcs = shortest_arcs(span, creature_joints[:, mine] - creature_joints[:, theirs])
+        arcs = shortest_arc(span, creature_joints[:, mine] - creature_joints[:, theirs])
         moved[:, joint] = moved[:, parent] + arcs @ bone
     return moved @ frame.T + centre
 

@@ -129,7 +129,7 @@ def _padded(targets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return index, mask
 
 
-def _shortest_arc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def shortest_arc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Rotation matrices (..., 3, 3) turning directions ``a`` onto ``b`` along the shortest arc."""
     # A zero vector (a target predicted exactly on the bone's head) leaves the bone at rest.
     a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-300)
@@ -177,7 +177,7 @@ def _fit_rotations(rest: np.ndarray, posed: np.ndarray, weights: np.ndarray, pri
         count = posed.shape[-2] // 2
         w_seen = np.take_along_axis(weights, far[..., 0] % count, axis=-1)
         far_posed = w_seen * _unit(far_posed) + prior * np.clip(1.0 - w_seen, 0.0, None) * _unit(far_rest)
-    arc = _shortest_arc(far_rest, far_posed)
+    arc = shortest_arc(far_rest, far_posed)
     planar = s[..., 1] > _RANK_TOLERANCE * np.maximum(s[..., 0], 1e-300)
     return np.where(planar[..., None, None], kabsch, arc)
 
