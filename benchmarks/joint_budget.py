@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
 
 
 def main() -> None:
@@ -32,6 +31,7 @@ def main() -> None:
 
     from animax_addon.core.pose_maps import render_pose_maps
     from backend.demo import installed_extension
+    from backend.evaluation.evaluate import vae_round_trip
     from backend.evaluation.motion_bench import _addon, _empty_scene, select_rigs
     from backend.model.loading import load_tiny
     from backend.model.presets import TINY, TINY_WEIGHTS
@@ -57,9 +57,8 @@ def main() -> None:
                 body = model_body(rig, cameras)  # what the worker draws: its bones, in their colours
                 truth = render_pose_maps(cameras, np.repeat(body.rig.joints_rest[None], 9, axis=0),
                                          body.rig.joint_parents, body.colours)
-                with torch.no_grad():
-                    decoded = pipeline.decode(pipeline.encode_videos(truth, pipeline.device))
-                motion = reconstruct(body.rig, cameras, decoded, colours=body.colours, **GENERATED)
+                motion = reconstruct(body.rig, cameras, vae_round_trip(pipeline, truth), colours=body.colours,
+                                     **GENERATED)
                 error = np.linalg.norm(motion.joints - body.rig.joints_rest[None], axis=-1).mean() / cameras.radius
                 cells.append((body.rig.num_joints, float(np.mean(motion.confidence)), 100 * float(error)))
             rows.append((bench_rig.name, cells))

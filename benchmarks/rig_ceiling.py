@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
 
 
 def main() -> None:
@@ -34,6 +33,7 @@ def main() -> None:
     from backend.data.joint_colours import counterpart
     from backend.demo import installed_extension
     from backend.evaluation.classifier import FRAMES, predict, train_classifier
+    from backend.evaluation.evaluate import vae_round_trip
     from backend.evaluation.motion_bench import _addon, _empty_scene, select_rigs
     from backend.evaluation.retarget import counterpart_truth
     from backend.model.loading import load_tiny
@@ -49,24 +49,22 @@ def main() -> None:
             _empty_scene(bpy)
             obj = bench.build(bpy)
             rig = _addon("snapshot").rig_from_armature(obj)
-            truth_reads, cells = 0, []
-            for size in args.sizes:
-                cameras = _addon("templates").camera_rig(obj, rig, size)
-                body = model_body(rig, cameras)
-                creature, counterparts = counterpart(body.rig, cameras.rotation)
+            views = {size: _addon("templates").camera_rig(obj, rig, size) for size in args.sizes}
+            rotation = views[args.sizes[0]].rotation  # the upright frame, whatever the size
+            body = model_body(rig, views[args.sizes[0]])  # depends on the frame alone
+            creature, counterparts = counterpart(body.rig, rotation)
+            truths = [(motion, counterpart_truth(body.rig, creature, counterparts, motion, seed, FRAMES, rotation))
+                      for motion in bench.motions for seed in range(args.seeds)]
+            truth_reads = sum(predict(classifier, truth, body.rig) == motion for motion, truth in truths)
+            cells = []
+            for cameras in views.values():
                 right, confidence = 0, []
-                for motion in bench.motions:
-                    for seed in range(args.seeds):
-                        truth = counterpart_truth(body.rig, creature, counterparts, motion, seed, FRAMES,
-                                                  cameras.rotation)
-                        if size == args.sizes[0]:  # the truth itself is the same at every size
-                            truth_reads += predict(classifier, truth, body.rig) == motion
-                        maps = render_pose_maps(cameras, truth, body.rig.joint_parents, body.colours)
-                        with torch.no_grad():
-                            decoded = pipeline.decode(pipeline.encode_videos(maps, pipeline.device))
-                        result = reconstruct(body.rig, cameras, decoded, colours=body.colours, **GENERATED)
-                        right += predict(classifier, result.joints, body.rig) == motion
-                        confidence.append(float(np.mean(result.confidence)))
+                for motion, truth in truths:
+                    maps = render_pose_maps(cameras, truth, body.rig.joint_parents, body.colours)
+                    result = reconstruct(body.rig, cameras, vae_round_trip(pipeline, maps), colours=body.colours,
+                                         **GENERATED)
+                    right += predict(classifier, result.joints, body.rig) == motion
+                    confidence.append(float(np.mean(result.confidence)))
                 cells.append((right, float(np.mean(confidence))))
             rows.append((bench, creature.family, len(bench.motions) * args.seeds, truth_reads, cells))
 

@@ -5,9 +5,8 @@
 
 Each model generates the same held-out clips as the worker would (prompt through the MiniLM text
 encoder, 4 views, 17 frames at the model's own view size, the model's own prompt guidance, 20 Euler
-steps), after one
-warm-up generation; with ``--fast`` each model is timed a second time with the worker's ``--fast``
-sampler (``presets.FAST_SAMPLER``). ``--sizes`` times each model at other view sizes too (the
+steps), after one warm-up generation; with ``--fast`` each model is timed a second time with the
+worker's ``--fast`` sampler (``presets.FAST_SAMPLER``). ``--sizes`` times each model at other view sizes too (the
 weights do not depend on the size, so this prices a larger preset before one is trained). The
 first row is the baseline of the ratio column. Prints a Markdown table.
 """
@@ -40,7 +39,8 @@ def main() -> None:
     items = {}
     rows = []
     for directory in args.model or [TINY_WEIGHTS]:
-        for size in args.sizes or [tiny_preset(directory).size]:
+        preset = tiny_preset(directory)
+        for size in args.sizes or [preset.size]:
             if size not in items:
                 items[size] = draw_items(args.clips + 1, seed=0, split="heldout-proportions", size=size)
             pipeline = load_tiny(directory)  # afresh: use_fast_sampler below swaps its scheduler
@@ -48,8 +48,8 @@ def main() -> None:
             rows.append((directory, size, "20 Euler steps", pipeline,
                          median_seconds(model_generator(pipeline), items[size])))
             if args.fast:
-                preset = use_fast_sampler(pipeline, tiny_preset(directory))
-                generate = model_generator(pipeline, steps=preset.num_inference_steps,
+                fast = use_fast_sampler(pipeline, preset)
+                generate = model_generator(pipeline, steps=fast.num_inference_steps,
                                            guidance_end=pipeline.config.guidance_end)
                 rows.append((directory, size, "--fast", pipeline, median_seconds(generate, items[size])))
     print(f"{args.clips} generations a model, {args.threads} threads\n")

@@ -22,11 +22,16 @@ def _skinned(obj):
     return meshes and any(m.type == "ARMATURE" and m.object == obj for m in meshes[0].modifiers)
 
 
-def test_truth_keyed_and_read_back_is_the_procedural_motion():
+def bench_rig_in_scene(name):
+    """The benchmark rig ``name`` built in an empty scene at the benchmark's frame rate."""
     bpy.ops.wm.read_factory_settings(use_empty=True)
     bpy.context.scene.render.fps = int(motion_bench.SCENE_FPS)
-    bench = bench_rigs()["procedural:quadruped"]
-    obj = bench.build(bpy)
+    bench = bench_rigs()[name]
+    return bench, bench.build(bpy)
+
+
+def test_truth_keyed_and_read_back_is_the_procedural_motion():
+    bench, obj = bench_rig_in_scene("procedural:quadruped")
     rig = rig_from_armature(obj)
     action = motion_bench.key_truth(bpy, obj, bench, "walk", 17, write_action)
     rotations, joints = motion_bench.read_motion(bpy, obj, rig, motion_bench.action_frames(action))
@@ -70,10 +75,7 @@ def test_unknown_rig_is_refused_with_the_names():
 def test_gif_shows_every_scene_frame_of_the_actions_side_by_side(tmp_path, monkeypatch):
     # the renderer reaches the add-on as the installed extension; here it is the source tree
     monkeypatch.setattr(motion_bench, "_addon", lambda name: importlib.import_module(f"animax_addon.{name}"))
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    bpy.context.scene.render.fps = int(motion_bench.SCENE_FPS)
-    bench = bench_rigs()["procedural:quadruped"]
-    obj = bench.build(bpy)
+    bench, obj = bench_rig_in_scene("procedural:quadruped")
     walk = motion_bench.key_truth(bpy, obj, bench, "walk", 17, write_action)
     jump = motion_bench.key_truth(bpy, obj, bench, "jump", 17, write_action)
     motion_bench._setup_render(bpy, obj)
@@ -108,10 +110,7 @@ def test_replayed_videos_are_read_in_the_colours_of_the_model_that_drew_them(tmp
     from backend.worker.jobs import model_body
 
     monkeypatch.setattr(motion_bench, "_addon", lambda name: importlib.import_module(f"animax_addon.{name}"))
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    bpy.context.scene.render.fps = int(motion_bench.SCENE_FPS)
-    bench = bench_rigs()["procedural:laptop"]
-    obj = bench.build(bpy)
+    bench, obj = bench_rig_in_scene("procedural:laptop")
     rig = rig_from_armature(obj)
     truth = motion_bench.key_truth(bpy, obj, bench, "open", 17, write_action)
     _, truth_joints = motion_bench.read_motion(bpy, obj, rig, motion_bench.action_frames(truth))

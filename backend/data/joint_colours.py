@@ -107,16 +107,23 @@ def _best(features: np.ndarray, shape: str,
     return best
 
 
+def _assignment(rig: Rig, rotation: np.ndarray | None,
+                families: tuple[str, ...]) -> tuple[float, str, int, np.ndarray]:
+    """(mean cost, family, seed) of the reference that fits ``rig`` best, and for each of the rig's
+    joints the reference's joint it is assigned (-1 for none)."""
+    score, family, seed, rows, cols = _best(_normalised(rig, rotation), _shape(rig.joint_parents), families)
+    joints = np.full(rig.num_joints, -1, dtype=np.int64)
+    joints[rows] = cols
+    return score, family, seed, joints
+
+
 def match(rig: Rig, rotation: np.ndarray | None = None,
           families: tuple[str, ...] = TRAIN_FAMILIES) -> tuple[str, np.ndarray, float]:
     """The training family whose reference fits ``rig`` best, the palette index of each of its
     joints (J,) and the mean matching cost. ``rotation``: the character's upright frame, as the
     cameras' (``CameraRig.rotation``); ``families``: those the model was trained on."""
-    features = _normalised(rig, rotation)
-    score, family, _, rows, cols = _best(features, _shape(rig.joint_parents), families)
-    index = np.full(len(features), -1, dtype=np.int64)
-    index[rows] = cols
-    spare = np.setdiff1d(np.arange(MAX_JOINTS), cols)
+    score, family, _, index = _assignment(rig, rotation, families)
+    spare = np.setdiff1d(np.arange(MAX_JOINTS), index)
     index[index < 0] = spare[: int((index < 0).sum())]
     return family, index, score
 
@@ -126,9 +133,7 @@ def counterpart(rig: Rig, rotation: np.ndarray | None = None,
     """The training creature that fits ``rig`` best (what :func:`match` draws it as) and, for each of
     the rig's joints, the creature's joint it matches (-1 where it has none); arguments as for
     :func:`match`."""
-    _, family, seed, rows, cols = _best(_normalised(rig, rotation), _shape(rig.joint_parents), families)
-    joints = np.full(rig.num_joints, -1, dtype=np.int64)
-    joints[rows] = cols
+    _, family, seed, joints = _assignment(rig, rotation, families)
     return FAMILIES[family](np.random.default_rng(seed)), joints
 
 

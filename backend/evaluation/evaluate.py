@@ -116,12 +116,18 @@ def oracle_generator(item: EvalItem) -> np.ndarray:
     return item.pose_truth
 
 
+@torch.no_grad()
+def vae_round_trip(pipeline, videos: np.ndarray) -> np.ndarray:
+    """``videos`` (V, T, S, S, 3) uint8 encoded and decoded by ``pipeline``'s VAE: what any generator
+    that decodes with this VAE can at best draw (perfect latents, the VAE's own blur)."""
+    return pipeline.decode(pipeline.encode_videos(videos, pipeline.device))
+
+
 def vae_oracle_generator(pipeline) -> Generator:
-    """The ground-truth pose maps after a round trip through ``pipeline``'s VAE: the ceiling of any
-    generator that decodes with this VAE (perfect latents, the VAE's own blur)."""
-    @torch.no_grad()
+    """The ground-truth pose maps after a round trip through ``pipeline``'s VAE (:func:`vae_round_trip`):
+    the ceiling of any generator that decodes with this VAE."""
     def generate(item: EvalItem) -> np.ndarray:
-        return pipeline.decode(pipeline.encode_videos(item.pose_truth, pipeline.device))
+        return vae_round_trip(pipeline, item.pose_truth)
     return generate
 
 

@@ -370,6 +370,7 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
         return predict(classifier, resample_positions(joints, SCENE_FPS, MODEL_FPS)[:FRAMES], rig)
 
     truths, runs, motions, rows, films = {}, [], {}, [], []
+    families = np.array(tiny_preset(TINY_WEIGHTS).families)  # the live worker's model's, saved with its videos
     # A still rig read as each prompted motion: the classifier's chance level on this rig's shape.
     still = classify(np.repeat(rest[None], duration, axis=0))
     frame = _addon("snapshot").upright_frame(obj)
@@ -397,8 +398,7 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
                     return {"rig": bench_rig.name, "group": bench_rig.group, "refused": str(exc)}
                 action = obj.animation_data.action
                 (out / "videos" / video_path).parent.mkdir(parents=True, exist_ok=True)
-                np.savez_compressed(out / "videos" / video_path, pose=generated_pose_video(bpy),
-                                    families=np.array(tiny_preset(TINY_WEIGHTS).families))  # the worker's model
+                np.savez_compressed(out / "videos" / video_path, pose=generated_pose_video(bpy), families=families)
                 (out / "videos" / video_path).with_name("rig.json").write_text(json.dumps(rig.to_dict()))
             rotations, joints = read_motion(bpy, obj, rig, action_frames(action))
             run = dict(motion_scores(rotations, joints, rest, SCENE_FPS), motion=motion, prompt=text, seed=seed,

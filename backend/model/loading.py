@@ -35,7 +35,7 @@ from .checked_files import (
     require,
 )
 from .pipeline_animax import AnimaXPipeline
-from .presets import FULL, TINY, TINY_TRANSFORMER, TINY_VAE, Preset
+from .presets import FULL, TINY, TINY_TRANSFORMER, TINY_VAE, Preset, is_view_size
 from .samplers import make_scheduler
 from .transformer_animax import AnimaXTransformer3DModel
 
@@ -132,7 +132,7 @@ def tiny_preset(directory: str | Path) -> Preset:
     meta_path = Path(directory) / "animax.json"
     meta = read_json(meta_path)
     size, families = meta.get("size", TINY.size), meta.get("families", list(TINY.families))
-    if not isinstance(size, int) or size < 16 or size % 16:
+    if not is_view_size(size):
         raise WeightsError(f"{meta_path}: expected a view size in pixels, a multiple of 16, found {size!r}")
     if not isinstance(families, list) or not families or not set(families) <= set(FAMILIES):
         raise WeightsError(f"{meta_path}: expected families, a list of {', '.join(FAMILIES)}; found {families!r}")

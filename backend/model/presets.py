@@ -33,6 +33,12 @@ class Preset:
     families: tuple[str, ...] = TRAIN_FAMILIES
 
 
+def is_view_size(size) -> bool:
+    """Whether ``size`` can be a tiny model's view size in pixels: a positive multiple of 16, as
+    ``train run --size`` takes and a model's ``animax.json`` records."""
+    return isinstance(size, int) and size >= 16 and size % 16 == 0
+
+
 TINY = Preset("tiny", size=64, num_frames=17, num_inference_steps=20, guidance_scale=3.0, max_sequence_length=32)
 FULL = Preset("full", size=480, num_frames=81, num_inference_steps=50, guidance_scale=3.0, max_sequence_length=512)
 PRESETS = {preset.name: preset for preset in (TINY, FULL)}

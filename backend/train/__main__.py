@@ -39,7 +39,7 @@ from backend.model.adapter import make_lora_config, save_adapter
 from backend.model.checked_files import DIFFUSERS_WEIGHTS
 from backend.model.loading import load_wan, save_tiny, tiny_transformer
 from backend.model.pipeline_animax import AnimaXPipeline
-from backend.model.presets import FULL, PRESETS, TINY, TINY_VAE
+from backend.model.presets import FULL, PRESETS, TINY, TINY_VAE, is_view_size
 from backend.model.samplers import make_scheduler
 from backend.model.transformer_animax import AnimaXTransformer3DModel
 from backend.multi_gpu import turn_multicast_off
@@ -366,8 +366,7 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
             size = shards.shape[2]
             data, record["data"] = streamed_latents(out, key, shards, encode, str(args.dataset))
         else:  # procedural clips, built here: a few thousand small ones, held on the device
-            key["source"] = dict(procedural=args.samples, seed=args.seed, size=size,
-                                 families=list(args.families or TRAIN_FAMILIES))
+            key["source"] = dict(procedural=args.samples, seed=args.seed, size=size, families=list(families))
             data, record["data"] = cached_latents(out, key, device, lambda: encoded(samples))
             samples = None  # free the clips (gigabytes) for training
         finished = train_diffusion(transformer, data, args, out, device, deadline, precision, record, losses)
@@ -452,7 +451,7 @@ def run_main(args) -> bool:
                          "or choose another --out")
     deadline = time.time() + 60 * args.deadline_min if args.deadline_min else math.inf
     state = process_state()
-    if args.size is not None and (args.dataset or args.preset != "tiny" or args.size < 16 or args.size % 16):
+    if args.size is not None and (args.dataset or args.preset != "tiny" or not is_view_size(args.size)):
         raise SystemExit(f"--size {args.size}: the view size of the tiny preset's procedural clips, a multiple of "
                          "16 pixels; a --dataset keeps its own")
     if args.families and (args.dataset or args.preset != "tiny"):
