@@ -300,6 +300,9 @@ class AnimateController:
         if held:
             keyed += (f" ({len(held)} held at rest, which the model has no counterpart for: "
                       + ", ".join(held[:CONTROLS_NAMED]) + (", ..." if len(held) > CONTROLS_NAMED else "") + ")")
+        drawn_as = variations[0].diagnostics.get("drawn_as")  # workers before it was sent draw the rig itself
+        if drawn_as:
+            keyed += f", moving as the model's {drawn_as.replace('_', ' ')} does (the preview shows it)"
         self._end("FINISHED", f"AnimaX wrote {names}: {frames} frames, {keyed}, in {seconds:.1f} s"
                   + "".join(f". {w}" for w in self.warnings))
 

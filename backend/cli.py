@@ -208,8 +208,9 @@ def generate_command(args) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **arrays, joint_names=np.array(diagnostics["joint_names"]),
              bone_names=np.array(diagnostics["bone_names"]), fps=np.array(float(options.fps)),
-             prompt=np.array(args.prompt))
-    print(f"generated {len(arrays['rotations'])} frames x {rig.num_bones} bones; wrote {out}")
+             prompt=np.array(args.prompt), drawn_as=np.array(diagnostics.get("drawn_as") or ""))
+    drawn = f", moving as the model's {diagnostics['drawn_as']} does" if diagnostics.get("drawn_as") else ""
+    print(f"generated {len(arrays['rotations'])} frames x {rig.num_bones} bones{drawn}; wrote {out}")
 
 
 def build_parser() -> ArgumentParser:

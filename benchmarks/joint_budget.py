@@ -5,7 +5,7 @@ chosen at several joint budgets, through the tiny preset's VAE and back through 
 
 For each rig of ``animax motion-bench`` (built in Blender, the extension installed headless) and
 each budget, the add-on's default bone choice (``snapshot.rig_from_armature(..., max_joints)``),
-reduced to the bones the worker animates and in its colours (``jobs.model_body``), is drawn as
+reduced to the bones the worker animates and drawn itself in their colours (``model_body``), is drawn as
 pose maps at the preset's size (or ``--size``: the VAE is convolutional, so a larger view prices
 what a larger image would keep before any training) from the product cameras (9 frames of the rest pose), encoded
 and decoded by the shipped VAE, and reconstructed as the worker does. Whatever the transformer
@@ -17,6 +17,7 @@ agree on the joint) and mean joint error (% of the rig's radius), per rig and bu
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import numpy as np
 
@@ -36,10 +37,11 @@ def main() -> None:
     from backend.model.loading import load_tiny
     from backend.model.presets import TINY, TINY_WEIGHTS
     from backend.reconstruction.reconstruct import GENERATED, reconstruct
-    from backend.worker.jobs import model_body
+    from backend.worker.model_body import model_body
 
     size = args.size or TINY.size
     pipeline = load_tiny(TINY_WEIGHTS, text_encoder=False)
+    itself = replace(TINY, retargets=False)  # the rig's own body drawn, in its colours, not its counterpart
     rows = []
     with installed_extension() as (bpy, _):
         snapshot = _addon("snapshot")
@@ -54,7 +56,7 @@ def main() -> None:
                     cells.append(None)
                     continue
                 cameras = _addon("templates").camera_rig(obj, rig, size)
-                body = model_body(rig, cameras)  # what the worker draws: its bones, in their colours
+                body = model_body(rig, cameras, itself)
                 truth = render_pose_maps(cameras, np.repeat(body.rig.joints_rest[None], 9, axis=0),
                                          body.rig.joint_parents, body.colours)
                 motion = reconstruct(body.rig, cameras, vae_round_trip(pipeline, truth), colours=body.colours,

@@ -5,9 +5,9 @@ after a round trip through the shipped VAE at one or more view sizes.
     .venv/bin/python benchmarks/rig_ceiling.py [--rigs rigify,gltf] [--sizes 64 96] [--seeds 2]
 
 For each ``animax motion-bench`` rig (built in Blender, the extension installed headless) the
-worker's body (``jobs.model_body``: the bones the model animates, in their colours) plays every
+worker's body (``model_body``: the bones the model animates, in their colours) plays every
 motion the benchmark prompts it with: the true motion of its training counterpart
-(``joint_colours.counterpart``) carried onto it (``evaluation.retarget``), 17 frames at 16 fps,
+(``joint_colours.counterpart``) carried onto it (``evaluation.counterpart_truth``), 17 frames at 16 fps,
 seeds 0 to ``--seeds`` - 1. Each is read by the classifier of ``animax motion-bench`` as it is (the
 classifier's ceiling on that rig), then drawn as the worker draws pose maps, encoded and decoded by
 the shipped VAE and reconstructed as generated maps are (the ceiling of any generator that decodes
@@ -18,6 +18,7 @@ mean joint confidence.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import numpy as np
 
@@ -35,11 +36,11 @@ def main() -> None:
     from backend.evaluation.classifier import FRAMES, predict, train_classifier
     from backend.evaluation.evaluate import vae_round_trip
     from backend.evaluation.motion_bench import _addon, _empty_scene, select_rigs
-    from backend.evaluation.retarget import counterpart_truth
+    from backend.evaluation.counterpart_truth import counterpart_truth
     from backend.model.loading import load_tiny
-    from backend.model.presets import TINY_WEIGHTS
+    from backend.model.presets import TINY, TINY_WEIGHTS
     from backend.reconstruction.reconstruct import GENERATED, reconstruct
-    from backend.worker.jobs import model_body
+    from backend.worker.model_body import model_body
 
     pipeline = load_tiny(TINY_WEIGHTS, text_encoder=False)
     classifier = train_classifier()
@@ -51,7 +52,8 @@ def main() -> None:
             rig = _addon("snapshot").rig_from_armature(obj)
             views = {size: _addon("templates").camera_rig(obj, rig, size) for size in args.sizes}
             rotation = views[args.sizes[0]].rotation  # the upright frame, whatever the size
-            body = model_body(rig, views[args.sizes[0]])  # depends on the frame alone
+            # the rig drawn itself, not as its counterpart: a generator's ceiling on the rig's own maps
+            body = model_body(rig, views[args.sizes[0]], replace(TINY, retargets=False))  # the frame alone counts
             creature, counterparts = counterpart(body.rig, rotation)
             truths = [(motion, counterpart_truth(body.rig, creature, counterparts, motion, seed, FRAMES, rotation))
                       for motion in bench.motions for seed in range(args.seeds)]

@@ -115,6 +115,7 @@ def test_a_rigify_human_keys_the_bones_the_model_leaves_out_at_rest_and_says_whi
     summary = bpy.context.window_manager.animax_state.summary
     held = {"shoulder.L", "shoulder.R", "toe.L", "toe.R"}
     assert "held at rest" in summary and all(name in summary for name in held), summary
+    assert "moving as the model's biped does" in summary  # its training counterpart, whose maps the preview shows
     got = keys(action, obj)
     for frame in range(1, 10):
         bpy.context.scene.frame_set(frame)

@@ -2,6 +2,7 @@
 gives the pose maps back exactly (a stand-in pipeline returns known videos; no model runs)."""
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +14,7 @@ from animax_addon.core.protocol import MessageType
 from backend.data.rig_world import FAMILIES
 from animax_addon.core.client import result_arrays
 from backend.evaluation.bench_generate import main, submit_message
-from backend.model import samplers
+from backend.model import TINY, samplers
 from backend.model.loading import build_tiny_pipeline, save_tiny
 from backend.model.samplers import use_fast_sampler
 from backend.worker.jobs import run_job
@@ -31,7 +32,7 @@ class KnownVideos:
 
 
 def test_request_round_trips_through_the_worker_job(tmp_path):
-    rig = FAMILIES["lamp"](np.random.default_rng(0)).rig
+    rig = FAMILIES["lamp"](np.random.default_rng(500)).rig  # a lamp no reference creature is
     cameras = make_camera_rig(*rig.bounding_sphere(), 32)
     (tmp_path / "rig.json").write_text(json.dumps(rig.to_dict()))
     (tmp_path / "cameras.json").write_text(json.dumps(cameras.to_dict()))
@@ -43,14 +44,19 @@ def test_request_round_trips_through_the_worker_job(tmp_path):
            "options": {"steps": 3, "guidance": 3.0, "frames": 5, "fps": 24.0, "outputs": ["pose"], "seed": 1,
                        "variations": 1}}
     videos = rng.integers(0, 255, (1, 4, 5, 32, 32, 3), dtype=np.uint8)  # one variation
-    pipeline = KnownVideos(videos)
-    result = run_job(pipeline, submit_message(tmp_path, job), lambda *_: None, lambda: False)
-    assert result.type == MessageType.RESULT, result.body
-    (arrays,) = result_arrays(result)
-    assert np.array_equal(arrays["pose_video"], videos[0])
-    (call,) = pipeline.calls
-    assert call["prompt"] == "the lamp nods" and call["num_inference_steps"] == 3 and call["num_frames"] == 5
-    assert np.array_equal(call["rgb_templates"], templates)
+    library = replace(TINY, retargets=False)  # a model shown the rig itself, with the request's templates
+    for preset in (library, TINY):
+        pipeline = KnownVideos(videos)
+        result = run_job(pipeline, submit_message(tmp_path, job), lambda *_: None, lambda: False, preset)
+        assert result.type == MessageType.RESULT, result.body
+        (arrays,) = result_arrays(result)
+        assert np.array_equal(arrays["pose_video"], videos[0])
+        (call,) = pipeline.calls
+        assert call["prompt"] == "the lamp nods" and call["num_inference_steps"] == 3 and call["num_frames"] == 5
+        shown_itself = np.array_equal(call["rgb_templates"], templates)
+        assert shown_itself == (preset is library)  # else the counterpart lamp, as training renders it
+        assert np.allclose(call["cameras"].center, cameras.center) == (preset is library)  # framing its own sphere
+        assert result.body["diagnostics"]["drawn_as"] == (None if preset is library else "lamp")
 
 
 def write_lamp_request(out, size):

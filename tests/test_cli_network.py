@@ -77,6 +77,7 @@ def test_generate_writes_the_result(worker, inputs, capsys):
         assert result["pose_video"].shape == result["rgb_video"].shape == (4, FRAMES, SIZE, SIZE, 3)
         assert list(result["bone_names"]) == rig.bone_names and list(result["joint_names"]) == rig.joint_names
         assert float(result["fps"]) == 24.0 and str(result["prompt"]) == "the arm waves"
+        assert str(result["drawn_as"]) in TINY.families  # the embedded preset animates the rig's counterpart
         # the quaternions are unit quaternions
         np.testing.assert_allclose(np.linalg.norm(result["rotations"], axis=-1), 1.0, atol=1e-4)
 

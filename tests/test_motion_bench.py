@@ -2,6 +2,7 @@
 
 import argparse
 import importlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -107,7 +108,8 @@ def test_replayed_videos_are_read_in_the_colours_of_the_model_that_drew_them(tmp
     from animax_addon.core.cameras import make_camera_rig
     from animax_addon.core.pose_maps import render_pose_maps
     from backend.data.rig_world import FAMILIES
-    from backend.worker.jobs import model_body
+    from backend.model.presets import TINY
+    from backend.worker.model_body import model_body
 
     monkeypatch.setattr(motion_bench, "_addon", lambda name: importlib.import_module(f"animax_addon.{name}"))
     bench, obj = bench_rig_in_scene("procedural:laptop")
@@ -118,7 +120,7 @@ def test_replayed_videos_are_read_in_the_colours_of_the_model_that_drew_them(tmp
     sphere = motion_bench._addon("templates").framing_sphere(obj, rig, frame.rotation)
     cameras = make_camera_rig(*sphere, 64, rotation=frame.rotation)
     every = tuple(FAMILIES)
-    body = model_body(rig, cameras, every)
+    body = model_body(rig, cameras, replace(TINY, families=every))
     source = bench.creature.rig
     _, joints = forward_kinematics(source, *MOTIONS["open"](bench.creature, np.random.default_rng(0), 17, FPS))
     joints = joints[:, [source.joint_names.index(name) for name in body.rig.joint_names]]

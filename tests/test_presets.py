@@ -123,6 +123,22 @@ def test_tiny_records_the_families_it_was_trained_on_for_its_joint_colours(tiny,
             tiny_preset(tmp_path / "every")
 
 
+def test_tiny_records_whether_it_knows_procedural_creatures_alone(tiny, tmp_path):
+    """A model trained on procedural creatures animates rigs through their counterpart creature; one
+    trained on a library of rigged assets is shown the rigs themselves."""
+    pipe, directory = tiny
+    assert tiny_preset(directory).retargets and tiny_preset(TINY_WEIGHTS).retargets
+    save_tiny(pipe, tmp_path / "library", procedural=False)
+    assert not tiny_preset(tmp_path / "library").retargets
+    meta = tmp_path / "library" / "animax.json"
+    written = json.loads(meta.read_text())
+    meta.write_text(json.dumps({k: v for k, v in written.items() if k != "procedural"}))
+    assert tiny_preset(tmp_path / "library").retargets  # written when every model was procedural
+    meta.write_text(json.dumps({**written, "procedural": "no"}))
+    with pytest.raises(WeightsError, match="expected procedural"):
+        tiny_preset(tmp_path / "library")
+
+
 def test_build_tiny_pipeline_is_seeded_and_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     state = torch.get_rng_state()

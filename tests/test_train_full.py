@@ -272,12 +272,14 @@ def test_tiny_trains_on_from_a_kept_transformer(dataset, kept_model, tmp_path):
 
 def test_tiny_trains_a_kept_model_on_other_families_and_view_size_and_records_them(dataset, kept_model, tmp_path):
     assert tiny_preset(kept_model).size == 32  # the dataset's own size
+    assert not tiny_preset(kept_model).retargets  # trained on a library: shown the rigs themselves
     source = ["--vae-from", str(kept_model), "--transformer-from", str(kept_model), "--no-pooled-text"]
     out = tmp_path / "larger"
     train.main(["run", "--out", str(out), *source, "--samples", "3", "--size", "48", "--families", "laptop,lamp",
                 *STEPS])
     record = train.recorded_runs(out)[-1]
     assert record["finished"] and record["data"]["size"] == 48 and tiny_preset(out / "model").size == 48
+    assert tiny_preset(out / "model").retargets  # procedural creatures alone
     assert set(record["data"]["families"]) <= {"laptop", "lamp"}
     with pytest.raises(SystemExit, match="--families: .*a --dataset keeps its own"):
         train.main(["run", "--out", str(tmp_path / "families"), *source, "--dataset", str(dataset[0]),

@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     from backend.model.samplers import use_fast_sampler
     from backend.worker.jobs import run_job
 
+    from .motion_bench import video_fields
+
     model = args.model or TINY_WEIGHTS
     pipeline = load_tiny(model, text_encoder=args.text_cache is None).to(args.device)
     preset = tiny_preset(model)
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(folder / "rig.json", target.with_name("rig.json"))  # what the videos were made for
             (arrays,) = result_arrays(result)  # jobs.json asks for one variation a job
-            np.savez_compressed(target, pose=arrays["pose_video"], families=np.array(preset.families))
+            np.savez_compressed(target, pose=arrays["pose_video"], **video_fields(preset))
             key = f"{folder.name}/{job['video']}"
             seconds[key] = dict(result.body["diagnostics"]["seconds"], total=time.perf_counter() - start)
             print(f"{key}: " + ", ".join(f"{stage} {t:.1f} s" for stage, t in seconds[key].items()), flush=True)

@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -167,14 +168,29 @@ def generated_pose_video(bpy, views: int = 4) -> np.ndarray:
     return untile_views(grid, views)
 
 
+def video_fields(preset) -> dict:
+    """What ``replay`` needs to know of the model that drew a saved video, saved beside it."""
+    return dict(families=np.array(preset.families), retargets=preset.retargets)
+
+
+def video_preset(data):
+    """The tiny preset of the model that drew a saved video (``video_fields``): the training families
+    whose colours it drew the rig in (absent: those of the first models) and whether it drew the rig's
+    counterpart creature (absent: it drew the rig, as the first models did)."""
+    from backend.model.presets import TINY
+
+    families = tuple(data["families"]) if "families" in data else TINY.families
+    return replace(TINY, families=families, retargets=bool(data["retargets"]) if "retargets" in data else False)
+
+
 def replay(bpy, obj, rig, sphere, path: Path, prompt: str, rotation=None):
     """Key saved pose maps on ``obj`` as Animate would have: the worker's reconstruction at the
     scene's frame rate (cameras around ``sphere``, ``templates.framing_sphere``'s, in the upright
     frame ``rotation``, ``snapshot.upright_frame``'s), then the add-on's Action writer; returns the
     Action."""
     from animax_addon.core.cameras import make_camera_rig
-    from backend.data.rig_world import TRAIN_FAMILIES
-    from backend.worker.jobs import model_body, scene_motion
+    from backend.worker.jobs import scene_motion
+    from backend.worker.model_body import model_body
 
     if not path.is_file():
         raise BenchError(f"--videos has no {path}; give the folder of a run of the same rigs, motions and seeds")
@@ -184,10 +200,9 @@ def replay(bpy, obj, rig, sphere, path: Path, prompt: str, rotation=None):
                          f"'{obj.name}' now (bone choice or rest changed); generate them again")
     with np.load(path) as data:
         pose = data["pose"]
-        # The training families of the model that drew them, whose colours it drew the rig in.
-        families = tuple(data["families"]) if "families" in data else TRAIN_FAMILIES
+        preset = video_preset(data)
     cameras = make_camera_rig(*sphere, pose.shape[2], rotation=rotation)
-    _, rotations, root_translation = scene_motion(rig, cameras, pose, SCENE_FPS, model_body(rig, cameras, families))
+    _, rotations, root_translation = scene_motion(rig, cameras, pose, SCENE_FPS, model_body(rig, cameras, preset))
     return _addon("action").write_action(obj, f"AnimaX {prompt}"[:56], rig.bone_names, rotations,
                                          rig.bones[rig.roots[0]].name, root_translation,
                                          frame_start=bpy.context.scene.frame_start)
@@ -370,7 +385,7 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
         return predict(classifier, resample_positions(joints, SCENE_FPS, MODEL_FPS)[:FRAMES], rig)
 
     truths, runs, motions, rows, films = {}, [], {}, [], []
-    families = np.array(tiny_preset(TINY_WEIGHTS).families)  # the live worker's model's, saved with its videos
+    fields = video_fields(tiny_preset(TINY_WEIGHTS))  # the live worker's model's, saved with its videos
     # A still rig read as each prompted motion: the classifier's chance level on this rig's shape.
     still = classify(np.repeat(rest[None], duration, axis=0))
     frame = _addon("snapshot").upright_frame(obj)
@@ -398,7 +413,7 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
                     return {"rig": bench_rig.name, "group": bench_rig.group, "refused": str(exc)}
                 action = obj.animation_data.action
                 (out / "videos" / video_path).parent.mkdir(parents=True, exist_ok=True)
-                np.savez_compressed(out / "videos" / video_path, pose=generated_pose_video(bpy), families=families)
+                np.savez_compressed(out / "videos" / video_path, pose=generated_pose_video(bpy), **fields)
                 (out / "videos" / video_path).with_name("rig.json").write_text(json.dumps(rig.to_dict()))
             rotations, joints = read_motion(bpy, obj, rig, action_frames(action))
             run = dict(motion_scores(rotations, joints, rest, SCENE_FPS), motion=motion, prompt=text, seed=seed,

@@ -31,6 +31,10 @@ class Preset:
     # The procedural families it was trained on: a user's rig is drawn in the colours of its best
     # counterpart among their creatures (backend.data.joint_colours).
     families: tuple[str, ...] = TRAIN_FAMILIES
+    # Whether every rig is animated as its training counterpart creature, the motion retargeted onto
+    # it (backend.worker.model_body): a model trained on procedural creatures alone draws those far
+    # better than a rig it never saw (docs/quality.md).
+    retargets: bool = False
 
 
 def is_view_size(size) -> bool:
@@ -39,7 +43,8 @@ def is_view_size(size) -> bool:
     return isinstance(size, int) and size >= 16 and size % 16 == 0
 
 
-TINY = Preset("tiny", size=64, num_frames=17, num_inference_steps=20, guidance_scale=3.0, max_sequence_length=32)
+TINY = Preset("tiny", size=64, num_frames=17, num_inference_steps=20, guidance_scale=3.0, max_sequence_length=32,
+              retargets=True)
 FULL = Preset("full", size=480, num_frames=81, num_inference_steps=50, guidance_scale=3.0, max_sequence_length=512)
 PRESETS = {preset.name: preset for preset in (TINY, FULL)}
 

@@ -373,7 +373,7 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
     if PartialState().is_main_process:
         save_tiny(AnimaXPipeline(None, None, vae.cpu().eval(), transformer.cpu().eval(),
                                  make_scheduler(), TINY.max_sequence_length, args.text_guidance_scale),
-                  out / "model", size=size, families=families)
+                  out / "model", size=size, families=families, procedural=not args.dataset)
     return finished
 
 

@@ -10,25 +10,22 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
 from animax_addon.core.cameras import CameraRig
-from animax_addon.core.pose_maps import render_pose_maps
 from animax_addon.core.protocol import (
     ErrorCode, Limits, Message, MessageType, ProtocolError, array_blob, blob_png, error_message, png_blob, png_size,
 )
 from animax_addon.core.request import Request
 from animax_addon.core.rig import Rig, RigError
-from backend.data.joint_colours import joint_colours, training_body
 from backend.model import MODEL_FPS, TINY, Preset
 from backend.reconstruction.kinematics import resample
-from backend.reconstruction.reconstruct import GENERATED, reconstruct
 
 from .job_limits import RESULT_ARRAYS, JobInputError, check_job_size
+from .model_body import ModelBody, model_body
 
 Progress = Callable[[str, int, int], None]
 
@@ -78,30 +75,12 @@ def _inputs(submit: Message, preset: Preset, limits: Limits) -> tuple[Request, R
     return request, rig, cameras, np.stack(templates)
 
 
-@dataclass(frozen=True)
-class ModelBody:
-    """What the model is shown of a rig: the bones it animates (``kept``, (B,) bool; the others
-    hold their rest pose), their rig, and the colours its joints are drawn in."""
-
-    kept: np.ndarray
-    rig: Rig
-    colours: np.ndarray
-
-
-def model_body(rig: Rig, cameras: CameraRig, families: tuple[str, ...] = TINY.families) -> ModelBody:
-    """The rig as a model trained on ``families`` knows it: reduced to its training counterpart's
-    bones (``training_body``), each joint in its counterpart's colour (``joint_colours``)."""
-    kept = training_body(rig, cameras.rotation, families)
-    body = rig.subset(kept)
-    return ModelBody(kept, body, joint_colours(body, cameras.rotation, families))
-
-
 def scene_motion(rig: Rig, cameras: CameraRig, pose_videos: np.ndarray, scene_fps: float, body: ModelBody):
-    """The generated pose maps as the Action's keys: the reconstruction of ``body`` (on the
-    model's frames), and the rotations (T, B, 4) of every bone of ``rig`` (those the body leaves
-    out at rest) and the root's translation (T, 3) at the scene's frame rate, so that keys land
-    on whole scene frames; the per-joint diagnostics stay the body's, on the generated frames."""
-    motion = reconstruct(body.rig, cameras, pose_videos, colours=body.colours, **GENERATED)
+    """The generated pose maps as the Action's keys: the body's reconstruction (on the model's
+    frames; ``ModelBody.motion``), and the rotations (T, B, 4) of every bone of ``rig`` (those the
+    body leaves out at rest) and the root's translation (T, 3) at the scene's frame rate, so that
+    keys land on whole scene frames; the per-joint diagnostics stay the body's, on the generated frames."""
+    motion = body.motion(pose_videos, cameras.rotation)
     rotations, locations = resample(motion.rotations, motion.locations, MODEL_FPS, scene_fps)
     every = np.zeros(rotations.shape[:1] + (rig.num_bones, 4))
     every[..., 0] = 1.0
@@ -125,9 +104,8 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
         if "rgb" in request.options.outputs and not _draws_rgb(pipeline):
             raise JobInputError("This worker's model draws the pose maps alone, so it has no RGB video to show: turn "
                                 "off RGB Preview in the AnimaX panel, or use a worker with the full model.")
-        shown = model_body(rig, cameras, preset.families)
-        pose_templates = render_pose_maps(cameras, shown.rig.joints_rest[None], shown.rig.joint_parents,
-                                          shown.colours)[:, 0]
+        shown = model_body(rig, cameras, preset)
+        rgb_templates, pose_templates = shown.templates(rgb_templates)
     except ProtocolError as exc:
         return error_message(exc.code, exc.sentence, job)
     except ValueError as exc:  # JobInputError, and any other refusal of the inputs
@@ -148,7 +126,7 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
     start = time.perf_counter()
     try:
         output = pipeline(
-            prompt=request.prompt, rgb_templates=rgb_templates, pose_templates=pose_templates, cameras=cameras,
+            prompt=request.prompt, rgb_templates=rgb_templates, pose_templates=pose_templates, cameras=shown.cameras,
             num_frames=options.frames, num_inference_steps=total, guidance_scale=options.guidance,
             generator=[torch.Generator().manual_seed(seed) for seed in options.seeds],
             decode_rgb="rgb" in options.outputs, callback_on_step_end=on_step,
@@ -191,6 +169,7 @@ def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[
     seconds["encode"] = time.perf_counter() - start
     views, frames = output.pose_videos.shape[1:3]
     diagnostics = {"seconds": seconds, "views": int(views), "frames": int(frames),
-                   "joint_names": motions[0][0].joint_names, "bone_names": rig.bone_names}
+                   "joint_names": motions[0][0].joint_names, "bone_names": rig.bone_names,
+                   "drawn_as": None if shown.creature is None else shown.creature.family}
     return Message(MessageType.RESULT, job, {"variations": count, "arrays": arrays, "videos": videos,
                                              "diagnostics": diagnostics}, tuple(blobs))

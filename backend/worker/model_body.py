@@ -1,0 +1,79 @@
+"""What the model is shown of a rig, and how what it draws becomes the rig's motion.
+
+A rig is first reduced to the bones the model can animate (``joint_colours.training_body``: the
+bones its training creatures have). A model trained on procedural creatures alone (a preset that
+``retargets``, as the embedded one) then draws the training creature that body is matched to
+(``joint_colours.counterpart``) exactly as training drew it: capsule renders and pose maps in joint
+order, from cameras around it. The creature's reconstructed motion is carried onto the body
+(``reconstruction.retarget``). Shown the rig itself (the Workbench renders of the user's mesh, its
+joints in their counterparts' colours), the embedded model drew motions that read right far less
+often on Rigify's and glTF rigs, even where the body has a training creature's tree, as Rigify's
+humans do (docs/quality.md). A model trained on a library of rigged assets draws the rig itself,
+with the request's templates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from animax_addon.core.cameras import CameraRig, make_camera_rig
+from animax_addon.core.pose_maps import palette, render_pose_maps
+from animax_addon.core.rig import Rig
+from backend.data.joint_colours import counterpart, joint_colours, training_body
+from backend.data.render import appearance, render_rgb
+from backend.data.rig_world import Creature
+from backend.model import TINY, Preset
+from backend.reconstruction.reconstruct import GENERATED, Reconstruction, reconstruct
+from backend.reconstruction.retarget import retarget_motion
+
+
+@dataclass(frozen=True)
+class ModelBody:
+    """A rig as the model is shown it.
+
+    ``kept`` (B,) bool: the rig's bones it animates (the others hold their rest pose); ``rig``:
+    those bones (the body). What the model draws: the body itself, or ``creature``, its training
+    counterpart (``counterparts``: the creature's joint for each of the body's, -1 for none); in
+    either case ``drawn`` is that rig, ``cameras`` the views it is drawn from and ``colours`` the
+    colour each of its joints is drawn in."""
+
+    kept: np.ndarray
+    rig: Rig
+    drawn: Rig
+    cameras: CameraRig
+    colours: np.ndarray
+    creature: Creature | None = None
+    counterparts: np.ndarray | None = None
+
+    def templates(self, rgb_templates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The RGB and pose-map templates (V, H, W, 3) of the drawn rig at rest: the request's RGB
+        renders of the rig (``rgb_templates``), or the creature's as training renders it."""
+        rest, parents = self.drawn.joints_rest[None], self.drawn.joint_parents
+        if self.creature is not None:
+            # the look training gives every creature of the first appearance seed
+            looks, radii = appearance(self.drawn.joints_rest, parents, np.random.default_rng(0))
+            rgb_templates = render_rgb(self.cameras, rest, parents, looks, radii)[:, 0]
+        return rgb_templates, render_pose_maps(self.cameras, rest, parents, self.colours)[:, 0]
+
+    def motion(self, pose_videos: np.ndarray, rotation: np.ndarray | None) -> Reconstruction:
+        """The body's motion in generated pose maps (V, T, H, W, 3) of the drawn rig, as the worker
+        reconstructs them (``GENERATED``); ``rotation``: the rig's upright frame (the request cameras')."""
+        motion = reconstruct(self.drawn, self.cameras, pose_videos, colours=self.colours, **GENERATED)
+        if self.creature is None:
+            return motion
+        return retarget_motion(self.rig, motion, self.drawn, self.counterparts, rotation, GENERATED["rest_prior"])
+
+
+def model_body(rig: Rig, cameras: CameraRig, preset: Preset = TINY) -> ModelBody:
+    """``rig`` as a model of ``preset`` is shown it, from the request's ``cameras`` (see ``ModelBody``)."""
+    families = preset.families
+    kept = training_body(rig, cameras.rotation, families)
+    body = rig.subset(kept)
+    if not preset.retargets:
+        return ModelBody(kept, body, body, cameras, joint_colours(body, cameras.rotation, families))
+    creature, counterparts = counterpart(body, cameras.rotation, families)
+    drawn = creature.rig  # training creatures stand upright in their own space
+    views = make_camera_rig(*drawn.bounding_sphere(), cameras.width)
+    return ModelBody(kept, body, drawn, views, palette(drawn.num_joints), creature, counterparts)
