@@ -1,24 +1,24 @@
-"""What a perfect generator would read as on rigs the rig world did not make: each rig's true
-motions, carried over from its training counterpart, read by the action classifier as they are and
-after a round trip through the shipped VAE at one or more view sizes.
+"""What a perfect generator would read as on rigs the rig world did not make, through the worker's
+path: each rig's training counterpart drawn as the model draws it, its true motions passed through
+the shipped VAE at one or more view sizes, reconstructed and carried onto the rig as the worker does.
 
     .venv/bin/python benchmarks/rig_ceiling.py [--rigs rigify,gltf] [--sizes 64 96] [--seeds 2]
 
 For each ``animax motion-bench`` rig (built in Blender, the extension installed headless) the
-worker's body (``model_body``: the bones the model animates, in their colours) plays every
-motion the benchmark prompts it with: the true motion of its training counterpart
-(``joint_colours.counterpart``) carried onto it (``evaluation.counterpart_truth``), 17 frames at 16 fps,
-seeds 0 to ``--seeds`` - 1. Each is read by the classifier of ``animax motion-bench`` as it is (the
-classifier's ceiling on that rig), then drawn as the worker draws pose maps, encoded and decoded by
-the shipped VAE and reconstructed as generated maps are (the ceiling of any generator that decodes
-with that VAE). Prints a Markdown table: reads right per rig and size, with the reconstruction's
-mean joint confidence.
+worker's view of it (``model_body``: the bones the model animates, and the training creature it
+draws for them) plays every motion the benchmark prompts it with: the counterpart creature's true
+motion, 17 frames at 16 fps, seeds 0 to ``--seeds`` - 1. Each is read by the classifier of
+``animax motion-bench`` on the rig's body, carried onto it as it is
+(``counterpart_truth.counterpart_motion``: the classifier's ceiling on that rig), then drawn as
+the worker has the model draw the creature, encoded and decoded by the shipped VAE, and turned into
+the body's motion as generated maps are (``ModelBody.motion``): the ceiling of any generator that
+decodes with that VAE. Prints a Markdown table: reads right per rig and size, with the
+reconstruction's mean joint confidence.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 import numpy as np
 
@@ -31,15 +31,15 @@ def main() -> None:
     args = parser.parse_args()
 
     from animax_addon.core.pose_maps import render_pose_maps
-    from backend.data.joint_colours import counterpart
+    from backend.data.motions import FPS, MOTIONS
     from backend.demo import installed_extension
     from backend.evaluation.classifier import FRAMES, predict, train_classifier
+    from backend.evaluation.counterpart_truth import counterpart_motion
     from backend.evaluation.evaluate import vae_round_trip
     from backend.evaluation.motion_bench import _addon, _empty_scene, select_rigs
-    from backend.evaluation.counterpart_truth import counterpart_truth
     from backend.model.loading import load_tiny
-    from backend.model.presets import TINY, TINY_WEIGHTS
-    from backend.reconstruction.reconstruct import GENERATED, reconstruct
+    from backend.model.presets import TINY_WEIGHTS
+    from backend.reconstruction.kinematics import forward_kinematics
     from backend.worker.model_body import model_body
 
     pipeline = load_tiny(TINY_WEIGHTS, text_encoder=False)
@@ -50,28 +50,27 @@ def main() -> None:
             _empty_scene(bpy)
             obj = bench.build(bpy)
             rig = _addon("snapshot").rig_from_armature(obj)
-            views = {size: _addon("templates").camera_rig(obj, rig, size) for size in args.sizes}
-            rotation = views[args.sizes[0]].rotation  # the upright frame, whatever the size
-            # the rig drawn itself, not as its counterpart: a generator's ceiling on the rig's own maps
-            body = model_body(rig, views[args.sizes[0]], replace(TINY, retargets=False))  # the frame alone counts
-            creature, counterparts = counterpart(body.rig, rotation)
-            truths = [(motion, counterpart_truth(body.rig, creature, counterparts, motion, seed, FRAMES, rotation))
-                      for motion in bench.motions for seed in range(args.seeds)]
-            truth_reads = sum(predict(classifier, truth, body.rig) == motion for motion, truth in truths)
+            bodies = [model_body(rig, _addon("templates").camera_rig(obj, rig, size)) for size in args.sizes]
+            body, rotation = bodies[0], bodies[0].cameras.rotation  # the same bones and creature at every size
+            creature, runs = body.creature, [(m, s) for m in bench.motions for s in range(args.seeds)]
+            truth_reads = sum(predict(classifier, counterpart_motion(body.rig, creature, body.counterparts, motion,
+                                                                     seed, FRAMES, rotation).joints, body.rig) == motion
+                              for motion, seed in runs)
             cells = []
-            for cameras in views.values():
+            for sized in bodies:
                 right, confidence = 0, []
-                for motion, truth in truths:
-                    maps = render_pose_maps(cameras, truth, body.rig.joint_parents, body.colours)
-                    result = reconstruct(body.rig, cameras, vae_round_trip(pipeline, maps), colours=body.colours,
-                                         **GENERATED)
+                for motion, seed in runs:
+                    rotations, locations = MOTIONS[motion](creature, np.random.default_rng(seed), FRAMES, FPS)
+                    joints = forward_kinematics(creature.rig, rotations, locations)[1]
+                    maps = render_pose_maps(sized.cameras, joints, creature.rig.joint_parents, sized.colours)
+                    result = sized.motion(vae_round_trip(pipeline, maps), rotation)
                     right += predict(classifier, result.joints, body.rig) == motion
                     confidence.append(float(np.mean(result.confidence)))
                 cells.append((right, float(np.mean(confidence))))
-            rows.append((bench, creature.family, len(bench.motions) * args.seeds, truth_reads, cells))
+            rows.append((bench, creature.family, len(runs), truth_reads, cells))
 
-    print(f"True motions of each rig's training counterpart, {args.seeds} seeds a motion: read right as they are, "
-          "and through the shipped VAE (mean joint confidence)\n")
+    print(f"True motions of each rig's training counterpart, {args.seeds} seeds a motion, carried onto the rig: read "
+          "right as they are, and through the shipped VAE and the worker's reconstruction (mean joint confidence)\n")
     print("| rig | counterpart | runs | as they are | " + " | ".join(f"through the VAE, {s} px" for s in args.sizes)
           + " |")
     print("| --- | --- | ---: | ---: |" + " ---: |" * len(args.sizes))

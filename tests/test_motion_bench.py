@@ -50,6 +50,30 @@ def test_truth_keyed_and_read_back_is_the_procedural_motion():
     assert dots.min() > 1 - 1e-6
 
 
+def test_a_rigify_rigs_truth_is_its_counterparts_motion_carried_onto_its_body():
+    from animax_addon.core.cameras import make_camera_rig
+    from backend.evaluation.counterpart_truth import counterpart_truth
+    from backend.reconstruction.kinematics import resample_positions
+    from backend.worker.model_body import model_body
+
+    bench, obj = bench_rig_in_scene("rigify:basic_human")
+    rig = rig_from_armature(obj)
+    cameras = make_camera_rig(*rig.bounding_sphere(), 64)
+    action = motion_bench.key_counterpart_truth(bpy, obj, rig, cameras, "jump", 17, write_action)
+    _, joints = motion_bench.read_motion(bpy, obj, rig, motion_bench.action_frames(action))
+    assert joints.shape == (25, rig.num_joints, 3)  # one second at the scene's 24 fps
+    body = model_body(rig, cameras)
+    truth = counterpart_truth(body.rig, body.creature, body.counterparts, "jump", 0, 17, cameras.rotation)
+    shared = [name for name in body.rig.joint_names if name in rig.joint_names]
+    assert len(shared) > 15
+    keyed = resample_positions(joints, motion_bench.SCENE_FPS, FPS)[:17][:, [rig.joint_names.index(n) for n in shared]]
+    wanted = truth[:, [body.rig.joint_names.index(n) for n in shared]]
+    radius = rig.bounding_sphere()[1]
+    assert np.linalg.norm(keyed - wanted, axis=-1).max() < 0.03 * radius
+    lift = (joints[:, :, 2].min(axis=1).max() - joints[0, :, 2].min()) / np.ptp(joints[0, :, 2])
+    assert lift > 0.08  # the counterpart's jump: the whole body leaves the ground
+
+
 @pytest.mark.parametrize("which", ["basic_human", "basic_quadruped"])
 def test_metarig_and_its_gltf_round_trip_are_skinned_rigs_the_add_on_takes(which):
     bpy.ops.wm.read_factory_settings(use_empty=True)

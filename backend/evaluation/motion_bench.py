@@ -8,8 +8,9 @@ with the embedded model. For each rig of ``bench_rigs`` (procedural creatures of
 Rigify metarigs, glTF round trips), each of its motions and each seed, it presses Animate and
 reads the written Action back from Blender frame by frame (the rotations the pose bones carry, the
 joints where Blender puts them), then scores it (``motion_metrics``) against the truth (the
-procedural motion of that label on that rig, keyed by the add-on's own Action writer and read back
-the same way) and against the goals of docs/quality.md. Contact sheets of every Action, rendered
+procedural motion of that label on that rig, or on a Rigify or glTF rig its training counterpart's
+carried onto it as the worker carries a generated one; keyed by the add-on's own Action writer and
+read back the same way) and against the goals of docs/quality.md. Contact sheets of every Action, rendered
 by Blender, go beside the numbers; ``--gifs`` adds a GIF of every run's Action as Blender plays
 it. Every generated pose-map video is kept, so that ``--videos`` scores them again without the
 model; ``--requests`` writes what Animate would send instead, for ``bench_generate`` on a machine
@@ -85,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(bench_generate --model; default the tiny preset's)")
     parser.add_argument("--gifs", action="store_true",
                         help="also write OUT/gifs/RIG_MOTION_seedS.gif per run: every scene frame of its Action as "
-                             "the contact sheets render it, the truth beside it on procedural rigs")
+                             "the contact sheets render it, the truth beside it")
 
 
 def select_rigs(spec: str) -> list:
@@ -166,6 +167,25 @@ def generated_pose_video(bpy, views: int = 4) -> np.ndarray:
     paths = sorted(first.parent.glob(f"*{first.suffix}"))[: image["animax_frames"]]
     grid = np.stack([np.array(Image.open(path).convert("RGB")) for path in paths])
     return untile_views(grid, views)
+
+
+def key_counterpart_truth(bpy, obj, rig, cameras, motion: str, frames: int, write_action):
+    """For a rig the rig world did not make: the procedural motion ``motion`` of its training
+    counterpart, carried onto the body the embedded model animates as the worker carries a generated
+    one (``counterpart_truth.counterpart_motion``), keyed by ``write_action`` at the scene's frame
+    rate; returns the Action. ``cameras``: the request's (their upright frame counts)."""
+    from backend.model.loading import tiny_preset
+    from backend.model.presets import TINY_WEIGHTS
+    from backend.worker.jobs import scene_keys
+    from backend.worker.model_body import model_body
+
+    from .counterpart_truth import counterpart_motion
+
+    body = model_body(rig, cameras, replace(tiny_preset(TINY_WEIGHTS), retargets=True))
+    truth = counterpart_motion(body.rig, body.creature, body.counterparts, motion, 0, frames, cameras.rotation)
+    rotations, root_translation = scene_keys(rig, truth, body.kept, SCENE_FPS)
+    return write_action(obj, f"truth {motion}", rig.bone_names, rotations, rig.bones[rig.roots[0]].name,
+                        root_translation, frame_start=bpy.context.scene.frame_start)
 
 
 def video_fields(preset) -> dict:
@@ -357,10 +377,11 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
     """Every motion and seed of one rig: the scored runs, the truth's scores, the prompt effect;
     with ``gifs``, a GIF per run (its Action, the truth's beside it). ``requests`` writes what Animate
     would send a worker instead, templates of ``size`` px (default the tiny preset's)."""
+    from animax_addon.core.cameras import make_camera_rig
     from backend.demo import DemoError, animate
     from backend.model import MODEL_FPS
     from backend.model.loading import tiny_preset
-    from backend.model.presets import TINY_WEIGHTS
+    from backend.model.presets import TINY, TINY_WEIGHTS
     from backend.reconstruction.kinematics import resample_positions
 
     from .classifier import FRAMES, predict
@@ -389,16 +410,19 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
     # A still rig read as each prompted motion: the classifier's chance level on this rig's shape.
     still = classify(np.repeat(rest[None], duration, axis=0))
     frame = _addon("snapshot").upright_frame(obj)
-    sphere = _addon("templates").framing_sphere(obj, rig, frame.rotation) if videos is not None else None  # once
+    sphere = _addon("templates").framing_sphere(obj, rig, frame.rotation)  # once
+    cameras = make_camera_rig(*sphere, TINY.size, rotation=frame.rotation)  # the request's frame, for the truth
+    write_action = _addon("action").write_action
     for motion in bench_rig.motions:
-        truth_panel = []
         if bench_rig.creature is not None:
-            action = key_truth(bpy, obj, bench_rig, motion, FRAMES, _addon("action").write_action)
-            rotations, joints = read_motion(bpy, obj, rig, action_frames(action))
-            truths[motion] = dict(motion_scores(rotations, joints, rest, SCENE_FPS), read_as=classify(joints))
-            truths[motion]["joints"] = joints
-            rows.append((f"truth: {motion}", action))
-            truth_panel = [(f"truth: {motion}", action)]
+            action = key_truth(bpy, obj, bench_rig, motion, FRAMES, write_action)
+        else:  # Rigify's and glTF rigs: their counterpart's, carried onto them as the worker carries it
+            action = key_counterpart_truth(bpy, obj, rig, cameras, motion, FRAMES, write_action)
+        rotations, joints = read_motion(bpy, obj, rig, action_frames(action))
+        truths[motion] = dict(motion_scores(rotations, joints, rest, SCENE_FPS), read_as=classify(joints))
+        truths[motion]["joints"] = joints
+        rows.append((f"truth: {motion}", action))
+        truth_panel = [(f"truth: {motion}", action)]
         for seed in seeds:
             text = bench_rig.prompt(motion)
             video_path = Path(_folder(bench_rig)) / video_name(motion, seed)
@@ -418,12 +442,11 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
             rotations, joints = read_motion(bpy, obj, rig, action_frames(action))
             run = dict(motion_scores(rotations, joints, rest, SCENE_FPS), motion=motion, prompt=text, seed=seed,
                        seconds=seconds, read_as=classify(joints), still_read_as=still)
-            if motion in truths:
-                truth = truths[motion]
-                if truth["acceleration_deg_s2"] >= STILL_BONES_DEG_S2:
-                    run["jitter"] = run["acceleration_deg_s2"] / truth["acceleration_deg_s2"]
-                    run["range_vs_truth"] = run["range_deg"] / truth["range_deg"]
-                run["distance_to_truth"] = motion_distance(joints, truth["joints"], rest)
+            truth = truths[motion]
+            if truth["acceleration_deg_s2"] >= STILL_BONES_DEG_S2:
+                run["jitter"] = run["acceleration_deg_s2"] / truth["acceleration_deg_s2"]
+                run["range_vs_truth"] = run["range_deg"] / truth["range_deg"]
+            run["distance_to_truth"] = motion_distance(joints, truth["joints"], rest)
             motions[text, seed] = joints
             runs.append(run)
             rows.append((f"{text} / seed {seed}: read as {run['read_as']}", action))

@@ -23,6 +23,7 @@ from animax_addon.core.request import Request
 from animax_addon.core.rig import Rig, RigError
 from backend.model import MODEL_FPS, TINY, Preset
 from backend.reconstruction.kinematics import resample
+from backend.reconstruction.reconstruct import Reconstruction
 
 from .job_limits import RESULT_ARRAYS, JobInputError, check_job_size
 from .model_body import ModelBody, model_body
@@ -77,15 +78,20 @@ def _inputs(submit: Message, preset: Preset, limits: Limits) -> tuple[Request, R
 
 def scene_motion(rig: Rig, cameras: CameraRig, pose_videos: np.ndarray, scene_fps: float, body: ModelBody):
     """The generated pose maps as the Action's keys: the body's reconstruction (on the model's
-    frames; ``ModelBody.motion``), and the rotations (T, B, 4) of every bone of ``rig`` (those the
-    body leaves out at rest) and the root's translation (T, 3) at the scene's frame rate, so that
-    keys land on whole scene frames; the per-joint diagnostics stay the body's, on the generated frames."""
+    frames; ``ModelBody.motion``) and its ``scene_keys``."""
     motion = body.motion(pose_videos, cameras.rotation)
+    return motion, *scene_keys(rig, motion, body.kept, scene_fps)
+
+
+def scene_keys(rig: Rig, motion: Reconstruction, kept: np.ndarray, scene_fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """The rotations (T, B, 4) of every bone of ``rig`` (those of ``motion``, the body's ``kept``
+    bones; the others at rest) and the root's translation (T, 3), at the scene's frame rate so that
+    keys land on whole scene frames."""
     rotations, locations = resample(motion.rotations, motion.locations, MODEL_FPS, scene_fps)
     every = np.zeros(rotations.shape[:1] + (rig.num_bones, 4))
     every[..., 0] = 1.0
-    every[:, body.kept] = rotations
-    return motion, every, locations[:, motion.root]
+    every[:, kept] = rotations
+    return every, locations[:, motion.root]
 
 
 def run_job(pipeline, submit: Message, progress: Progress, cancelled: Callable[[], bool],
