@@ -32,7 +32,7 @@ class KnownVideos:
 
 
 def test_request_round_trips_through_the_worker_job(tmp_path):
-    rig = FAMILIES["lamp"](np.random.default_rng(500)).rig  # a lamp no reference creature is
+    rig = FAMILIES["laptop"](np.random.default_rng(500)).rig  # a family the embedded model was not trained on
     cameras = make_camera_rig(*rig.bounding_sphere(), 32)
     (tmp_path / "rig.json").write_text(json.dumps(rig.to_dict()))
     (tmp_path / "cameras.json").write_text(json.dumps(cameras.to_dict()))
@@ -40,7 +40,7 @@ def test_request_round_trips_through_the_worker_job(tmp_path):
     templates = rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
     for v, image in enumerate(templates):
         Image.fromarray(image).save(tmp_path / f"template_{v}.png")
-    job = {"video": "nod_seed1.npz", "prompt": "the lamp nods",
+    job = {"video": "open_seed1.npz", "prompt": "the laptop opens",
            "options": {"steps": 3, "guidance": 3.0, "frames": 5, "fps": 24.0, "outputs": ["pose"], "seed": 1,
                        "variations": 1}}
     videos = rng.integers(0, 255, (1, 4, 5, 32, 32, 3), dtype=np.uint8)  # one variation
@@ -52,11 +52,11 @@ def test_request_round_trips_through_the_worker_job(tmp_path):
         (arrays,) = result_arrays(result)
         assert np.array_equal(arrays["pose_video"], videos[0])
         (call,) = pipeline.calls
-        assert call["prompt"] == "the lamp nods" and call["num_inference_steps"] == 3 and call["num_frames"] == 5
+        assert call["prompt"] == "the laptop opens" and call["num_inference_steps"] == 3 and call["num_frames"] == 5
         shown_itself = np.array_equal(call["rgb_templates"], templates)
-        assert shown_itself == (preset is library)  # else the counterpart lamp, as training renders it
+        assert shown_itself == (preset is library)  # else its counterpart creature, as training renders it
         assert np.allclose(call["cameras"].center, cameras.center) == (preset is library)  # framing its own sphere
-        assert result.body["diagnostics"]["drawn_as"] == (None if preset is library else "lamp")
+        assert (result.body["diagnostics"]["drawn_as"] is None) == (preset is library)
 
 
 def write_lamp_request(out, size):

@@ -42,13 +42,31 @@ def test_a_model_trained_on_a_library_is_shown_the_rig_itself_with_the_requests_
                                                          palette(rig.num_joints))[:, 0])
 
 
-def test_a_training_creatures_counterpart_is_a_creature_of_its_kind_joint_for_joint():
-    creature = FAMILIES["quadruped"](np.random.default_rng(500))
-    rig = turned(creature.rig)
+def long_legged(rig: Rig) -> Rig:
+    """``rig``, a biped, with legs twice as long below the hips."""
+    hips = min(b.head[2] for b in rig.bones if b.name.startswith("thigh"))
+
+    def down(point):
+        return (point[0], point[1], hips - 2 * (hips - point[2]))
+
+    return Rig([Bone(b.name, b.parent, *((down(b.head), down(b.tail)) if b.name.startswith(("thigh", "shin", "foot"))
+                                           else (b.head, b.tail))) for b in rig.bones])
+
+
+def test_a_training_creature_is_drawn_itself_and_one_of_other_proportions_as_its_counterpart():
+    biped = FAMILIES["biped"](np.random.default_rng(500)).rig
+    rig = turned(biped)
+    cameras = request_cameras(rig)
+    body = model_body(rig, cameras)
+    assert body.creature is None and body.kept.all() and body.drawn is body.rig and body.cameras is cameras
+    mine = np.zeros((4, SIZE, SIZE, 3), dtype=np.uint8)
+    assert body.templates(mine)[0] is mine
+    # the biped's tree, but legs no biped the model was trained on has
+    rig = turned(long_legged(biped))
     body = model_body(rig, request_cameras(rig))
-    assert body.kept.all() and body.creature.family == "quadruped"
+    assert body.kept.all() and body.creature.family == "biped"
     names = body.creature.rig.joint_names
-    assert [names[j] for j in body.counterparts] == list(rig.joint_names)
+    assert [names[j] for j in body.counterparts] == list(rig.joint_names)  # joint for joint
 
 
 def test_another_rig_is_drawn_as_its_counterpart_creature_as_training_draws_it():

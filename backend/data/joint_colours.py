@@ -137,6 +137,31 @@ def counterpart(rig: Rig, rotation: np.ndarray | None = None,
     return FAMILIES[family](np.random.default_rng(seed)), joints
 
 
+@lru_cache(maxsize=16)
+def _spread(family: str, families: tuple[str, ...]) -> float:
+    """The largest mean matching cost (``_best``) of ``family``'s creatures of seeds no reference is
+    drawn from: how far from every reference a creature of the family may be."""
+    costs = []
+    for seed in range(REFERENCE_SEEDS, 2 * REFERENCE_SEEDS):
+        rig = FAMILIES[family](np.random.default_rng(seed)).rig
+        costs.append(_best(_normalised(rig), _shape(rig.joint_parents), families)[0])
+    return max(costs)
+
+
+def is_training_creature(rig: Rig, rotation: np.ndarray | None = None,
+                         families: tuple[str, ...] = TRAIN_FAMILIES) -> bool:
+    """Whether matching cannot tell ``rig`` from a creature of ``families``: its joint tree is one of
+    theirs (whatever the order of its joints), and it fits the nearest reference no worse than that
+    family's own creatures do; arguments as for :func:`match`. A procedural biped is one; Rigify's
+    humans, of the biped's tree once reduced (:func:`training_body`), are not: their proportions and
+    rest pose lie outside what the model was trained on."""
+    shape = _shape(rig.joint_parents)
+    if not any(reference[2] == shape for reference in _references(tuple(families))):
+        return False
+    score, family, _, _ = _assignment(rig, rotation, families)
+    return score <= _spread(family, tuple(families))
+
+
 def _mirrors(heads: np.ndarray, tails: np.ndarray, midline: float) -> np.ndarray:
     """(B,) each bone's mirror image across the plane x = 0 (-1 for none, and for bones on the
     plane), from upright rest positions."""

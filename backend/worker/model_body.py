@@ -1,15 +1,19 @@
 """What the model is shown of a rig, and how what it draws becomes the rig's motion.
 
 A rig is first reduced to the bones the model can animate (``joint_colours.training_body``: the
-bones its training creatures have). A model trained on procedural creatures alone (a preset that
-``retargets``, as the embedded one) then draws the training creature that body is matched to
-(``joint_colours.counterpart``) exactly as training drew it: capsule renders and pose maps in joint
-order, from cameras around it. The creature's reconstructed motion is carried onto the body
-(``reconstruction.retarget``). Shown the rig itself (the Workbench renders of the user's mesh, its
-joints in their counterparts' colours), the embedded model drew motions that read right far less
-often on Rigify's and glTF rigs, even where the body has a training creature's tree, as Rigify's
-humans do (docs/quality.md). A model trained on a library of rigged assets draws the rig itself,
-with the request's templates.
+bones its training creatures have). Where that body is, as far as matching can tell, one of the
+model's training creatures (``joint_colours.is_training_creature``: a training tree of training
+proportions, as the procedural creatures are), the model draws it itself from the request's
+cameras, with the request's templates, each joint in its counterpart's colour. Any other body
+(Rigify's and glTF characters, humans included, whose reduced body has the biped's tree but not its
+proportions), where the preset ``retargets`` (a model trained on procedural creatures alone, as the
+embedded one), is animated as the training creature it is matched to (``joint_colours.counterpart``):
+the model draws that creature exactly as training drew it (capsule renders and pose maps in joint
+order, from cameras around it), and the creature's reconstructed motion is carried onto the body
+(``reconstruction.retarget``). On the benchmark's Rigify and glTF humans that reads right 32 of 36
+times against 19 drawn themselves; on procedural rigs drawing the counterpart loses (the robot arm
+5 of 8 against 8; docs/quality.md). A model trained on a library of rigged assets is shown every rig
+itself.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 from animax_addon.core.cameras import CameraRig, make_camera_rig
 from animax_addon.core.pose_maps import palette, render_pose_maps
 from animax_addon.core.rig import Rig
-from backend.data.joint_colours import counterpart, joint_colours, training_body
+from backend.data.joint_colours import counterpart, is_training_creature, joint_colours, training_body
 from backend.data.render import appearance, render_rgb
 from backend.data.rig_world import Creature
 from backend.model import TINY, Preset
@@ -71,7 +75,7 @@ def model_body(rig: Rig, cameras: CameraRig, preset: Preset = TINY) -> ModelBody
     families = preset.families
     kept = training_body(rig, cameras.rotation, families)
     body = rig.subset(kept)
-    if not preset.retargets:
+    if not preset.retargets or is_training_creature(body, cameras.rotation, families):
         return ModelBody(kept, body, body, cameras, joint_colours(body, cameras.rotation, families))
     creature, counterparts = counterpart(body, cameras.rotation, families)
     drawn = creature.rig  # training creatures stand upright in their own space
