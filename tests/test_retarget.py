@@ -80,3 +80,27 @@ def test_a_reconstruction_is_carried_onto_the_rig_by_its_bones():
     toe_bones = [target.bone_names.index(name) for name in ("toe0", "toe1")]
     turn = 2 * np.degrees(np.arccos(np.clip(np.abs(carried.rotations[:, toe_bones, 0]), 0, 1)))
     assert turn.max() < 2.0
+
+
+def test_a_carried_motion_is_low_passed_when_asked():
+    """``rotation_smoothing`` calms the rig's bones as ``reconstruct``'s does the creature's."""
+    from scipy.spatial.transform import Rotation
+
+    from backend.evaluation.motion_metrics import angular_acceleration
+
+    creature = FAMILIES["quadruped"](np.random.default_rng(4))
+    target = FAMILIES["quadruped"](np.random.default_rng(5)).rig
+    _, counterparts = counterpart(target)
+    rotations, locations = MOTIONS["walk"](creature, np.random.default_rng(0), 17, FPS)
+    shake = Rotation.from_rotvec(np.random.default_rng(2).normal(0, 0.08, (rotations[..., 0].size, 3)))
+    shaken = (Rotation.from_quat(rotations.reshape(-1, 4), scalar_first=True) * shake).as_quat(
+        scalar_first=True).reshape(rotations.shape)
+    joints = forward_kinematics(creature.rig, shaken, locations)[1]
+    frames, count = joints.shape[:2]
+    motion = Reconstruction(joints, shaken, locations, np.ones((frames, count)), np.zeros((frames, count)), joints,
+                            np.zeros((4, frames, count, 2)), list(creature.rig.joint_names),
+                            creature.rig.bone_names, int(creature.rig.roots[0]))
+    raw = retarget_motion(target, motion, creature.rig, counterparts)
+    calm = retarget_motion(target, motion, creature.rig, counterparts, rotation_smoothing=1.0)
+    assert angular_acceleration(calm.rotations, FPS) < 0.6 * angular_acceleration(raw.rotations, FPS)
+    np.testing.assert_allclose(np.linalg.norm(calm.rotations, axis=-1), 1.0, atol=1e-9)

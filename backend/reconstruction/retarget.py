@@ -16,10 +16,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from animax_addon.core.rig import Rig, tree_depths
 
-from .kinematics import forward_kinematics, inverse_kinematics, shortest_arc
+from .kinematics import forward_kinematics, inverse_kinematics, shortest_arc, smooth_rotations
 from .reconstruct import Reconstruction
 
 
@@ -60,17 +61,22 @@ def retarget(rig: Rig, source_rotations: np.ndarray, source_locations: np.ndarra
 
 
 def retarget_motion(rig: Rig, motion: Reconstruction, source: Rig, counterparts: np.ndarray,
-                    rotation: np.ndarray | None = None, rest_prior: float = 0.0) -> Reconstruction:
+                    rotation: np.ndarray | None = None, rest_prior: float = 0.0,
+                    rotation_smoothing: float = 0.0) -> Reconstruction:
     """The reconstruction ``motion`` of ``source`` carried onto ``rig`` (arguments as for
     :func:`retarget`): its joints retargeted, the rig's bones posed to them by inverse kinematics,
     and each joint's confidence and reprojection error those of its counterpart (0 and NaN where it
-    has none, so that ``rest_prior`` holds such a bone at its rest below its parent)."""
+    has none, so that ``rest_prior`` holds such a bone at its rest below its parent);
+    ``rotation_smoothing`` low-passes the rig's rotations and root locations as ``reconstruct`` does."""
     targets = retarget(rig, motion.rotations, motion.locations, source, counterparts, rotation)
     has = counterparts >= 0
     confidence = np.where(has, motion.confidence[:, np.maximum(counterparts, 0)], 0.0)
     error = np.where(has, motion.reprojection_error[:, np.maximum(counterparts, 0)], np.nan)
     weights = np.broadcast_to(has.astype(np.float64), confidence.shape)
     rotations, locations = inverse_kinematics(rig, targets, weights, rest_prior, widen_thin_targets=True)
+    if rotation_smoothing > 0:
+        rotations = smooth_rotations(rotations, rotation_smoothing)
+        locations = gaussian_filter1d(locations, rotation_smoothing, axis=0, mode="nearest")
     _, posed = forward_kinematics(rig, rotations, locations)
     unseen = np.full(motion.detected.shape[:2] + (rig.num_joints, 2), np.nan)  # no view saw the rig itself
     return replace(motion, joints=posed, rotations=rotations, locations=locations, confidence=confidence,
