@@ -10,7 +10,7 @@ proportions), where the preset ``retargets`` (a model trained on procedural crea
 embedded one), is animated as the training creature it is matched to (``joint_colours.counterpart``):
 the model draws that creature exactly as training drew it (capsule renders and pose maps in joint
 order, from cameras around it), and the creature's reconstructed motion is carried onto the body
-(``reconstruction.retarget``). On the benchmark's Rigify and glTF humans that reads right 32 of 36
+(``reconstruction.retarget``). On the benchmark's Rigify and glTF humans that reads right 30 of 36
 times against 19 drawn themselves; on procedural rigs drawing the counterpart loses (the robot arm
 5 of 8 against 8; docs/quality.md). A model trained on a library of rigged assets is shown every rig
 itself.
