@@ -31,9 +31,9 @@ class Preset:
     # The procedural families it was trained on: a user's rig is drawn in the colours of its best
     # counterpart among their creatures (backend.data.joint_colours).
     families: tuple[str, ...] = TRAIN_FAMILIES
-    # Whether every rig is animated as its training counterpart creature, the motion retargeted onto
-    # it (backend.worker.model_body): a model trained on procedural creatures alone draws those far
-    # better than a rig it never saw (docs/quality.md).
+    # Whether a rig that is not one of its training creatures is animated as its counterpart creature,
+    # the motion retargeted onto it (backend.worker.model_body): a model trained on procedural
+    # creatures alone draws those far better than a rig it never saw (docs/quality.md).
     retargets: bool = False
 
 
