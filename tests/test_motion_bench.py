@@ -59,10 +59,10 @@ def test_a_rigify_rigs_truth_is_its_counterparts_motion_carried_onto_its_body():
     bench, obj = bench_rig_in_scene("rigify:basic_human")
     rig = rig_from_armature(obj)
     cameras = make_camera_rig(*rig.bounding_sphere(), 64)
-    action = motion_bench.key_counterpart_truth(bpy, obj, rig, cameras, "jump", 17, write_action)
+    body = model_body(rig, cameras)
+    action = motion_bench.key_counterpart_truth(bpy, obj, rig, body, cameras.rotation, "jump", 17, write_action)
     _, joints = motion_bench.read_motion(bpy, obj, rig, motion_bench.action_frames(action))
     assert joints.shape == (25, rig.num_joints, 3)  # one second at the scene's 24 fps
-    body = model_body(rig, cameras)
     truth = counterpart_truth(body.rig, body.creature, body.counterparts, "jump", 0, 17, cameras.rotation)
     shared = [name for name in body.rig.joint_names if name in rig.joint_names]
     assert len(shared) > 15

@@ -89,6 +89,11 @@ def _references(families: tuple[str, ...]) -> tuple[tuple[str, int, str, np.ndar
     return tuple(references)
 
 
+def _is_training_tree(shape: str, families: tuple[str, ...]) -> bool:
+    """Whether a joint tree of ``shape`` (``_shape``) is that of a creature of ``families``."""
+    return any(reference[2] == shape for reference in _references(tuple(families)))
+
+
 def _best(features: np.ndarray, shape: str,
           families: tuple[str, ...]) -> tuple[float, str, int, np.ndarray, np.ndarray]:
     """The reference of ``families`` that fits joints of ``features`` best: (mean cost, family, seed,
@@ -155,8 +160,7 @@ def is_training_creature(rig: Rig, rotation: np.ndarray | None = None,
     family's own creatures do; arguments as for :func:`match`. A procedural biped is one; Rigify's
     humans, of the biped's tree once reduced (:func:`training_body`), are not: their proportions and
     rest pose lie outside what the model was trained on."""
-    shape = _shape(rig.joint_parents)
-    if not any(reference[2] == shape for reference in _references(tuple(families))):
+    if not _is_training_tree(_shape(rig.joint_parents), families):
         return False
     score, family, _, _ = _assignment(rig, rotation, families)
     return score <= _spread(family, tuple(families))
@@ -200,8 +204,7 @@ def training_body(rig: Rig, rotation: np.ndarray | None = None,
     a bone inside a chain on the midline, or a limb's root that starts on the midline. A rig of
     a training creature's tree is kept whole. ``rotation``, ``families``: as for :func:`match`."""
     kept = np.ones(rig.num_bones, dtype=bool)
-    shape = _shape(rig.joint_parents)
-    if any(r[2] == shape for r in _references(tuple(families))):
+    if _is_training_tree(_shape(rig.joint_parents), families):
         return kept
     centre, radius = rig.bounding_sphere(rotation)
     frame = np.eye(3) if rotation is None else rotation

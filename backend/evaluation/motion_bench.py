@@ -169,20 +169,17 @@ def generated_pose_video(bpy, views: int = 4) -> np.ndarray:
     return untile_views(grid, views)
 
 
-def key_counterpart_truth(bpy, obj, rig, cameras, motion: str, frames: int, write_action):
+def key_counterpart_truth(bpy, obj, rig, body, rotation, motion: str, frames: int, write_action):
     """For a rig the rig world did not make: the procedural motion ``motion`` of its training
-    counterpart, carried onto the body the embedded model animates as the worker carries a generated
-    one (``counterpart_truth.counterpart_motion``), keyed by ``write_action`` at the scene's frame
-    rate; returns the Action. ``cameras``: the request's (their upright frame counts)."""
-    from backend.model.loading import tiny_preset
-    from backend.model.presets import TINY_WEIGHTS
+    counterpart, carried onto ``body`` (the ``model_body`` a retargeting worker animates) as the
+    worker carries a generated one (``counterpart_truth.counterpart_motion``), keyed by
+    ``write_action`` at the scene's frame rate; returns the Action. ``rotation``: the rig's upright
+    frame, as the request's cameras have it."""
     from backend.worker.jobs import scene_keys
-    from backend.worker.model_body import model_body
 
     from .counterpart_truth import counterpart_motion
 
-    body = model_body(rig, cameras, replace(tiny_preset(TINY_WEIGHTS), retargets=True))
-    truth = counterpart_motion(body.rig, body.creature, body.counterparts, motion, 0, frames, cameras.rotation)
+    truth = counterpart_motion(body.rig, body.creature, body.counterparts, motion, 0, frames, rotation)
     rotations, root_translation = scene_keys(rig, truth, body.kept, SCENE_FPS)
     return write_action(obj, f"truth {motion}", rig.bone_names, rotations, rig.bones[rig.roots[0]].name,
                         root_translation, frame_start=bpy.context.scene.frame_start)
@@ -381,8 +378,9 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
     from backend.demo import DemoError, animate
     from backend.model import MODEL_FPS
     from backend.model.loading import tiny_preset
-    from backend.model.presets import TINY, TINY_WEIGHTS
+    from backend.model.presets import TINY_WEIGHTS
     from backend.reconstruction.kinematics import resample_positions
+    from backend.worker.model_body import model_body
 
     from .classifier import FRAMES, predict
     from .motion_metrics import motion_distance, motion_scores, prompt_and_seed_effect
@@ -406,18 +404,21 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
         return predict(classifier, resample_positions(joints, SCENE_FPS, MODEL_FPS)[:FRAMES], rig)
 
     truths, runs, motions, rows, films = {}, [], {}, [], []
-    fields = video_fields(tiny_preset(TINY_WEIGHTS))  # the live worker's model's, saved with its videos
+    preset = tiny_preset(TINY_WEIGHTS)
+    fields = video_fields(preset)  # the live worker's model's, saved with its videos
     # A still rig read as each prompted motion: the classifier's chance level on this rig's shape.
     still = classify(np.repeat(rest[None], duration, axis=0))
     frame = _addon("snapshot").upright_frame(obj)
     sphere = _addon("templates").framing_sphere(obj, rig, frame.rotation)  # once
-    cameras = make_camera_rig(*sphere, TINY.size, rotation=frame.rotation)  # the request's frame, for the truth
     write_action = _addon("action").write_action
+    if bench_rig.creature is None:  # Rigify's and glTF rigs: the truth of the body a retargeting worker animates
+        cameras = make_camera_rig(*sphere, preset.size, rotation=frame.rotation)
+        body = model_body(rig, cameras, replace(preset, retargets=True))
     for motion in bench_rig.motions:
         if bench_rig.creature is not None:
             action = key_truth(bpy, obj, bench_rig, motion, FRAMES, write_action)
-        else:  # Rigify's and glTF rigs: their counterpart's, carried onto them as the worker carries it
-            action = key_counterpart_truth(bpy, obj, rig, cameras, motion, FRAMES, write_action)
+        else:  # their counterpart's motion, carried onto them as the worker carries it
+            action = key_counterpart_truth(bpy, obj, rig, body, frame.rotation, motion, FRAMES, write_action)
         rotations, joints = read_motion(bpy, obj, rig, action_frames(action))
         truths[motion] = dict(motion_scores(rotations, joints, rest, SCENE_FPS), read_as=classify(joints))
         truths[motion]["joints"] = joints
