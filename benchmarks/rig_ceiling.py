@@ -2,7 +2,7 @@
 path: each rig's training counterpart drawn as the model draws it, its true motions passed through
 the shipped VAE at one or more view sizes, reconstructed and carried onto the rig as the worker does.
 
-    .venv/bin/python benchmarks/rig_ceiling.py [--rigs rigify,gltf] [--sizes 64 96] [--seeds 2]
+    .venv/bin/python benchmarks/rig_ceiling.py [--rigs rigify,gltf] [--sizes 64 96] [--seeds 2] [--cast]
 
 For each ``animax motion-bench`` rig (built in Blender, the extension installed headless) the
 worker's view of it (``model_body``: the bones the model animates, and the training creature it
@@ -12,7 +12,8 @@ motion, 17 frames at 16 fps, seeds 0 to ``--seeds`` - 1. Each is read by the cla
 (``counterpart_truth.counterpart_motion``: the classifier's ceiling on that rig), then drawn as
 the worker has the model draw the creature, encoded and decoded by the shipped VAE, and turned into
 the body's motion as generated maps are (``ModelBody.motion``): the ceiling of any generator that
-decodes with that VAE. Prints a Markdown table: reads right per rig and size, with the
+decodes with that VAE. ``--cast``: the counterpart a model trained on its cast draws (a cast member,
+``joint_colours.cast``), not the nearest reference. Prints a Markdown table: reads right per rig and size, with the
 reconstruction's mean joint confidence.
 """
 
@@ -28,7 +29,10 @@ def main() -> None:
     parser.add_argument("--rigs", default="rigify,gltf", help="rig groups or names, as motion-bench's")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64], help="view sizes in pixels (default 64)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds of each motion (default 2)")
+    parser.add_argument("--cast", action="store_true", help="draw each rig as a member of the cast")
     args = parser.parse_args()
+
+    from dataclasses import replace
 
     from animax_addon.core.pose_maps import render_pose_maps
     from backend.data.motions import FPS, MOTIONS
@@ -38,7 +42,7 @@ def main() -> None:
     from backend.evaluation.evaluate import vae_round_trip
     from backend.evaluation.motion_bench import _addon, _empty_scene, select_rigs
     from backend.model.loading import load_tiny
-    from backend.model.presets import TINY_WEIGHTS
+    from backend.model.presets import TINY, TINY_WEIGHTS
     from backend.reconstruction.kinematics import forward_kinematics
     from backend.worker.model_body import model_body
 
@@ -50,7 +54,8 @@ def main() -> None:
             _empty_scene(bpy)
             obj = bench.build(bpy)
             rig = _addon("snapshot").rig_from_armature(obj)
-            bodies = [model_body(rig, _addon("templates").camera_rig(obj, rig, size)) for size in args.sizes]
+            bodies = [model_body(rig, _addon("templates").camera_rig(obj, rig, size), replace(TINY, cast=args.cast))
+                      for size in args.sizes]
             body, rotation = bodies[0], bodies[0].cameras.rotation  # the same bones and creature at every size
             creature, runs = body.creature, [(m, s) for m in bench.motions for s in range(args.seeds)]
             truth_reads = sum(predict(classifier, counterpart_motion(body.rig, creature, body.counterparts, motion,

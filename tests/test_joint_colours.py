@@ -7,7 +7,8 @@ from scipy.spatial.transform import Rotation
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.pose_maps import palette, render_pose_maps
 from animax_addon.core.rig import Bone, Rig
-from backend.data.joint_colours import joint_colours, match, training_body
+from backend.data.dataset import draw_clip
+from backend.data.joint_colours import REFERENCE_SEEDS, _shape, cast, counterpart, joint_colours, match, training_body
 from backend.data.rig_world import FAMILIES, TRAIN_FAMILIES
 from backend.reconstruction.reconstruct import reconstruct
 
@@ -163,3 +164,24 @@ def test_a_family_drawn_as_its_own_kind_once_the_model_was_trained_on_it():
     assert family == "laptop" and score < match(rig)[2]
     assert (joint_colours(rig, families=every) == palette(rig.num_joints)).all()
     assert training_body(rig, families=every).all()
+
+
+def test_the_cast_has_one_creature_of_each_tree_a_family_draws_and_training_draws_it_by_share():
+    members = cast(TRAIN_FAMILIES)
+    trees = {(f, _shape(FAMILIES[f](np.random.default_rng(s)).rig.joint_parents)) for f in TRAIN_FAMILIES
+             for s in range(REFERENCE_SEEDS)}
+    cast_trees = [(f, _shape(FAMILIES[f](np.random.default_rng(s)).rig.joint_parents)) for f, s in members]
+    assert sorted(cast_trees) == sorted(trees)  # one each
+    rests = {f: [FAMILIES[f](np.random.default_rng(s)).rig.joints_rest for g, s in members if g == f]
+             for f in TRAIN_FAMILIES}
+
+    def in_cast(creature) -> bool:
+        return any(np.array_equal(creature.rig.joints_rest, rest) for rest in rests[creature.family])
+
+    drawn = [draw_clip(seed, 16, 3, None, None, False, 0.5)["clip"].creature for seed in range(60)]
+    assert 15 <= sum(map(in_cast, drawn)) <= 45
+    assert all(in_cast(draw_clip(seed, 16, 3, None, None, False, 1.0)["clip"].creature) for seed in range(10))
+    # a rig outside the references is matched to the cast member of its family that fits it best
+    rig = FAMILIES["quadruped"](np.random.default_rng(700)).rig
+    creature, joints = counterpart(rig, cast_only=True)
+    assert creature.family == "quadruped" and in_cast(creature) and (joints >= 0).any()

@@ -9,8 +9,11 @@ from scipy.spatial.transform import Rotation
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.pose_maps import palette, render_pose_maps
 from animax_addon.core.rig import Bone, Rig
+from backend.data.dataset import draw_clip
+from backend.data.joint_colours import cast
 from backend.data.motions import FPS, MOTIONS
-from backend.data.rig_world import FAMILIES
+from backend.data.render import render_rgb
+from backend.data.rig_world import FAMILIES, TRAIN_FAMILIES
 from backend.evaluation.counterpart_truth import counterpart_truth
 from backend.model import TINY
 from backend.reconstruction.kinematics import forward_kinematics
@@ -107,3 +110,33 @@ def test_the_counterparts_motion_is_keyed_on_the_rig():
     error = np.linalg.norm(keyed - truth, axis=-1).mean() / radius
     still = np.linalg.norm(body.rig.joints_rest[None] - truth, axis=-1).mean() / radius
     assert error < 0.08 and error < still / 4
+
+
+
+def test_a_model_trained_on_its_cast_draws_even_its_own_kind_of_creature_as_a_cast_member():
+    rig = turned(FAMILIES["quadruped"](np.random.default_rng(500)).rig)  # drawn itself without a cast
+    cameras = request_cameras(rig)
+    assert model_body(rig, cameras).creature is None
+    body = model_body(rig, cameras, replace(TINY, cast=True))
+    rests = [FAMILIES[f](np.random.default_rng(s)).rig.joints_rest for f, s in cast(TRAIN_FAMILIES) if f == "quadruped"]
+    assert body.creature.family == "quadruped"
+    assert any(np.array_equal(body.drawn.joints_rest, rest) for rest in rests)
+
+
+def test_a_model_trained_on_its_cast_draws_a_rig_as_the_cast_member_training_showed_it():
+    """With ``Preset.cast`` the counterpart is a member of the cast, and the templates the worker shows
+    the model are exactly the rest frames of that member's training clips (``draw_clip``'s)."""
+    rig = turned(long_legged(FAMILIES["biped"](np.random.default_rng(500)).rig))
+    body = model_body(rig, request_cameras(rig), replace(TINY, cast=True))
+    members = {seed: FAMILIES["biped"](np.random.default_rng(seed)).rig for family, seed in cast(TRAIN_FAMILIES)
+               if family == "biped"}
+    drawn = body.creature.rig.joints_rest
+    assert body.creature.family == "biped" and any(np.array_equal(drawn, m.joints_rest) for m in members.values())
+    assert (body.counterparts >= 0).all()
+    item = next(item for item in (draw_clip(s, SIZE, 3, ["biped"], None, False, 1.0) for s in range(50))
+                if np.array_equal(item["clip"].creature.rig.joints_rest, drawn))
+    parents = body.creature.rig.joint_parents
+    rgb, pose = body.templates(np.zeros((4, SIZE, SIZE, 3), np.uint8))
+    np.testing.assert_array_equal(rgb, render_rgb(item["cameras"], drawn[None], parents, item["colours"],
+                                                  item["radii"])[:, 0])
+    np.testing.assert_array_equal(pose, item["pose_rest"])

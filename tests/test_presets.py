@@ -139,6 +139,18 @@ def test_tiny_records_whether_it_knows_procedural_creatures_alone(tiny, tmp_path
         tiny_preset(tmp_path / "library")
 
 
+def test_tiny_records_whether_it_trained_on_its_cast(tiny, tmp_path):
+    pipe, directory = tiny
+    assert not tiny_preset(directory).cast  # absent: trained before the cast existed
+    assert tiny_preset(TINY_WEIGHTS).cast  # the shipped model's last stage drew half its clips from the cast
+    save_tiny(pipe, tmp_path / "cast", cast=True)
+    assert tiny_preset(tmp_path / "cast").cast
+    meta = tmp_path / "cast" / "animax.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "cast": 1}))
+    with pytest.raises(WeightsError, match="expected cast"):
+        tiny_preset(tmp_path / "cast")
+
+
 def test_build_tiny_pipeline_is_seeded_and_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     state = torch.get_rng_state()

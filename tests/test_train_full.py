@@ -281,6 +281,16 @@ def test_tiny_trains_a_kept_model_on_other_families_and_view_size_and_records_th
     assert record["finished"] and record["data"]["size"] == 48 and tiny_preset(out / "model").size == 48
     assert tiny_preset(out / "model").retargets  # procedural creatures alone
     assert set(record["data"]["families"]) <= {"laptop", "lamp"}
+    assert tiny_preset(out / "model").cast  # half its clips from the cast, by default: its worker draws other
+    assert record["settings"]["cast_share"] == 0.5  # rigs as cast members
+    uncast = tmp_path / "uncast"
+    train.main(["run", "--out", str(uncast), *source, "--samples", "3", "--cast-share", "0", *STEPS])
+    assert not tiny_preset(uncast / "model").cast  # the nearest reference, then
+    with pytest.raises(SystemExit, match="--cast-share: .*a --dataset keeps its own"):
+        train.main(["run", "--out", str(tmp_path / "cast_dataset"), *source, "--dataset", str(dataset[0]),
+                    "--cast-share", "0.5", *STEPS])
+    with pytest.raises(SystemExit):  # argparse: not a share
+        train.main(["run", "--out", str(tmp_path / "over"), *source, "--cast-share", "1.5", *STEPS])
     with pytest.raises(SystemExit, match="--families: .*a --dataset keeps its own"):
         train.main(["run", "--out", str(tmp_path / "families"), *source, "--dataset", str(dataset[0]),
                     "--families", "lamp", *STEPS])

@@ -16,7 +16,7 @@ import pytest
 
 from animax_addon.core.client import Client, result_arrays
 from animax_addon.core.protocol import MessageType
-from backend.model.loading import load_tiny
+from backend.model.loading import load_tiny, tiny_preset
 from backend.model.presets import TINY_WEIGHTS
 from backend.worker import command
 from backend.worker.broker import Broker
@@ -73,7 +73,8 @@ def test_split_job_equals_the_one_process_job(split_worker, pipeline, running):
     address, log = split_worker
     seen = len(follower_lines(log))
     results = []
-    for where in (address, running(Standalone(pipeline, "tcp://127.0.0.1:*")).address):
+    one_process = Standalone(pipeline, "tcp://127.0.0.1:*", preset=tiny_preset(TINY_WEIGHTS))  # as animax-worker
+    for where in (address, running(one_process).address):
         with Client(where) as client:
             job = submit(client, steps=3, variations=2)  # a generator each, to every rank
             results.append(result_arrays(until(client, job, MessageType.RESULT)[-1]))

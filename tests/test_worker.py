@@ -714,7 +714,8 @@ def test_fast_flag_switches_the_sampler_and_advertises_its_steps():
 
     from diffusers import UniPCMultistepScheduler
 
-    from backend.model.presets import TINY
+    from backend.model.loading import tiny_preset
+    from backend.model.presets import TINY, TINY_WEIGHTS
     from backend.worker.pipeline_loading import load_pipeline
     from backend.worker.server import preset_body
 
@@ -722,4 +723,4 @@ def test_fast_flag_switches_the_sampler_and_advertises_its_steps():
     assert isinstance(fast.scheduler, UniPCMultistepScheduler) and fast.config.guidance_end == 0.5
     assert preset_body(preset)["steps"] == 10 and preset.size == TINY.size and TINY.num_inference_steps == 20
     plain, preset = load_pipeline(argparse.Namespace(model="tiny", fast=False))
-    assert plain.config.guidance_end == 1.0 and preset == TINY
+    assert plain.config.guidance_end == 1.0 and preset == tiny_preset(TINY_WEIGHTS)  # the shipped model's own

@@ -22,8 +22,10 @@ import torch
 from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.pose_maps import render_pose_maps
 
-from .motions import MOTIONS, play, sample_creature
+from .joint_colours import cast
+from .motions import APPLICABLE, MOTIONS, play, sample_creature
 from .render import appearance, render_capsules, skeleton_capsules, to_uint8
+from .rig_world import FAMILIES, TRAIN_FAMILIES, Creature
 from .variety import varied_rest
 
 DATASET_FORMAT_VERSION = 1
@@ -130,12 +132,27 @@ def _array_shape(path: Path, name: str) -> tuple[int, ...]:
         return header(member)[0]
 
 
-def draw_clip(seed: int, size: int, frames: int, families, motions, rested: bool = False) -> dict:
+def cast_creature(rng, families, motions) -> Creature:
+    """A member of the model's cast (``joint_colours.cast``) of ``families`` that can do one of
+    ``motions``: a family first, as ``sample_creature`` draws one, then one of its members."""
+    members = sorted(cast(tuple(TRAIN_FAMILIES if families is None else families)))
+    allowed = set(MOTIONS if motions is None else motions)
+    able = sorted({family for family, _ in members if allowed & set(APPLICABLE[family])})
+    family = able[int(rng.integers(len(able)))]
+    seeds = [seed for name, seed in members if name == family]
+    return FAMILIES[family](np.random.default_rng(seeds[int(rng.integers(len(seeds)))]))
+
+
+def draw_clip(seed: int, size: int, frames: int, families, motions, rested: bool = False,
+              cast_share: float = 0.0) -> dict:
     """One clip with its cameras, pose maps and look: a training sample before its RGB is rendered
     (runs in a worker process), and a held-out evaluation clip (``evaluation.evaluate.draw_item``).
-    ``rested``: the creature is first re-rested in a pose of its own (``variety.varied_rest``)."""
+    ``rested``: the creature is first re-rested in a pose of its own (``variety.varied_rest``).
+    ``cast_share``: the share of clips whose creature is a member of the cast, in the look the worker
+    draws it in (``worker.model_body``); at 0 no draw is spent on it, so older clips stay as they were."""
     rng = np.random.default_rng(seed)
-    creature = sample_creature(rng, families, motions)
+    in_cast = cast_share > 0 and rng.random() < cast_share
+    creature = cast_creature(rng, families, motions) if in_cast else sample_creature(rng, families, motions)
     if rested:
         rng.random()  # the draw that once chose which rigs to re-rest: the split keeps the clips it was scored on
         creature = varied_rest(creature, rng, frames)
@@ -143,7 +160,8 @@ def draw_clip(seed: int, size: int, frames: int, families, motions, rested: bool
     rig = clip.creature.rig
     center, radius = rig.bounding_sphere()
     cameras = make_camera_rig(center, radius, size)
-    colours, radii = appearance(rig.joints_rest, rig.joint_parents, rng)
+    # the cast in the look of the first appearance seed, as the worker shows it
+    colours, radii = appearance(rig.joints_rest, rig.joint_parents, np.random.default_rng(0) if in_cast else rng)
     return dict(
         clip=clip, cameras=cameras, colours=colours, radii=radii,
         pose=render_pose_maps(cameras, clip.joints, rig.joint_parents),
@@ -152,13 +170,14 @@ def draw_clip(seed: int, size: int, frames: int, families, motions, rested: bool
 
 
 def build_samples(count: int, seed: int = 0, size: int = 64, frames: int = 17, families=None, motions=None,
-                  device: str = "cpu", processes: int = 0, render_batch: int = 8) -> Samples:
-    """``count`` samples; sample i depends only on (seed, i), so a dataset can be rebuilt exactly."""
+                  device: str = "cpu", processes: int = 0, render_batch: int = 8, cast_share: float = 0.0) -> Samples:
+    """``count`` samples; sample i depends only on (seed, i), so a dataset can be rebuilt exactly;
+    ``cast_share`` as ``draw_clip`` takes it."""
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     motions = tuple(MOTIONS) if motions is None else tuple(motions)
     seeds = np.random.SeedSequence(seed).generate_state(count, dtype=np.uint64).tolist()
-    args = [(s, size, frames, families, motions) for s in seeds]
+    args = [(s, size, frames, families, motions, False, cast_share) for s in seeds]
     if processes > 1:
         with ProcessPoolExecutor(processes) as pool:
             return _collect(list(pool.map(draw_clip, *zip(*args), chunksize=16)), device, render_batch)

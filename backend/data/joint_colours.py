@@ -94,29 +94,55 @@ def _is_training_tree(shape: str, families: tuple[str, ...]) -> bool:
     return any(reference[2] == shape for reference in _references(tuple(families)))
 
 
-def _best(features: np.ndarray, shape: str,
-          families: tuple[str, ...]) -> tuple[float, str, int, np.ndarray, np.ndarray]:
-    """The reference of ``families`` that fits joints of ``features`` best: (mean cost, family, seed,
-    rows, cols) of the assignment. A training creature's tree, whatever the order of its joints
-    (``shape``), is matched among its kind."""
+def _fit(features: np.ndarray, reference: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean cost and (rows, cols) of the least-cost assignment of joints ``features`` to ``reference``."""
+    cost = cdist(features, reference)
+    rows, cols = linear_sum_assignment(cost)
+    unshared = abs(len(features) - len(reference))
+    return (cost[rows, cols].sum() + UNSHARED_COST * unshared) / max(len(features), len(reference)), rows, cols
+
+
+@lru_cache(maxsize=4)
+def cast(families: tuple[str, ...]) -> frozenset[tuple[str, int]]:
+    """(family, seed) of the model's cast: for each joint tree a family of ``families`` draws, its most
+    typical reference (least mean matching cost to the others of that tree). A model trained with a
+    share of its clips on the cast (``train run --cast-share``) animates every rig it does not know as
+    one of these few creatures, which it has seen do every motion, instead of the nearest of hundreds
+    it saw once each (docs/quality.md)."""
+    members: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {}
+    for family, seed, shape, features in _references(tuple(families)):
+        members.setdefault((family, shape), []).append((seed, features))
+    chosen = set()
+    for (family, _), group in members.items():
+        costs = [sum(_fit(a, b)[0] for _, b in group) for _, a in group]
+        chosen.add((family, group[int(np.argmin(costs))][0]))
+    return frozenset(chosen)
+
+
+def _best(features: np.ndarray, shape: str, families: tuple[str, ...],
+          cast_only: bool = False) -> tuple[float, str, int, np.ndarray, np.ndarray]:
+    """The reference of ``families`` (of their ``cast`` alone with ``cast_only``) that fits joints of
+    ``features`` best: (mean cost, family, seed, rows, cols) of the assignment. A training creature's
+    tree, whatever the order of its joints (``shape``), is matched among its kind."""
     references = _references(tuple(families))
+    if cast_only:
+        members = cast(tuple(families))
+        references = tuple(r for r in references if (r[0], r[1]) in members)
     candidates = [r for r in references if r[2] == shape] or references
     best = None
     for family, seed, _, reference in candidates:
-        cost = cdist(features, reference)
-        rows, cols = linear_sum_assignment(cost)
-        unshared = abs(len(features) - len(reference))
-        score = (cost[rows, cols].sum() + UNSHARED_COST * unshared) / max(len(features), len(reference))
+        score, rows, cols = _fit(features, reference)
         if best is None or score < best[0]:
             best = (float(score), family, seed, rows, cols)
     return best
 
 
-def _assignment(rig: Rig, rotation: np.ndarray | None,
-                families: tuple[str, ...]) -> tuple[float, str, int, np.ndarray]:
-    """(mean cost, family, seed) of the reference that fits ``rig`` best, and for each of the rig's
-    joints the reference's joint it is assigned (-1 for none)."""
-    score, family, seed, rows, cols = _best(_normalised(rig, rotation), _shape(rig.joint_parents), families)
+def _assignment(rig: Rig, rotation: np.ndarray | None, families: tuple[str, ...],
+                cast_only: bool = False) -> tuple[float, str, int, np.ndarray]:
+    """(mean cost, family, seed) of the reference (of the cast with ``cast_only``) that fits ``rig``
+    best, and for each of the rig's joints the reference's joint it is assigned (-1 for none)."""
+    score, family, seed, rows, cols = _best(_normalised(rig, rotation), _shape(rig.joint_parents), families,
+                                            cast_only)
     joints = np.full(rig.num_joints, -1, dtype=np.int64)
     joints[rows] = cols
     return score, family, seed, joints
@@ -133,12 +159,12 @@ def match(rig: Rig, rotation: np.ndarray | None = None,
     return family, index, score
 
 
-def counterpart(rig: Rig, rotation: np.ndarray | None = None,
-                families: tuple[str, ...] = TRAIN_FAMILIES) -> tuple[Creature, np.ndarray]:
-    """The training creature that fits ``rig`` best (what :func:`match` draws it as) and, for each of
-    the rig's joints, the creature's joint it matches (-1 where it has none); arguments as for
-    :func:`match`."""
-    _, family, seed, joints = _assignment(rig, rotation, families)
+def counterpart(rig: Rig, rotation: np.ndarray | None = None, families: tuple[str, ...] = TRAIN_FAMILIES,
+                cast_only: bool = False) -> tuple[Creature, np.ndarray]:
+    """The training creature that fits ``rig`` best (what :func:`match` draws it as; with
+    ``cast_only``, the member of the model's :func:`cast` that does) and, for each of the rig's
+    joints, the creature's joint it matches (-1 where it has none); arguments as for :func:`match`."""
+    _, family, seed, joints = _assignment(rig, rotation, families, cast_only)
     return FAMILIES[family](np.random.default_rng(seed)), joints
 
 

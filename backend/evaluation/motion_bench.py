@@ -187,17 +187,19 @@ def key_counterpart_truth(bpy, obj, rig, body, rotation, motion: str, frames: in
 
 def video_fields(preset) -> dict:
     """What ``replay`` needs to know of the model that drew a saved video, saved beside it."""
-    return dict(families=np.array(preset.families), retargets=preset.retargets)
+    return dict(families=np.array(preset.families), retargets=preset.retargets, cast=preset.cast)
 
 
 def video_preset(data):
     """The tiny preset of the model that drew a saved video (``video_fields``): the training families
-    whose colours it drew the rig in (absent: those of the first models) and whether it drew the rig's
-    counterpart creature (absent: it drew the rig, as the first models did)."""
+    whose colours it drew the rig in (absent: those of the first models), whether it drew the rig's
+    counterpart creature (absent: it drew the rig, as the first models did) and whether that was a
+    member of its cast (absent: the nearest reference)."""
     from backend.model.presets import TINY
 
     families = tuple(data["families"]) if "families" in data else TINY.families
-    return replace(TINY, families=families, retargets=bool(data["retargets"]) if "retargets" in data else False)
+    return replace(TINY, families=families, retargets=bool(data["retargets"]) if "retargets" in data else False,
+                   cast=bool(data["cast"]) if "cast" in data else False)
 
 
 def replay(bpy, obj, rig, sphere, path: Path, prompt: str, rotation=None):
@@ -412,8 +414,14 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
     sphere = _addon("templates").framing_sphere(obj, rig, frame.rotation)  # once
     write_action = _addon("action").write_action
     if bench_rig.creature is None:  # Rigify's and glTF rigs: the truth of the body a retargeting worker animates
+        drawn_by = preset
+        first = None if videos is None else videos / "videos" / _folder(bench_rig) / video_name(bench_rig.motions[0],
+                                                                                               seeds[0])
+        if first is not None and first.is_file():  # the model that drew the saved videos: its cast, say
+            with np.load(first) as data:
+                drawn_by = video_preset(data)
         cameras = make_camera_rig(*sphere, preset.size, rotation=frame.rotation)
-        body = model_body(rig, cameras, replace(preset, retargets=True))
+        body = model_body(rig, cameras, replace(drawn_by, retargets=True))
     for motion in bench_rig.motions:
         if bench_rig.creature is not None:
             action = key_truth(bpy, obj, bench_rig, motion, FRAMES, write_action)

@@ -64,12 +64,15 @@ def build_tiny_pipeline(seed: int = 0) -> AnimaXPipeline:
 
 
 def save_tiny(pipeline: AnimaXPipeline, directory: str | Path, weights_dtype: torch.dtype = torch.float16,
-              size: int = TINY.size, families: tuple[str, ...] = TINY.families, procedural: bool = True) -> None:
+              size: int = TINY.size, families: tuple[str, ...] = TINY.families, procedural: bool = True,
+              cast: bool = False) -> None:
     """Write ``transformer/``, ``vae/``, ``scheduler/`` and ``animax.json`` (no text encoder);
     ``size`` is the view size in pixels the model was trained at, which its worker asks templates of,
     ``families`` the procedural families whose creatures' colours it draws, and ``procedural`` whether
     it was trained on their creatures alone (not on a library of rigged assets), so that its worker
-    animates other rigs through their counterpart creature (``Preset.retargets``).
+    animates other rigs through their counterpart creature (``Preset.retargets``); ``cast``: whether
+    it trained on the cast of those families, the creatures it then animates other rigs as
+    (``Preset.cast``).
 
     The weights are stored in ``weights_dtype``: 16-bit by default, half the bytes of the 20 MB
     budget the shipped model must fit, while :func:`load_tiny` computes in float32 whatever the
@@ -79,16 +82,16 @@ def save_tiny(pipeline: AnimaXPipeline, directory: str | Path, weights_dtype: to
     for name in ("transformer", "vae"):
         getattr(pipeline, name).save_pretrained(directory / name, safe_serialization=True)
         weights = directory / name / DIFFUSERS_WEIGHTS  # cast the file, not the (maybe compiled) model
-        cast = {key: value.to(weights_dtype) for key, value in load_file(weights).items()}
-        outside = [key for key, value in cast.items() if not value.isfinite().all()]
+        stored = {key: value.to(weights_dtype) for key, value in load_file(weights).items()}
+        outside = [key for key, value in stored.items() if not value.isfinite().all()]
         if outside:
             raise ValueError(f"{name} weights {outside} do not fit {weights_dtype}; save with weights_dtype=torch.float32")
-        save_file(cast, weights, metadata={"format": "pt"})
+        save_file(stored, weights, metadata={"format": "pt"})
     pipeline.scheduler.save_pretrained(directory / "scheduler")
     meta = dict(preset=TINY.name, format_version=TINY_FORMAT_VERSION,
                 max_sequence_length=pipeline.config.max_sequence_length,
                 text_guidance_scale=pipeline.config.text_guidance_scale, size=size, families=list(families),
-                procedural=procedural)
+                procedural=procedural, cast=cast)
     (directory / "animax.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -130,20 +133,23 @@ def load_tiny(directory: str | Path, text_encoder: bool = True) -> AnimaXPipelin
 
 
 def tiny_preset(directory: str | Path) -> Preset:
-    """The tiny preset as the model of ``directory`` runs it: the view size, training families and
-    procedural training its ``animax.json`` records (absent: the preset's own, written before others
+    """The tiny preset as the model of ``directory`` runs it: the view size, training families,
+    procedural training and cast its ``animax.json`` records (absent: the preset's own, written before others
     were trained)."""
     meta_path = Path(directory) / "animax.json"
     meta = read_json(meta_path)
     size, families = meta.get("size", TINY.size), meta.get("families", list(TINY.families))
     procedural = meta.get("procedural", TINY.retargets)
+    cast = meta.get("cast", False)  # absent: trained before the cast existed
     if not is_view_size(size):
         raise WeightsError(f"{meta_path}: expected a view size in pixels, a multiple of 16, found {size!r}")
     if not isinstance(families, list) or not families or not set(families) <= set(FAMILIES):
         raise WeightsError(f"{meta_path}: expected families, a list of {', '.join(FAMILIES)}; found {families!r}")
     if not isinstance(procedural, bool):
         raise WeightsError(f"{meta_path}: expected procedural, true or false; found {procedural!r}")
-    return replace(TINY, size=size, families=tuple(families), retargets=procedural)
+    if not isinstance(cast, bool):
+        raise WeightsError(f"{meta_path}: expected cast, true or false; found {cast!r}")
+    return replace(TINY, size=size, families=tuple(families), retargets=procedural, cast=cast)
 
 
 def _tiny_pipeline(transformer, vae, scheduler, max_sequence_length: int,

@@ -35,6 +35,9 @@ class Preset:
     # the motion retargeted onto it (backend.worker.model_body): a model trained on procedural
     # creatures alone draws those far better than a rig it never saw (docs/quality.md).
     retargets: bool = False
+    # Whether it trained on its families' cast (backend.data.joint_colours.cast): a rig it retargets
+    # to is then drawn as the cast member that fits it best, not the nearest of every reference.
+    cast: bool = False
 
 
 def is_view_size(size) -> bool:

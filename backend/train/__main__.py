@@ -212,7 +212,7 @@ def tiny_samples(args, vae, transformer, text_cache: TextCache, device) -> Sampl
     """``--dataset``'s samples (whose captions must be in the text cache) or procedural clips."""
     if not args.dataset:
         return build_samples(args.samples, args.seed, args.size or TINY.size, TINY.num_frames, args.families,
-                             device=str(device), processes=args.processes)
+                             device=str(device), processes=args.processes, cast_share=args.cast_share)
     return tiny_dataset(args, vae, transformer, text_cache).load_all()
 
 
@@ -274,6 +274,18 @@ def families_list(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(f"{','.join(unknown) or 'none given'}: name families of "
                                          f"{','.join(FAMILIES)}")
     return names
+
+
+CAST_SHARE = 0.5
+"""Share of the procedural clips drawn from the cast: the shipped model's last stage."""
+
+
+def share(text: str) -> float:
+    """A share in [0, 1] (``--cast-share``)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: a share between 0 and 1")
+    return value
 
 
 def trained_part(flag: str, model_dir: Path, part: str) -> Path:
@@ -367,13 +379,16 @@ def run_tiny(args, out: Path, device, precision: str, deadline: float, record: d
             data, record["data"] = streamed_latents(out, key, shards, encode, str(args.dataset))
         else:  # procedural clips, built here: a few thousand small ones, held on the device
             key["source"] = dict(procedural=args.samples, seed=args.seed, size=size, families=list(families))
+            if args.cast_share:  # absent at 0, so that latents encoded before the cast existed still fit
+                key["source"]["cast_share"] = args.cast_share
             data, record["data"] = cached_latents(out, key, device, lambda: encoded(samples))
             samples = None  # free the clips (gigabytes) for training
         finished = train_diffusion(transformer, data, args, out, device, deadline, precision, record, losses)
     if PartialState().is_main_process:
         save_tiny(AnimaXPipeline(None, None, vae.cpu().eval(), transformer.cpu().eval(),
                                  make_scheduler(), TINY.max_sequence_length, args.text_guidance_scale),
-                  out / "model", size=size, families=families, procedural=not args.dataset)
+                  out / "model", size=size, families=families, procedural=not args.dataset,
+                  cast=bool(args.cast_share))
     return finished
 
 
@@ -421,6 +436,8 @@ def with_preset_defaults(args: argparse.Namespace) -> argparse.Namespace:
     for key, value in STAGE_DEFAULTS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.cast_share is None:  # the cast is a share of procedural clips
+        args.cast_share = CAST_SHARE if args.preset == "tiny" and not args.dataset else 0.0
     return args
 
 
@@ -454,6 +471,8 @@ def run_main(args) -> bool:
     if args.size is not None and (args.dataset or args.preset != "tiny" or not is_view_size(args.size)):
         raise SystemExit(f"--size {args.size}: the view size of the tiny preset's procedural clips, a multiple of "
                          "16 pixels; a --dataset keeps its own")
+    if args.cast_share and (args.dataset or args.preset != "tiny"):
+        raise SystemExit("--cast-share: a share of the tiny preset's procedural clips; a --dataset keeps its own")
     if args.families and (args.dataset or args.preset != "tiny"):
         raise SystemExit("--families: the procedural families of the tiny preset's clips; a --dataset keeps its own")
     trains_vae = args.preset == "tiny" and not args.vae_from
@@ -595,6 +614,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated procedural families the clips are drawn from (default: "
                            f"{','.join(TRAIN_FAMILIES)}; the others, {','.join(HELDOUT_FAMILIES)}, are held out "
                            "for animax eval's heldout-families split)")
+    tiny.add_argument("--cast-share", type=share,
+                      help="share of the procedural clips whose creature is a member of the model's cast "
+                           f"(joint_colours.cast), drawn as its worker draws it (default {CAST_SHARE}, the shipped "
+                           "model's); a model trained with one animates other rigs through the cast alone")
     tiny.add_argument("--processes", type=int, default=0, help="processes that sample clips and draw pose maps")
     tiny.add_argument("--text-cache", type=Path, default=DEFAULT_TEXT_CACHE)
     tiny.add_argument("--size", type=int,
