@@ -106,9 +106,9 @@ def _fit(features: np.ndarray, reference: np.ndarray) -> tuple[float, np.ndarray
 def cast(families: tuple[str, ...]) -> frozenset[tuple[str, int]]:
     """(family, seed) of the model's cast: for each joint tree a family of ``families`` draws, its most
     typical reference (least mean matching cost to the others of that tree). A model trained with a
-    share of its clips on the cast (``train run --cast-share``) animates every rig it does not know as
-    one of these few creatures, which it has seen do every motion, instead of the nearest of hundreds
-    it saw once each (docs/quality.md)."""
+    share of its clips on the cast (``train run --cast-share``) animates every rig as one of these few
+    creatures, which it has seen do every motion, instead of the nearest of hundreds it saw once each
+    (``worker.model_body``; docs/quality.md)."""
     members: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {}
     for family, seed, shape, features in _references(tuple(families)):
         members.setdefault((family, shape), []).append((seed, features))
