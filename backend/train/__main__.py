@@ -617,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--cast-share", type=share,
                       help="share of the procedural clips whose creature is a member of the model's cast "
                            f"(joint_colours.cast), drawn as its worker draws it (default {CAST_SHARE}, the shipped "
-                           "model's); a model trained with one animates other rigs through the cast alone")
+                           "model's); a model trained with one animates every rig as a cast member")
     tiny.add_argument("--processes", type=int, default=0, help="processes that sample clips and draw pose maps")
     tiny.add_argument("--text-cache", type=Path, default=DEFAULT_TEXT_CACHE)
     tiny.add_argument("--size", type=int,
