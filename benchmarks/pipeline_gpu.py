@@ -1,7 +1,7 @@
 """The whole AnimaXPipeline at full size on one GPU, broken down by stage.
 
     python benchmarks/pipeline_gpu.py [--steps 3] [--fast-steps 10 --fast-sampler unipc --fast-guidance-end 0.5]
-                                      [--layouts joint pose-only] [--first-block-cache 0.05 0.1]
+                                      [--layouts joint pose-only] [--first-block-cache 0.05 0.1] [--compile]
 
 Random bf16 weights with the real geometry of every component: UMT5-XXL text encoder (Wan2.1's),
 the AnimaX transformer at Wan2.1-T2V-1.3B's size, the Wan VAE. 4 views x 81 frames x 480 x 480,
@@ -14,6 +14,9 @@ video beside the pose video (the paper's sequence of 2f + 4 latent frames a view
 the pose video alone from both templates (f + 3 frames), as the embedded tiny model does. Each
 ``--first-block-cache`` threshold times the fast sampler again with diffusers' first-block cache,
 with how many steps ran every block and how far its pose maps are from the uncached ones.
+``--compile`` then times it with the transformer's blocks compiled (``compile_repeated_blocks``,
+warmed up on a whole call, as the guided and unguided steps have other batch sizes), against the
+uncompiled pose maps.
 """
 
 from __future__ import annotations
@@ -61,15 +64,20 @@ def timing(stages: dict, name: str, fn):
     return wrapped
 
 
-def measure(pipe, call: dict, stages: dict) -> tuple[float, float, np.ndarray]:
-    """One timed call after a one-step warm-up (kernels, cuDNN plans), from seed 0: (seconds, peak
-    GiB, the pose videos)."""
-    pipe(**{**call, "num_inference_steps": 1})
+def measure(pipe, call: dict, stages: dict, warm_up: dict | None = None) -> tuple[float, float, np.ndarray]:
+    """One timed call after a warm-up (kernels, cuDNN plans; one step unless ``warm_up`` says
+    otherwise), from seed 0: (seconds, peak GiB, the pose videos)."""
+    pipe(**(warm_up or {**call, "num_inference_steps": 1}))
     stages.clear()
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     videos = pipe(**call, generator=torch.Generator().manual_seed(0)).pose_videos
     return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30, videos
+
+
+def relative_error(videos: np.ndarray, reference: np.ndarray) -> float:
+    """How far pose maps are from the reference's, relative to the reference."""
+    return float(np.linalg.norm(videos.astype(np.float64) - reference) / np.linalg.norm(reference.astype(np.float64)))
 
 
 def report(stages: dict, total: float, peak: float, scale_to: int | None, steps: int) -> None:
@@ -97,6 +105,8 @@ def main() -> None:
                         help="thresholds of diffusers' first-block cache to time with the fast sampler, each "
                              "against the uncached pose maps of the same seed (random weights change across "
                              "steps otherwise than trained ones: this prices the lever, not its quality)")
+    parser.add_argument("--compile", action="store_true",
+                        help="time the fast sampler again with the transformer's blocks compiled")
     parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS),
                         help="what the transformer generates, each timed in turn (default: both)")
     args = parser.parse_args()
@@ -144,7 +154,7 @@ def main() -> None:
         report(stages, total, peak, None, args.fast_steps)
         summary.append((layout, total, {name: sum(times) for name, times in stages.items()}, peak, None))
         computed = []  # the last block runs only on the steps a cache does not skip
-        transformer.blocks[-1].ffn.register_forward_hook(lambda *_: computed.append(1))
+        counting = transformer.blocks[-1].ffn.register_forward_hook(lambda *_: computed.append(1))
         for threshold in args.first_block_cache:
             transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
             total, peak, videos = measure(pipe, fast, stages)
@@ -152,9 +162,19 @@ def main() -> None:
             computed.clear()
             pipe(**fast, generator=torch.Generator().manual_seed(0))  # count the steps computed
             transformer.disable_cache()
-            error = np.linalg.norm(videos.astype(np.float64) - reference) / np.linalg.norm(reference.astype(np.float64))
+            error = relative_error(videos, reference)
             summary.append((f"{layout}, first-block cache {threshold:g}", total, times, peak,
                             f"{len(computed)} of {args.fast_steps} steps whole; pose maps {error:.1%} off"))
+        counting.remove()
+        if args.compile:
+            transformer.compile_repeated_blocks(fullgraph=True)
+            start = time.perf_counter()
+            total, peak, videos = measure(pipe, fast, stages, warm_up=fast)
+            print(f"{layout}: compiled and warmed up in {time.perf_counter() - start - total:.0f} s\n")
+            report(stages, total, peak, None, args.fast_steps)
+            error = relative_error(videos, reference)
+            summary.append((f"{layout}, blocks compiled", total, {name: sum(t) for name, t in stages.items()}, peak,
+                            f"pose maps {error:.1%} off"))
         del transformer
         pipe.register_modules(transformer=None)
         torch.cuda.empty_cache()
