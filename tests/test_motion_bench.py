@@ -158,3 +158,31 @@ def test_replayed_videos_are_read_in_the_colours_of_the_model_that_drew_them(tmp
         _, replayed = motion_bench.read_motion(bpy, obj, rig, motion_bench.action_frames(action))
         errors[name] = np.linalg.norm(replayed - truth_joints, axis=-1).mean() / sphere[1]
     assert errors["every"] < 0.05 < errors["unsaid"]  # unsaid: read as the training families drew it
+
+
+def test_the_creature_drawn_for_a_rig_is_read_from_the_saved_video_before_carrying(tmp_path):
+    """``drawn_motion`` reconstructs the cast member a cast model drew for a Rigify rig, not the rig:
+    its true walk drawn cleanly comes back as that walk; a model that draws rigs themselves gives
+    nothing to read."""
+    from animax_addon.core.cameras import make_camera_rig
+    from animax_addon.core.pose_maps import render_pose_maps
+    from backend.model.presets import TINY
+    from backend.worker.model_body import model_body
+
+    _, obj = bench_rig_in_scene("rigify:basic_quadruped")
+    rig = rig_from_armature(obj)
+    sphere = rig.bounding_sphere()
+    cast_model = replace(TINY, retargets=True, cast=True)
+    body = model_body(rig, make_camera_rig(*sphere, 64), cast_model)
+    creature = body.creature.rig
+    _, truth = forward_kinematics(creature, *MOTIONS["walk"](body.creature, np.random.default_rng(0), 17, FPS))
+    pose = render_pose_maps(body.cameras, truth, creature.joint_parents, body.colours)
+    for name, preset in (("cast", cast_model), ("itself", replace(TINY, retargets=False))):
+        np.savez_compressed(tmp_path / f"{name}.npz", pose=pose, **motion_bench.video_fields(preset))
+    drawn, joints = motion_bench.drawn_motion(rig, sphere, tmp_path / "cast.npz")
+    assert drawn.joint_names == creature.joint_names and joints.shape == truth.shape
+    error = np.linalg.norm(joints - truth, axis=-1).mean() / creature.bounding_sphere()[1]
+    assert error < 0.03  # of the creature's radius
+    still = np.repeat(creature.joints_rest[None], 17, axis=0)  # the walk is followed, not the rest held
+    assert error < 0.5 * np.linalg.norm(still - truth, axis=-1).mean() / creature.bounding_sphere()[1]
+    assert motion_bench.drawn_motion(rig, sphere, tmp_path / "itself.npz") is None

@@ -6,7 +6,7 @@ from scipy.spatial.transform import Rotation
 
 from animax_addon.job_future import tile_views
 from backend.evaluation import motion_metrics as mm
-from backend.evaluation.motion_bench import GOALS, goal_table, summarise, untile_views
+from backend.evaluation.motion_bench import GOALS, REFERENCES, goal_table, summarise, untile_views
 from backend.reconstruction.kinematics import resample_positions
 
 
@@ -122,9 +122,11 @@ def _run(motion, read_as, flips=0.0, lift=0.0, drift=0.0, seconds=30.0, jitter=1
 def test_summary_and_goals_from_runs():
     results = [
         {"rig": "procedural:fox", "group": "procedural", "effect": {"ratio": 3.0},
-         "runs": [_run("jump", "jump", lift=0.1), _run("jump", "nod", lift=0.01), _run("spin", "spin", drift=1.5)]},
+         "runs": [_run("jump", "jump", lift=0.1), _run("jump", "nod", lift=0.01) | {"drawn_read_as": "jump"},
+                  _run("spin", "spin", drift=1.5)]},
         {"rig": "rigify:basic_human", "group": "rigify", "effect": {"ratio": 1.0},
-         "runs": [_run("walk", "walk", flips=0.06, jitter=5.0), _run("walk", "bow", drift=3.0)]},
+         "runs": [_run("walk", "walk", flips=0.06, jitter=5.0) | {"drawn_read_as": "bow"},
+                  _run("walk", "bow", drift=3.0) | {"drawn_read_as": "walk"}]},
         {"rig": "rigify:human", "group": "rigify", "refused": "too many bones"},
     ]
     summary = summarise(results)
@@ -135,10 +137,13 @@ def test_summary_and_goals_from_runs():
     assert summary["jump_lift"] == pytest.approx(0.5)
     assert summary["drift"] == 1  # the spin; a walk may travel
     assert summary["prompt_effect"] == pytest.approx(2.0)
+    # the creature drawn for the Rigify runs, before carrying; the procedural run's is not theirs
+    assert summary["accuracy_rigify_drawn"] == pytest.approx(0.5)
     table = goal_table(summary)
     assert "| prompt effect / seed effect (mean over rigs) | >= 2 | 2.00 | yes |" in table
     assert "| flips (share of bone steps > 45°) | < 1% | 1.2% | no |" in table
-    assert len(table.splitlines()) == 2 + sum(key in summary for key in GOALS)
+    assert len(table.splitlines()) == 2 + sum(key in summary for key in (*GOALS, *REFERENCES))
+    assert "on the creature drawn for them (before carrying) | | 50.0% | |" in table
 
 
 def test_untiled_previews_are_the_views_again():

@@ -52,6 +52,8 @@ GOALS = {
 STILL_BONES_DEG_S2 = 10.0
 """Truths whose bones hardly turn (a jump moves the root alone) have no jitter to compare with."""
 REFERENCES = {
+    "accuracy_rigify_drawn": "action read right, Rigify humans and quadrupeds, on the creature drawn for them "
+                             "(before carrying)",
     "accuracy_truth": "action read right, the true motions keyed and read back (the classifier's ceiling)",
     "accuracy_still": "a still rig read as the prompted action (the classifier's chance level)",
 }
@@ -225,6 +227,25 @@ def replay(bpy, obj, rig, sphere, path: Path, prompt: str, rotation=None):
     return _addon("action").write_action(obj, f"AnimaX {prompt}"[:56], rig.bone_names, rotations,
                                          rig.bones[rig.roots[0]].name, root_translation,
                                          frame_start=bpy.context.scene.frame_start)
+
+
+def drawn_motion(rig, sphere, path: Path, rotation=None):
+    """The motion of the creature a model drew for ``rig`` in the saved pose maps at ``path``, as
+    the worker reconstructs it before carrying it onto the rig: (the creature's rig, its joints (T,
+    J, 3) at the model's frame rate), or None where the model drew the rig itself. Read beside the
+    carried Action, it tells what the drawing loses from what the carrying does. ``sphere`` and
+    ``rotation`` as ``replay`` takes them."""
+    from animax_addon.core.cameras import make_camera_rig
+    from backend.reconstruction.reconstruct import GENERATED, reconstruct
+    from backend.worker.model_body import model_body
+
+    with np.load(path) as data:
+        pose = data["pose"]
+        preset = video_preset(data)
+    body = model_body(rig, make_camera_rig(*sphere, pose.shape[2], rotation=rotation), preset)
+    if body.creature is None:
+        return None
+    return body.drawn, reconstruct(body.drawn, body.cameras, pose, colours=body.colours, **GENERATED).joints
 
 
 def _folder(bench_rig) -> str:
@@ -451,6 +472,9 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
             rotations, joints = read_motion(bpy, obj, rig, action_frames(action))
             run = dict(motion_scores(rotations, joints, rest, SCENE_FPS), motion=motion, prompt=text, seed=seed,
                        seconds=seconds, read_as=classify(joints), still_read_as=still)
+            drawn = drawn_motion(rig, sphere, (videos or out) / "videos" / video_path, frame.rotation)
+            if drawn is not None:  # the creature's motion is at the model's frame rate already
+                run["drawn_read_as"] = predict(classifier, drawn[1][:FRAMES], drawn[0])
             truth = truths[motion]
             if truth["acceleration_deg_s2"] >= STILL_BONES_DEG_S2:
                 run["jitter"] = run["acceleration_deg_s2"] / truth["acceleration_deg_s2"]
@@ -462,7 +486,8 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
             if gifs:
                 run["gif"] = str(out / "gifs" / f"{_folder(bench_rig)}_{motion}_seed{seed}.gif")
                 films.append((run["gif"], [*truth_panel, (f"{text}\nseed {seed}: read as {run['read_as']}", action)]))
-            log(f"{bench_rig.name}: \"{text}\" seed {seed}: read as {run['read_as']}, flips {run['flips']:.1%}, "
+            drawn_as = f" (the creature drawn: {run['drawn_read_as']})" if "drawn_read_as" in run else ""
+            log(f"{bench_rig.name}: \"{text}\" seed {seed}: read as {run['read_as']}{drawn_as}, flips {run['flips']:.1%}, "
                 f"range {run['range_deg']:.0f}°, movement {run['movement']:.2f}"
                 + ("" if seconds is None else f", {seconds:.1f} s"))
     _setup_render(bpy, obj)
@@ -501,6 +526,10 @@ def summarise(results: list[dict]) -> dict:
     scored = [run["still_read_as"] == run["motion"] for run in runs if "still_read_as" in run]
     if scored:
         summary["accuracy_still"] = float(np.mean(scored))  # chance: a rig that does not move
+    drawn = [run["drawn_read_as"] == run["motion"] for r in ran if r["group"] in ("rigify", "gltf")
+             for run in r["runs"] if "drawn_read_as" in run]
+    if drawn:
+        summary["accuracy_rigify_drawn"] = float(np.mean(drawn))  # before carrying: the drawing's share
     truths = [truth["read_as"] == motion for r in ran for motion, truth in r.get("truth", {}).items()]
     if truths:
         summary["accuracy_truth"] = float(np.mean(truths))  # the ceiling: the true motions, read back
