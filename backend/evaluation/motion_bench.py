@@ -487,8 +487,8 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
                 run["gif"] = str(out / "gifs" / f"{_folder(bench_rig)}_{motion}_seed{seed}.gif")
                 films.append((run["gif"], [*truth_panel, (f"{text}\nseed {seed}: read as {run['read_as']}", action)]))
             drawn_as = f" (the creature drawn: {run['drawn_read_as']})" if "drawn_read_as" in run else ""
-            log(f"{bench_rig.name}: \"{text}\" seed {seed}: read as {run['read_as']}{drawn_as}, flips {run['flips']:.1%}, "
-                f"range {run['range_deg']:.0f}°, movement {run['movement']:.2f}"
+            log(f"{bench_rig.name}: \"{text}\" seed {seed}: read as {run['read_as']}{drawn_as}, "
+                f"flips {run['flips']:.1%}, range {run['range_deg']:.0f}°, movement {run['movement']:.2f}"
                 + ("" if seconds is None else f", {seconds:.1f} s"))
     _setup_render(bpy, obj)
     with tempfile.TemporaryDirectory(prefix="animax-sheet-") as folder:
