@@ -23,7 +23,7 @@ from animax_addon.core.cameras import make_camera_rig
 from animax_addon.core.pose_maps import render_pose_maps
 
 from .joint_colours import cast
-from .motions import APPLICABLE, MOTIONS, play, sample_creature
+from .motions import MOTIONS, capable_families, play, sample_creature
 from .render import appearance, render_capsules, skeleton_capsules, to_uint8
 from .rig_world import FAMILIES, TRAIN_FAMILIES, Creature
 from .variety import varied_rest
@@ -136,8 +136,7 @@ def cast_creature(rng, families, motions) -> Creature:
     """A member of the model's cast (``joint_colours.cast``) of ``families`` that can do one of
     ``motions``: a family first, as ``sample_creature`` draws one, then one of its members."""
     members = sorted(cast(tuple(TRAIN_FAMILIES if families is None else families)))
-    allowed = set(MOTIONS if motions is None else motions)
-    able = sorted({family for family, _ in members if allowed & set(APPLICABLE[family])})
+    able = sorted({family for family, _ in members} & set(capable_families(families, motions)))
     family = able[int(rng.integers(len(able)))]
     seeds = [seed for name, seed in members if name == family]
     return FAMILIES[family](np.random.default_rng(seeds[int(rng.integers(len(seeds)))]))

@@ -338,8 +338,9 @@ class Clip:
     fps: int = FPS
 
 
-def sample_creature(rng, families=None, motions=None) -> Creature:
-    """A random creature of ``families`` (default: the training families) that can do one of ``motions``."""
+def capable_families(families=None, motions=None) -> list[str]:
+    """The families of ``families`` (default: the training families) that can do one of ``motions``
+    (default: any), in their order; a clear error for unknown names or where none can."""
     families = TRAIN_FAMILIES if families is None else tuple(families)
     allowed = set(MOTIONS) if motions is None else set(motions)
     unknown = (set(families) - set(FAMILIES)) | (allowed - set(MOTIONS))
@@ -348,6 +349,12 @@ def sample_creature(rng, families=None, motions=None) -> Creature:
     candidates = [f for f in families if allowed & set(APPLICABLE[f])]
     if not candidates:
         raise ValueError(f"no family among {families} can perform any of {sorted(allowed)}")
+    return candidates
+
+
+def sample_creature(rng, families=None, motions=None) -> Creature:
+    """A random creature of ``families`` (default: the training families) that can do one of ``motions``."""
+    candidates = capable_families(families, motions)
     return FAMILIES[candidates[int(rng.integers(len(candidates)))]](rng)
 
 
