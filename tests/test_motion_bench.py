@@ -154,7 +154,8 @@ def test_replayed_videos_are_read_in_the_colours_of_the_model_that_drew_them(tmp
         path = tmp_path / name / "open_seed0.npz"
         path.parent.mkdir()
         np.savez_compressed(path, pose=pose, **extra)
-        action = motion_bench.replay(bpy, obj, rig, sphere, path, "the laptop opens", frame.rotation)
+        video = motion_bench.saved_video(obj, rig, sphere, path, frame.rotation)
+        action = motion_bench.replay(bpy, obj, rig, video, "the laptop opens")
         _, replayed = motion_bench.read_motion(bpy, obj, rig, motion_bench.action_frames(action))
         errors[name] = np.linalg.norm(replayed - truth_joints, axis=-1).mean() / sphere[1]
     assert errors["every"] < 0.05 < errors["unsaid"]  # unsaid: read as the training families drew it
@@ -179,10 +180,10 @@ def test_the_creature_drawn_for_a_rig_is_read_from_the_saved_video_before_carryi
     pose = render_pose_maps(body.cameras, truth, creature.joint_parents, body.colours)
     for name, preset in (("cast", cast_model), ("itself", replace(TINY, retargets=False))):
         np.savez_compressed(tmp_path / f"{name}.npz", pose=pose, **motion_bench.video_fields(preset))
-    drawn, joints = motion_bench.drawn_motion(rig, sphere, tmp_path / "cast.npz")
+    drawn, joints = motion_bench.drawn_motion(motion_bench.saved_video(obj, rig, sphere, tmp_path / "cast.npz"))
     assert drawn.joint_names == creature.joint_names and joints.shape == truth.shape
     error = np.linalg.norm(joints - truth, axis=-1).mean() / creature.bounding_sphere()[1]
     assert error < 0.03  # of the creature's radius
     still = np.repeat(creature.joints_rest[None], 17, axis=0)  # the walk is followed, not the rest held
     assert error < 0.5 * np.linalg.norm(still - truth, axis=-1).mean() / creature.bounding_sphere()[1]
-    assert motion_bench.drawn_motion(rig, sphere, tmp_path / "itself.npz") is None
+    assert motion_bench.drawn_motion(motion_bench.saved_video(obj, rig, sphere, tmp_path / "itself.npz")) is None

@@ -188,7 +188,7 @@ def key_counterpart_truth(bpy, obj, rig, body, rotation, motion: str, frames: in
 
 
 def video_fields(preset) -> dict:
-    """What ``replay`` needs to know of the model that drew a saved video, saved beside it."""
+    """What ``saved_video`` needs to know of the model that drew a saved video, saved beside it."""
     return dict(families=np.array(preset.families), retargets=preset.retargets, cast=preset.cast)
 
 
@@ -204,13 +204,11 @@ def video_preset(data):
                    cast=bool(data["cast"]) if "cast" in data else False)
 
 
-def replay(bpy, obj, rig, sphere, path: Path, prompt: str, rotation=None):
-    """Key saved pose maps on ``obj`` as Animate would have: the worker's reconstruction at the
-    scene's frame rate (cameras around ``sphere``, ``templates.framing_sphere``'s, in the upright
-    frame ``rotation``, ``snapshot.upright_frame``'s), then the add-on's Action writer; returns the
-    Action."""
+def saved_video(obj, rig, sphere, path: Path, rotation=None):
+    """The pose maps saved at ``path`` for ``obj`` (snapshot ``rig``), the cameras they were drawn
+    from (around ``sphere``, ``templates.framing_sphere``'s, in the upright frame ``rotation``,
+    ``snapshot.upright_frame``'s) and the ``ModelBody`` the model that drew them was shown."""
     from animax_addon.core.cameras import make_camera_rig
-    from backend.worker.jobs import scene_motion
     from backend.worker.model_body import model_body
 
     if not path.is_file():
@@ -223,26 +221,29 @@ def replay(bpy, obj, rig, sphere, path: Path, prompt: str, rotation=None):
         pose = data["pose"]
         preset = video_preset(data)
     cameras = make_camera_rig(*sphere, pose.shape[2], rotation=rotation)
-    _, rotations, root_translation = scene_motion(rig, cameras, pose, SCENE_FPS, model_body(rig, cameras, preset))
+    return pose, cameras, model_body(rig, cameras, preset)
+
+
+def replay(bpy, obj, rig, video, prompt: str):
+    """Key a saved video (``saved_video``'s) on ``obj`` as Animate would have: the worker's
+    reconstruction at the scene's frame rate, then the add-on's Action writer; returns the Action."""
+    from backend.worker.jobs import scene_motion
+
+    pose, cameras, body = video
+    _, rotations, root_translation = scene_motion(rig, cameras, pose, SCENE_FPS, body)
     return _addon("action").write_action(obj, f"AnimaX {prompt}"[:56], rig.bone_names, rotations,
                                          rig.bones[rig.roots[0]].name, root_translation,
                                          frame_start=bpy.context.scene.frame_start)
 
 
-def drawn_motion(rig, sphere, path: Path, rotation=None):
-    """The motion of the creature a model drew for ``rig`` in the saved pose maps at ``path``, as
-    the worker reconstructs it before carrying it onto the rig: (the creature's rig, its joints (T,
-    J, 3) at the model's frame rate), or None where the model drew the rig itself. Read beside the
-    carried Action, it tells what the drawing loses from what the carrying does. ``sphere`` and
-    ``rotation`` as ``replay`` takes them."""
-    from animax_addon.core.cameras import make_camera_rig
+def drawn_motion(video):
+    """The motion of the creature the model drew in a saved video (``saved_video``'s), as the worker
+    reconstructs it before carrying it onto the rig: (the creature's rig, its joints (T, J, 3) at the
+    model's frame rate), or None where the model drew the rig itself. Read beside the carried
+    Action, it tells what the drawing loses from what the carrying does."""
     from backend.reconstruction.reconstruct import GENERATED, reconstruct
-    from backend.worker.model_body import model_body
 
-    with np.load(path) as data:
-        pose = data["pose"]
-        preset = video_preset(data)
-    body = model_body(rig, make_camera_rig(*sphere, pose.shape[2], rotation=rotation), preset)
+    pose, _, body = video
     if body.creature is None:
         return None
     return body.drawn, reconstruct(body.drawn, body.cameras, pose, colours=body.colours, **GENERATED).joints
@@ -458,7 +459,8 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
             video_path = Path(_folder(bench_rig)) / video_name(motion, seed)
             if videos is not None:
                 seconds = None
-                action = replay(bpy, obj, rig, sphere, videos / "videos" / video_path, text, frame.rotation)
+                video = saved_video(obj, rig, sphere, videos / "videos" / video_path, frame.rotation)
+                action = replay(bpy, obj, rig, video, text)
             else:
                 try:
                     seconds = animate(bpy, obj, text, seed=seed, steps=steps, duration=duration)
@@ -469,10 +471,11 @@ def bench_rig(bpy, bench_rig, seeds, steps: int, classifier, out: Path, log, vid
                 (out / "videos" / video_path).parent.mkdir(parents=True, exist_ok=True)
                 np.savez_compressed(out / "videos" / video_path, pose=generated_pose_video(bpy), **fields)
                 (out / "videos" / video_path).with_name("rig.json").write_text(json.dumps(rig.to_dict()))
+                video = saved_video(obj, rig, sphere, out / "videos" / video_path, frame.rotation)
             rotations, joints = read_motion(bpy, obj, rig, action_frames(action))
             run = dict(motion_scores(rotations, joints, rest, SCENE_FPS), motion=motion, prompt=text, seed=seed,
                        seconds=seconds, read_as=classify(joints), still_read_as=still)
-            drawn = drawn_motion(rig, sphere, (videos or out) / "videos" / video_path, frame.rotation)
+            drawn = drawn_motion(video)
             if drawn is not None:  # the creature's motion is at the model's frame rate already
                 run["drawn_read_as"] = predict(classifier, drawn[1][:FRAMES], drawn[0])
             truth = truths[motion]
